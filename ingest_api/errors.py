@@ -1,0 +1,49 @@
+"""Every error leaves as JSON: ``{"error": "<one sentence>"}`` (+ ``details`` for validation)."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+_READABLE = {
+    404: "No such resource.",
+    405: "This method is not allowed on this resource.",
+    413: "The request body is larger than 64 KiB.",
+}
+
+
+class ApiError(Exception):
+    """An error answer with a status, a sentence, optional details and headers."""
+
+    def __init__(self, status: int, message: str, *, details: list[dict] | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def error_response(status: int, message: str, *, details: list[dict] | None = None, headers: dict | None = None):
+    body: dict = {"error": message}
+    if details is not None:
+        body["details"] = details
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError):
+        return error_response(error.status, error.message, details=error.details, headers=error.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        message = _READABLE.get(error.code or 500) or (error.description or error.name)
+        return error_response(error.code or 500, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        app.logger.exception("unhandled error")
+        return error_response(500, "Internal server error.")

@@ -1,0 +1,1 @@
+"""What the HTTP edge (``ingest_api``) and the billing pipeline (``worker``) both import."""

@@ -1,0 +1,233 @@
+"""The billing schema, as SQLAlchemy 2.0 typed models.
+
+Money and rates are ``numeric`` with 18 decimal places (the contract asks for at least
+12); Python sees them as ``Decimal``. No column that holds money is a float.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+RATE = sa.Numeric(30, 18)
+MONEY = sa.Numeric(38, 18)
+SUPERADMIN = "superadmin"
+MAX_APP_PASSWORDS_PER_USER = 10
+
+
+def _uuid_pk() -> orm.Mapped[uuid.UUID]:
+    return orm.mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+
+
+def _created_at() -> orm.Mapped[dt.datetime]:
+    return orm.mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False)
+
+
+class Base(orm.DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: orm.Mapped[uuid.UUID] = _uuid_pk()
+    name: orm.Mapped[str] = orm.mapped_column(sa.Text, unique=True)
+    stripe_customer_id: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    is_active: orm.Mapped[bool] = orm.mapped_column(default=True, server_default=sa.true())
+    created_at: orm.Mapped[dt.datetime] = _created_at()
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: orm.Mapped[uuid.UUID] = _uuid_pk()
+    email: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    is_active: orm.Mapped[bool] = orm.mapped_column(default=True, server_default=sa.true())
+    created_at: orm.Mapped[dt.datetime] = _created_at()
+
+    __table_args__ = (sa.Index("uq_users_email_lower", sa.func.lower(email), unique=True),)
+
+
+class Role(Base):
+    __tablename__ = "roles"
+
+    id: orm.Mapped[int] = orm.mapped_column(sa.SmallInteger, primary_key=True, autoincrement=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.Text, unique=True)
+
+
+membership_roles = sa.Table(
+    "membership_roles",
+    Base.metadata,
+    sa.Column(
+        "membership_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("organization_memberships.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("role_id", sa.SmallInteger, sa.ForeignKey("roles.id"), primary_key=True),
+)
+
+
+class OrganizationMembership(Base):
+    __tablename__ = "organization_memberships"
+
+    id: orm.Mapped[uuid.UUID] = _uuid_pk()
+    user_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    organization_id: orm.Mapped[uuid.UUID] = orm.mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    is_active: orm.Mapped[bool] = orm.mapped_column(default=True, server_default=sa.true())
+    created_at: orm.Mapped[dt.datetime] = _created_at()
+
+    roles: orm.Mapped[list[Role]] = orm.relationship(secondary=membership_roles)
+
+    __table_args__ = (sa.UniqueConstraint("user_id", "organization_id"),)
+
+
+class AppPassword(Base):
+    """A long-lived bearer secret. Only its SHA-256 is stored; it is shown once."""
+
+    __tablename__ = "app_passwords"
+
+    id: orm.Mapped[uuid.UUID] = _uuid_pk()
+    user_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    name: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    # The first characters after ``app_a7_``: an indexed lookup that reveals nothing usable.
+    lookup_prefix: orm.Mapped[str] = orm.mapped_column(sa.Text, unique=True)
+    password_hash: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    created_at: orm.Mapped[dt.datetime] = _created_at()
+    last_used_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+    revoked_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (
+        # A name is unique among a user's live passwords; a revoked one frees its name.
+        sa.Index(
+            "uq_app_passwords_user_id_name_live",
+            "user_id",
+            "name",
+            unique=True,
+            postgresql_where=sa.text("revoked_at IS NULL"),
+        ),
+    )
+
+
+class Service(Base):
+    __tablename__ = "services"
+
+    id: orm.Mapped[uuid.UUID] = _uuid_pk()
+    name: orm.Mapped[str] = orm.mapped_column(sa.Text, unique=True)
+    created_at: orm.Mapped[dt.datetime] = _created_at()
+
+
+class TextModelCost(Base):
+    """Per-token rates of one model from ``effective_from`` until the next row's."""
+
+    __tablename__ = "text_model_costs"
+
+    id: orm.Mapped[uuid.UUID] = _uuid_pk()
+    model_name: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    input_cost_per_token: orm.Mapped[Decimal] = orm.mapped_column(RATE)
+    output_cost_per_token: orm.Mapped[Decimal] = orm.mapped_column(RATE)
+    agent700_input_cost_per_token: orm.Mapped[Decimal] = orm.mapped_column(RATE)
+    agent700_output_cost_per_token: orm.Mapped[Decimal] = orm.mapped_column(RATE)
+    effective_from: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime(timezone=True))
+    created_at: orm.Mapped[dt.datetime] = _created_at()
+
+    __table_args__ = (
+        sa.UniqueConstraint("model_name", "effective_from"),
+        sa.CheckConstraint(
+            "input_cost_per_token >= 0 AND output_cost_per_token >= 0 AND "
+            "agent700_input_cost_per_token >= 0 AND agent700_output_cost_per_token >= 0",
+            name="rates_not_negative",
+        ),
+    )
+
+
+class UsageStatus(enum.StrEnum):
+    RECORDED = "recorded"  # costed and written; not yet confirmed by Stripe
+    REPORTED = "reported"  # Stripe accepted the meter event
+    FAILED = "failed"  # Stripe cannot take it as it is; see ``error``
+
+
+class UserBillableRequestLog(Base):
+    """One billed usage event. Its id is the event id the API answered with."""
+
+    __tablename__ = "user_billable_request_logs"
+
+    id: orm.Mapped[uuid.UUID] = orm.mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("users.id"))
+    organization_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("organizations.id"))
+    service_id: orm.Mapped[uuid.UUID | None] = orm.mapped_column(sa.ForeignKey("services.id"))
+    # Agent chats fill this; external services never do (the row is linked to the service).
+    agent_id: orm.Mapped[uuid.UUID | None] = orm.mapped_column(UUID(as_uuid=True))
+    text_model_cost_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("text_model_costs.id"))
+    model_name: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    input_tokens: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    output_tokens: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    service_cost: orm.Mapped[Decimal] = orm.mapped_column(MONEY)
+    agent700_cost: orm.Mapped[Decimal] = orm.mapped_column(MONEY)
+    source: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    occurred_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime(timezone=True))
+    received_at: orm.Mapped[dt.datetime] = orm.mapped_column(sa.DateTime(timezone=True))
+    recorded_at: orm.Mapped[dt.datetime] = _created_at()
+    caller_user_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("users.id"))
+    idempotency_key: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    status: orm.Mapped[str] = orm.mapped_column(sa.Text, default=UsageStatus.RECORDED)
+    stripe_identifier: orm.Mapped[str] = orm.mapped_column(sa.Text, unique=True)
+    stripe_value: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    stripe_attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0, server_default="0")
+    stripe_reported_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+    error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.CheckConstraint("input_tokens >= 0 AND output_tokens >= 0", name="tokens_not_negative"),
+        sa.CheckConstraint("status IN ('recorded', 'reported', 'failed')", name="status_known"),
+        sa.CheckConstraint(
+            "agent_id IS NOT NULL OR service_id IS NOT NULL", name="linked_to_agent_or_service"
+        ),
+        # The same caller's Idempotency-Key can never make a second row.
+        sa.Index(
+            "uq_user_billable_request_logs_caller_idempotency_key",
+            "caller_user_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+        # The sweeper's and the reporter's lookup: rows not yet reported, oldest first.
+        sa.Index(
+            "ix_user_billable_request_logs_unreported",
+            "organization_id",
+            "recorded_at",
+            postgresql_where=sa.text("status = 'recorded'"),
+        ),
+        sa.Index("ix_user_billable_request_logs_failed", "recorded_at", postgresql_where=sa.text("status = 'failed'")),
+        # Reconciliation sums an organization's events over a time range.
+        sa.Index("ix_user_billable_request_logs_org_occurred", "organization_id", "occurred_at"),
+    )
+
+
+class RejectedUsageEvent(Base):
+    """An accepted event the pipeline could not bill, kept with its reason until re-driven."""
+
+    __tablename__ = "rejected_usage_events"
+
+    id: orm.Mapped[uuid.UUID] = orm.mapped_column(UUID(as_uuid=True), primary_key=True)
+    payload: orm.Mapped[dict] = orm.mapped_column(JSONB)
+    reason: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    rejected_at: orm.Mapped[dt.datetime] = _created_at()
+    attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=1, server_default="1")
+    resolved_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))

@@ -1,0 +1,34 @@
+"""The queue message: one accepted usage event, as the web side hands it to the worker side."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pydantic
+
+
+class AcceptedUsageEvent(pydantic.BaseModel):
+    """What the edge accepted; everything the pipeline needs to bill it exactly once."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+    service_name: str
+    model_name: str
+    input_tokens: int
+    output_tokens: int
+    source: str
+    occurred_at: dt.datetime
+    received_at: dt.datetime
+    caller_user_id: uuid.UUID
+    idempotency_key: str | None = None
+
+    def to_message(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_message(cls, message: str | bytes) -> "AcceptedUsageEvent":
+        return cls.model_validate_json(message)
