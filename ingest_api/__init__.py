@@ -15,9 +15,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
 
-    from ingest_api import cli, errors, operations
+    from ingest_api import cli, errors, openapi, operations, usage
+    from ingest_api.catalog import Catalog
+    from ingest_api.intake import Intake
 
+    settings = app.config["SETTINGS"]
+    app.extensions["catalog"] = Catalog(settings.database_url, settings.catalog_cache_seconds)
+    app.extensions["intake"] = Intake(settings.broker_url, settings.enqueue_timeout_seconds)
     errors.register(app)
     app.register_blueprint(operations.blueprint)
+    app.register_blueprint(usage.blueprint)
+    app.register_blueprint(openapi.blueprint)
     cli.register(app)
     return app

@@ -1,12 +1,9 @@
-"""Operator commands: ``flask --app ingest_api <command>``.
-
-Each command that creates something prints the new id (or token) alone on its last line.
-"""
+"""``db upgrade`` / ``db downgrade``: the schema migrations."""
 
 from __future__ import annotations
 
 import click
-from flask import Flask, current_app
+from flask import current_app
 from flask.cli import AppGroup
 
 from shared import migrations
@@ -28,7 +25,3 @@ def db_downgrade(revision: str) -> None:
     """Revert schema migrations (default: the last one)."""
     migrations.downgrade(current_app.config["SETTINGS"].database_url, revision)
     click.echo(f"database at {revision}")
-
-
-def register(app: Flask) -> None:
-    app.cli.add_command(db_cli)

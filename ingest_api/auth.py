@@ -1,0 +1,132 @@
+"""Who is calling: a Bearer JWT or App Password of an active superadmin.
+
+401 when the credential itself is missing, malformed, forged, expired, unknown, revoked or
+belongs to an inactive user; 403 when it is valid but the user is not ``superadmin`` in an
+active membership of an active organization.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from flask import current_app, g, request
+
+from ingest_api import credentials
+from ingest_api.errors import ApiError
+from shared import db, models
+
+# Writing last_used_at on every request would cost a write per event; once a minute is
+# what an operator needs to tell a live App Password from an abandoned one.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: uuid.UUID
+    app_password_id: uuid.UUID | None
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="agent700"'})
+
+
+_superadmin_membership = (
+    sa.select(sa.literal(True))
+    .select_from(models.OrganizationMembership)
+    .join(models.Organization, models.Organization.id == models.OrganizationMembership.organization_id)
+    .join(models.membership_roles, models.membership_roles.c.membership_id == models.OrganizationMembership.id)
+    .join(models.Role, models.Role.id == models.membership_roles.c.role_id)
+    .where(
+        models.OrganizationMembership.user_id == models.User.id,
+        models.OrganizationMembership.is_active,
+        models.Organization.is_active,
+        models.Role.name == models.SUPERADMIN,
+    )
+    .exists()
+)
+
+_USER_BY_ID = sa.select(models.User.is_active, _superadmin_membership.label("is_superadmin")).where(
+    models.User.id == sa.bindparam("user_id")
+)
+
+_USER_BY_APP_PASSWORD = (
+    sa.select(
+        models.AppPassword.id,
+        models.AppPassword.password_hash,
+        models.AppPassword.revoked_at,
+        models.AppPassword.last_used_at,
+        models.User.id.label("user_id"),
+        models.User.is_active,
+        _superadmin_membership.label("is_superadmin"),
+    )
+    .join(models.User, models.User.id == models.AppPassword.user_id)
+    .where(models.AppPassword.lookup_prefix == sa.bindparam("lookup_prefix"))
+)
+
+
+def bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise _unauthorized("Missing Authorization header; send 'Authorization: Bearer <token>'.")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("The Authorization header must use the Bearer scheme.")
+    return token.strip()
+
+
+def authenticate() -> Caller:
+    """The verified caller of this request, or an ``ApiError`` 401/403."""
+    token = bearer_token()
+    database_url = current_app.config["SETTINGS"].database_url
+    if credentials.is_app_password(token):
+        try:
+            lookup_prefix = credentials.lookup_prefix_of(token)
+        except credentials.InvalidCredentials:
+            raise _unauthorized("The App Password is malformed.") from None
+        with db.engine_for(database_url).connect() as connection:
+            row = connection.execute(_USER_BY_APP_PASSWORD, {"lookup_prefix": lookup_prefix}).first()
+            if row is None or not credentials.app_password_matches(token, row.password_hash):
+                raise _unauthorized("Unknown App Password.")
+            if row.revoked_at is not None:
+                raise _unauthorized("This App Password has been revoked.")
+            _touch_last_used(connection, row)
+        caller = Caller(row.user_id, row.id)
+    else:
+        try:
+            user_id = credentials.user_id_from_jwt(token, current_app.config["SETTINGS"].jwt_secret)
+        except credentials.InvalidCredentials:
+            raise _unauthorized("The access token is invalid or expired.") from None
+        with db.engine_for(database_url).connect() as connection:
+            row = connection.execute(_USER_BY_ID, {"user_id": user_id}).first()
+        if row is None:
+            raise _unauthorized("The access token's user does not exist.")
+        caller = Caller(user_id, None)
+    if not row.is_active:
+        raise _unauthorized("The user is inactive.")
+    if not row.is_superadmin:
+        raise ApiError(403, "The caller must be superadmin in an active membership of an active organization.")
+    return caller
+
+
+def _touch_last_used(connection: sa.Connection, row) -> None:
+    now = dt.datetime.now(dt.UTC)
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        connection.execute(
+            sa.update(models.AppPassword).where(models.AppPassword.id == row.id).values(last_used_at=now)
+        )
+        connection.commit()
+
+
+def superadmin_required(view):
+    """Authenticate before the view runs; the caller is ``g.caller``."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        g.caller = authenticate()
+        return view(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,91 @@
+"""``app-passwords create`` / ``app-passwords revoke``: long-lived bearer secrets.
+
+The token is printed once and never stored; only its SHA-256 and a lookup prefix are.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import click
+import sqlalchemy as sa
+from flask.cli import AppGroup
+from sqlalchemy import orm
+
+from ingest_api import credentials
+from ingest_api.cli import parameters, store
+from shared import models
+
+app_passwords_cli = AppGroup("app-passwords", help="App Passwords: revocable API credentials.")
+
+APP_PASSWORD_NAME = parameters.Label(max_length=100)
+
+
+def duplicate_name_message(user_id: uuid.UUID, name: str) -> dict[str, str]:
+    return {"uq_app_passwords_user_id_name_live": f"User {user_id} already has a live App Password named {name!r}."}
+
+
+@app_passwords_cli.command("create")
+@click.option("--user", "user_id", required=True, type=click.UUID, help="The owner's user id.")
+@click.option("--name", required=True, type=APP_PASSWORD_NAME, help="Unique among the user's live App Passwords.")
+def create_app_password(user_id: uuid.UUID, name: str) -> None:
+    """Create an App Password; print the token (shown this once only)."""
+    with store.operator_transaction(duplicate_name_message(user_id, name)) as session:
+        token = issue_app_password(session, user_id, name)
+    click.echo(f"App Password {name!r} created; store it now, it cannot be shown again.", err=True)
+    click.echo(token)
+
+
+@app_passwords_cli.command("revoke")
+@click.option("--user", "user_id", required=True, type=click.UUID, help="The owner's user id.")
+@click.option("--name", required=True, type=APP_PASSWORD_NAME, help="The live App Password's name.")
+def revoke_app_password(user_id: uuid.UUID, name: str) -> None:
+    """Revoke a live App Password; it is refused from the next request on."""
+    with store.operator_transaction() as session:
+        store.user_by_id(session, user_id)
+        # The row lock makes a concurrent second revoke wait, then find nothing live.
+        live_password = session.scalars(
+            sa.select(models.AppPassword)
+            .where(
+                models.AppPassword.user_id == user_id,
+                models.AppPassword.name == name,
+                models.AppPassword.revoked_at.is_(None),
+            )
+            .with_for_update()
+        ).one_or_none()
+        if live_password is None:
+            ever_existed = session.scalar(
+                sa.select(
+                    sa.exists().where(models.AppPassword.user_id == user_id, models.AppPassword.name == name)
+                )
+            )
+            if ever_existed:
+                raise click.ClickException(f"The App Password {name!r} of user {user_id} is already revoked.")
+            raise click.ClickException(f"User {user_id} has no App Password named {name!r}.")
+        live_password.revoked_at = sa.func.now()
+    click.echo(f"Revoked App Password {name!r} of user {user_id}.")
+
+
+def issue_app_password(session: orm.Session, user_id: uuid.UUID, name: str) -> str:
+    """Store a new App Password for the user and return its token, the only copy there is."""
+    # Locking the user serializes its concurrent creations, so two of them cannot both
+    # count 9 live passwords and end with 11.
+    store.user_by_id(session, user_id, lock=True)
+    live_count = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(models.AppPassword)
+        .where(models.AppPassword.user_id == user_id, models.AppPassword.revoked_at.is_(None))
+    )
+    if live_count >= models.MAX_APP_PASSWORDS_PER_USER:
+        raise click.ClickException(
+            f"User {user_id} already has {live_count} live App Passwords, the most allowed "
+            f"({models.MAX_APP_PASSWORDS_PER_USER}); revoke one first."
+        )
+    secret = credentials.new_app_password()
+    session.add(
+        models.AppPassword(
+            user_id=user_id, name=name, lookup_prefix=secret.lookup_prefix, password_hash=secret.password_hash
+        )
+    )
+    session.flush()
+    return secret.token

@@ -1,0 +1,114 @@
+"""Publishing accepted events to the intake stream (see ``shared.intake``).
+
+One Lua script per request does everything that makes an event accepted, atomically:
+claim the Idempotency-Key, append the event to the stream, and write its "queued" status
+record. Either all of it happened or none of it did, so a key is never left claimed for
+an event that was not queued. The publish has a hard time bound: a broker that refuses,
+hangs or is gone raises ``BrokerUnavailable`` within ``ENQUEUE_TIMEOUT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from shared import intake
+from shared.usage_event import AcceptedUsageEvent
+
+# Stripe keeps idempotency keys for 24 hours; callers know that window, we use the same.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+_ACCEPT = """
+-- KEYS: stream, then per event: its queued-status key, its idempotency key ('' if none)
+-- ARGV: queued ttl, idempotency ttl, then per event: id, message, body fingerprint
+local results = {}
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local queued_key, idem_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local id, message, fingerprint = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  local earlier = false
+  if idem_key ~= '' then earlier = redis.call('GET', idem_key) end
+  if earlier then
+    results[#results + 1] = earlier
+  else
+    if idem_key ~= '' then
+      redis.call('SET', idem_key, id .. ' ' .. fingerprint, 'EX', ARGV[2])
+    end
+    redis.call('SET', queued_key, message, 'EX', ARGV[1])
+    redis.call('XADD', KEYS[1], '*', 'event', message)
+    results[#results + 1] = 'queued'
+  end
+end
+return results
+"""
+
+
+class BrokerUnavailable(Exception):
+    """The event could not be queued; nothing was accepted."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``queued`` (new), ``duplicate`` (an earlier event, same body) or ``conflict`` (same key, other body)."""
+
+    status: str
+    event_id: uuid.UUID
+
+
+def fingerprint(canonical_body: bytes) -> str:
+    return hashlib.sha256(canonical_body).hexdigest()
+
+
+def idempotency_key_name(caller_user_id: uuid.UUID, key: str) -> str:
+    # Hashed: the caller's key may hold anything printable, and its length is theirs to choose.
+    return f"billing:idem:{caller_user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+class Intake:
+    def __init__(self, broker_url: str, timeout_seconds: float):
+        self.redis = redis.Redis.from_url(
+            broker_url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            # One quick retry on a broken pooled connection (e.g. after a Redis restart):
+            # the send failed, so nothing ran. Never on a timeout, which keeps the bound.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            decode_responses=True,
+        )
+        self._accept = self.redis.register_script(_ACCEPT)
+
+    def accept(self, events: list[tuple[AcceptedUsageEvent, str]]) -> list[Outcome]:
+        """Queue each (event, body fingerprint) unless its Idempotency-Key was seen."""
+        keys = [intake.STREAM]
+        args: list[str | int] = [intake.QUEUED_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS]
+        for event, body_fingerprint in events:
+            keys.append(intake.QUEUED_KEY.format(event_id=event.id))
+            keys.append(
+                idempotency_key_name(event.caller_user_id, event.idempotency_key) if event.idempotency_key else ""
+            )
+            args += [str(event.id), event.to_message(), body_fingerprint]
+        try:
+            results = self._accept(keys=keys, args=args)
+        except redis.RedisError as error:
+            raise BrokerUnavailable(str(error)) from error
+        outcomes = []
+        for (event, body_fingerprint), result in zip(events, results, strict=True):
+            if result == "queued":
+                outcomes.append(Outcome("queued", event.id))
+            else:
+                earlier_id, earlier_fingerprint = result.split(" ")
+                same = earlier_fingerprint == body_fingerprint
+                outcomes.append(Outcome("duplicate" if same else "conflict", uuid.UUID(earlier_id)))
+        return outcomes
+
+    def queued_event(self, event_id: uuid.UUID) -> AcceptedUsageEvent | None:
+        """The event if it is accepted and no worker has recorded it yet."""
+        try:
+            message = self.redis.get(intake.QUEUED_KEY.format(event_id=event_id))
+        except redis.RedisError as error:
+            raise BrokerUnavailable(str(error)) from error
+        return AcceptedUsageEvent.from_message(message) if message else None

@@ -1,0 +1,154 @@
+"""The request and response models of the usage API: they validate, and they are the
+source of ``/openapi.json``.
+
+Validation is strict: JSON numbers are not strings, ``12.0`` and ``true`` are not
+integers, and any field the contract does not name is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic_core import PydanticCustomError
+from pydantic import Field
+
+MAX_TOKENS = 2_147_483_647
+MAX_EVENT_AGE = dt.timedelta(days=35)
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+MAX_BATCH_EVENTS = 100
+
+
+def _json_string(value: Any) -> Any:
+    """UUIDs and times arrive as JSON strings; a number or object there is a type error."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a string")
+    return value
+
+
+UuidString = Annotated[uuid.UUID, pydantic.Strict(False), pydantic.BeforeValidator(_json_string)]
+Rfc3339Time = Annotated[pydantic.AwareDatetime, pydantic.Strict(False), pydantic.BeforeValidator(_json_string)]
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class UsageEventIn(pydantic.BaseModel):
+    """One usage event to bill."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    user_id: UuidString = Field(description="The user the usage is attributed to.")
+    organization_id: UuidString = Field(description="The organization billed in Stripe.")
+    model_name: Name = Field(description="An LLM model with a price in text_model_costs.", examples=["gpt-4o-mini"])
+    input_tokens: TokenCount = Field(description="Input (prompt) tokens consumed.")
+    output_tokens: TokenCount = Field(description="Output (completion) tokens produced.")
+    service_name: Name = Field(description="The external service, as in services.name.", examples=["transcription"])
+    source: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        default="external_api", description="The channel the usage came through."
+    )
+    occurred_at: Rfc3339Time | None = Field(
+        default=None,
+        description="When the usage happened (RFC 3339, with offset); at most 35 days old and "
+        "5 minutes ahead. Defaults to the time of receipt.",
+    )
+
+    @pydantic.field_validator("occurred_at")
+    @classmethod
+    def _within_billing_window(cls, occurred_at: dt.datetime | None, info: pydantic.ValidationInfo):
+        if occurred_at is None:
+            return None
+        now = (info.context or {}).get("received_at") or dt.datetime.now(dt.UTC)
+        if occurred_at < now - MAX_EVENT_AGE:
+            raise ValueError("Must be at most 35 days old")
+        if occurred_at > now + MAX_CLOCK_SKEW:
+            raise ValueError("Must be at most 5 minutes in the future")
+        return occurred_at
+
+
+class BatchEventIn(UsageEventIn):
+    """One event of a batch; it may carry its own idempotency key."""
+
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")] | None = None
+
+
+class BatchIn(pydantic.BaseModel):
+    """Up to 100 events, each judged on its own."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    events: Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH_EVENTS)] = Field(
+        json_schema_extra={"items": {"$ref": "#/components/schemas/BatchEventIn"}}
+    )
+
+
+Status = Literal["queued", "recorded", "reported", "failed"]
+
+
+class AcceptedOut(pydantic.BaseModel):
+    id: uuid.UUID
+    status: Status
+
+
+class StripeReportOut(pydantic.BaseModel):
+    identifier: str
+    value: int | None = Field(description="agent700_cost × 10^STRIPE_VALUE_DECIMALS, rounded half-even.")
+    reported_at: dt.datetime | None
+
+
+class UsageEventOut(pydantic.BaseModel):
+    """The status record of one event."""
+
+    id: uuid.UUID
+    status: Status
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+    service_name: str
+    model_name: str
+    input_tokens: int
+    output_tokens: int
+    source: str
+    occurred_at: dt.datetime
+    service_cost: str | None = Field(description="Decimal string, what the provider charges.", examples=["0.000123450000"])
+    agent700_cost: str | None = Field(description="Decimal string, what the customer pays.", examples=["0.000246900000"])
+    stripe: StripeReportOut
+    error: str | None
+
+
+class BatchResultOut(pydantic.BaseModel):
+    index: int
+    id: uuid.UUID | None = None
+    status: Literal["queued", "duplicate", "rejected"]
+    error: str | None = None
+    details: list[ErrorDetailOut] | None = None
+
+
+class ErrorDetailOut(pydantic.BaseModel):
+    field: str
+    message: str
+
+
+class BatchOut(pydantic.BaseModel):
+    results: list[BatchResultOut]
+
+
+class ErrorOut(pydantic.BaseModel):
+    error: str
+    details: list[ErrorDetailOut] | None = None
+
+
+BatchResultOut.model_rebuild()
+
+
+def error_details(error: pydantic.ValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as the contract's ``details``: one per field, readable."""
+    details = []
+    for problem in error.errors(include_url=False, include_context=False, include_input=False):
+        field = ".".join(str(part) for part in problem["loc"]) or "body"
+        message = {
+            "missing": "This field is required.",
+            "extra_forbidden": "Unknown field.",
+        }.get(problem["type"], problem["msg"].removeprefix("Value error, ") + ".")
+        details.append({"field": field, "message": message})
+    return details

@@ -1,0 +1,205 @@
+"""The usage API: record one event, a batch of events, and read an event's status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+
+import pydantic
+import sqlalchemy as sa
+from flask import Blueprint, current_app, g, jsonify, request, url_for
+
+from ingest_api.auth import superadmin_required
+from ingest_api.catalog import Catalog
+from ingest_api.errors import ApiError
+from ingest_api.intake import BrokerUnavailable, Intake, fingerprint
+from ingest_api.schemas import BatchEventIn, BatchIn, UsageEventIn, UsageEventOut, error_details
+from shared import db, models
+from shared.usage_event import AcceptedUsageEvent
+
+blueprint = Blueprint("usage", __name__, url_prefix="/api/billing/external-usage")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+RETRY_AFTER_SECONDS = "2"
+
+
+def catalog() -> Catalog:
+    return current_app.extensions["catalog"]
+
+
+def intake() -> Intake:
+    return current_app.extensions["intake"]
+
+
+def _json_object() -> dict:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "Content-Type must be application/json.")
+    raw = request.get_data(cache=False)  # 413 above MAX_CONTENT_LENGTH, raised by werkzeug
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(
+            422,
+            "The Idempotency-Key header is invalid.",
+            details=[{"field": "Idempotency-Key", "message": "Must be 1 to 255 printable ASCII characters."}],
+        )
+    return key
+
+
+def _accepted_event(body: dict, model: type[UsageEventIn], received_at: dt.datetime, idempotency_key: str | None):
+    """Validate one body; return (event, fingerprint) or raise 422 with every problem."""
+    try:
+        validated = model.model_validate(body, context={"received_at": received_at})
+    except pydantic.ValidationError as error:
+        raise ApiError(422, "The usage event is invalid.", details=error_details(error)) from None
+    fields = validated.model_dump(exclude={"idempotency_key"})
+    event = AcceptedUsageEvent(
+        id=uuid.uuid4(),
+        **(fields | {"occurred_at": validated.occurred_at or received_at}),
+        received_at=received_at,
+        caller_user_id=g.caller.user_id,
+        idempotency_key=idempotency_key,
+    )
+    canonical = json.dumps({k: v for k, v in body.items() if k != "idempotency_key"}, sort_keys=True).encode()
+    return event, fingerprint(canonical)
+
+
+def _queue(pairs):
+    try:
+        return intake().accept(pairs)
+    except BrokerUnavailable:
+        current_app.logger.warning("broker unavailable; events not accepted")
+        raise ApiError(
+            503, "The billing queue is unavailable; nothing was recorded. Retry later.",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        ) from None
+
+
+@blueprint.post("")
+@superadmin_required
+def record_usage():
+    received_at = dt.datetime.now(dt.UTC)
+    idempotency_key = _idempotency_key()
+    event, body_fingerprint = _accepted_event(_json_object(), UsageEventIn, received_at, idempotency_key)
+    unknown = catalog().unknown_references([event])[0]
+    if unknown:
+        raise ApiError(422, "The usage event refers to something that does not exist.", details=unknown)
+    (outcome,) = _queue([(event, body_fingerprint)])
+    if outcome.status == "conflict":
+        raise ApiError(409, "This Idempotency-Key was already used with a different body.")
+    location = url_for("usage.usage_status", event_id=outcome.event_id)
+    if outcome.status == "duplicate":
+        response = jsonify(id=str(outcome.event_id), status=_status_record(outcome.event_id)["status"])
+        response.status_code = 200
+    else:
+        response = jsonify(id=str(outcome.event_id), status="queued")
+        response.status_code = 202
+    response.headers["Location"] = location
+    return response
+
+
+@blueprint.post("/batch")
+@superadmin_required
+def record_usage_batch():
+    received_at = dt.datetime.now(dt.UTC)
+    try:
+        batch = BatchIn.model_validate(_json_object())
+    except pydantic.ValidationError as error:
+        raise ApiError(422, "The batch is invalid.", details=error_details(error)) from None
+    results: list[dict] = [{} for _ in batch.events]
+    candidates = []  # (index, event, fingerprint)
+    for index, body in enumerate(batch.events):
+        if not isinstance(body, dict):
+            results[index] = _rejected(index, "Each event must be a JSON object.", None)
+            continue
+        try:
+            event, body_fingerprint = _accepted_event(body, BatchEventIn, received_at, None)
+        except ApiError as error:
+            results[index] = _rejected(index, error.message, error.details)
+            continue
+        key = body.get("idempotency_key")
+        candidates.append((index, event.model_copy(update={"idempotency_key": key}), body_fingerprint))
+    unknown = catalog().unknown_references([event for _, event, _ in candidates])
+    queueable = []
+    for (index, event, body_fingerprint), details in zip(candidates, unknown, strict=True):
+        if details:
+            results[index] = _rejected(index, "The usage event refers to something that does not exist.", details)
+        else:
+            queueable.append((index, event, body_fingerprint))
+    if queueable:
+        outcomes = _queue([(event, body_fingerprint) for _, event, body_fingerprint in queueable])
+        for (index, _, _), outcome in zip(queueable, outcomes, strict=True):
+            if outcome.status == "conflict":
+                results[index] = _rejected(index, "This idempotency_key was already used with a different body.", None)
+            else:
+                results[index] = {"index": index, "id": str(outcome.event_id), "status": outcome.status}
+    return jsonify(results=results)
+
+
+def _rejected(index: int, message: str, details: list | None) -> dict:
+    result = {"index": index, "status": "rejected", "error": message}
+    if details:
+        result["details"] = details
+    return result
+
+
+@blueprint.get("/<uuid:event_id>")
+@superadmin_required
+def usage_status(event_id: uuid.UUID):
+    return jsonify(_status_record(event_id))
+
+
+def _status_record(event_id: uuid.UUID) -> dict:
+    # The broker first: once a worker records an event it commits the row before it
+    # deletes the queued record, so "not queued" here means the row is visible below.
+    try:
+        queued = intake().queued_event(event_id)
+    except BrokerUnavailable:
+        queued = None
+    if queued is not None:
+        return _record(queued, "queued", None, None, None, None, None)
+    settings = current_app.config["SETTINGS"]
+    with db.transaction(settings.database_url) as session:
+        row = session.execute(
+            sa.select(models.UserBillableRequestLog, models.Service.name)
+            .outerjoin(models.Service, models.Service.id == models.UserBillableRequestLog.service_id)
+            .where(models.UserBillableRequestLog.id == event_id)
+        ).first()
+        if row is not None:
+            log, service_name = row
+            event = AcceptedUsageEvent(
+                id=log.id, user_id=log.user_id, organization_id=log.organization_id, service_name=service_name,
+                model_name=log.model_name, input_tokens=log.input_tokens, output_tokens=log.output_tokens,
+                source=log.source, occurred_at=log.occurred_at, received_at=log.received_at,
+                caller_user_id=log.caller_user_id, idempotency_key=log.idempotency_key,
+            )
+            return _record(
+                event, log.status, log.service_cost, log.agent700_cost, log.stripe_value,
+                log.stripe_reported_at, log.error,
+            )
+        rejected = session.get(models.RejectedUsageEvent, event_id)
+        if rejected is not None:
+            return _record(AcceptedUsageEvent.model_validate(rejected.payload), "failed", None, None, None, None, rejected.reason)
+    raise ApiError(404, "No usage event with this id.")
+
+
+def _record(event: AcceptedUsageEvent, status, service_cost, agent700_cost, stripe_value, reported_at, error) -> dict:
+    record = UsageEventOut(
+        **event.model_dump(include=set(UsageEventOut.model_fields)),
+        status=status,
+        service_cost=None if service_cost is None else str(service_cost),
+        agent700_cost=None if agent700_cost is None else str(agent700_cost),
+        stripe={"identifier": str(event.id), "value": stripe_value, "reported_at": reported_at},
+        error=error,
+    )
+    return record.model_dump(mode="json")
