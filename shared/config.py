@@ -39,6 +39,8 @@ class Settings:
     catalog_cache_seconds: float = 5.0
     # Seconds a publish to the broker may take before the request answers 503.
     enqueue_timeout_seconds: float = 1.0
+    # "v2": the meter event stream, 100 events per call (default); "v1": one call per event.
+    stripe_meter_api: str = "v2"
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -95,6 +97,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     if not 0 <= value_decimals <= 12:
         raise ConfigurationError("STRIPE_VALUE_DECIMALS must be between 0 and 12")
 
+    stripe_meter_api = environ.get("STRIPE_METER_API") or "v2"
+    if stripe_meter_api not in ("v1", "v2"):
+        raise ConfigurationError("STRIPE_METER_API must be v1 or v2")
+
     database_url = database_url or embedded.postgres_url()
     return Settings(
         database_url=normalize_database_url(database_url),
@@ -110,6 +116,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         local_default_run=local_default_run,
         catalog_cache_seconds=_float(environ, "CATALOG_CACHE_SECONDS", 5.0),
         enqueue_timeout_seconds=_float(environ, "ENQUEUE_TIMEOUT_SECONDS", 1.0),
+        stripe_meter_api=stripe_meter_api,
     )
 
 

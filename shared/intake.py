@@ -4,7 +4,8 @@ The edge appends each accepted event to one stream (atomically with its idempote
 claim and its "queued" status record, in one Lua script, so a failed publish leaves
 nothing behind). Celery workers read it through a consumer group in batches; an entry
 stays pending until the row it produced is committed, so a worker killed mid-batch
-loses nothing: another worker claims the entry after ``CLAIM_IDLE_MS``.
+loses nothing: another worker claims the entry after ``CLAIM_IDLE_MS``. Recording is
+idempotent, so a slow worker's entry claimed by another is still billed once.
 """
 
 STREAM = "billing:intake"
@@ -14,4 +15,4 @@ EVENT_FIELD = "event"
 QUEUED_KEY = "billing:queued:{event_id}"
 QUEUED_TTL_SECONDS = 7 * 24 * 3600
 # How long an entry may sit unacknowledged with a consumer before another may take it.
-CLAIM_IDLE_MS = 30_000
+CLAIM_IDLE_MS = 10_000

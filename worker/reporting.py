@@ -1,0 +1,180 @@
+"""Which recorded rows go to Stripe, by whom, and what their status becomes.
+
+Stripe allows one concurrent meter call per customer per meter. Organizations are split
+into ``REPORT_SHARDS`` shards (by the last byte of their id) and each shard has at most
+one reporter at a time, held by a Redis lock: workers never fight over an organization,
+and several shards report in parallel.
+
+Wake-ups are coalesced: recording a batch sets a shard's "pending" flag and sends one
+``report_shard`` task only if the flag was not already set; the reporter clears the flag
+before it reads, so rows committed after that read always cause another run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import redis
+import sqlalchemy as sa
+
+from shared import db, models
+from shared.config import Settings
+from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, backoff_seconds
+
+log = logging.getLogger(__name__)
+REPORT_SHARDS = 8
+ROWS_PER_ROUND = 500
+LOCK_SECONDS = 300
+PENDING_KEY = "billing:report-pending:{shard}"
+LOCK_KEY = "billing:report-lock:{shard}"
+BACKOFF_KEY = "billing:report-backoff:{shard}"
+# Stripe deduplicates identifiers for 24 hours. A row still unreported near that age is
+# not re-sent blindly (a lost answer could have been a success): it is flagged instead.
+IDENTIFIER_WINDOW = dt.timedelta(hours=23)
+RECONCILE_ERROR = (
+    "Not reported within Stripe's 24-hour identifier window; run `stripe reconcile` for its "
+    "organization before retrying, so it cannot be counted twice."
+)
+
+_logs = models.UserBillableRequestLog
+
+
+def shard_of(organization_id: uuid.UUID) -> int:
+    return organization_id.bytes[15] % REPORT_SHARDS
+
+
+def _in_shard(shard: int):
+    # Same function as shard_of(), in SQL: the last byte of the UUID.
+    return sa.func.get_byte(sa.func.uuid_send(_logs.organization_id), 15) % REPORT_SHARDS == shard
+
+
+@dataclass
+class ShardReport:
+    busy: bool = False
+    reported: list[uuid.UUID] = field(default_factory=list)
+    failed: dict[uuid.UUID, str] = field(default_factory=dict)
+    retry_in: float | None = None  # seconds, when Stripe refused for now
+
+
+def claim_wakeup(broker: redis.Redis, shard: int) -> bool:
+    """True if the caller should send a report task for the shard (none is pending)."""
+    return bool(broker.set(PENDING_KEY.format(shard=shard), 1, nx=True, ex=LOCK_SECONDS))
+
+
+def report_shard(settings: Settings, broker: redis.Redis, meter: StripeMeter, shard: int) -> ShardReport:
+    lock = broker.lock(LOCK_KEY.format(shard=shard), timeout=LOCK_SECONDS, blocking=False)
+    if not lock.acquire():
+        return ShardReport(busy=True)
+    try:
+        backoff_ttl = broker.pttl(BACKOFF_KEY.format(shard=shard))
+        if backoff_ttl and backoff_ttl > 0:
+            return ShardReport(retry_in=backoff_ttl / 1000)
+        broker.delete(PENDING_KEY.format(shard=shard))
+        report = ShardReport()
+        while True:
+            lock.reacquire()
+            rows = _unreported(settings, shard)
+            if not rows:
+                return report
+            outcomes = _report_rows(settings, meter, rows)
+            report.reported += [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED]
+            report.failed |= {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.FAILED}
+            retry = [r for r in outcomes.values() if r.outcome is Outcome.RETRY]
+            if retry:
+                attempt = max(row.stripe_attempts for row in rows) + 1
+                report.retry_in = max(0.5, backoff_seconds(attempt))
+                broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(report.retry_in * 1000))
+                # The caller re-runs this shard after the backoff; until then no other wake-up.
+                broker.set(PENDING_KEY.format(shard=shard), 1, ex=LOCK_SECONDS)
+                log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, report.retry_in, retry[0].error)
+                return report
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass
+
+
+def _unreported(settings: Settings, shard: int):
+    with db.transaction(settings.database_url) as session:
+        return session.execute(
+            sa.select(
+                _logs.id, _logs.organization_id, _logs.stripe_value, _logs.occurred_at, _logs.recorded_at,
+                _logs.stripe_attempts, models.Organization.stripe_customer_id,
+            )
+            .join(models.Organization, models.Organization.id == _logs.organization_id)
+            .where(_logs.status == models.UsageStatus.RECORDED, _in_shard(shard))
+            .order_by(_logs.recorded_at)
+            .limit(ROWS_PER_ROUND)
+        ).all()
+
+
+def _report_rows(settings: Settings, meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
+    outcomes: dict[uuid.UUID, Result] = {}
+    sendable = []
+    for row in rows:
+        if not row.stripe_customer_id:
+            outcomes[row.id] = Result(
+                Outcome.FAILED,
+                f"Organization {row.organization_id} has no Stripe customer id; set it, then `usage retry`.",
+            )
+        else:
+            sendable.append(MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at))
+    if sendable:
+        outcomes |= meter.report(sendable)
+    _save_outcomes(settings, outcomes)
+    return outcomes
+
+
+def _save_outcomes(settings: Settings, outcomes: dict) -> None:
+    reported = [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED]
+    retrying = {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.RETRY}
+    failed = [{"id": i, "status": models.UsageStatus.FAILED, "error": r.error} for i, r in outcomes.items() if r.outcome is Outcome.FAILED]
+    with db.transaction(settings.database_url) as session:
+        if reported:
+            session.execute(
+                sa.update(_logs)
+                .where(_logs.id.in_(reported))
+                .values(
+                    status=models.UsageStatus.REPORTED, stripe_reported_at=sa.func.now(),
+                    stripe_attempts=_logs.stripe_attempts + 1, error=None,
+                )
+            )
+        if retrying:
+            session.execute(
+                sa.update(_logs)
+                .where(_logs.id.in_(retrying))
+                .values(stripe_attempts=_logs.stripe_attempts + 1, error="Last attempt: " + next(iter(retrying.values())))
+            )
+        if failed:
+            session.execute(sa.update(_logs), failed)
+
+
+def flag_for_reconciliation(settings: Settings) -> int:
+    """Rows recorded but unreported for longer than Stripe remembers identifiers: failed, flagged."""
+    with db.transaction(settings.database_url) as session:
+        return session.execute(
+            sa.update(_logs)
+            .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - IDENTIFIER_WINDOW)
+            .values(status=models.UsageStatus.FAILED, error=RECONCILE_ERROR)
+        ).rowcount
+
+
+def shards_with_stale_rows(settings: Settings, older_than: dt.timedelta) -> set[int]:
+    """Shards holding rows recorded but not reported for longer than ``older_than``."""
+    with db.transaction(settings.database_url) as session:
+        organizations = session.scalars(
+            sa.select(sa.distinct(_logs.organization_id)).where(
+                _logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - older_than
+            )
+        )
+        return {shard_of(org) for org in organizations}
+
+
+def oldest_unreported_age_seconds(settings: Settings) -> float:
+    with db.transaction(settings.database_url) as session:
+        oldest = session.scalar(sa.select(sa.func.min(_logs.recorded_at)).where(_logs.status == models.UsageStatus.RECORDED))
+    return 0.0 if oldest is None else (dt.datetime.now(dt.UTC) - oldest).total_seconds()

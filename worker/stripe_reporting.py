@@ -1,0 +1,174 @@
+"""Reporting ``agent700_cost`` to Stripe Billing Meters with the real ``stripe`` SDK.
+
+Every meter event carries the log row's id as its ``identifier``, and every request an
+``Idempotency-Key`` derived from the same id(s): however often a row is retried, by the
+SDK, by Celery or by the sweeper, Stripe sees the same event and counts it once.
+
+Two paths, chosen by ``STRIPE_METER_API``:
+
+- ``v2`` (default): the meter event stream, up to 100 events per call, authenticated by
+  a meter event session token that lives 15 minutes and is renewed before it expires.
+- ``v1``: one ``POST /v1/billing/meter_events`` per event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+
+import stripe
+
+from shared.config import Settings
+
+STREAM_MAX_EVENTS = 100
+# The SDK retries connection errors, 409 and 5xx itself (with backoff and jitter, and
+# whenever Stripe sends Stripe-Should-Retry: true), reusing the same Idempotency-Key.
+SDK_NETWORK_RETRIES = 2
+HTTP_TIMEOUT_SECONDS = 10
+SESSION_RENEW_MARGIN = dt.timedelta(minutes=1)
+
+
+class Outcome(enum.Enum):
+    REPORTED = "reported"  # Stripe has it (now, or from an earlier attempt)
+    FAILED = "failed"  # Stripe will not take it as it is; an operator must act
+    RETRY = "retry"  # a transient refusal; try again later
+
+
+@dataclass(frozen=True)
+class MeterEvent:
+    row_id: uuid.UUID
+    stripe_customer_id: str
+    value: int
+    occurred_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    error: str | None = None
+
+
+def idempotency_key(row_ids: list[uuid.UUID]) -> str:
+    if len(row_ids) == 1:
+        return f"agent700-meter-{row_ids[0]}"
+    digest = hashlib.sha256(",".join(sorted(map(str, row_ids))).encode()).hexdigest()
+    return f"agent700-meter-batch-{digest}"
+
+
+def _already_exists(error: stripe.StripeError) -> bool:
+    message = (getattr(error, "user_message", None) or str(error) or "").lower()
+    return getattr(error, "code", None) == "resource_already_exists" or "already exists with identifier" in message
+
+
+def _classify(error: stripe.StripeError) -> Result:
+    if _already_exists(error):
+        return Result(Outcome.REPORTED)
+    status = getattr(error, "http_status", None)
+    transient = isinstance(error, (stripe.RateLimitError, stripe.APIConnectionError, stripe.TemporarySessionExpiredError))
+    if transient or status in (409, 429) or (status is not None and status >= 500) or (status is None and isinstance(error, stripe.APIError)):
+        return Result(Outcome.RETRY, f"Stripe answered {status or 'no response'}: {error.user_message or error}")
+    return Result(Outcome.FAILED, f"Stripe refused the meter event ({status}): {error.user_message or error}")
+
+
+class StripeMeter:
+    def __init__(self, settings: Settings, api: str = "v2"):
+        self.event_name = settings.stripe_meter_event_name
+        self.api = api
+        self.client = stripe.StripeClient(
+            settings.stripe_api_key,
+            base_addresses={"api": settings.stripe_api_base, "meter_events": settings.stripe_meter_events_base},
+            max_network_retries=SDK_NETWORK_RETRIES,
+            http_client=stripe.RequestsClient(timeout=HTTP_TIMEOUT_SECONDS),
+        )
+        self._session_token: str | None = None
+        self._session_expires_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+    def report(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:
+        """Send the events; the outcome of each. Stops at the first transient refusal."""
+        results: dict[uuid.UUID, Result] = {}
+        send = self._send_stream if self.api == "v2" else self._send_each
+        for start in range(0, len(events), STREAM_MAX_EVENTS):
+            chunk = events[start : start + STREAM_MAX_EVENTS]
+            results |= send(chunk)
+            if any(r.outcome is Outcome.RETRY for r in results.values()):
+                retry = next(r for r in results.values() if r.outcome is Outcome.RETRY)
+                for event in events[start + len(chunk) :]:
+                    results[event.row_id] = retry
+                break
+        return results
+
+    def _send_each(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:
+        results = {}
+        for index, event in enumerate(events):
+            try:
+                self.client.v1.billing.meter_events.create(
+                    params={
+                        "event_name": self.event_name,
+                        "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},
+                        "identifier": str(event.row_id),
+                        "timestamp": int(event.occurred_at.timestamp()),
+                    },
+                    options={"idempotency_key": idempotency_key([event.row_id])},
+                )
+                results[event.row_id] = Result(Outcome.REPORTED)
+            except stripe.StripeError as error:
+                results[event.row_id] = _classify(error)
+                if results[event.row_id].outcome is Outcome.RETRY:
+                    for rest in events[index + 1 :]:
+                        results[rest.row_id] = results[event.row_id]
+                    break
+        return results
+
+    def _session(self) -> str:
+        now = dt.datetime.now(dt.UTC)
+        if self._session_token is None or now >= self._session_expires_at - SESSION_RENEW_MARGIN:
+            session = self.client.v2.billing.meter_event_session.create()
+            self._session_token = session.authentication_token
+            self._session_expires_at = session.expires_at
+        return self._session_token
+
+    def _send_stream(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:
+        body = {
+            "events": [
+                {
+                    "event_name": self.event_name,
+                    "payload": {"stripe_customer_id": e.stripe_customer_id, "value": str(e.value)},
+                    "identifier": str(e.row_id),
+                    "timestamp": e.occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+                }
+                for e in events
+            ]
+        }
+        for attempt in range(2):
+            try:
+                self.client.v2.billing.meter_event_stream.create(
+                    params=body,
+                    options={"api_key": self._session(), "idempotency_key": idempotency_key([e.row_id for e in events])},
+                )
+                return {e.row_id: Result(Outcome.REPORTED) for e in events}
+            except (stripe.TemporarySessionExpiredError, stripe.AuthenticationError) as error:
+                # The session ended early (or was never valid here): renew once, then judge.
+                self._session_token = None
+                if attempt:
+                    return {e.row_id: _classify(error) for e in events}
+            except stripe.InvalidRequestError:
+                # One bad event refuses the whole call; send them one by one to find it.
+                return self._send_each(events)
+            except stripe.StripeError as error:
+                return {e.row_id: _classify(error) for e in events}
+        raise AssertionError("unreachable")
+
+
+def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
+    import random
+
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def monotonic() -> float:
+    return time.monotonic()
