@@ -1,0 +1,123 @@
+"""Fault injection and tunables for the local Stripe server (not part of Stripe's API).
+
+Settings (all optional in an update; ``GET``/``POST /_local/faults`` show and change them):
+
+``fail_next`` (int) / ``status`` (429 or 5xx)
+    The next ``fail_next`` Stripe API calls answer ``status`` with a Stripe error body and
+    ``Stripe-Should-Retry: true``, before authentication and before anything is stored, so
+    a retry with the same idempotency key runs the request for real.
+``latency_ms`` (number)
+    Added to every Stripe API call. Meter-event calls sleep while holding their
+    (customer, event_name) claims, so overlapping calls are observable.
+``one_call_per_customer`` (bool)
+    Stripe's rule for meter events: at most one concurrent call per customer per meter;
+    the second concurrent call answers 429 ``rate_limit``.
+``session_ttl_seconds`` (number)
+    Lifetime of v2 meter event sessions created from now on (Stripe: 15 minutes). 0 makes
+    new sessions expire at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from local_stripe.wire import StripeError
+
+DEFAULT_SESSION_TTL_SECONDS = 15 * 60
+
+
+@dataclasses.dataclass
+class FaultSettings:
+    fail_next: int = 0
+    status: int = 500
+    latency_ms: float = 0
+    one_call_per_customer: bool = False
+    session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
+
+
+def _check(name: str, value: Any) -> Any:
+    """The value if it suits the setting, else ValueError with a readable reason."""
+    if name == "one_call_per_customer":
+        if not isinstance(value, bool):
+            raise ValueError("one_call_per_customer must be true or false")
+        return value
+    # bool is an int in Python; a JSON true is never a count or a duration here.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0")
+    if name == "fail_next":
+        if not isinstance(value, int):
+            raise ValueError("fail_next must be an integer")
+    elif name == "status":
+        if value != 429 and not (isinstance(value, int) and 500 <= value <= 599):
+            raise ValueError("status must be 429 or a 5xx code")
+    return value
+
+
+class Faults:
+    """The current settings, guarded by their own lock; ``take_failure`` consumes them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settings = FaultSettings()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._settings = FaultSettings()
+
+    def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply some settings at once (all or none); ValueError names the first bad one."""
+        known = {field.name for field in dataclasses.fields(FaultSettings)}
+        for name in changes:
+            if name not in known:
+                raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
+        checked = {name: _check(name, value) for name, value in changes.items()}
+        with self._lock:
+            self._settings = dataclasses.replace(self._settings, **checked)
+            return dataclasses.asdict(self._settings)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dataclasses.asdict(self._settings)
+
+    @property
+    def latency_seconds(self) -> float:
+        with self._lock:
+            return self._settings.latency_ms / 1000
+
+    @property
+    def one_call_per_customer(self) -> bool:
+        with self._lock:
+            return self._settings.one_call_per_customer
+
+    @property
+    def session_ttl_seconds(self) -> float:
+        with self._lock:
+            return self._settings.session_ttl_seconds
+
+    def take_failure(self) -> StripeError | None:
+        """The injected error for this call, if one is still due."""
+        with self._lock:
+            if self._settings.fail_next <= 0:
+                return None
+            self._settings.fail_next -= 1
+            status = self._settings.status
+        # Stripe sends Stripe-Should-Retry: true when a retry is safe and may succeed
+        # (lock timeouts, shed load); without it the SDK would not retry a 429.
+        headers = {"Stripe-Should-Retry": "true"}
+        if status == 429:
+            return StripeError(
+                429,
+                "Request rate limit exceeded. You can learn more about rate limits here "
+                "https://stripe.com/docs/rate-limits. (injected by local_stripe)",
+                code="rate_limit",
+                headers=headers,
+            )
+        return StripeError(
+            status,
+            "An unknown error occurred. (injected by local_stripe)",
+            type="api_error",
+            headers=headers,
+        )

@@ -1,0 +1,410 @@
+"""The local Stripe server, driven through the real ``stripe`` SDK as the billing worker drives it.
+
+The ``stripe`` fixture is the server (its state and faults reset per test); the SDK is
+imported as ``stripe_sdk``. The exception classes asserted here are the contract the
+billing worker relies on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+import stripe as stripe_sdk
+
+API_KEY = "sk_test_local_stripe_tests"
+EVENT_NAME = "agent700_cost"
+
+
+def sdk_client(server, api_key: str = API_KEY, **options) -> stripe_sdk.StripeClient:
+    options.setdefault("max_network_retries", 0)
+    return stripe_sdk.StripeClient(api_key, base_addresses={"api": server.url, "meter_events": server.url}, **options)
+
+
+def v1_event(customer: str = "cus_a", value: str = "1.5", **fields) -> dict:
+    return {
+        "event_name": EVENT_NAME,
+        "payload": {"stripe_customer_id": customer, "value": value},
+        "identifier": f"id-{uuid.uuid4()}",
+        **fields,
+    }
+
+
+def v2_event(customer: str = "cus_a", value: str = "1", **fields) -> dict:
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {**v1_event(customer, value), "timestamp": now, **fields}
+
+
+@pytest.fixture
+def client(stripe) -> stripe_sdk.StripeClient:
+    return sdk_client(stripe)
+
+
+@pytest.fixture
+def no_retry_wait(monkeypatch):
+    """The SDK waits >= 0.5 s before each retry; these tests only count retries."""
+    monkeypatch.setattr(stripe_sdk.HTTPClient, "INITIAL_DELAY", 0.001)
+
+
+# -- v1 meter events -----------------------------------------------------------------------
+
+
+def test_v1_meter_event_answers_the_stripe_object_and_is_recorded(stripe, client):
+    timestamp = int(time.time()) - 60
+    params = v1_event("cus_1", "2.5", timestamp=timestamp)
+
+    created = client.v1.billing.meter_events.create(params)
+
+    assert created.object == "billing.meter_event"
+    assert (created.event_name, created.identifier, created.timestamp) == (EVENT_NAME, params["identifier"], timestamp)
+    assert created.payload.to_dict() == {"stripe_customer_id": "cus_1", "value": "2.5"}
+    assert created.livemode is False
+    assert abs(created.created - time.time()) < 60
+    assert created.last_response.headers["Request-Id"].startswith("req_")
+    [recorded] = stripe.meter_events()
+    assert recorded | {"received_at": None} == {
+        "identifier": params["identifier"],
+        "event_name": EVENT_NAME,
+        "customer": "cus_1",
+        "value": "2.5",
+        "timestamp": timestamp,
+        "via": "v1",
+        "received_at": None,
+    }
+
+
+def test_duplicate_identifier_is_refused_as_resource_already_exists(stripe, client):
+    params = v1_event(value="1")
+    client.v1.billing.meter_events.create(params)
+
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        client.v1.billing.meter_events.create({**params, "payload": {"stripe_customer_id": "cus_a", "value": "7"}})
+
+    assert caught.value.http_status == 400
+    assert caught.value.code == "resource_already_exists"
+    assert f"An event already exists with identifier {params['identifier']}" in caught.value.user_message
+    assert [e["value"] for e in stripe.meter_events()] == ["1"]
+
+
+def test_idempotency_key_replays_the_first_answer(stripe, client):
+    params, options = v1_event(), {"idempotency_key": f"key-{uuid.uuid4()}"}
+
+    first = client.v1.billing.meter_events.create(params, options)
+    # Without the replay this would be a duplicate identifier (400).
+    second = client.v1.billing.meter_events.create(params, options)
+
+    assert second.to_dict() == first.to_dict()
+    assert second.last_response.headers["Idempotent-Replayed"] == "true"
+    assert second.last_response.headers["Original-Request"] == first.last_response.headers["Request-Id"]
+    assert "Idempotent-Replayed" not in first.last_response.headers
+    assert len(stripe.meter_events()) == 1
+
+
+def test_idempotency_key_with_other_params_is_an_idempotency_error(stripe, client):
+    options = {"idempotency_key": f"key-{uuid.uuid4()}"}
+    client.v1.billing.meter_events.create(v1_event(value="1"), options)
+
+    with pytest.raises(stripe_sdk.IdempotencyError) as caught:
+        client.v1.billing.meter_events.create(v1_event(value="2"), options)
+
+    assert caught.value.http_status == 400
+    assert [e["value"] for e in stripe.meter_events()] == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "code"),
+    [
+        (
+            {"event_name": EVENT_NAME, "payload": {"value": "1"}},
+            "payload[stripe_customer_id]",
+            "meter_event_no_customer_defined",
+        ),
+        (v1_event(value="lots"), "payload[value]", "meter_event_value_not_numeric"),
+        ({"payload": {"stripe_customer_id": "cus_a", "value": "1"}}, "event_name", "parameter_missing"),
+        ({"event_name": EVENT_NAME}, "payload", "parameter_missing"),
+        (v1_event(timestamp=int(time.time()) - 36 * 86400), "timestamp", "timestamp_too_far_in_past"),
+        (v1_event(unknown="x"), "unknown", "parameter_unknown"),
+    ],
+)
+def test_invalid_meter_event_is_refused_naming_the_param(stripe, client, params, param, code):
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        client.v1.billing.meter_events.create(params)
+
+    assert (caught.value.http_status, caught.value.param, caught.value.code) == (400, param, code)
+    assert stripe.meter_events() == []
+
+
+def test_missing_or_invalid_api_key_is_a_401(stripe):
+    answer = requests.post(f"{stripe.url}/v1/billing/meter_events", data={"event_name": EVENT_NAME}, timeout=5)
+    assert answer.status_code == 401
+    assert answer.headers["Request-Id"].startswith("req_")
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert "did not provide an API key" in answer.json()["error"]["message"]
+
+    bad_key = sdk_client(stripe, api_key="pk_test_not_a_secret_key")
+    with pytest.raises(stripe_sdk.AuthenticationError) as caught:
+        bad_key.v1.billing.meter_events.create(v1_event())
+    assert caught.value.http_status == 401
+    assert stripe.meter_events() == []
+
+
+# -- v2 meter event sessions and streams ------------------------------------------------------
+
+
+def open_session(server, client: stripe_sdk.StripeClient):
+    """(a client authenticated by a new session's token, the session), as Stripe's docs do it."""
+    session = client.v2.billing.meter_event_session.create()
+    return sdk_client(server, api_key=session.authentication_token), session
+
+
+def test_v2_session_lasts_15_minutes_and_streams_up_to_100_events(stripe, client):
+    streamer, session = open_session(stripe, client)
+
+    assert session.object == "v2.billing.meter_event_session"
+    lifetime = dt.datetime.fromisoformat(session.expires_at) - dt.datetime.fromisoformat(session.created)
+    assert abs(lifetime - dt.timedelta(minutes=15)) < dt.timedelta(seconds=1)
+
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event(f"cus_{i}") for i in range(100)]})
+    assert len(stripe.meter_events()) == 100
+    assert {e["via"] for e in stripe.meter_events()} == {"v2"}
+
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        streamer.v2.billing.meter_event_stream.create({"events": [v2_event() for _ in range(101)]})
+    assert (caught.value.http_status, caught.value.param) == (400, "events")
+    assert len(stripe.meter_events()) == 100
+
+
+def test_v2_stream_counts_each_identifier_once(stripe, client):
+    earlier = v1_event(value="100")
+    client.v1.billing.meter_events.create(earlier)
+    streamer, _ = open_session(stripe, client)
+    first, second = v2_event(value="1"), v2_event(value="2")
+
+    streamer.v2.billing.meter_event_stream.create(
+        {"events": [first, second, {**first, "payload": {"stripe_customer_id": "cus_a", "value": "50"}}]}
+    )
+    streamer.v2.billing.meter_event_stream.create({"events": [second, {**earlier, "timestamp": first["timestamp"]}]})
+
+    assert sorted((e["identifier"], e["value"]) for e in stripe.meter_events()) == sorted(
+        [(earlier["identifier"], "100"), (first["identifier"], "1"), (second["identifier"], "2")]
+    )
+
+
+def test_v2_stream_refuses_an_invalid_event_as_a_whole(stripe, client):
+    streamer, _ = open_session(stripe, client)
+    bad = v2_event(payload={"stripe_customer_id": "cus_a", "value": "NaN-ish"})
+
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        streamer.v2.billing.meter_event_stream.create({"events": [v2_event(), bad]})
+
+    assert caught.value.param == "events[1].payload.value"
+    assert stripe.meter_events() == []
+
+
+def test_expired_or_unknown_session_token_is_a_temporary_session_expired_error(stripe, client):
+    stripe.set_faults(session_ttl_seconds=0)
+    expired, _ = open_session(stripe, client)
+    unknown = sdk_client(stripe, api_key="mes_tok_never_issued")
+
+    for streamer in (expired, unknown):
+        with pytest.raises(stripe_sdk.TemporarySessionExpiredError) as caught:
+            streamer.v2.billing.meter_event_stream.create({"events": [v2_event()]})
+        assert caught.value.http_status == 401
+        assert caught.value.code == "billing_meter_event_session_expired"
+    assert stripe.meter_events() == []
+
+
+# -- fault injection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "error_class"), [(429, stripe_sdk.RateLimitError), (500, stripe_sdk.APIError)])
+def test_injected_failures_answer_the_next_n_calls(stripe, client, status, error_class):
+    stripe.set_faults(fail_next=2, status=status)
+    params = v1_event()
+
+    for _ in range(2):
+        with pytest.raises(error_class) as caught:
+            client.v1.billing.meter_events.create(params)
+        assert caught.value.http_status == status
+        assert caught.value.error.code == ("rate_limit" if status == 429 else None)
+        assert caught.value.headers["Stripe-Should-Retry"] == "true"
+    assert stripe.meter_events() == []
+
+    client.v1.billing.meter_events.create(params)
+    assert [e["identifier"] for e in stripe.meter_events()] == [params["identifier"]]
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_sdk_retries_through_injected_failures(stripe, no_retry_wait, status):
+    # The SDK retries a 429 only when told to by Stripe-Should-Retry: true.
+    stripe.set_faults(fail_next=2, status=status)
+    retrying = sdk_client(stripe, max_network_retries=2)
+
+    created = retrying.v1.billing.meter_events.create(v1_event())
+
+    assert stripe.faults()["fail_next"] == 0
+    assert [e["identifier"] for e in stripe.meter_events()] == [created.identifier]
+
+
+def test_injected_latency_delays_every_call(stripe):
+    stripe.set_faults(latency_ms=300)
+    impatient = sdk_client(stripe, http_client=stripe_sdk.RequestsClient(timeout=0.1))
+
+    with pytest.raises(stripe_sdk.APIConnectionError):
+        impatient.v1.billing.meters.list()
+
+    started = time.monotonic()
+    sdk_client(stripe).v1.billing.meters.list()
+    assert time.monotonic() - started >= 0.3
+
+
+@pytest.mark.parametrize(
+    ("rule", "customers", "expected"),
+    [
+        (True, ("cus_same", "cus_same"), ["ok", "rate_limit"]),
+        (True, ("cus_one", "cus_two"), ["ok", "ok"]),
+        (False, ("cus_same", "cus_same"), ["ok", "ok"]),
+    ],
+)
+def test_one_concurrent_call_per_customer_and_meter(stripe, rule, customers, expected):
+    stripe.set_faults(one_call_per_customer=rule, latency_ms=300)
+    start_together = threading.Barrier(len(customers))
+
+    def send(customer: str) -> str:
+        client = sdk_client(stripe)
+        start_together.wait()
+        try:
+            client.v1.billing.meter_events.create(v1_event(customer))
+        except stripe_sdk.RateLimitError as error:
+            # The SDK sets .code only for some classes; the body's code is always on .error.
+            return error.error.code
+        return "ok"
+
+    with concurrent.futures.ThreadPoolExecutor(len(customers)) as pool:
+        outcomes = list(pool.map(send, customers))
+
+    assert sorted(outcomes) == expected
+    assert len(stripe.meter_events()) == outcomes.count("ok")
+
+
+# -- meters and summaries -------------------------------------------------------------------
+
+
+def test_meter_is_created_by_the_first_event_and_summaries_sum_values(stripe, client):
+    hour = (int(time.time()) // 3600 - 3) * 3600
+    for customer, value, at in [
+        ("cus_a", "1.5", hour + 10),
+        ("cus_a", "2", hour + 3599),
+        ("cus_a", "4", hour + 3600),
+        ("cus_a", "8", hour + 7200),  # end_time is exclusive
+        ("cus_b", "100", hour + 20),  # another customer
+    ]:
+        client.v1.billing.meter_events.create(v1_event(customer, value, timestamp=at))
+
+    [meter] = client.v1.billing.meters.list({"status": "active"}).data
+    assert (meter.event_name, meter.default_aggregation.formula, meter.status) == (EVENT_NAME, "sum", "active")
+    assert client.v1.billing.meters.retrieve(meter.id).to_dict() == meter.to_dict()
+
+    window = {"customer": "cus_a", "start_time": hour, "end_time": hour + 7200}
+    [total] = client.v1.billing.meters.event_summaries.list(meter.id, window).data
+    assert total.object == "billing.meter_event_summary"
+    assert (total.aggregated_value, total.start_time, total.end_time, total.meter) == (7.5, hour, hour + 7200, meter.id)
+
+    hourly = client.v1.billing.meters.event_summaries.list(meter.id, {**window, "value_grouping_window": "hour"})
+    assert [(s.start_time, s.aggregated_value) for s in hourly.data] == [(hour + 3600, 4.0), (hour, 3.5)]
+
+
+def test_explicit_meter_uses_its_payload_keys_and_can_be_deactivated(stripe, client):
+    meter = client.v1.billing.meters.create(
+        {
+            "display_name": "Tokens",
+            "event_name": "tokens",
+            "default_aggregation": {"formula": "sum"},
+            "value_settings": {"event_payload_key": "tokens"},
+        }
+    )
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        client.v1.billing.meters.create(
+            {"display_name": "Again", "event_name": "tokens", "default_aggregation": {"formula": "sum"}}
+        )
+    assert caught.value.param == "event_name"
+
+    at = (int(time.time()) // 60 - 1) * 60
+    client.v1.billing.meter_events.create(
+        {"event_name": "tokens", "payload": {"stripe_customer_id": "cus_a", "tokens": "12"}, "timestamp": at}
+    )
+    [summary] = client.v1.billing.meters.event_summaries.list(
+        meter.id, {"customer": "cus_a", "start_time": at, "end_time": at + 60}
+    ).data
+    assert summary.aggregated_value == 12
+
+    client.v1.billing.meters.deactivate(meter.id)
+    assert [m.id for m in client.v1.billing.meters.list({"status": "inactive"}).data] == [meter.id]
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        client.v1.billing.meter_events.create(
+            {"event_name": "tokens", "payload": {"stripe_customer_id": "cus_a", "tokens": "1"}}
+        )
+    assert caught.value.code == "archived_meter"
+
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        client.v1.billing.meters.retrieve("mtr_missing")
+    assert (caught.value.http_status, caught.value.code) == (404, "resource_missing")
+
+
+# -- local endpoints --------------------------------------------------------------------------
+
+
+def test_local_endpoints_list_events_set_faults_and_reset(stripe, client):
+    client.v1.billing.meter_events.create(v1_event("cus_1", "3"))
+
+    listed = requests.get(f"{stripe.url}/_local/meter_events", timeout=5).json()["data"]
+    assert listed == stripe.meter_events()
+    assert (listed[0]["customer"], listed[0]["value"], listed[0]["via"]) == ("cus_1", "3", "v1")
+
+    changed = requests.post(f"{stripe.url}/_local/faults", json={"latency_ms": 5, "fail_next": 1}, timeout=5)
+    assert changed.status_code == 200
+    assert requests.get(f"{stripe.url}/_local/faults", timeout=5).json() == changed.json()
+    assert (changed.json()["latency_ms"], changed.json()["fail_next"]) == (5, 1)
+    refused = requests.post(f"{stripe.url}/_local/faults", json={"fail_nxt": 1}, timeout=5)
+    assert refused.status_code == 400
+    assert "fail_nxt" in refused.json()["error"]["message"]
+    with pytest.raises(ValueError):
+        stripe.set_faults(status=404)
+
+    assert requests.post(f"{stripe.url}/_local/reset", timeout=5).status_code == 200
+    assert stripe.meter_events() == []
+    assert stripe.faults()["fail_next"] == 0
+    assert client.v1.billing.meters.list().data == []
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_module_runs_the_server_and_logs_each_request():
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "local_stripe", "--port", str(port)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "listening on" in process.stderr.readline()
+        answer = requests.get(f"http://127.0.0.1:{port}/_local/faults", timeout=5)
+        assert answer.status_code == 200
+        line = process.stderr.readline()
+        while "/_local/faults" not in line and line:
+            line = process.stderr.readline()
+        assert '"GET /_local/faults HTTP/1.1" 200' in line
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
+        process.stderr.close()
