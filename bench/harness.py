@@ -1,0 +1,221 @@
+"""What the benchmarks share: a database and Redis of their own, seeded billing data,
+gunicorn processes with the project's gunicorn.conf.py, and the load tools (wrk, hey)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "bench-secret-that-is-at-least-32-bytes-long"
+
+
+def ensure_load_tools() -> None:
+    """wrk (closed-loop maximum rate) and hey (fixed-rate latency), from Debian's packages."""
+    missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
+    if missing:
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"})
+
+
+@dataclass
+class Environment:
+    database_url: str
+    broker_url: str
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def environment(redis_db: int = 13):
+    """A fresh database on the machine's PostgreSQL (or the embedded one), migrated."""
+    sys.path.insert(0, str(ROOT))
+    from shared import embedded, migrations
+    from tests.conftest import _postgres_server_url, _redis_server_url
+
+    server_url = _postgres_server_url()
+    name = f"a700_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    database_url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    migrations.upgrade(database_url)
+    broker_base = _redis_server_url().rsplit("/", 1)[0]
+    broker_url = f"{broker_base}/{redis_db}"
+    redis.Redis.from_url(broker_url).flushdb()
+    env = dict(os.environ) | {
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "JWT_SECRET": JWT_SECRET,
+        "STRIPE_API_KEY": "sk_test_bench",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("PORT", None)
+    try:
+        yield Environment(database_url, broker_url, env)
+    finally:
+        redis.Redis.from_url(broker_url).flushdb()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+        del embedded
+
+
+def flask_cli(env: Environment, *args: str) -> str:
+    output = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "ingest_api", *args],
+        env=env.env, cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    return output.strip().splitlines()[-1]
+
+
+@dataclass
+class Caller:
+    app_password: str
+    jwt: str
+    user_id: str
+    organization_ids: list[str]
+
+
+def seed(env: Environment, organizations: int = 1) -> Caller:
+    """Organizations with Stripe customers, one superadmin, the service and a price."""
+    user_id = flask_cli(env, "users", "create", "--email", "bench@agent700.example")
+    organization_ids = []
+    for index in range(organizations):
+        org = flask_cli(env, "orgs", "create", "--name", f"bench-{index}", "--stripe-customer-id", f"cus_bench{index}")
+        flask_cli(env, "members", "add", "--user", user_id, "--org", org, "--role", "superadmin")
+        organization_ids.append(org)
+    flask_cli(env, "services", "add", "--name", "transcription")
+    flask_cli(
+        env, "prices", "set", "--model", "gpt-4o-mini", "--input-per-token", "0.00000015",
+        "--output-per-token", "0.0000006", "--agent700-input-per-token", "0.0000003",
+        "--agent700-output-per-token", "0.0000012", "--effective-from", "2024-01-01T00:00:00Z",
+    )
+    app_password = flask_cli(env, "app-passwords", "create", "--user", user_id, "--name", "bench")
+    jwt = flask_cli(env, "tokens", "mint", "--user", user_id, "--ttl-seconds", "3600")
+    return Caller(app_password, jwt, user_id, organization_ids)
+
+
+def event_body(caller: Caller, organization_index: int = 0) -> dict:
+    return {
+        "user_id": caller.user_id,
+        "organization_id": caller.organization_ids[organization_index % len(caller.organization_ids)],
+        "model_name": "gpt-4o-mini",
+        "input_tokens": 1200,
+        "output_tokens": 350,
+        "service_name": "transcription",
+    }
+
+
+@contextlib.contextmanager
+def gunicorn(env: Environment, app: str, port: int):
+    """The web process exactly as the Procfile runs it (gunicorn.conf.py), on ``port``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
+        env=env.env | {"PORT": str(port)}, cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", expect_any=True)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def wait_http(url: str, timeout: float = 30, expect_any: bool = False) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            if expect_any:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = io.open("{body}"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "{authorization}"
+done = function(summary, latency, requests)
+  local statuses = 0
+  io.write(string.format("JSON {{\\"requests\\": %d, \\"seconds\\": %f, \\"non2xx\\": %d, \\"errors\\": %d, \\"p50_ms\\": %f, \\"p99_ms\\": %f}}\\n",
+    summary.requests, summary.duration / 1e6, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+@dataclass
+class MaxRate:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+    errors: int
+
+
+def max_rate(url: str, body: dict, authorization: str, *, seconds: int = 10, connections: int = 16) -> MaxRate:
+    """Closed-loop load with wrk: the most requests per second the server answers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file = Path(tmp) / "body.json"
+        body_file.write_text(json.dumps(body))
+        script = Path(tmp) / "post.lua"
+        script.write_text(_WRK_SCRIPT.format(body=body_file, authorization=authorization))
+        output = subprocess.run(
+            ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    result = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
+    return MaxRate(
+        result["requests"] / result["seconds"], result["p50_ms"], result["p99_ms"], result["non2xx"], result["errors"]
+    )
+
+
+@dataclass
+class FixedRate:
+    rate: float
+    achieved: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+
+
+def fixed_rate(url: str, body: dict, authorization: str, rate: float, *, seconds: int = 10, workers: int = 20) -> FixedRate:
+    """Open-loop-ish load with hey at ``rate`` requests per second; latency of every request."""
+    output = subprocess.run(
+        [
+            "hey", "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:.3f}", "-m", "POST",
+            "-T", "application/json", "-H", f"Authorization: {authorization}", "-d", json.dumps(body),
+            "-o", "csv", url,
+        ],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rows = list(csv.DictReader(io.StringIO(output)))
+    latencies = sorted(float(row["response-time"]) * 1000 for row in rows)
+    non2xx = sum(1 for row in rows if not row["status-code"].startswith("2"))
+    return FixedRate(
+        rate, len(rows) / seconds, statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1], non2xx
+    )
