@@ -22,10 +22,12 @@ import sqlalchemy as sa
 
 from shared import db, models
 from shared.config import Settings
+# Defined in shared/ (the operator commands need them too); still importable from here.
+from shared.reconciliation import RECONCILE_ERROR as RECONCILE_ERROR
+from shared.sharding import REPORT_SHARDS as REPORT_SHARDS, shard_of as shard_of
 from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, backoff_seconds
 
 log = logging.getLogger(__name__)
-REPORT_SHARDS = 8
 ROWS_PER_ROUND = 500
 LOCK_SECONDS = 300
 PENDING_KEY = "billing:report-pending:{shard}"
@@ -34,16 +36,8 @@ BACKOFF_KEY = "billing:report-backoff:{shard}"
 # Stripe deduplicates identifiers for 24 hours. A row still unreported near that age is
 # not re-sent blindly (a lost answer could have been a success): it is flagged instead.
 IDENTIFIER_WINDOW = dt.timedelta(hours=23)
-RECONCILE_ERROR = (
-    "Not reported within Stripe's 24-hour identifier window; run `stripe reconcile` for its "
-    "organization before retrying, so it cannot be counted twice."
-)
 
 _logs = models.UserBillableRequestLog
-
-
-def shard_of(organization_id: uuid.UUID) -> int:
-    return organization_id.bytes[15] % REPORT_SHARDS
 
 
 def _in_shard(shard: int):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import stripe
 
 from shared.config import Settings
+from shared.stripe_client import stripe_client
 
 STREAM_MAX_EVENTS = 100
 # The SDK retries connection errors, 409 and 5xx itself (with backoff and jitter, and
@@ -74,15 +75,27 @@ def _classify(error: stripe.StripeError) -> Result:
     return Result(Outcome.FAILED, f"Stripe refused the meter event ({status}): {error.user_message or error}")
 
 
+def _session_expiry(value: object) -> dt.datetime:
+    """A meter event session's ``expires_at`` as an aware datetime.
+
+    The v2 API sends it as an RFC 3339 string (``2025-01-31T09:45:00.000Z``), and the SDK
+    hands that string over as it is: comparing it with a datetime would raise on the
+    second call and stop every report after a process's first one.
+    """
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00").replace("z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
 class StripeMeter:
     def __init__(self, settings: Settings, api: str = "v2"):
         self.event_name = settings.stripe_meter_event_name
         self.api = api
-        self.client = stripe.StripeClient(
-            settings.stripe_api_key,
-            base_addresses={"api": settings.stripe_api_base, "meter_events": settings.stripe_meter_events_base},
-            max_network_retries=SDK_NETWORK_RETRIES,
-            http_client=stripe.RequestsClient(timeout=HTTP_TIMEOUT_SECONDS),
+        self.client = stripe_client(
+            settings, max_network_retries=SDK_NETWORK_RETRIES, timeout_seconds=HTTP_TIMEOUT_SECONDS
         )
         self._session_token: str | None = None
         self._session_expires_at = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -128,7 +141,7 @@ class StripeMeter:
         if self._session_token is None or now >= self._session_expires_at - SESSION_RENEW_MARGIN:
             session = self.client.v2.billing.meter_event_session.create()
             self._session_token = session.authentication_token
-            self._session_expires_at = session.expires_at
+            self._session_expires_at = _session_expiry(session.expires_at)
         return self._session_token
 
     def _send_stream(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:

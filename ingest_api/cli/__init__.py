@@ -18,7 +18,9 @@ from ingest_api.cli import (
     prices,
     schema,
     services,
+    stripe_reconcile,
     tokens,
+    usage,
     users,
 )
 
@@ -34,5 +36,7 @@ def register(app: Flask) -> None:
         tokens.tokens_cli,
         services.services_cli,
         prices.prices_cli,
+        usage.usage_cli,
+        stripe_reconcile.stripe_cli,
     ):
         app.cli.add_command(command)

@@ -1,0 +1,325 @@
+"""``usage failed`` / ``usage retry``: the events billing could not finish, and re-driving them.
+
+Two kinds of failure are kept, never dropped:
+
+- a log row with status ``failed``: recorded and costed, but Stripe could not take it
+  (no Stripe customer id, a permanent refusal) or it was flagged for reconciliation;
+- an unresolved ``rejected_usage_events`` row: accepted by the API but not recordable
+  (unknown service, no price in effect, ...), kept with the accepted event as payload.
+
+Re-driving hands them back to the worker, which is idempotent for both: a log row goes
+back to ``recorded`` and its shard's reporter is woken (Stripe deduplicates by the row id
+within 24 hours); a rejected event is appended to the intake stream again and recorded at
+most once (by event id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import click
+import pydantic
+import redis
+import sqlalchemy as sa
+from flask.cli import AppGroup
+from sqlalchemy import orm
+
+from ingest_api.cli import store
+from shared import intake, models, queue
+from shared.reconciliation import RECONCILE_ERROR
+from shared.sharding import shard_of
+from shared.usage_event import AcceptedUsageEvent
+
+usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them.")
+
+BROKER_TIMEOUT_SECONDS = 5
+_logs = models.UserBillableRequestLog
+_rejected = models.RejectedUsageEvent
+
+
+# --- usage failed ------------------------------------------------------------------------
+
+
+@usage_cli.command("failed")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables (for scripts).")
+def list_failed(as_json: bool) -> None:
+    """List failed events with their reasons.
+
+    Log rows with status failed (recorded, but not reported to Stripe) and accepted events
+    that could not be recorded (rejected, not yet resolved). Fix the cause, then run
+    `usage retry`.
+    """
+    with store.operator_transaction() as session:
+        failed = session.execute(
+            sa.select(
+                _logs.id, _logs.organization_id, models.Organization.name.label("organization_name"),
+                _logs.occurred_at, _logs.agent700_cost, _logs.stripe_attempts, _logs.error,
+            )
+            .join(models.Organization, models.Organization.id == _logs.organization_id)
+            .where(_logs.status == models.UsageStatus.FAILED)
+            .order_by(_logs.recorded_at, _logs.id)
+        ).all()
+        rejected = session.execute(
+            sa.select(_rejected.id, _rejected.reason, _rejected.attempts, _rejected.rejected_at)
+            .where(_rejected.resolved_at.is_(None))
+            .order_by(_rejected.rejected_at, _rejected.id)
+        ).all()
+
+    if as_json:
+        document = {
+            "failed": [
+                {
+                    "id": str(row.id),
+                    "organization_id": str(row.organization_id),
+                    "organization_name": row.organization_name,
+                    "occurred_at": _time(row.occurred_at),
+                    "agent700_cost": str(row.agent700_cost),
+                    "stripe_attempts": row.stripe_attempts,
+                    "error": row.error,
+                    "needs_reconciliation": row.error == RECONCILE_ERROR,
+                }
+                for row in failed
+            ],
+            "rejected": [
+                {"id": str(row.id), "reason": row.reason, "attempts": row.attempts, "rejected_at": _time(row.rejected_at)}
+                for row in rejected
+            ],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+
+    if not failed and not rejected:
+        click.echo("No failed events.")
+        return
+    if failed:
+        click.echo(f"Failed log rows, recorded but not reported to Stripe ({len(failed)}):")
+        _print_table(
+            ["ID", "ORGANIZATION", "OCCURRED_AT", "AGENT700_COST", "ERROR"],
+            [
+                [str(row.id), str(row.organization_id), _time(row.occurred_at), str(row.agent700_cost), row.error or ""]
+                for row in failed
+            ],
+        )
+    if failed and rejected:
+        click.echo()
+    if rejected:
+        click.echo(f"Rejected events, accepted but not recorded ({len(rejected)}):")
+        _print_table(
+            ["ID", "REJECTED_AT", "ATTEMPTS", "REASON"],
+            [[str(row.id), _time(row.rejected_at), str(row.attempts), row.reason] for row in rejected],
+        )
+    unreconciled = sum(row.error == RECONCILE_ERROR for row in failed)
+    if unreconciled:
+        click.echo(
+            f"\n{unreconciled} row(s) need `stripe reconcile` before a retry: "
+            "`usage retry --all-failed` skips them unless --include-unreconciled is given.",
+        )
+
+
+def _time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    # The last column (the reason) is left unpadded: it is free text of any length.
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for line in [headers, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False)] + [line[-1]]
+        click.echo("  ".join(cells).rstrip())
+
+
+# --- usage retry -------------------------------------------------------------------------
+
+
+@dataclass
+class _RetryPlan:
+    rows: list[uuid.UUID]  # failed log rows to put back to recorded
+    events: list[AcceptedUsageEvent]  # unresolved rejected events to append to the intake again
+
+
+@usage_cli.command("retry")
+@click.option("--id", "event_ids", multiple=True, type=click.UUID,
+              help="A failed log row's or rejected event's id (as `usage failed` lists it); repeat for several.")
+@click.option("--all-failed", is_flag=True, help="Every failed log row and every unresolved rejected event.")
+@click.option("--include-unreconciled", is_flag=True,
+              help="With --all-failed: also rows flagged for reconciliation (see the description above).")
+@click.option("--force", is_flag=True, help="With --id: re-drive a row flagged for reconciliation (see the description above).")
+def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconciled: bool, force: bool) -> None:
+    """Re-drive failed events once their cause is fixed; print the re-driven ids.
+
+    A failed log row goes back to `recorded` (its error cleared) and the reporter of its
+    organization is woken: it is reported to Stripe once, under the same identifier. A
+    rejected event is appended to the intake stream again, so the worker records it (at
+    most once, by event id); if its cause is not fixed, it is rejected again.
+
+    Rows flagged for reconciliation (not reported within Stripe's 24-hour identifier
+    window) may already be counted at Stripe, which no longer deduplicates them: sending
+    them again could bill them twice. Run `stripe reconcile` for their organization
+    first; then re-drive them with `--id ID --force`, or with `--all-failed
+    --include-unreconciled`. `--all-failed` alone skips them.
+
+    Standard output is one line: the re-driven ids, space-separated (a summary goes to
+    standard error).
+    """
+    if bool(event_ids) == all_failed:
+        raise click.UsageError("Give either --id (one or more) or --all-failed.")
+    if force and not event_ids:
+        raise click.UsageError("--force goes with --id; with --all-failed use --include-unreconciled.")
+    if include_unreconciled and not all_failed:
+        raise click.UsageError("--include-unreconciled goes with --all-failed; with --id use --force.")
+
+    settings = store.current_settings()
+    with store.operator_transaction() as session:
+        if all_failed:
+            plan, skipped = _plan_all_failed(session, include_unreconciled)
+        else:
+            plan, skipped = _plan_by_id(session, list(dict.fromkeys(event_ids)), force), []
+
+    # Events first: if the broker is unreachable, nothing has changed yet.
+    if plan.events:
+        _append_to_intake(settings.broker_url, plan.events)
+    shards: set[int] = set()
+    if plan.rows:
+        with store.operator_transaction() as session:
+            redriven = session.execute(
+                sa.update(_logs)
+                # Still failed: a concurrent retry (or a row changed meanwhile) is not re-driven twice.
+                .where(_logs.id.in_(plan.rows), _logs.status == models.UsageStatus.FAILED)
+                # recorded_at restarts the clock the sweeper judges by, so this new attempt
+                # gets its own 24-hour window instead of being flagged again at once.
+                .values(status=models.UsageStatus.RECORDED, error=None, recorded_at=sa.func.now())
+                .returning(_logs.id, _logs.organization_id)
+            ).all()
+        plan.rows = [row.id for row in redriven]
+        shards = {shard_of(row.organization_id) for row in redriven}
+        _wake_reporters(settings.broker_url, shards)
+
+    for note in skipped:
+        click.echo(note, err=True)
+    redriven_ids = [*map(str, plan.rows), *(str(event.id) for event in plan.events)]
+    if not redriven_ids:
+        click.echo("Nothing to re-drive.", err=True)
+        return
+    if plan.rows:
+        click.echo(
+            f"{len(plan.rows)} failed log row(s) back to recorded; reporter woken for shard(s) "
+            f"{', '.join(map(str, sorted(shards)))}.",
+            err=True,
+        )
+    if plan.events:
+        click.echo(f"{len(plan.events)} rejected event(s) appended to the intake stream again.", err=True)
+    click.echo(f"Re-driven: {len(redriven_ids)} event(s); their ids:", err=True)
+    click.echo(" ".join(redriven_ids))
+
+
+def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -> _RetryPlan:
+    """Every id must be re-drivable, or nothing is done: the first problem is the error."""
+    logs = {row.id: row for row in session.execute(
+        sa.select(_logs.id, _logs.status, _logs.error).where(_logs.id.in_(event_ids))
+    )}
+    rejected = {row.id: row for row in session.scalars(sa.select(_rejected).where(_rejected.id.in_(event_ids)))}
+    plan = _RetryPlan(rows=[], events=[])
+    for event_id in event_ids:
+        log_row = logs.get(event_id)
+        if log_row is not None:
+            if log_row.status != models.UsageStatus.FAILED:
+                raise click.ClickException(f"Event {event_id} is {log_row.status}, not failed; there is nothing to retry.")
+            if log_row.error == RECONCILE_ERROR and not force:
+                raise click.ClickException(
+                    f"Event {event_id} is flagged for reconciliation (too old for Stripe to deduplicate); "
+                    "run `stripe reconcile` for its organization, then retry it with --force."
+                )
+            plan.rows.append(event_id)
+        elif event_id in rejected:
+            rejection = rejected[event_id]
+            if rejection.resolved_at is not None:
+                raise click.ClickException(f"Rejected event {event_id} is already resolved; there is nothing to retry.")
+            plan.events.append(_accepted_event(rejection))
+        else:
+            raise click.ClickException(f"No failed or rejected event with id {event_id}.")
+    return plan
+
+
+def _plan_all_failed(session: orm.Session, include_unreconciled: bool) -> tuple[_RetryPlan, list[str]]:
+    failed = session.execute(
+        sa.select(_logs.id, _logs.error).where(_logs.status == models.UsageStatus.FAILED).order_by(_logs.recorded_at)
+    ).all()
+    unreconciled = [row.id for row in failed if row.error == RECONCILE_ERROR]
+    rows = [row.id for row in failed if include_unreconciled or row.error != RECONCILE_ERROR]
+    skipped = []
+    if unreconciled and not include_unreconciled:
+        skipped.append(
+            f"Skipped {len(unreconciled)} row(s) flagged for reconciliation (run `stripe reconcile`, then "
+            f"--include-unreconciled): {' '.join(map(str, unreconciled))}"
+        )
+    events, unreadable = [], []
+    for rejection in session.scalars(
+        sa.select(_rejected).where(_rejected.resolved_at.is_(None)).order_by(_rejected.rejected_at)
+    ):
+        try:
+            events.append(_accepted_event(rejection))
+        except click.ClickException:
+            unreadable.append(rejection.id)
+    if unreadable:
+        skipped.append(
+            f"Skipped {len(unreadable)} rejected event(s) whose queue message is unreadable: "
+            f"{' '.join(map(str, unreadable))}"
+        )
+    return _RetryPlan(rows=rows, events=events), skipped
+
+
+def _accepted_event(rejection: models.RejectedUsageEvent) -> AcceptedUsageEvent:
+    try:
+        event = AcceptedUsageEvent.model_validate(rejection.payload)
+    except pydantic.ValidationError:
+        raise click.ClickException(
+            f"Rejected event {rejection.id} cannot be re-driven: its payload is not an accepted usage event "
+            "(an unreadable queue message)."
+        ) from None
+    if event.id != rejection.id:
+        raise click.ClickException(f"Rejected event {rejection.id} cannot be re-driven: its payload is event {event.id}.")
+    return event
+
+
+def _broker(broker_url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        broker_url, socket_timeout=BROKER_TIMEOUT_SECONDS, socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
+        decode_responses=True,
+    )
+
+
+def _append_to_intake(broker_url: str, events: Iterable[AcceptedUsageEvent]) -> None:
+    """XADD each event with its "queued" status record, as the API does, in one transaction.
+
+    No Idempotency-Key claim: the event keeps its id, which is what the worker records by.
+    """
+    client = _broker(broker_url)
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            for event in events:
+                message = event.to_message()
+                pipe.set(intake.QUEUED_KEY.format(event_id=event.id), message, ex=intake.QUEUED_TTL_SECONDS)
+                pipe.xadd(intake.STREAM, {intake.EVENT_FIELD: message})
+            pipe.execute()
+    except redis.RedisError as error:
+        raise click.ClickException(f"The broker could not be used, nothing was re-driven: {error}") from None
+    finally:
+        client.close()
+
+
+def _wake_reporters(broker_url: str, shards: Iterable[int]) -> None:
+    """One report task per shard. If the broker fails here the rows are already recorded:
+    the beat sweeper re-drives them within minutes, so this only warns."""
+    try:
+        with queue.celery_app.connection_for_write(broker_url) as connection:
+            for shard in sorted(shards):
+                queue.celery_app.send_task(queue.REPORT_SHARD, args=[shard], connection=connection)
+    except Exception as error:  # noqa: BLE001 - kombu raises many kinds; the outcome is the same
+        click.echo(
+            f"Warning: could not wake the reporters ({error}); the sweeper reports the rows within a few minutes.",
+            err=True,
+        )
