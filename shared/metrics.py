@@ -1,0 +1,64 @@
+"""Prometheus metrics of the web and worker processes, in prometheus-client's
+multiprocess mode: every gunicorn worker and Celery pool process writes its own files
+under ``PROMETHEUS_MULTIPROC_DIR``, and ``/metrics`` sums them.
+
+The directory must be known before the first metric exists, so it is settled here, at
+import: ``PROMETHEUS_MULTIPROC_DIR`` if set, else ``var/prometheus`` of this checkout.
+Processes sharing a host share the directory (the local run, one machine); on separate
+hosts each web process reports its host's processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from shared.embedded import VAR_DIR
+
+MULTIPROC_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus")))
+MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess  # noqa: E402
+
+# Web
+http_requests = Counter("a700_http_requests_total", "HTTP requests answered.", ["route", "method", "status"])
+accept_latency = Histogram(
+    "a700_accept_latency_seconds",
+    "Time to answer a usage POST (auth, validation, enqueue).",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+events_accepted = Counter("a700_events_accepted_total", "Usage events accepted and queued.")
+enqueue_failures = Counter("a700_enqueue_failures_total", "Publishes to the broker that failed (answered 503).")
+
+# Worker
+events_recorded = Counter("a700_events_recorded_total", "Usage events written to user_billable_request_logs.")
+events_rejected = Counter("a700_events_rejected_total", "Accepted events kept in rejected_usage_events.")
+events_reported = Counter("a700_events_reported_total", "Log rows Stripe confirmed.")
+events_failed = Counter("a700_events_failed_total", "Log rows marked failed (permanent Stripe refusal, no customer).")
+stripe_calls = Counter("a700_stripe_requests_total", "Calls to Stripe Billing Meters by API and outcome.", ["api", "outcome"])
+stripe_latency = Histogram(
+    "a700_stripe_request_duration_seconds",
+    "Duration of calls to Stripe Billing Meters.",
+    ["api"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def registry() -> CollectorRegistry:
+    """A registry summing every process's files (what ``/metrics`` serves)."""
+    summed = CollectorRegistry()
+    multiprocess.MultiProcessCollector(summed)
+    return summed
+
+
+def process_exited(pid: int) -> None:
+    """Forget a dead process's live gauges (gunicorn ``child_exit``, Celery pool shutdown)."""
+    multiprocess.mark_process_dead(pid)
+
+
+def reset_directory() -> None:
+    """Start a run from zero (``make run``): old processes' files would be summed in."""
+    shutil.rmtree(MULTIPROC_DIR, ignore_errors=True)
+    MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,49 @@
+"""Structured logs: one JSON object per line, with the event id(s) a line is about.
+
+Used by every process (web, worker, beat, CLI). A redacting filter scrubs anything shaped
+like a credential (App Password, JWT, Stripe key, Bearer header value) from every line,
+whatever a library or a message put there: billing logs are read by many, credentials by
+none.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+_SECRETS = re.compile(
+    r"app_a7_[A-Za-z0-9_-]+"  # App Passwords
+    r"|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWTs (and session tokens of that shape)
+    r"|\b(?:sk|rk|ek)_(?:test|live)_[A-Za-z0-9_]+"  # Stripe secret, restricted and ephemeral keys
+    r"|(?<=Bearer )[^\s\"',]+",  # whatever follows a Bearer scheme
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    return _SECRETS.sub(REDACTED, text)
+
+
+class RedactingJsonFormatter(JsonFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure(level: int = logging.INFO) -> None:
+    """Route the root logger to standard error as JSON lines; idempotent."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, RedactingJsonFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        RedactingJsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "process": "pid"},
+        )
+    )
+    root.handlers[:] = [handler]
+    root.setLevel(level)
