@@ -41,7 +41,9 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
         message = _READABLE.get(error.code or 500) or (error.description or error.name)
-        return error_response(error.code or 500, message)
+        # Keep the exception's own headers (a 405's Allow, RFC 9110), not its HTML type.
+        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+        return error_response(error.code or 500, message, headers=headers)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

@@ -26,22 +26,30 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 _ACCEPT = """
 -- KEYS: stream, then per event: its queued-status key, its idempotency key ('' if none)
 -- ARGV: queued ttl, idempotency ttl, then per event: id, message, body fingerprint
-local results = {}
+-- Redis does not undo a script's earlier writes when a later command fails. So first
+-- decide (reads only), then append every new event (XADD is the command that can fail,
+-- e.g. when the stream key holds another type), and only then write the status records
+-- and idempotency claims (SET cannot fail): a refused append leaves nothing behind.
+local results, fresh, claims = {}, {}, {}
 for i = 0, (#KEYS - 1) / 2 - 1 do
-  local queued_key, idem_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-  local id, message, fingerprint = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  local idem_key = KEYS[3 + 2 * i]
   local earlier = false
-  if idem_key ~= '' then earlier = redis.call('GET', idem_key) end
+  if idem_key ~= '' then earlier = claims[idem_key] or redis.call('GET', idem_key) end
   if earlier then
     results[#results + 1] = earlier
   else
-    if idem_key ~= '' then
-      redis.call('SET', idem_key, id .. ' ' .. fingerprint, 'EX', ARGV[2])
-    end
-    redis.call('SET', queued_key, message, 'EX', ARGV[1])
-    redis.call('XADD', KEYS[1], '*', 'event', message)
+    if idem_key ~= '' then claims[idem_key] = ARGV[3 + 3 * i] .. ' ' .. ARGV[5 + 3 * i] end
+    fresh[#fresh + 1] = i
     results[#results + 1] = 'queued'
   end
+end
+for _, i in ipairs(fresh) do
+  redis.call('XADD', KEYS[1], '*', 'event', ARGV[4 + 3 * i])
+end
+for _, i in ipairs(fresh) do
+  local queued_key, idem_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  redis.call('SET', queued_key, ARGV[4 + 3 * i], 'EX', ARGV[1])
+  if idem_key ~= '' then redis.call('SET', idem_key, claims[idem_key], 'EX', ARGV[2]) end
 end
 return results
 """

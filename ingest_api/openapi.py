@@ -111,7 +111,7 @@ def document() -> dict:
                     "parameters": [
                         {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
                     ],
-                    "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404)},
+                    "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404, 503)},
                 }
             },
         },

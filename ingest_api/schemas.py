@@ -8,6 +8,7 @@ integers, and any field the contract does not name is refused.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -28,8 +29,22 @@ def _json_string(value: Any) -> Any:
     return value
 
 
+# RFC 3339 section 5.6 date-time: seconds and an offset required, "T" and "Z" in either case.
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def _rfc3339_string(value: Any) -> Any:
+    """Pydantic's lax datetime parsing also takes Unix seconds in a string, times without
+    seconds and offsets without a colon; the contract asks for RFC 3339."""
+    if not _RFC3339.fullmatch(_json_string(value)):
+        raise PydanticCustomError(
+            "rfc3339_format", "Must be an RFC 3339 date-time with an offset, such as 2025-01-31T09:30:00Z"
+        )
+    return value
+
+
 UuidString = Annotated[uuid.UUID, pydantic.Strict(False), pydantic.BeforeValidator(_json_string)]
-Rfc3339Time = Annotated[pydantic.AwareDatetime, pydantic.Strict(False), pydantic.BeforeValidator(_json_string)]
+Rfc3339Time = Annotated[pydantic.AwareDatetime, pydantic.Strict(False), pydantic.BeforeValidator(_rfc3339_string)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -73,14 +88,17 @@ class BatchEventIn(UsageEventIn):
     idempotency_key: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")] | None = None
 
 
+# Each item is validated on its own later (a bad one is rejected, not the batch), so the
+# list takes any JSON value; its JSON schema is still BatchEventIn's, generated from it.
+_BatchItem = Annotated[Any, pydantic.PlainValidator(lambda item: item, json_schema_input_type=BatchEventIn)]
+
+
 class BatchIn(pydantic.BaseModel):
     """Up to 100 events, each judged on its own."""
 
     model_config = pydantic.ConfigDict(strict=True, extra="forbid")
 
-    events: Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH_EVENTS)] = Field(
-        json_schema_extra={"items": {"$ref": "#/components/schemas/BatchEventIn"}}
-    )
+    events: Annotated[list[_BatchItem], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
 
 Status = Literal["queued", "recorded", "reported", "failed"]

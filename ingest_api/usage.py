@@ -10,7 +10,10 @@ import uuid
 import pydantic
 import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
+from ingest_api import MAX_BODY_BYTES
 from ingest_api.auth import superadmin_required
 from ingest_api.catalog import Catalog
 from ingest_api.errors import ApiError
@@ -32,14 +35,35 @@ def intake() -> Intake:
     return current_app.extensions["intake"]
 
 
+def _body_bytes() -> bytes:
+    """The request body, or 413 when it is over ``MAX_BODY_BYTES``.
+
+    Read one byte past the limit here: for a streamed (chunked) body werkzeug stops at
+    ``MAX_CONTENT_LENGTH`` without an error, so ``get_data`` would hand over the first
+    64 KiB of a larger body as if it were all of it. A declared ``Content-Length`` over
+    the limit is refused by ``get_input_stream`` before anything is read.
+    """
+    stream = get_input_stream(request.environ, max_content_length=MAX_BODY_BYTES + 1)
+    raw = stream.read()
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _json_object() -> dict:
     if request.mimetype != "application/json":
         raise ApiError(415, "Content-Type must be application/json.")
-    raw = request.get_data(cache=False)  # 413 above MAX_CONTENT_LENGTH, raised by werkzeug
+    raw = _body_bytes()
     try:
-        body = json.loads(raw)
+        # UTF-8 only (json.loads on bytes would also take UTF-16 and UTF-32), and no
+        # NaN/Infinity, which Python's parser allows but JSON does not.
+        body = json.loads(raw.decode("utf-8-sig"), parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "The request body is not valid JSON.") from None
+        raise ApiError(400, "The request body is not valid UTF-8 JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return body
@@ -74,15 +98,16 @@ def _accepted_event(body: dict, model: type[UsageEventIn], received_at: dt.datet
     return event, fingerprint(canonical)
 
 
+def _unavailable(message: str) -> ApiError:
+    return ApiError(503, message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
 def _queue(pairs):
     try:
         return intake().accept(pairs)
     except BrokerUnavailable:
         current_app.logger.warning("broker unavailable; events not accepted")
-        raise ApiError(
-            503, "The billing queue is unavailable; nothing was recorded. Retry later.",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        ) from None
+        raise _unavailable("The billing queue is unavailable; nothing was recorded. Retry later.") from None
 
 
 @blueprint.post("")
@@ -164,8 +189,10 @@ def _status_record(event_id: uuid.UUID) -> dict:
     # deletes the queued record, so "not queued" here means the row is visible below.
     try:
         queued = intake().queued_event(event_id)
+        broker_answered = True
     except BrokerUnavailable:
-        queued = None
+        # Not "unknown" yet: an accepted event no worker has recorded is only there.
+        queued, broker_answered = None, False
     if queued is not None:
         return _record(queued, "queued", None, None, None, None, None)
     settings = current_app.config["SETTINGS"]
@@ -190,6 +217,8 @@ def _status_record(event_id: uuid.UUID) -> dict:
         rejected = session.get(models.RejectedUsageEvent, event_id)
         if rejected is not None:
             return _record(AcceptedUsageEvent.model_validate(rejected.payload), "failed", None, None, None, None, rejected.reason)
+    if not broker_answered:
+        raise _unavailable("The billing queue is unavailable, so this event's status is unknown. Retry later.")
     raise ApiError(404, "No usage event with this id.")
 
 
@@ -197,9 +226,15 @@ def _record(event: AcceptedUsageEvent, status, service_cost, agent700_cost, stri
     record = UsageEventOut(
         **event.model_dump(include=set(UsageEventOut.model_fields)),
         status=status,
-        service_cost=None if service_cost is None else str(service_cost),
-        agent700_cost=None if agent700_cost is None else str(agent700_cost),
+        service_cost=_decimal_string(service_cost),
+        agent700_cost=_decimal_string(agent700_cost),
         stripe={"identifier": str(event.id), "value": stripe_value, "reported_at": reported_at},
         error=error,
     )
     return record.model_dump(mode="json")
+
+
+def _decimal_string(amount) -> str | None:
+    # Fixed-point always: str(Decimal) switches to exponent notation for small amounts
+    # ("1.50000000000E-7", "0E-18"), which is not the contract's decimal string.
+    return None if amount is None else format(amount, "f")

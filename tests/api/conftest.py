@@ -1,0 +1,197 @@
+"""What the ingest endpoint's suites share: a billable world (``billing``), request
+helpers, the intake stream as the tests read it, and the shape of an error answer.
+
+The world: an active organization, an active superadmin of it (the caller), a plain
+member of it (the user the usage is attributed to), the service ``transcription``, a
+price for ``gpt-4o-mini`` effective since 2020, an App Password and a JWT of the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+
+from shared import db, intake, models
+from shared.usage_event import AcceptedUsageEvent
+
+URL = "/api/billing/external-usage"
+BATCH_URL = f"{URL}/batch"
+SERVICE = "transcription"
+MODEL = "gpt-4o-mini"
+
+OMIT = object()  # a body field's value meaning "leave this field out"
+
+# "<one readable sentence>": starts with a capital, ends with a full stop, one line.
+SENTENCE = re.compile(r"[A-Z][^\n]*[.!?]")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def queued_events(broker_url: str) -> list[AcceptedUsageEvent]:
+    """Every event on the intake stream, oldest first, as the workers will read them."""
+    client = redis.Redis.from_url(broker_url)
+    try:
+        entries = client.xrange(intake.STREAM)
+    finally:
+        client.close()
+    return [AcceptedUsageEvent.from_message(fields[intake.EVENT_FIELD.encode()]) for _, fields in entries]
+
+
+def stream_length(broker_url: str) -> int:
+    client = redis.Redis.from_url(broker_url)
+    try:
+        return client.xlen(intake.STREAM)
+    finally:
+        client.close()
+
+
+def assert_error(response, status: int, *, fields: list[str] | None = None) -> dict:
+    """The answer is ``status`` with the contract's error body; with ``fields``, its
+    ``details`` name exactly those fields (in any order, each once)."""
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    assert response.mimetype == "application/json", response.headers
+    body = response.get_json()
+    assert isinstance(body, dict), body
+    assert set(body) <= {"error", "details"}, body
+    assert isinstance(body["error"], str) and SENTENCE.fullmatch(body["error"]), body
+    if fields is not None:
+        details = body.get("details")
+        assert isinstance(details, list) and details, body
+        for detail in details:
+            assert set(detail) == {"field", "message"}, detail
+            assert isinstance(detail["message"], str) and detail["message"], detail
+        assert sorted(d["field"] for d in details) == sorted(fields), body
+    return body
+
+
+def assert_unauthorized(response) -> dict:
+    body = assert_error(response, 401)
+    assert response.headers.get("WWW-Authenticate", "").startswith("Bearer"), response.headers
+    return body
+
+
+@dataclass
+class Billing:
+    client: Any
+    broker_url: str
+    organization: models.Organization
+    caller: models.User  # the superadmin who calls the API
+    user: models.User  # the member the usage is attributed to
+    service: models.Service
+    price: models.TextModelCost
+    app_password: str
+    jwt: str
+
+    def body(self, **changes: Any) -> dict:
+        """A valid event body; ``field=value`` overrides, ``field=OMIT`` leaves it out."""
+        body = {
+            "user_id": str(self.user.id),
+            "organization_id": str(self.organization.id),
+            "model_name": MODEL,
+            "input_tokens": 1200,
+            "output_tokens": 340,
+            "service_name": SERVICE,
+        }
+        for field, value in changes.items():
+            if value is OMIT:
+                body.pop(field, None)
+            else:
+                body[field] = value
+        return body
+
+    def headers(self, token: str | None = None, *, idempotency_key: str | None = None, **extra: str) -> dict:
+        headers = {"Authorization": f"Bearer {token or self.app_password}"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        headers.update(extra)
+        return headers
+
+    def post(self, body: Any = None, *, token: str | None = None, idempotency_key: str | None = None, client=None):
+        """POST one event as JSON (the valid body unless given)."""
+        return (client or self.client).post(
+            URL, json=self.body() if body is None else body, headers=self.headers(token, idempotency_key=idempotency_key)
+        )
+
+    def post_batch(self, events: Any, *, token: str | None = None):
+        return self.client.post(BATCH_URL, json={"events": events}, headers=self.headers(token))
+
+    def get(self, event_id: Any, *, token: str | None = None):
+        return self.client.get(f"{URL}/{event_id}", headers=self.headers(token))
+
+    def queued(self) -> list[AcceptedUsageEvent]:
+        return queued_events(self.broker_url)
+
+    def assert_nothing_queued(self) -> None:
+        assert stream_length(self.broker_url) == 0, self.queued()
+
+
+@pytest.fixture
+def billing(client, factory, broker_url) -> Billing:
+    organization = factory.organization()
+    caller = factory.superadmin(organization)
+    user = factory.user()
+    factory.membership(user, organization, "member")
+    service = factory.service(SERVICE)
+    price = factory.price(MODEL, effective_from=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+    return Billing(
+        client=client,
+        broker_url=broker_url,
+        organization=organization,
+        caller=caller,
+        user=user,
+        service=service,
+        price=price,
+        app_password=factory.app_password(caller, name="ingest"),
+        jwt=factory.jwt(caller),
+    )
+
+
+def record_as_worker(settings, billing: Billing, event: AcceptedUsageEvent, **columns: Any) -> models.UserBillableRequestLog:
+    """What a worker does once it has billed a queued event: commit its log row, then
+    drop the "queued" status record. ``columns`` override the row's values."""
+    values = dict(
+        id=event.id,
+        user_id=event.user_id,
+        organization_id=event.organization_id,
+        service_id=billing.service.id,
+        text_model_cost_id=billing.price.id,
+        model_name=event.model_name,
+        input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens,
+        service_cost=Decimal("0.000384000000"),
+        agent700_cost=Decimal("0.000768000000"),
+        source=event.source,
+        occurred_at=event.occurred_at,
+        received_at=event.received_at,
+        caller_user_id=event.caller_user_id,
+        idempotency_key=event.idempotency_key,
+        status="recorded",
+        stripe_identifier=str(event.id),
+        stripe_value=768,
+    ) | columns
+    row = models.UserBillableRequestLog(**values)
+    with db.transaction(settings.database_url) as session:
+        session.add(row)
+    client = redis.Redis.from_url(billing.broker_url)
+    try:
+        client.delete(intake.QUEUED_KEY.format(event_id=event.id))
+    finally:
+        client.close()
+    return row

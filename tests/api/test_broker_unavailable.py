@@ -1,0 +1,157 @@
+"""The queue unavailable: 503 with ``Retry-After``, in bounded time, and nothing accepted.
+
+A 2xx means the event will be billed exactly once; anything else means nothing was
+recorded. So a broker that refuses, hangs or fails part-way leaves no event queued and
+no Idempotency-Key claimed: the caller's retry with the same key is a fresh 202.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+from ingest_api import create_app
+from shared import intake
+from tests.api.conftest import BATCH_URL, URL, assert_error
+
+BOUND_SECONDS = 2.0  # "within about 2 seconds"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def app_with_broker(settings):
+    """Builds apps on the test database with another broker URL; closes their clients."""
+    apps = []
+
+    def build(broker_url: str):
+        app = create_app(settings.replace(broker_url=broker_url))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["intake"].redis.close()
+
+
+@pytest.fixture
+def hanging_broker():
+    """A TCP server that accepts connections and never answers a byte."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)
+    connections: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            connections.append(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=f"redis://127.0.0.1:{server.getsockname()[1]}/0", connections=connections)
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+    for connection in connections:
+        connection.close()
+
+
+def assert_unavailable(response, elapsed: float | None = None, bound: float = BOUND_SECONDS) -> None:
+    assert_error(response, 503)
+    retry_after = response.headers.get("Retry-After", "")
+    assert retry_after.isdigit() and int(retry_after) >= 1, response.headers
+    if elapsed is not None:
+        assert elapsed < bound, elapsed
+
+
+def timed(call):
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def test_broker_down_is_503_at_once_and_nothing_is_queued(billing, app_with_broker):
+    down = app_with_broker(f"redis://127.0.0.1:{free_port()}/0").test_client()
+
+    response, elapsed = timed(lambda: billing.post(client=down, idempotency_key="down-1"))
+    assert_unavailable(response, elapsed)
+    response, elapsed = timed(lambda: down.post(BATCH_URL, json={"events": [billing.body()]}, headers=billing.headers()))
+    assert_unavailable(response, elapsed)
+
+    billing.assert_nothing_queued()
+
+
+def test_broker_hanging_is_503_within_the_bound(billing, app_with_broker, hanging_broker):
+    hung = app_with_broker(hanging_broker.url).test_client()
+
+    response, elapsed = timed(lambda: billing.post(client=hung, idempotency_key="hang-1"))
+    assert hanging_broker.connections, "the request never reached the broker"
+    assert_unavailable(response, elapsed, bound=3.0)
+
+    response, elapsed = timed(lambda: hung.post(BATCH_URL, json={"events": [billing.body()]}, headers=billing.headers()))
+    assert_unavailable(response, elapsed, bound=3.0)
+
+    billing.assert_nothing_queued()
+
+
+def test_a_key_whose_enqueue_failed_is_free_for_the_retry(billing, app_with_broker):
+    down = app_with_broker(f"redis://127.0.0.1:{free_port()}/0").test_client()
+    assert billing.post(client=down, idempotency_key="retry-me").status_code == 503
+
+    # The broker is back (the test's own, working one).
+    response = billing.post(idempotency_key="retry-me")
+    assert response.status_code == 202, response.get_json()
+    (event,) = billing.queued()
+    assert response.get_json() == {"id": str(event.id), "status": "queued"}
+
+
+def test_an_enqueue_failing_inside_the_broker_leaves_no_claim_and_no_status_record(billing, broker_url):
+    """The broker answers but refuses the append (here: the stream key holds a string):
+    the request is a 503, and neither the Idempotency-Key nor a "queued" status record
+    is left behind for an event that is not on the stream."""
+    broker = redis.Redis.from_url(broker_url)
+    try:
+        broker.set(intake.STREAM, "not a stream")
+        before = set(broker.keys("billing:*"))
+
+        response = billing.post(idempotency_key="half-done")
+        assert_unavailable(response)
+        batch = billing.post_batch([billing.body() | {"idempotency_key": "half-done-2"}])
+        assert_unavailable(batch)
+        assert set(broker.keys("billing:*")) == before
+
+        broker.delete(intake.STREAM)
+        retry = billing.post(idempotency_key="half-done")
+        assert retry.status_code == 202, retry.get_json()
+        (event,) = billing.queued()
+        assert retry.get_json()["id"] == str(event.id)
+        assert billing.get(event.id).get_json()["status"] == "queued"
+    finally:
+        broker.close()
+
+
+def test_the_status_of_a_queued_event_is_503_not_404_while_the_broker_is_down(billing, app_with_broker):
+    accepted = billing.post()
+    assert accepted.status_code == 202
+    event_id = accepted.get_json()["id"]
+
+    down = app_with_broker(f"redis://127.0.0.1:{free_port()}/0").test_client()
+    response, elapsed = timed(lambda: down.get(f"{URL}/{event_id}", headers=billing.headers()))
+    assert_unavailable(response, elapsed)
+
+    # Back up: it is there, queued.
+    assert billing.get(event_id).get_json()["status"] == "queued"

@@ -1,0 +1,148 @@
+"""Idempotency-Key on POST /api/billing/external-usage.
+
+The same caller sending the same key with the same body gets the same event id back
+(202 the first time, 200 after, with the event's current status) and is billed once,
+however many times and however concurrently it retries; the same key with a different
+body is a 409. "The same body" is the same JSON object, however it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.api.conftest import URL, assert_error, record_as_worker
+
+THREADS = 20
+
+
+def location(event_id: str) -> str:
+    return f"{URL}/{event_id}"
+
+
+def test_a_replay_returns_the_same_event_with_200_and_queues_nothing_more(billing):
+    first = billing.post(idempotency_key="order-17")
+    assert first.status_code == 202, first.get_json()
+    event_id = first.get_json()["id"]
+    assert first.get_json() == {"id": event_id, "status": "queued"}
+    assert first.headers["Location"] == location(event_id)
+
+    for _ in range(3):
+        again = billing.post(idempotency_key="order-17")
+        assert again.status_code == 200, again.get_json()
+        assert again.get_json() == {"id": event_id, "status": "queued"}
+        assert again.headers["Location"] == location(event_id)
+
+    (event,) = billing.queued()
+    assert str(event.id) == event_id
+    assert event.idempotency_key == "order-17"
+
+
+def test_a_replay_reports_the_events_current_status(billing, settings):
+    first = billing.post(idempotency_key="order-18")
+    assert first.status_code == 202
+    (event,) = billing.queued()
+    record_as_worker(settings, billing, event, status="reported")
+
+    again = billing.post(idempotency_key="order-18")
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json() == {"id": str(event.id), "status": "reported"}
+    assert len(billing.queued()) == 1
+
+
+def test_the_same_json_object_written_differently_is_the_same_body(billing):
+    body = billing.body(source="sdk", occurred_at=None)
+    compact = json.dumps(body, separators=(",", ":"))
+    reordered = json.dumps(dict(reversed(list(body.items()))), indent=3)
+    escaped = json.dumps(body, ensure_ascii=True).replace('"sdk"', '"\\u0073dk"')
+    headers = billing.headers(idempotency_key="written-differently") | {"Content-Type": "application/json"}
+
+    first = billing.client.post(URL, data=compact, headers=headers)
+    assert first.status_code == 202, first.get_json()
+    for data in (reordered, "\n\t " + escaped + " \n"):
+        again = billing.client.post(URL, data=data, headers=headers)
+        assert again.status_code == 200, (data, again.get_json())
+        assert again.get_json()["id"] == first.get_json()["id"]
+    assert len(billing.queued()) == 1
+
+
+def test_the_same_key_with_a_different_body_is_409_and_queues_nothing(billing):
+    first = billing.post(billing.body(input_tokens=10), idempotency_key="order-19")
+    assert first.status_code == 202
+
+    for different in (billing.body(input_tokens=11), billing.body(input_tokens=10, source="other")):
+        assert_error(billing.post(different, idempotency_key="order-19"), 409)
+    assert len(billing.queued()) == 1
+
+    # The key still belongs to the first body.
+    again = billing.post(billing.body(input_tokens=10), idempotency_key="order-19")
+    assert again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert len(billing.queued()) == 1
+
+
+def test_the_same_key_from_another_caller_is_another_event(billing, factory):
+    other_caller = factory.superadmin(billing.organization)
+    mine = billing.post(idempotency_key="shared-key")
+    theirs = billing.post(token=factory.app_password(other_caller), idempotency_key="shared-key")
+    assert mine.status_code == theirs.status_code == 202
+    assert mine.get_json()["id"] != theirs.get_json()["id"]
+    assert sorted(str(e.caller_user_id) for e in billing.queued()) == sorted([str(billing.caller.id), str(other_caller.id)])
+
+
+def test_the_caller_is_the_user_whichever_credential_it_sends(billing, factory):
+    # The JWT and an App Password of one user are one caller: a retry that switches
+    # credential is still a retry.
+    first = billing.post(token=billing.app_password, idempotency_key="switch")
+    again = billing.post(token=billing.jwt, idempotency_key="switch")
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert len(billing.queued()) == 1
+
+
+def test_without_a_key_every_post_is_a_new_event(billing):
+    first, second = billing.post(), billing.post()
+    assert first.status_code == second.status_code == 202
+    assert first.get_json()["id"] != second.get_json()["id"]
+    assert {str(e.id) for e in billing.queued()} == {first.get_json()["id"], second.get_json()["id"]}
+
+
+def _post_at_once(billing, app, bodies: list[dict], key: str):
+    """POST each body from its own thread and test client, all released together."""
+    barrier = threading.Barrier(len(bodies))
+
+    def post(body):
+        client = app.test_client()
+        barrier.wait(timeout=10)
+        return billing.post(body, idempotency_key=key, client=client)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(post, bodies))
+
+
+def test_concurrent_retries_of_one_key_make_exactly_one_event(billing, app):
+    responses = _post_at_once(billing, app, [billing.body()] * THREADS, "concurrent")
+
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {202: 1, 200: THREADS - 1}, [r.get_json() for r in responses]
+    ids = {r.get_json()["id"] for r in responses}
+    assert len(ids) == 1
+    (event,) = billing.queued()
+    assert {str(event.id)} == ids
+    assert {r.headers["Location"] for r in responses} == {location(str(event.id))}
+
+
+def test_concurrent_different_bodies_under_one_key_make_one_event_and_409s(billing, app):
+    bodies = [billing.body(input_tokens=i % 2) for i in range(THREADS)]
+    responses = _post_at_once(billing, app, bodies, "concurrent-conflict")
+
+    (event,) = billing.queued()
+    for body, response in zip(bodies, responses, strict=True):
+        if body["input_tokens"] == event.input_tokens:
+            assert response.status_code in (200, 202), response.get_json()
+            assert response.get_json()["id"] == str(event.id)
+        else:
+            assert_error(response, 409)
+    assert Counter(r.status_code for r in responses)[202] == 1

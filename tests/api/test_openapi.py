@@ -1,0 +1,146 @@
+"""GET /openapi.json: the OpenAPI 3.1 document of the API, generated from the pydantic
+models the endpoints validate with, and true of the running app (a schemathesis run:
+no 5xx, every response as documented)."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from pydantic.json_schema import models_json_schema
+
+from ingest_api import openapi, schemas
+from tests.api.conftest import BATCH_URL, OMIT, URL
+
+MODELS = {
+    "UsageEventIn": (schemas.UsageEventIn, "validation"),
+    "BatchEventIn": (schemas.BatchEventIn, "validation"),
+    "BatchIn": (schemas.BatchIn, "validation"),
+    "AcceptedOut": (schemas.AcceptedOut, "serialization"),
+    "UsageEventOut": (schemas.UsageEventOut, "serialization"),
+    "BatchOut": (schemas.BatchOut, "serialization"),
+    "ErrorOut": (schemas.ErrorOut, "serialization"),
+}
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+@pytest.fixture
+def document(client) -> dict:
+    response = client.get("/openapi.json")  # no credential needed to read the document
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+def test_the_document_is_openapi_3_1_with_every_operation(document):
+    assert document["openapi"].startswith("3.1.")
+    assert document["info"]["title"] and document["info"]["version"]
+    assert {path: set(item) for path, item in document["paths"].items()} == {
+        URL: {"post"},
+        BATCH_URL: {"post"},
+        URL + "/{event_id}": {"get"},
+    }
+    bearer = document["components"]["securitySchemes"]["bearer"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
+    assert document["security"] == [{"bearer": []}]
+    record = document["paths"][URL]["post"]
+    assert record["requestBody"]["content"]["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="UsageEventIn")}
+    assert set(record["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "415", "422", "503"}
+    assert "Location" in record["responses"]["202"]["headers"]
+    assert "WWW-Authenticate" in record["responses"]["401"]["headers"]
+    assert "Retry-After" in record["responses"]["503"]["headers"]
+    assert [p["name"] for p in record["parameters"]] == ["Idempotency-Key"]
+    batch = document["paths"][BATCH_URL]["post"]
+    assert batch["requestBody"]["content"]["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="BatchIn")}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_component_is_its_models_own_json_schema(document, name):
+    model, mode = MODELS[name]
+    generated = model.model_json_schema(mode=mode, ref_template=REF_TEMPLATE)
+    nested = generated.pop("$defs", {})
+    components = document["components"]["schemas"]
+    assert components[name] == generated
+    for nested_name, nested_schema in nested.items():
+        assert components[nested_name] == nested_schema
+
+
+def test_the_components_are_exactly_the_models_and_what_they_refer_to(document):
+    _, generated = models_json_schema(list(MODELS.values()), ref_template=REF_TEMPLATE)
+    assert document["components"]["schemas"] == generated["$defs"]
+
+
+def test_the_batch_items_are_the_batch_event_model(document):
+    events = document["components"]["schemas"]["BatchIn"]["properties"]["events"]
+    assert events["items"] == {"$ref": REF_TEMPLATE.format(model="BatchEventIn")}
+    assert (events["minItems"], events["maxItems"]) == (1, schemas.MAX_BATCH_EVENTS)
+
+
+def test_the_document_states_the_contracts_field_rules(document):
+    event = document["components"]["schemas"]["UsageEventIn"]
+    assert event["additionalProperties"] is False
+    assert set(event["required"]) == {"user_id", "organization_id", "model_name", "input_tokens", "output_tokens", "service_name"}
+    for field in ("input_tokens", "output_tokens"):
+        assert (event["properties"][field]["type"], event["properties"][field]["minimum"], event["properties"][field]["maximum"]) == (
+            "integer", 0, 2_147_483_647,
+        )
+    assert (event["properties"]["source"]["minLength"], event["properties"]["source"]["maxLength"]) == (1, 64)
+    assert event["properties"]["source"]["default"] == "external_api"
+    for field in ("user_id", "organization_id"):
+        assert event["properties"][field]["format"] == "uuid"
+
+
+# --- the document is true of the app ----------------------------------------------------
+
+
+# The document as the app serves it is the one the run is generated from (asserted
+# below); it is loaded at import because parametrization happens at collection.
+api = schemathesis.openapi.from_dict(openapi.document())
+
+
+def test_the_served_document_is_the_generated_one(document):
+    assert document == openapi.document()
+
+
+@api.parametrize()
+@hypothesis_settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_every_response_matches_the_document(case, app, billing):
+    # The schema is loaded at collection; checks that re-send a request use its app.
+    case.operation.schema.app = app
+    if not case.meta.generation.mode.is_negative:
+        _refer_to_the_billing_world(case, billing)
+    # Schema-valid is not acceptable: the document cannot say which ids, services and
+    # priced models exist, nor where "35 days ago" is, so a valid shape may be a 422.
+    excluded = [schemathesis.checks.positive_data_acceptance]
+    batch = case.operation.path == BATCH_URL
+    if batch:
+        # The contract judges each event of a batch on its own: an invalid item is a
+        # "rejected" result in a 200, not a refusal of the batch (asserted below).
+        excluded.append(schemathesis.checks.negative_data_rejection)
+    response = case.call_and_validate(app=app, headers=billing.headers(), excluded_checks=excluded)
+    if batch and case.method.upper() == "POST" and response.status_code == 200:
+        for event, result in zip(case.body["events"], response.json()["results"], strict=True):
+            if not isinstance(event, dict):
+                assert result["status"] == "rejected", (event, result)
+
+
+def _refer_to_the_billing_world(case, billing) -> None:
+    """Point generated references at things that exist, so that the run reaches the
+    queue (202, 200, 409) and reads real status records, not only the 422s and 404s."""
+    if case.method.upper() == "GET":
+        event_id = case.path_parameters.get("event_id")
+        if isinstance(event_id, str) and event_id[-1:] in "02468ace":  # about half of them
+            accepted = billing.post()
+            assert accepted.status_code == 202, accepted.get_json()
+            case.path_parameters["event_id"] = accepted.get_json()["id"]
+        return
+    body = case.body
+    events = body.get("events") if isinstance(body, dict) else None
+    for event in events if isinstance(events, list) else [body]:
+        if isinstance(event, dict):
+            event.update(billing.body(input_tokens=OMIT, output_tokens=OMIT))
