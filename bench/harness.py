@@ -4,14 +4,11 @@ gunicorn processes with the project's gunicorn.conf.py, and the load tools (wrk,
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,19 +200,22 @@ class FixedRate:
     non2xx: int
 
 
-def fixed_rate(url: str, body: dict, authorization: str, rate: float, *, seconds: int = 10, workers: int = 20) -> FixedRate:
-    """Open-loop-ish load with hey at ``rate`` requests per second; latency of every request."""
-    output = subprocess.run(
-        [
-            "hey", "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:.3f}", "-m", "POST",
-            "-T", "application/json", "-H", f"Authorization: {authorization}", "-d", json.dumps(body),
-            "-o", "csv", url,
-        ],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    rows = list(csv.DictReader(io.StringIO(output)))
-    latencies = sorted(float(row["response-time"]) * 1000 for row in rows)
-    non2xx = sum(1 for row in rows if not row["status-code"].startswith("2"))
-    return FixedRate(
-        rate, len(rows) / seconds, statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1], non2xx
-    )
+def fixed_rate(url: str, body: dict, authorization: str, rate: float, *, seconds: int = 10, connections: int = 8) -> FixedRate:
+    """Paced load with wrk: each connection waits a jittered 1/rate·connections between
+    requests (wrk's ``delay()``), so the offered rate is ``rate`` without bursts; the
+    latency of every request is measured without the pause."""
+    pause_ms = 1000.0 * connections / rate
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file = Path(tmp) / "body.json"
+        body_file.write_text(json.dumps(body))
+        script = Path(tmp) / "paced.lua"
+        script.write_text(
+            _WRK_SCRIPT.format(body=body_file, authorization=authorization)
+            + f"\nfunction delay() return math.random() * {2 * pause_ms:.3f} end\n"
+        )
+        output = subprocess.run(
+            ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    result = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
+    return FixedRate(rate, result["requests"] / result["seconds"], result["p50_ms"], result["p99_ms"], result["non2xx"])

@@ -53,7 +53,7 @@ def main() -> None:
             ratio = "" if name in ("hello_world", "batch_100") else f"{result.requests_per_second / hello_rate:.0%}"
             print(f"| {name} (max, wrk) | {result.requests_per_second:,.0f} | {events:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.non2xx} | {ratio} |")
         else:
-            print(f"| {name} (fixed {result.rate:,.0f}/s, hey) | {result.achieved:,.0f} | {result.achieved:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.non2xx} | |")
+            print(f"| {name} (paced {result.rate:,.0f}/s, wrk) | {result.achieved:,.0f} | {result.achieved:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.non2xx} | |")
 
 
 if __name__ == "__main__":

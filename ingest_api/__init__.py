@@ -15,14 +15,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
 
-    from ingest_api import cli, errors, openapi, operations, usage
+    from ingest_api import cli, errors, observability, openapi, operations, usage
+    from ingest_api.auth import CallerCache
     from ingest_api.catalog import Catalog
     from ingest_api.intake import Intake
 
     settings = app.config["SETTINGS"]
     app.extensions["catalog"] = Catalog(settings.database_url, settings.catalog_cache_seconds)
     app.extensions["intake"] = Intake(settings.broker_url, settings.enqueue_timeout_seconds)
+    app.extensions["caller_cache"] = CallerCache(settings.auth_cache_seconds)
     errors.register(app)
+    observability.register(app)
     app.register_blueprint(operations.blueprint)
     app.register_blueprint(usage.blueprint)
     app.register_blueprint(openapi.blueprint)

@@ -3,14 +3,21 @@
 401 when the credential itself is missing, malformed, forged, expired, unknown, revoked or
 belongs to an inactive user; 403 when it is valid but the user is not ``superadmin`` in an
 active membership of an active organization.
+
+A caller verified against the database is remembered for ``AUTH_CACHE_SECONDS`` so the
+request path needs no PostgreSQL round trip. App Password revocation stays immediate:
+``app-passwords revoke`` also marks the password in Redis, and the publish script
+refuses a marked password atomically with the append (see ``ingest_api.intake``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from flask import current_app, g, request
@@ -28,6 +35,35 @@ LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 class Caller:
     user_id: uuid.UUID
     app_password_id: uuid.UUID | None
+
+
+@dataclass
+class CallerCache:
+    """Verified callers by credential (App Password hash, or JWT subject), for a few seconds."""
+
+    ttl_seconds: float
+    _entries: dict[tuple[str, object], tuple[float, Caller]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key: tuple[str, object]) -> Caller | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        return None
+
+    def put(self, key: tuple[str, object], caller: Caller) -> None:
+        if self.ttl_seconds > 0:
+            with self._lock:
+                if len(self._entries) > 10_000:  # bounded: drop the expired, else everything
+                    now = time.monotonic()
+                    self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+                    if len(self._entries) > 10_000:
+                        self._entries.clear()
+                self._entries[key] = (time.monotonic() + self.ttl_seconds, caller)
+
+
+def revoked_unauthorized() -> ApiError:
+    return _unauthorized("This App Password has been revoked.")
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -81,18 +117,22 @@ def bearer_token() -> str:
 def authenticate() -> Caller:
     """The verified caller of this request, or an ``ApiError`` 401/403."""
     token = bearer_token()
+    cache: CallerCache = current_app.extensions["caller_cache"]
     database_url = current_app.config["SETTINGS"].database_url
     if credentials.is_app_password(token):
         try:
             lookup_prefix = credentials.lookup_prefix_of(token)
         except credentials.InvalidCredentials:
             raise _unauthorized("The App Password is malformed.") from None
+        cache_key = ("app_password", credentials.hash_app_password(token))
+        if (cached := cache.get(cache_key)) is not None:
+            return cached
         with db.engine_for(database_url).connect() as connection:
             row = connection.execute(_USER_BY_APP_PASSWORD, {"lookup_prefix": lookup_prefix}).first()
             if row is None or not credentials.app_password_matches(token, row.password_hash):
                 raise _unauthorized("Unknown App Password.")
             if row.revoked_at is not None:
-                raise _unauthorized("This App Password has been revoked.")
+                raise revoked_unauthorized()
             _touch_last_used(connection, row)
         caller = Caller(row.user_id, row.id)
     else:
@@ -100,6 +140,9 @@ def authenticate() -> Caller:
             user_id = credentials.user_id_from_jwt(token, current_app.config["SETTINGS"].jwt_secret)
         except credentials.InvalidCredentials:
             raise _unauthorized("The access token is invalid or expired.") from None
+        cache_key = ("user", user_id)
+        if (cached := cache.get(cache_key)) is not None:
+            return cached
         with db.engine_for(database_url).connect() as connection:
             row = connection.execute(_USER_BY_ID, {"user_id": user_id}).first()
         if row is None:
@@ -109,6 +152,7 @@ def authenticate() -> Caller:
         raise _unauthorized("The user is inactive.")
     if not row.is_superadmin:
         raise ApiError(403, "The caller must be superadmin in an active membership of an active organization.")
+    cache.put(cache_key, caller)
     return caller
 
 

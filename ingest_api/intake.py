@@ -24,15 +24,19 @@ from shared.usage_event import AcceptedUsageEvent
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 _ACCEPT = """
--- KEYS: stream, then per event: its queued-status key, its idempotency key ('' if none)
+-- KEYS: stream, the caller's App Password revocation mark ('' for a JWT), then per
+--       event: its queued-status key, its idempotency key ('' if none)
 -- ARGV: queued ttl, idempotency ttl, then per event: id, message, body fingerprint
+-- A revoked App Password is refused here, atomically with the append, so revocation
+-- takes effect at once even for a caller the web process has cached.
+if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'revoked'} end
 -- Redis does not undo a script's earlier writes when a later command fails. So first
 -- decide (reads only), then append every new event (XADD is the command that can fail,
 -- e.g. when the stream key holds another type), and only then write the status records
 -- and idempotency claims (SET cannot fail): a refused append leaves nothing behind.
 local results, fresh, claims = {}, {}, {}
-for i = 0, (#KEYS - 1) / 2 - 1 do
-  local idem_key = KEYS[3 + 2 * i]
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  local idem_key = KEYS[4 + 2 * i]
   local earlier = false
   if idem_key ~= '' then earlier = claims[idem_key] or redis.call('GET', idem_key) end
   if earlier then
@@ -47,7 +51,7 @@ for _, i in ipairs(fresh) do
   redis.call('XADD', KEYS[1], '*', 'event', ARGV[4 + 3 * i])
 end
 for _, i in ipairs(fresh) do
-  local queued_key, idem_key = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local queued_key, idem_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   redis.call('SET', queued_key, ARGV[4 + 3 * i], 'EX', ARGV[1])
   if idem_key ~= '' then redis.call('SET', idem_key, claims[idem_key], 'EX', ARGV[2]) end
 end
@@ -57,6 +61,19 @@ return results
 
 class BrokerUnavailable(Exception):
     """The event could not be queued; nothing was accepted."""
+
+
+class Revoked(Exception):
+    """The caller's App Password was revoked; nothing was accepted."""
+
+
+def revocation_key(app_password_id: uuid.UUID) -> str:
+    return f"billing:revoked-app-password:{app_password_id}"
+
+
+# A revocation mark must outlive every web process's cached copy of the caller; after
+# that the database (revoked_at) refuses it anyway.
+REVOCATION_MARK_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,15 @@ class Intake:
         )
         self._accept = self.redis.register_script(_ACCEPT)
 
-    def accept(self, events: list[tuple[AcceptedUsageEvent, str]]) -> list[Outcome]:
-        """Queue each (event, body fingerprint) unless its Idempotency-Key was seen."""
-        keys = [intake.STREAM]
+    def accept(
+        self, events: list[tuple[AcceptedUsageEvent, str]], app_password_id: uuid.UUID | None = None
+    ) -> list[Outcome]:
+        """Queue each (event, body fingerprint) unless its Idempotency-Key was seen.
+
+        Raises ``Revoked`` if the caller's App Password was revoked, ``BrokerUnavailable``
+        if Redis cannot take the events in time; in both cases nothing was accepted.
+        """
+        keys = [intake.STREAM, revocation_key(app_password_id) if app_password_id else ""]
         args: list[str | int] = [intake.QUEUED_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS]
         for event, body_fingerprint in events:
             keys.append(intake.QUEUED_KEY.format(event_id=event.id))
@@ -103,6 +126,8 @@ class Intake:
             results = self._accept(keys=keys, args=args)
         except redis.RedisError as error:
             raise BrokerUnavailable(str(error)) from error
+        if results == ["revoked"]:
+            raise Revoked()
         outcomes = []
         for (event, body_fingerprint), result in zip(events, results, strict=True):
             if result == "queued":
@@ -112,6 +137,18 @@ class Intake:
                 same = earlier_fingerprint == body_fingerprint
                 outcomes.append(Outcome("duplicate" if same else "conflict", uuid.UUID(earlier_id)))
         return outcomes
+
+    def mark_revoked(self, app_password_id: uuid.UUID) -> None:
+        try:
+            self.redis.set(revocation_key(app_password_id), 1, ex=REVOCATION_MARK_SECONDS)
+        except redis.RedisError as error:
+            raise BrokerUnavailable(str(error)) from error
+
+    def is_revoked(self, app_password_id: uuid.UUID) -> bool:
+        try:
+            return bool(self.redis.exists(revocation_key(app_password_id)))
+        except redis.RedisError as error:
+            raise BrokerUnavailable(str(error)) from error
 
     def queued_event(self, event_id: uuid.UUID) -> AcceptedUsageEvent | None:
         """The event if it is accepted and no worker has recorded it yet."""

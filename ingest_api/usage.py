@@ -14,12 +14,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from ingest_api import MAX_BODY_BYTES
-from ingest_api.auth import superadmin_required
+from ingest_api.auth import revoked_unauthorized, superadmin_required
 from ingest_api.catalog import Catalog
 from ingest_api.errors import ApiError
-from ingest_api.intake import BrokerUnavailable, Intake, fingerprint
+from ingest_api.intake import BrokerUnavailable, Intake, Revoked, fingerprint
 from ingest_api.schemas import BatchEventIn, BatchIn, UsageEventIn, UsageEventOut, error_details
-from shared import db, models
+from shared import db, metrics, models
 from shared.usage_event import AcceptedUsageEvent
 
 blueprint = Blueprint("usage", __name__, url_prefix="/api/billing/external-usage")
@@ -104,10 +104,15 @@ def _unavailable(message: str) -> ApiError:
 
 def _queue(pairs):
     try:
-        return intake().accept(pairs)
+        outcomes = intake().accept(pairs, g.caller.app_password_id)
+    except Revoked:
+        raise revoked_unauthorized() from None
     except BrokerUnavailable:
-        current_app.logger.warning("broker unavailable; events not accepted")
+        metrics.enqueue_failures.inc()
         raise _unavailable("The billing queue is unavailable; nothing was recorded. Retry later.") from None
+    metrics.events_accepted.inc(sum(1 for outcome in outcomes if outcome.status == "queued"))
+    g.event_ids = [str(outcome.event_id) for outcome in outcomes]
+    return outcomes
 
 
 @blueprint.post("")
@@ -181,6 +186,13 @@ def _rejected(index: int, message: str, details: list | None) -> dict:
 @blueprint.get("/<uuid:event_id>")
 @superadmin_required
 def usage_status(event_id: uuid.UUID):
+    if g.caller.app_password_id is not None:
+        try:
+            revoked = intake().is_revoked(g.caller.app_password_id)
+        except BrokerUnavailable:
+            raise _unavailable("The billing queue is unavailable. Retry later.") from None
+        if revoked:
+            raise revoked_unauthorized()
     return jsonify(_status_record(event_id))
 
 

@@ -37,6 +37,10 @@ class Settings:
     # Seconds the web process trusts its in-memory copy of services, prices, users and
     # organizations before reading them again (how fast a new price or service is seen).
     catalog_cache_seconds: float = 5.0
+    # Seconds a web process trusts a caller it has verified against the database (active
+    # superadmin). App Password revocation is still immediate (checked in Redis with
+    # every publish); deactivating a user or removing the role takes up to this long.
+    auth_cache_seconds: float = 5.0
     # Seconds a publish to the broker may take before the request answers 503.
     enqueue_timeout_seconds: float = 1.0
     # "v2": the meter event stream, 100 events per call (default); "v1": one call per event.
@@ -115,6 +119,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         port=_int(environ, "PORT", 8000),
         local_default_run=local_default_run,
         catalog_cache_seconds=_float(environ, "CATALOG_CACHE_SECONDS", 5.0),
+        auth_cache_seconds=_float(environ, "AUTH_CACHE_SECONDS", 5.0),
         enqueue_timeout_seconds=_float(environ, "ENQUEUE_TIMEOUT_SECONDS", 1.0),
         stripe_meter_api=stripe_meter_api,
     )

@@ -11,8 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import tempfile
 import uuid
 from decimal import Decimal
+
+# Multiprocess metrics of this run (pytest and the workers it starts) in a directory of
+# its own, settled before shared.metrics is first imported.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="a700-test-metrics-"))
 
 import pytest
 import redis

@@ -9,11 +9,13 @@ import uuid
 
 import click
 import sqlalchemy as sa
+from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from ingest_api import credentials
 from ingest_api.cli import parameters, store
+from ingest_api.intake import BrokerUnavailable, Intake
 from shared import models
 
 app_passwords_cli = AppGroup("app-passwords", help="App Passwords: revocable API credentials.")
@@ -64,6 +66,21 @@ def revoke_app_password(user_id: uuid.UUID, name: str) -> None:
             raise click.ClickException(f"User {user_id} has no App Password named {name!r}.")
         live_password.revoked_at = sa.func.now()
     click.echo(f"Revoked App Password {name!r} of user {user_id}.")
+    mark_revoked_in_broker(live_password.id)
+
+
+def mark_revoked_in_broker(app_password_id: uuid.UUID) -> None:
+    """Web processes cache verified callers; the publish script checks this mark, so the
+    revocation is refused from the very next request, cached or not."""
+    settings = current_app.config["SETTINGS"]
+    try:
+        Intake(settings.broker_url, settings.enqueue_timeout_seconds).mark_revoked(app_password_id)
+    except BrokerUnavailable:
+        click.echo(
+            f"Warning: Redis did not answer; web processes that cached this App Password accept it for up to "
+            f"{settings.auth_cache_seconds:g} more seconds.",
+            err=True,
+        )
 
 
 def issue_app_password(session: orm.Session, user_id: uuid.UUID, name: str) -> str:
