@@ -22,6 +22,9 @@ _SECRETS = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"
+# Lines that would repeat for every twice-a-second drain tick carry no news: the tasks log
+# what they did (with event ids) themselves, and failures still come through as WARNING.
+QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "alembic")
 
 
 def redact(text: str) -> str:
@@ -47,3 +50,5 @@ def configure(level: int = logging.INFO) -> None:
     )
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
