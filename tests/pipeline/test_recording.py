@@ -1,0 +1,305 @@
+"""Recording: from accepted events (and the intake stream) to exactly one
+``user_billable_request_logs`` row per event (``worker.recording``, real PostgreSQL and Redis)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from ingest_api.intake import Intake, fingerprint
+from shared import intake, models
+from tests.pipeline.conftest import (
+    BATCH_URL,
+    MAX_TOKENS,
+    MODELS,
+    expected_costs,
+    expected_stripe_value,
+    log_rows,
+    rejected_rows,
+    stream_state,
+)
+from worker import recording
+
+# "A readable reason": one sentence, capitalised, ending with a full stop.
+SENTENCE = re.compile(r"[A-Z][^\n]*\.")
+
+
+def drain(settings, broker) -> recording.BatchResult:
+    return recording.drain(settings, broker, deadline=time.monotonic() + 30, clock=time.monotonic)
+
+
+def rows_by_id(settings) -> dict[uuid.UUID, models.UserBillableRequestLog]:
+    return {row.id: row for row in log_rows(settings)}
+
+
+# --- record() ---------------------------------------------------------------------------------
+
+
+def test_record_writes_one_row_with_exact_costs(settings, world):
+    event = world.event(model_name="precise-model", input_tokens=MAX_TOKENS, output_tokens=1200, idempotency_key="k-1")
+
+    result = recording.record(settings, [event])
+
+    assert result.recorded == [event.id] and result.rejected == {}
+    assert result.organizations == {world.organization.id}
+    (row,) = log_rows(settings)
+    service_cost, agent700_cost = expected_costs(MODELS["precise-model"], MAX_TOKENS, 1200)
+    assert row.id == event.id
+    assert (row.service_cost, row.agent700_cost) == (service_cost, agent700_cost)
+    assert row.stripe_value == expected_stripe_value(agent700_cost)
+    assert row.text_model_cost_id == world.prices["precise-model"].id
+    assert row.service_id == world.service.id
+    assert row.agent_id is None
+    assert (row.user_id, row.organization_id, row.caller_user_id) == (world.user.id, world.organization.id, world.caller.id)
+    assert (row.model_name, row.input_tokens, row.output_tokens, row.source) == ("precise-model", MAX_TOKENS, 1200, "external_api")
+    assert (row.occurred_at, row.received_at) == (event.occurred_at, event.received_at)
+    assert row.idempotency_key == "k-1"
+    assert (row.status, row.stripe_identifier, row.stripe_attempts) == ("recorded", str(event.id), 0)
+    assert (row.stripe_reported_at, row.error) == (None, None)
+    assert rejected_rows(settings) == []
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize(("input_tokens", "output_tokens"), [(0, 0), (1, 0), (0, 1), (MAX_TOKENS, MAX_TOKENS)])
+def test_recorded_costs_survive_postgresql_to_the_last_decimal(settings, world, model, input_tokens, output_tokens):
+    event = world.event(model_name=model, input_tokens=input_tokens, output_tokens=output_tokens)
+
+    recording.record(settings, [event])
+
+    (row,) = log_rows(settings)
+    service_cost, agent700_cost = expected_costs(MODELS[model], input_tokens, output_tokens)
+    assert (row.service_cost, row.agent700_cost, row.stripe_value) == (
+        service_cost, agent700_cost, expected_stripe_value(agent700_cost),
+    )
+
+
+def test_a_price_change_applies_from_its_effective_from(settings, world, factory):
+    change = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
+    new = factory.price(
+        "gpt-4o-mini", input_cost="0.0000002", output_cost="0.0000008",
+        agent700_input_cost="0.0000004", agent700_output_cost="0.0000016", effective_from=change,
+    )
+    old = world.prices["gpt-4o-mini"]
+    before = world.event(occurred_at=change - dt.timedelta(microseconds=1))
+    at = world.event(occurred_at=change)
+    after = world.event(occurred_at=change + dt.timedelta(hours=3))
+    long_before = world.event(occurred_at=change - dt.timedelta(days=20))
+
+    recording.record(settings, [before, at, after, long_before])
+
+    rows = rows_by_id(settings)
+    assert rows[before.id].text_model_cost_id == old.id
+    assert rows[long_before.id].text_model_cost_id == old.id
+    assert rows[at.id].text_model_cost_id == new.id
+    assert rows[after.id].text_model_cost_id == new.id
+    # 1200 × rate_in + 340 × rate_out, with each row's own rates
+    assert (rows[before.id].service_cost, rows[before.id].agent700_cost) == (Decimal("0.000384"), Decimal("0.000768"))
+    assert (rows[at.id].service_cost, rows[at.id].agent700_cost) == (Decimal("0.000512"), Decimal("0.001024"))
+    assert rows[after.id].agent700_cost == Decimal("0.001024") and rows[after.id].stripe_value == 1024
+
+
+def test_the_same_event_recorded_twice_makes_one_row(settings, world):
+    event = world.event()
+
+    first = recording.record(settings, [event])
+    again = recording.record(settings, [event])
+    twice_in_one_batch = recording.record(settings, [event, event])
+
+    assert first.recorded == [event.id]
+    assert again.recorded == [] and again.rejected == {}
+    assert twice_in_one_batch.rejected == {}
+    assert list(rows_by_id(settings)) == [event.id]
+    assert rejected_rows(settings) == []
+
+
+def test_the_same_event_twice_in_its_first_batch_makes_one_row(settings, world):
+    event = world.event()
+
+    result = recording.record(settings, [event, event])
+
+    assert set(result.recorded) == {event.id} and result.rejected == {}
+    assert list(rows_by_id(settings)) == [event.id]
+
+
+@pytest.mark.parametrize("same_batch", [False, True])
+def test_two_events_with_the_same_caller_and_idempotency_key_make_one_row(settings, world, same_batch):
+    first = world.event(idempotency_key="retry-me")
+    second = world.event(idempotency_key="retry-me", input_tokens=1)  # a retry the edge could not match
+    other_caller = world.event(idempotency_key="retry-me", caller_user_id=world.user.id)  # another caller's key
+
+    if same_batch:
+        result = recording.record(settings, [first, second, other_caller])
+    else:
+        recording.record(settings, [first, other_caller])
+        result = recording.record(settings, [second])
+
+    assert set(rows_by_id(settings)) == {first.id, other_caller.id}
+    assert set(result.rejected) == {second.id}
+    (rejection,) = rejected_rows(settings)
+    assert rejection.id == second.id
+    assert str(first.id) in rejection.reason and "Idempotency-Key" in rejection.reason
+    assert SENTENCE.fullmatch(rejection.reason), rejection.reason
+    assert rejection.payload["id"] == str(second.id) and rejection.payload["input_tokens"] == 1
+    assert rejection.resolved_at is None
+
+
+@pytest.mark.parametrize(
+    ("change", "reason_part"),
+    [
+        ({"service_name": "no-such-service"}, "Unknown service 'no-such-service'"),
+        ({"model_name": "no-such-model"}, "No price for model 'no-such-model'"),
+        ({"occurred_at": dt.datetime(2019, 12, 31, 23, 59, 59, tzinfo=dt.UTC)}, "No price for model 'gpt-4o-mini' in effect at 2019-12-31"),
+        ({"organization_id": uuid.uuid4()}, "Unknown organization"),
+        ({"user_id": uuid.uuid4()}, "Unknown user"),
+    ],
+)
+def test_an_event_that_cannot_be_billed_is_kept_with_a_readable_reason(settings, world, change, reason_part):
+    bad = world.event(**change)
+    good = world.event()
+
+    result = recording.record(settings, [bad, good])
+
+    assert result.recorded == [good.id]
+    assert list(rows_by_id(settings)) == [good.id]
+    (rejection,) = rejected_rows(settings)
+    assert rejection.id == bad.id
+    assert reason_part in rejection.reason
+    assert SENTENCE.fullmatch(rejection.reason), rejection.reason
+    assert result.rejected == {bad.id: rejection.reason}
+    assert rejection.payload["id"] == str(bad.id)
+    assert (rejection.attempts, rejection.resolved_at) == (1, None)
+
+
+def test_a_rejected_event_is_recorded_once_its_cause_is_fixed(settings, world, factory):
+    event = world.event(service_name="summaries")
+    recording.record(settings, [event])
+    recording.record(settings, [event])
+    (rejection,) = rejected_rows(settings)
+    assert rejection.attempts == 2 and rejection.resolved_at is None
+
+    factory.service("summaries")
+    result = recording.record(settings, [event])
+
+    assert result.recorded == [event.id]
+    (row,) = log_rows(settings)
+    assert row.service_id is not None and row.agent700_cost == Decimal("0.000768")
+    (rejection,) = rejected_rows(settings)
+    assert rejection.resolved_at is not None
+
+
+# --- the intake stream: drain() ---------------------------------------------------------------
+
+
+def accept(settings, events) -> None:
+    outcomes = Intake(settings.broker_url, 2.0).accept([(e, fingerprint(e.to_message().encode())) for e in events])
+    assert [o.status for o in outcomes] == ["queued"] * len(events)
+
+
+def test_drain_records_what_the_web_queued_and_clears_the_stream(settings, world, broker):
+    events = [world.event(input_tokens=n, output_tokens=2 * n) for n in range(25)]
+    accept(settings, events)
+    assert stream_state(settings.broker_url) == {"entries": 25, "pending": 0, "queued": 25}
+
+    result = drain(settings, broker)
+
+    assert sorted(result.recorded) == sorted(e.id for e in events)
+    assert result.organizations == {world.organization.id}
+    rows = rows_by_id(settings)
+    assert set(rows) == {e.id for e in events}
+    for event in events:
+        assert rows[event.id].agent700_cost == expected_costs(MODELS["gpt-4o-mini"], event.input_tokens, event.output_tokens)[1]
+    # acknowledged, deleted from the stream, and the "queued" status records gone
+    assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+
+
+def test_drain_records_events_posted_through_the_batch_endpoint(settings, world, client, broker):
+    bodies = [world.body(model_name=model, input_tokens=7, output_tokens=11) for model in MODELS for _ in range(3)]
+    response = client.post(BATCH_URL, json={"events": bodies}, headers=world.headers())
+    ids = [uuid.UUID(r["id"]) for r in response.get_json()["results"]]
+    assert len(ids) == 9
+
+    drain(settings, broker)
+
+    rows = rows_by_id(settings)
+    assert set(rows) == set(ids)
+    for event_id, body in zip(ids, bodies, strict=True):
+        assert rows[event_id].agent700_cost == expected_costs(MODELS[body["model_name"]], 7, 11)[1]
+    assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+    # What the API reports afterwards comes from the row.
+    status = client.get(f"/api/billing/external-usage/{ids[0]}", headers=world.headers()).get_json()
+    assert status["status"] == "recorded" and status["agent700_cost"] == str(rows[ids[0]].agent700_cost)
+
+
+def test_the_same_message_added_twice_makes_one_row(settings, world, broker):
+    event = world.event()
+    recording.ensure_group(broker)
+    broker.xadd(intake.STREAM, {intake.EVENT_FIELD: event.to_message()})
+    broker.xadd(intake.STREAM, {intake.EVENT_FIELD: event.to_message()})
+
+    drain(settings, broker)
+    broker.xadd(intake.STREAM, {intake.EVENT_FIELD: event.to_message()})  # a third, after the row exists
+    drain(settings, broker)
+
+    assert list(rows_by_id(settings)) == [event.id]
+    assert rejected_rows(settings) == []
+    assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+
+
+def test_entries_of_a_dead_consumer_are_claimed_and_recorded_once(settings, world, broker, monkeypatch):
+    events = [world.event() for _ in range(3)]
+    accept(settings, events)
+    recording.ensure_group(broker)
+    # A consumer reads them and dies before recording anything.
+    broker.xreadgroup(intake.GROUP, "dead-worker", {intake.STREAM: ">"}, count=10)
+    assert stream_state(settings.broker_url)["pending"] == 3
+
+    drain(settings, broker)  # not idle long enough yet: left alone
+    assert log_rows(settings) == []
+
+    monkeypatch.setattr(intake, "CLAIM_IDLE_MS", 0)
+    drain(settings, broker)
+
+    assert set(rows_by_id(settings)) == {e.id for e in events}
+    assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+
+
+def test_a_crash_between_commit_and_acknowledgement_records_once(settings, world, broker, monkeypatch):
+    events = [world.event() for _ in range(4)]
+    accept(settings, events)
+
+    def crash(self, entries, event_ids):
+        raise ConnectionError("worker killed after the commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recording.IntakeReader, "done", crash)
+        with pytest.raises(ConnectionError):
+            drain(settings, broker)
+    assert len(log_rows(settings)) == 4
+    assert stream_state(settings.broker_url)["pending"] == 4
+
+    # The same consumer (same process) takes its own pending entries first.
+    result = drain(settings, broker)
+
+    assert result.recorded == [] and result.rejected == {}
+    assert set(rows_by_id(settings)) == {e.id for e in events}
+    assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+
+
+def test_an_unreadable_message_is_kept_not_dropped(settings, world, broker):
+    recording.ensure_group(broker)
+    entry_id = broker.xadd(intake.STREAM, {intake.EVENT_FIELD: '{"not": "an event"}'})
+    good = world.event()
+    broker.xadd(intake.STREAM, {intake.EVENT_FIELD: good.to_message()})
+
+    drain(settings, broker)
+
+    assert list(rows_by_id(settings)) == [good.id]
+    (rejection,) = rejected_rows(settings)
+    assert rejection.payload["stream_entry"] == entry_id
+    assert rejection.reason.startswith("Unreadable queue message")
+    assert stream_state(settings.broker_url)["entries"] == 0

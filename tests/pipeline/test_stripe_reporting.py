@@ -1,0 +1,246 @@
+"""``StripeMeter``: the real ``stripe`` SDK against the local Stripe server, v1 and v2."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+
+import pytest
+
+from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, idempotency_key
+
+SENTENCE_START = re.compile(r"[A-Z]")
+
+
+def meter_events(count: int, customer: str = "cus_meter_a", *, start_value: int = 1) -> list[MeterEvent]:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return [
+        MeterEvent(uuid.uuid4(), customer, start_value + index, now - dt.timedelta(minutes=index, seconds=index))
+        for index in range(count)
+    ]
+
+
+def assert_at_stripe_once(stripe, events: list[MeterEvent], event_name: str = "agent700_cost") -> None:
+    listed = stripe.meter_events()
+    by_identifier = {}
+    for item in listed:
+        assert item["identifier"] not in by_identifier, f"{item['identifier']} reached Stripe twice"
+        by_identifier[item["identifier"]] = item
+    for event in events:
+        item = by_identifier[str(event.row_id)]
+        assert item["event_name"] == event_name
+        assert item["customer"] == event.stripe_customer_id
+        assert item["value"] == str(event.value)
+        assert item["timestamp"] == int(event.occurred_at.timestamp())
+
+
+def all_reported(results: dict, events: list[MeterEvent]) -> bool:
+    return set(results) == {e.row_id for e in events} and all(r == Result(Outcome.REPORTED) for r in results.values())
+
+
+@pytest.fixture(params=["v1", "v2"])
+def api(request) -> str:
+    return request.param
+
+
+def test_reported_events_reach_stripe_with_the_row_id_value_customer_and_time(settings, stripe, api):
+    events = meter_events(3) + meter_events(2, "cus_meter_b", start_value=10**15)
+
+    results = StripeMeter(settings, api=api).report(events)
+
+    assert all_reported(results, events)
+    assert_at_stripe_once(stripe, events)
+    assert len(stripe.meter_events()) == 5
+    assert {item["via"] for item in stripe.meter_events()} == {api}
+
+
+def test_more_than_one_stream_call_of_events(settings, stripe, api):
+    events = meter_events(250)
+
+    results = StripeMeter(settings, api=api).report(events)
+
+    assert all_reported(results, events)
+    assert_at_stripe_once(stripe, events)
+    assert len(stripe.meter_events()) == 250
+
+
+def test_a_second_report_of_the_same_rows_is_reported_and_not_counted_again(settings, stripe, api):
+    events = meter_events(4)
+    StripeMeter(settings, api=api).report(events)
+
+    again_same_process = StripeMeter(settings, api=api).report(events)
+    # Another process (no shared session), and a set of rows that only overlaps.
+    overlapping = events[1:3] + meter_events(1, start_value=99)
+    again_other = StripeMeter(settings, api=api).report(overlapping)
+
+    assert all_reported(again_same_process, events)
+    assert all_reported(again_other, overlapping)
+    assert_at_stripe_once(stripe, events + overlapping)
+    assert len(stripe.meter_events()) == 5
+
+
+def test_the_other_api_version_does_not_count_a_reported_row_again(settings, stripe):
+    events = meter_events(3)
+    StripeMeter(settings, api="v2").report(events)
+
+    results = StripeMeter(settings, api="v1").report(events)
+
+    assert all_reported(results, events)
+    assert len(stripe.meter_events()) == 3
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_short_burst_is_absorbed_by_the_sdk_retries_with_the_same_key(settings, stripe, api, status):
+    events = meter_events(3)
+    stripe.set_faults(fail_next=2, status=status)  # the SDK makes up to 3 attempts
+
+    results = StripeMeter(settings, api=api).report(events)
+
+    assert all_reported(results, events)
+    assert stripe.faults()["fail_next"] == 0
+    assert_at_stripe_once(stripe, events)
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_a_long_burst_is_a_retry_then_success_after_it(settings, stripe, api, status):
+    events = meter_events(3)
+    meter = StripeMeter(settings, api=api)
+    stripe.set_faults(fail_next=5, status=status)
+
+    first = meter.report(events)
+
+    assert set(first) == {e.row_id for e in events}
+    assert {r.outcome for r in first.values()} == {Outcome.RETRY}
+    for result in first.values():
+        assert f"Stripe answered {status}" in result.error
+    assert stripe.meter_events() == []
+
+    second = meter.report(events)  # the burst's last 2 failures are absorbed by the SDK
+
+    assert all_reported(second, events)
+    assert_at_stripe_once(stripe, events)
+
+
+def test_a_retry_stops_the_batch_and_leaves_the_rest_for_later(settings, stripe):
+    events = meter_events(3)
+    stripe.set_faults(fail_next=3, status=500)  # exactly the first event's three attempts
+
+    results = StripeMeter(settings, api="v1").report(events)
+
+    assert {r.outcome for r in results.values()} == {Outcome.RETRY}
+    assert stripe.meter_events() == []
+    assert stripe.faults()["fail_next"] == 0  # the other two were not even tried
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        # An empty customer id: Stripe cannot map the event to a customer.
+        (lambda e: MeterEvent(e.row_id, "", e.value, e.occurred_at), "Customer mapping key"),
+        # Older than Stripe's 35 days.
+        (lambda e: MeterEvent(e.row_id, e.stripe_customer_id, e.value, e.occurred_at - dt.timedelta(days=40)), "35"),
+        # Too far in the future.
+        (lambda e: MeterEvent(e.row_id, e.stripe_customer_id, e.value, e.occurred_at + dt.timedelta(hours=1)), "future"),
+    ],
+    ids=["no-customer", "too-old", "future"],
+)
+def test_a_permanent_refusal_fails_only_that_event_with_a_readable_error(settings, stripe, api, bad, fragment):
+    good = meter_events(3)
+    refused = bad(meter_events(1)[0])
+
+    results = StripeMeter(settings, api=api).report([good[0], refused, *good[1:]])
+
+    assert results[refused.row_id].outcome is Outcome.FAILED
+    error = results[refused.row_id].error
+    assert error.startswith("Stripe refused the meter event (400): ") and fragment in error, error
+    assert all(results[e.row_id] == Result(Outcome.REPORTED) for e in good)
+    assert_at_stripe_once(stripe, good)
+    assert str(refused.row_id) not in {item["identifier"] for item in stripe.meter_events()}
+
+
+def test_an_invalid_api_key_is_a_readable_failure_not_a_retry(settings, stripe, api):
+    meter = StripeMeter(settings.replace(stripe_api_key="not-a-secret-key"), api=api)
+
+    results = meter.report(meter_events(2))
+
+    assert {r.outcome for r in results.values()} == {Outcome.FAILED}
+    for result in results.values():
+        assert result.error and "401" in result.error
+    assert stripe.meter_events() == []
+
+
+# --- the v2 meter event session ------------------------------------------------------------
+
+
+def test_v2_reuses_its_session_across_calls(settings, stripe):
+    meter = StripeMeter(settings, api="v2")
+    meter.report(meter_events(2))
+    token = meter._session_token
+
+    assert all_reported(meter.report(events := meter_events(2, "cus_other")), events)
+    assert meter._session_token == token
+
+
+def test_v2_renews_a_session_that_ended_before_its_expiry(settings, stripe):
+    meter = StripeMeter(settings, api="v2")
+    first = meter_events(2)
+    meter.report(first)
+    stale_token = meter._session_token
+    stripe.reset()  # the server forgets every session: the meter's token is now unknown there
+
+    later = meter_events(3, "cus_later")
+    results = meter.report(later)
+
+    assert all_reported(results, later)
+    assert meter._session_token != stale_token
+    assert_at_stripe_once(stripe, later)
+
+
+def test_v2_renews_a_short_lived_session_before_each_call(settings, stripe):
+    stripe.set_faults(session_ttl_seconds=2)  # shorter than the renewal margin
+    meter = StripeMeter(settings, api="v2")
+    tokens = []
+    reported = []
+    for batch in range(3):
+        events = meter_events(2, f"cus_{batch}")
+        assert all_reported(meter.report(events), events)
+        tokens.append(meter._session_token)
+        reported += events
+
+    assert len(set(tokens)) == 3
+    assert_at_stripe_once(stripe, reported)
+
+
+def test_v2_sessions_that_expire_at_once_are_a_retry_not_a_failure(settings, stripe):
+    stripe.set_faults(session_ttl_seconds=0)
+    meter = StripeMeter(settings, api="v2")
+    events = meter_events(2)
+
+    results = meter.report(events)
+
+    assert {r.outcome for r in results.values()} == {Outcome.RETRY}
+    assert all("session" in r.error.lower() for r in results.values()), results
+    assert stripe.meter_events() == []
+
+    stripe.set_faults(session_ttl_seconds=900)
+    assert all_reported(meter.report(events), events)
+    assert_at_stripe_once(stripe, events)
+
+
+def test_one_call_per_customer_is_kept_by_one_meter(settings, stripe, api):
+    stripe.set_faults(one_call_per_customer=True, latency_ms=5)
+    events = meter_events(120) + meter_events(30, "cus_meter_b")
+
+    results = StripeMeter(settings, api=api).report(events)
+
+    assert all_reported(results, events)
+    assert len(stripe.meter_events()) == 150
+
+
+def test_idempotency_keys_derive_from_the_row_ids_only():
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert idempotency_key([a]) == f"agent700-meter-{a}" == idempotency_key([a])
+    assert idempotency_key([a, b]) == idempotency_key([b, a])
+    assert idempotency_key([a, b]) != idempotency_key([a])
+    assert len(idempotency_key([uuid.uuid4() for _ in range(100)])) <= 255
