@@ -21,7 +21,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from shared import db, intake, models
+from shared import db, intake, metrics, models
 from shared.config import Settings
 from shared.usage_event import AcceptedUsageEvent
 from worker import pricing
@@ -238,6 +238,10 @@ def drain(settings: Settings, broker: redis.Redis, *, deadline: float, clock) ->
         events, unreadable = parse_entries(entries)
         result = record(settings, events, unreadable)
         reader.done(entries, [e.id for e in events])
+        metrics.events_recorded.inc(len(result.recorded))
+        metrics.events_rejected.inc(len(result.rejected))
+        if result.recorded:
+            log.info("usage events recorded", extra={"event_ids": [str(i) for i in result.recorded]})
         total.recorded += result.recorded
         total.rejected |= result.rejected
         total.organizations |= result.organizations

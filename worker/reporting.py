@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import redis
 import sqlalchemy as sa
 
-from shared import db, models
+from shared import db, metrics, models
 from shared.config import Settings
 # Defined in shared/ (the operator commands need them too); still importable from here.
 from shared.reconciliation import RECONCILE_ERROR as RECONCILE_ERROR
@@ -220,6 +220,12 @@ def _save_outcomes(settings: Settings, outcomes: dict) -> None:
             )
         if failed:
             session.execute(sa.update(_logs), failed)
+    metrics.events_reported.inc(len(reported))
+    metrics.events_failed.inc(len(failed))
+    if reported:
+        log.info("usage events reported to Stripe", extra={"event_ids": [str(i) for i in reported]})
+    for row in failed:
+        log.warning("usage event failed", extra={"event_id": str(row["id"]), "reason": row["error"]})
 
 
 def flag_for_reconciliation(settings: Settings) -> int:

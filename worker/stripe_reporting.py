@@ -16,15 +16,18 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 
 import stripe
 
+from shared import metrics
 from shared.config import Settings
 from shared.stripe_client import stripe_client
 
+log = logging.getLogger(__name__)
 STREAM_MAX_EVENTS = 100
 # The SDK retries connection errors, 409 and 5xx itself (with backoff and jitter, and
 # whenever Stripe sends Stripe-Should-Retry: true), reusing the same Idempotency-Key.
@@ -100,6 +103,24 @@ class StripeMeter:
         self._session_token: str | None = None
         self._session_expires_at = dt.datetime.min.replace(tzinfo=dt.UTC)
 
+    def _observed(self, call_name: str, row_ids: list[uuid.UUID], sdk_call, *args, **kwargs):
+        """One SDK call, counted and timed by outcome, and logged with the event ids it carries."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return sdk_call(*args, **kwargs)
+        except stripe.StripeError as error:
+            outcome = type(error).__name__
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.stripe_calls.labels(call_name, outcome).inc()
+            metrics.stripe_latency.labels(call_name).observe(elapsed)
+            fields = {"call": call_name, "outcome": outcome, "duration_ms": round(elapsed * 1000, 3)}
+            if row_ids:
+                fields["event_ids"] = [str(row_id) for row_id in row_ids]
+            log.info("stripe call", extra=fields)
+
     def report(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:
         """Send the events; the outcome of each. Stops at the first transient refusal."""
         results: dict[uuid.UUID, Result] = {}
@@ -118,7 +139,7 @@ class StripeMeter:
         results = {}
         for index, event in enumerate(events):
             try:
-                self.client.v1.billing.meter_events.create(
+                self._observed("v1_meter_event", [event.row_id], self.client.v1.billing.meter_events.create,
                     params={
                         "event_name": self.event_name,
                         "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},
@@ -139,7 +160,7 @@ class StripeMeter:
     def _session(self) -> str:
         now = dt.datetime.now(dt.UTC)
         if self._session_token is None or now >= self._session_expires_at - SESSION_RENEW_MARGIN:
-            session = self.client.v2.billing.meter_event_session.create()
+            session = self._observed("v2_session", [], self.client.v2.billing.meter_event_session.create)
             self._session_token = session.authentication_token
             self._session_expires_at = _session_expiry(session.expires_at)
         return self._session_token
@@ -158,7 +179,7 @@ class StripeMeter:
         }
         for attempt in range(2):
             try:
-                self.client.v2.billing.meter_event_stream.create(
+                self._observed("v2_stream", [e.row_id for e in events], self.client.v2.billing.meter_event_stream.create,
                     params=body,
                     options={"api_key": self._session(), "idempotency_key": idempotency_key([e.row_id for e in events])},
                 )
