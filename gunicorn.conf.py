@@ -2,12 +2,16 @@
 
 import multiprocessing
 
+from gunicorn import glogging
+
+from shared import structured_logging
 from shared.config import get_settings
 
 bind = f"0.0.0.0:{get_settings().port}"
-# The edge is CPU-bound (JSON, validation, hashing) with short waits on Redis: one
-# synchronous worker per core, plus one to cover those waits.
-workers = multiprocessing.cpu_count() + 1
+# Synchronous workers, gunicorn's recommended (2 x cores) + 1: each request is mostly
+# CPU (JSON, validation) but also waits on one Redis round trip, and the spare workers
+# keep the cores busy during those waits.
+workers = 2 * multiprocessing.cpu_count() + 1
 worker_class = "sync"
 # A request is a few milliseconds; anything near this is stuck and should be recycled.
 timeout = 30
@@ -16,28 +20,25 @@ graceful_timeout = 20
 keepalive = 5
 # Create the app before forking; connections are opened lazily in each worker.
 preload_app = True
-accesslog = None
 
-# Access lines come from the app itself (one JSON line per request, with the event id);
-# gunicorn's own error log uses the same JSON format.
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "json": {
-            "()": "shared.structured_logging.RedactingJsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "process": "pid"},
-        }
-    },
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-    "root": {"level": "INFO", "handlers": ["stderr"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
-        "alembic": {"level": "WARNING"},
-    },
-}
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's logs as the app's: JSON lines on standard error, secrets redacted.
+
+    The app writes one line per request itself (with the event id), so gunicorn's access
+    log is off; turning it off here also spares building its atoms on every request.
+    """
+
+    access_log_enabled = False
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        structured_logging.configure()
+        self.error_log.handlers[:] = []
+        self.error_log.propagate = True
+
+
+logger_class = JsonLogger
 
 
 def child_exit(server, worker):

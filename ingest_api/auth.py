@@ -39,7 +39,8 @@ class Caller:
 
 @dataclass
 class CallerCache:
-    """Verified callers by credential (App Password hash, or JWT subject), for a few seconds."""
+    """Verified callers by credential (App Password hash, or the JWT itself), for a few
+    seconds, and never past the credential's own expiry."""
 
     ttl_seconds: float
     _entries: dict[tuple[str, object], tuple[float, Caller]] = field(default_factory=dict)
@@ -51,15 +52,17 @@ class CallerCache:
             return entry[1]
         return None
 
-    def put(self, key: tuple[str, object], caller: Caller) -> None:
-        if self.ttl_seconds > 0:
+    def put(self, key: tuple[str, object], caller: Caller, *, expires_at: float | None = None) -> None:
+        """Remember ``caller``; ``expires_at`` (Unix seconds) caps how long."""
+        seconds = self.ttl_seconds if expires_at is None else min(self.ttl_seconds, expires_at - time.time())
+        if seconds > 0:
             with self._lock:
                 if len(self._entries) > 10_000:  # bounded: drop the expired, else everything
                     now = time.monotonic()
                     self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
                     if len(self._entries) > 10_000:
                         self._entries.clear()
-                self._entries[key] = (time.monotonic() + self.ttl_seconds, caller)
+                self._entries[key] = (time.monotonic() + seconds, caller)
 
 
 def revoked_unauthorized() -> ApiError:
@@ -134,15 +137,16 @@ def authenticate() -> Caller:
             if row.revoked_at is not None:
                 raise revoked_unauthorized()
             _touch_last_used(connection, row)
-        caller = Caller(row.user_id, row.id)
+        caller, expires_at = Caller(row.user_id, row.id), None
     else:
-        try:
-            user_id = credentials.user_id_from_jwt(token, current_app.config["SETTINGS"].jwt_secret)
-        except credentials.InvalidCredentials:
-            raise _unauthorized("The access token is invalid or expired.") from None
-        cache_key = ("user", user_id)
+        # A token seen and verified moments ago needs neither the HMAC nor the database.
+        cache_key = ("jwt", token)
         if (cached := cache.get(cache_key)) is not None:
             return cached
+        try:
+            user_id, expires_at = credentials.verify_jwt(token, current_app.config["SETTINGS"].jwt_secret)
+        except credentials.InvalidCredentials:
+            raise _unauthorized("The access token is invalid or expired.") from None
         with db.engine_for(database_url).connect() as connection:
             row = connection.execute(_USER_BY_ID, {"user_id": user_id}).first()
         if row is None:
@@ -152,7 +156,7 @@ def authenticate() -> Caller:
         raise _unauthorized("The user is inactive.")
     if not row.is_superadmin:
         raise ApiError(403, "The caller must be superadmin in an active membership of an active organization.")
-    cache.put(cache_key, caller)
+    cache.put(cache_key, caller, expires_at=expires_at)
     return caller
 
 

@@ -63,8 +63,9 @@ def mint_jwt(user_id: uuid.UUID, secret: str, ttl_seconds: int = 3600) -> str:
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
 
-def user_id_from_jwt(token: str, secret: str) -> uuid.UUID:
-    """The ``sub`` of a valid HS256 token; anything else raises ``InvalidCredentials``."""
+def verify_jwt(token: str, secret: str) -> tuple[uuid.UUID, float]:
+    """The ``sub`` and ``exp`` (Unix seconds) of a valid HS256 token; anything else
+    raises ``InvalidCredentials``."""
     try:
         claims = jwt.decode(
             token,
@@ -72,6 +73,11 @@ def user_id_from_jwt(token: str, secret: str) -> uuid.UUID:
             algorithms=[JWT_ALGORITHM],  # pins the algorithm: "none" and others are refused
             options={"require": ["sub", "exp"]},
         )
-        return uuid.UUID(claims["sub"])
+        return uuid.UUID(claims["sub"]), float(claims["exp"])
     except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError) as error:
         raise InvalidCredentials(str(error) or "invalid token") from None
+
+
+def user_id_from_jwt(token: str, secret: str) -> uuid.UUID:
+    """The ``sub`` of a valid HS256 token; anything else raises ``InvalidCredentials``."""
+    return verify_jwt(token, secret)[0]

@@ -9,7 +9,7 @@ import uuid
 
 import pydantic
 import sqlalchemy as sa
-from flask import Blueprint, current_app, g, jsonify, request, url_for
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
@@ -81,19 +81,26 @@ def _idempotency_key() -> str | None:
 
 
 def _accepted_event(body: dict, model: type[UsageEventIn], received_at: dt.datetime, idempotency_key: str | None):
-    """Validate one body; return (event, fingerprint) or raise 422 with every problem."""
+    """Validate one body; return (event, fingerprint) or raise 422 with every problem.
+
+    The fingerprint (of the body as a JSON object: key order and spacing do not matter)
+    is only needed to match an Idempotency-Key's replays, so only computed with one.
+    """
     try:
         validated = model.model_validate(body, context={"received_at": received_at})
     except pydantic.ValidationError as error:
         raise ApiError(422, "The usage event is invalid.", details=error_details(error)) from None
     fields = validated.model_dump(exclude={"idempotency_key"})
-    event = AcceptedUsageEvent(
+    # Every field is validated above; constructing without validating them again is safe.
+    event = AcceptedUsageEvent.model_construct(
         id=uuid.uuid4(),
         **(fields | {"occurred_at": validated.occurred_at or received_at}),
         received_at=received_at,
         caller_user_id=g.caller.user_id,
         idempotency_key=idempotency_key,
     )
+    if idempotency_key is None:
+        return event, ""
     canonical = json.dumps({k: v for k, v in body.items() if k != "idempotency_key"}, sort_keys=True).encode()
     return event, fingerprint(canonical)
 
@@ -127,7 +134,7 @@ def record_usage():
     (outcome,) = _queue([(event, body_fingerprint)])
     if outcome.status == "conflict":
         raise ApiError(409, "This Idempotency-Key was already used with a different body.")
-    location = url_for("usage.usage_status", event_id=outcome.event_id)
+    location = f"{blueprint.url_prefix}/{outcome.event_id}"
     if outcome.status == "duplicate":
         response = jsonify(id=str(outcome.event_id), status=_status_record(outcome.event_id)["status"])
         response.status_code = 200
@@ -153,12 +160,11 @@ def record_usage_batch():
             results[index] = _rejected(index, "Each event must be a JSON object.", None)
             continue
         try:
-            event, body_fingerprint = _accepted_event(body, BatchEventIn, received_at, None)
+            event, body_fingerprint = _accepted_event(body, BatchEventIn, received_at, body.get("idempotency_key"))
         except ApiError as error:
             results[index] = _rejected(index, error.message, error.details)
             continue
-        key = body.get("idempotency_key")
-        candidates.append((index, event.model_copy(update={"idempotency_key": key}), body_fingerprint))
+        candidates.append((index, event, body_fingerprint))
     unknown = catalog().unknown_references([event for _, event, _ in candidates])
     queueable = []
     for (index, event, body_fingerprint), details in zip(candidates, unknown, strict=True):

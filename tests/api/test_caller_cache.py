@@ -66,3 +66,18 @@ def test_a_jwt_caller_who_loses_superadmin_is_refused_once_the_cache_expires(bil
         session.execute(sa.text("DELETE FROM membership_roles"))
 
     assert billing.post(token=billing.jwt).status_code == 403
+
+
+def test_a_cached_credential_is_never_trusted_past_its_own_expiry():
+    import time
+    import uuid
+
+    from ingest_api.auth import Caller, CallerCache
+
+    cache = CallerCache(ttl_seconds=60)
+    caller = Caller(uuid.uuid4(), None)
+    cache.put(("jwt", "expired"), caller, expires_at=time.time() - 1)
+    cache.put(("jwt", "valid"), caller, expires_at=time.time() + 30)
+
+    assert cache.get(("jwt", "expired")) is None
+    assert cache.get(("jwt", "valid")) == caller
