@@ -43,6 +43,9 @@ class Settings:
     auth_cache_seconds: float = 5.0
     # Seconds a publish to the broker may take before the request answers 503.
     enqueue_timeout_seconds: float = 1.0
+    # Port on which a Celery worker's main process serves /metrics for its host, when set
+    # (workers on machines without a web process).
+    worker_metrics_port: int | None = None
     # "v2": the meter event stream, 100 events per call (default); "v1": one call per event.
     stripe_meter_api: str = "v2"
 
@@ -122,6 +125,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         auth_cache_seconds=_float(environ, "AUTH_CACHE_SECONDS", 5.0),
         enqueue_timeout_seconds=_float(environ, "ENQUEUE_TIMEOUT_SECONDS", 1.0),
         stripe_meter_api=stripe_meter_api,
+        worker_metrics_port=_int(environ, "WORKER_METRICS_PORT", 0) or None,
     )
 
 

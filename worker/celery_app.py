@@ -1,6 +1,6 @@
 """The worker's view of the shared Celery application: its tasks and per-process setup."""
 
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_process_shutdown
 
 from shared.queue import celery_app as app
 
@@ -13,6 +13,20 @@ def _json_logs(**_):
     from shared import structured_logging
 
     structured_logging.configure()
+
+
+@worker_init.connect
+def _serve_metrics(**_):
+    # On a machine without a web process, the worker's main process serves the summed
+    # metrics of its pool processes itself.
+    from shared import metrics
+    from shared.config import get_settings
+
+    port = get_settings().worker_metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="0.0.0.0", registry=metrics.registry())
 
 
 @worker_process_init.connect
