@@ -37,6 +37,9 @@ def register(app: Flask) -> None:
             "duration_ms": round(elapsed * 1000, 3),
         }
         event_ids = g.get("event_ids")
+        if not event_ids and request.view_args and "event_id" in request.view_args:
+            # GET .../<id>: the status asked about an event belongs to its trail too.
+            event_ids = [str(request.view_args["event_id"])]
         if event_ids:
             if len(event_ids) == 1:
                 fields["event_id"] = event_ids[0]

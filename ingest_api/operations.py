@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 import redis
 import sqlalchemy as sa
@@ -17,6 +19,49 @@ from shared import db, intake, metrics, models, queue
 blueprint = Blueprint("operations", __name__)
 log = logging.getLogger(__name__)
 READINESS_TIMEOUT_SECONDS = 2
+# However the database or the broker fails (refused, slow, or a frozen server holding a
+# pooled connection open, which no client-side timeout of the driver bounds), /readyz and
+# /metrics answer within this.
+CHECK_DEADLINE_SECONDS = READINESS_TIMEOUT_SECONDS + 1
+
+_running: dict[tuple[str, str], threading.Thread] = {}
+_running_lock = threading.Lock()
+
+
+def _bounded(calls: dict[str, tuple[tuple[str, str], Callable[[], object]]], timeout: float) -> dict[str, object]:
+    """Run the calls concurrently, each in a daemon thread, and wait at most ``timeout``.
+
+    Returns ``{name: result}`` of the calls that finished in time (an exception raised is
+    its result). A call whose key (what, which server) still runs from an earlier request
+    is not started again and counts as unfinished: a hung server ties up one thread per
+    process, not one per probe.
+    """
+    results: dict[str, object] = {}
+    threads = []
+    for name, (key, call) in calls.items():
+        with _running_lock:
+            running = _running.get(key)
+            if running is not None and running.is_alive():
+                continue
+
+            def run(name=name, key=key, call=call):
+                try:
+                    results[name] = call()
+                except Exception as error:  # noqa: BLE001 - reported as the result
+                    results[name] = error
+                finally:
+                    with _running_lock:
+                        if _running.get(key) is threading.current_thread():
+                            del _running[key]
+
+            thread = threading.Thread(target=run, name=f"operations-{name}", daemon=True)
+            _running[key] = thread
+        thread.start()
+        threads.append(thread)
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {name: results[name] for name in calls if name in results}
 
 
 @blueprint.get("/healthz")
@@ -55,7 +100,14 @@ def _broker_answers(settings) -> bool:
 @blueprint.get("/readyz")
 def readyz():
     settings = current_app.config["SETTINGS"]
-    failing = [name for name, ok in (("database", _database_answers(settings)), ("broker", _broker_answers(settings))) if not ok]
+    answers = _bounded(
+        {
+            "database": (("readyz-database", settings.database_url), lambda: _database_answers(settings)),
+            "broker": (("readyz-broker", settings.broker_url), lambda: _broker_answers(settings)),
+        },
+        CHECK_DEADLINE_SECONDS,
+    )
+    failing = [name for name in ("database", "broker") if answers.get(name) is not True]
     if failing:
         response = jsonify(
             status="unavailable", error=f"Not ready: the {' and the '.join(failing)} did not answer.", failing=failing
@@ -65,9 +117,40 @@ def readyz():
     return jsonify(status="ready")
 
 
+def _broker_gauges(settings) -> tuple[int, int, float | None]:
+    """(intake stream length, celery queue length, age of the oldest stream entry or None)."""
+    with _broker(settings) as broker:
+        intake_depth = broker.xlen(intake.STREAM)
+        celery_depth = broker.llen(queue.celery_app.conf.task_default_queue)
+        first = broker.xrange(intake.STREAM, count=1)
+    age = time.time() - int(first[0][0].split(b"-")[0]) / 1000 if first else None
+    return intake_depth, celery_depth, age
+
+
+def _database_gauges(settings) -> tuple[float | None, int]:
+    """(age of the oldest recorded-but-unreported row or None, events waiting for an operator)."""
+    logs = models.UserBillableRequestLog
+    with db.engine_for(settings.database_url).connect() as connection:
+        connection.execute(sa.text(f"SET LOCAL statement_timeout = {READINESS_TIMEOUT_SECONDS * 1000}"))
+        oldest_received = connection.scalar(
+            sa.select(sa.func.min(logs.received_at)).where(logs.status == models.UsageStatus.RECORDED)
+        )
+        failed = connection.scalar(
+            sa.select(sa.func.count()).where(logs.status == models.UsageStatus.FAILED)
+        ) + connection.scalar(sa.select(sa.func.count()).where(models.RejectedUsageEvent.resolved_at.is_(None)))
+    age = (dt.datetime.now(dt.UTC) - oldest_received).total_seconds() if oldest_received is not None else None
+    return age, failed
+
+
 class PipelineCollector:
     """Gauges read at scrape time: how much waits in the queues, and how old the oldest
-    event not yet reported to Stripe is (Flower shows neither)."""
+    event not yet reported to Stripe is (Flower shows neither).
+
+    A gauge whose source did not answer (within ``CHECK_DEADLINE_SECONDS``) has no sample
+    in that scrape rather than a reassuring 0: the oldest unreported age, in particular,
+    is only given when both the stream and the database were read.
+    ``a700_dependency_up`` says which source answered.
+    """
 
     def __init__(self, settings):
         self.settings = settings
@@ -81,36 +164,34 @@ class PipelineCollector:
         failed = GaugeMetricFamily(
             "a700_failed_events", "Events waiting for an operator: failed rows and unresolved rejected events."
         )
-        ages = []
-        try:
-            with _broker(self.settings) as broker:
-                depth.add_metric(["intake"], broker.xlen(intake.STREAM))
-                depth.add_metric(["celery"], broker.llen(queue.celery_app.conf.task_default_queue))
-                first = broker.xrange(intake.STREAM, count=1)
-                if first:
-                    ages.append(time.time() - int(first[0][0].split(b"-")[0]) / 1000)
-        except redis.RedisError:
-            log.warning("metrics: the broker did not answer")
-        try:
-            logs = models.UserBillableRequestLog
-            with db.engine_for(self.settings.database_url).connect() as connection:
-                connection.execute(sa.text(f"SET LOCAL statement_timeout = {READINESS_TIMEOUT_SECONDS * 1000}"))
-                oldest_received = connection.scalar(
-                    sa.select(sa.func.min(logs.received_at)).where(logs.status == models.UsageStatus.RECORDED)
-                )
-                failed.add_metric(
-                    [],
-                    connection.scalar(sa.select(sa.func.count()).where(logs.status == models.UsageStatus.FAILED))
-                    + connection.scalar(
-                        sa.select(sa.func.count()).where(models.RejectedUsageEvent.resolved_at.is_(None))
-                    ),
-                )
-            if oldest_received is not None:
-                ages.append((dt.datetime.now(dt.UTC) - oldest_received).total_seconds())
-        except sa.exc.SQLAlchemyError:
-            log.warning("metrics: the database did not answer")
-        oldest.add_metric([], max(ages, default=0.0))
-        yield from (depth, oldest, failed)
+        up = GaugeMetricFamily(
+            "a700_dependency_up", "1 if the dependency answered the scrape's queries in time, else 0.", labels=["dependency"]
+        )
+        settings = self.settings
+        answers = _bounded(
+            {
+                "broker": (("metrics-broker", settings.broker_url), lambda: _broker_gauges(settings)),
+                "database": (("metrics-database", settings.database_url), lambda: _database_gauges(settings)),
+            },
+            CHECK_DEADLINE_SECONDS,
+        )
+        broker_answer, database_answer = answers.get("broker"), answers.get("database")
+        broker_ok, database_ok = isinstance(broker_answer, tuple), isinstance(database_answer, tuple)
+        if not broker_ok:
+            log.warning("metrics: the broker did not answer", extra={"error": repr(broker_answer)})
+        if not database_ok:
+            log.warning("metrics: the database did not answer", extra={"error": repr(database_answer)})
+        up.add_metric(["broker"], 1 if broker_ok else 0)
+        up.add_metric(["database"], 1 if database_ok else 0)
+        if broker_ok:
+            depth.add_metric(["intake"], broker_answer[0])
+            depth.add_metric(["celery"], broker_answer[1])
+        if database_ok:
+            failed.add_metric([], database_answer[1])
+        if broker_ok and database_ok:
+            ages = [age for age in (broker_answer[2], database_answer[0]) if age is not None]
+            oldest.add_metric([], max(ages, default=0.0))
+        yield from (depth, oldest, failed, up)
 
 
 @blueprint.get("/metrics")

@@ -155,3 +155,14 @@ def test_the_status_of_a_queued_event_is_503_not_404_while_the_broker_is_down(bi
 
     # Back up: it is there, queued.
     assert billing.get(event_id).get_json()["status"] == "queued"
+
+
+def test_a_broker_that_forgot_the_publish_script_still_accepts_each_event_once(billing, broker_url):
+    assert billing.post().status_code == 202
+    client = redis.Redis.from_url(broker_url)
+    client.script_flush()  # what a Redis restart does to loaded scripts
+    client.close()
+
+    assert billing.post(idempotency_key="after-flush").status_code == 202
+    assert billing.post(idempotency_key="after-flush").status_code == 200
+    assert len(billing.queued()) == 2
