@@ -20,6 +20,11 @@ graceful_timeout = 20
 keepalive = 5
 # Create the app before forking; connections are opened lazily in each worker.
 preload_app = True
+# gunicorn >= 25.1's control socket is one fixed path per user ($XDG_RUNTIME_DIR/gunicorn.ctl
+# or ~/.gunicorn/gunicorn.ctl): a second web process on the host takes it over and the
+# first one to stop deletes it from under the other. Nothing here uses it; the service is
+# scaled by starting web processes, and stopped with SIGTERM.
+control_socket_disable = True
 
 
 class JsonLogger(glogging.Logger):

@@ -28,39 +28,50 @@ _running: dict[tuple[str, str], threading.Thread] = {}
 _running_lock = threading.Lock()
 
 
+def _start(key: tuple[str, str], name: str, call: Callable[[], object], results: dict) -> tuple[threading.Thread, bool]:
+    """(thread, True) for a call started now in a daemon thread, its result (or the
+    exception it raised) going to ``results[name]``; (thread, False) if a call of the
+    same key still runs from an earlier request."""
+    with _running_lock:
+        running = _running.get(key)
+        if running is not None and running.is_alive():
+            return running, False
+
+        def run():
+            try:
+                results[name] = call()
+            except Exception as error:  # noqa: BLE001 - reported as the result
+                results[name] = error
+            finally:
+                with _running_lock:
+                    if _running.get(key) is threading.current_thread():
+                        del _running[key]
+
+        thread = threading.Thread(target=run, name=f"operations-{name}", daemon=True)
+        _running[key] = thread
+    thread.start()
+    return thread, True
+
+
 def _bounded(calls: dict[str, tuple[tuple[str, str], Callable[[], object]]], timeout: float) -> dict[str, object]:
     """Run the calls concurrently, each in a daemon thread, and wait at most ``timeout``.
 
     Returns ``{name: result}`` of the calls that finished in time (an exception raised is
     its result). A call whose key (what, which server) still runs from an earlier request
-    is not started again and counts as unfinished: a hung server ties up one thread per
-    process, not one per probe.
+    is not started a second time: a hung server ties up one thread per process, not one
+    per probe. If that earlier call returns within the time, the call is made afresh in
+    the time left, so the first answer after a server recovers is already right.
     """
-    results: dict[str, object] = {}
-    threads = []
-    for name, (key, call) in calls.items():
-        with _running_lock:
-            running = _running.get(key)
-            if running is not None and running.is_alive():
-                continue
-
-            def run(name=name, key=key, call=call):
-                try:
-                    results[name] = call()
-                except Exception as error:  # noqa: BLE001 - reported as the result
-                    results[name] = error
-                finally:
-                    with _running_lock:
-                        if _running.get(key) is threading.current_thread():
-                            del _running[key]
-
-            thread = threading.Thread(target=run, name=f"operations-{name}", daemon=True)
-            _running[key] = thread
-        thread.start()
-        threads.append(thread)
     deadline = time.monotonic() + timeout
-    for thread in threads:
+    results: dict[str, object] = {}
+    started = {name: _start(key, name, call, results) for name, (key, call) in calls.items()}
+    for name, (thread, fresh) in started.items():
         thread.join(max(0.0, deadline - time.monotonic()))
+        if not fresh and not thread.is_alive():
+            key, call = calls[name]
+            thread, fresh = _start(key, name, call, results)
+            if fresh:
+                thread.join(max(0.0, deadline - time.monotonic()))
     return {name: results[name] for name in calls if name in results}
 
 

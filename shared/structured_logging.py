@@ -24,7 +24,9 @@ _SECRETS = re.compile(
 REDACTED = "[redacted]"
 # Lines that would repeat for every twice-a-second drain tick carry no news: the tasks log
 # what they did (with event ids) themselves, and failures still come through as WARNING.
-QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "alembic")
+# The Stripe SDK logs two INFO lines of its own (logfmt inside our JSON) around every call;
+# worker.stripe_reporting logs one line per call with its outcome, duration and event ids.
+QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "alembic", "stripe")
 
 
 # Every credential shape above contains one of these; most lines contain none, and a
@@ -44,18 +46,27 @@ class RedactingJsonFormatter(JsonFormatter):
         return redact(super().format(record))
 
 
+def formatter() -> RedactingJsonFormatter:
+    """The formatter of every line: time, level, name, pid, message, then the extras."""
+    return RedactingJsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "process": "pid"},
+    )
+
+
 def configure(level: int = logging.INFO) -> None:
-    """Route the root logger to standard error as JSON lines; idempotent."""
+    """Route the root logger to standard error as JSON lines; idempotent.
+
+    Python warnings (``warnings.warn``, e.g. Celery's superuser warning) are routed
+    through logging too (logger ``py.warnings``): otherwise they are printed as several
+    plain-text lines, the only non-JSON lines of a process.
+    """
+    logging.captureWarnings(True)
     root = logging.getLogger()
     if any(isinstance(h.formatter, RedactingJsonFormatter) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        RedactingJsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "process": "pid"},
-        )
-    )
+    handler.setFormatter(formatter())
     root.handlers[:] = [handler]
     root.setLevel(level)
     # The logging HOWTO's "Optimization": nothing reads the caller's file and line, thread

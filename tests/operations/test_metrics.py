@@ -1,0 +1,159 @@
+"""``/metrics`` of a real run: a gunicorn with two workers, a Celery worker with beat and
+the local Stripe server, all writing into one fresh ``PROMETHEUS_MULTIPROC_DIR``. What the
+scrape says must be what happened, summed over every process: each web worker's accepted
+events, each pool process's recorded and reported events and Stripe calls."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingest_api import create_app
+from shared import embedded, migrations
+from tests.operations.conftest import BATCH_URL, SETTLE_SECONDS, URL, http, json_lines, status_counts
+from tests.processes import http_get, wait_until
+
+pytestmark = pytest.mark.slow
+
+SINGLE = 40
+BATCH = 20
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} of a Prometheus text exposition."""
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return values
+
+
+def value(scraped: dict, name: str, **labels: str) -> float | None:
+    return scraped.get((name, frozenset(labels.items())))
+
+
+def total(scraped: dict, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    return sum(v for (n, ls), v in scraped.items() if n == name and set(labels.items()) <= ls)
+
+
+def test_metrics_sum_a_run_across_two_web_workers_and_the_celery_worker(
+    settings, world, stripe, start_gunicorn, start_worker, metrics_dir
+):
+    shared_dir = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    web = start_gunicorn(settings, workers=2, **shared_dir)
+    worker = start_worker(settings, **shared_dir)
+    headers = {"Authorization": f"Bearer {world.app_password}"}
+
+    # Single events from 8 connections at once, so that both web workers take some.
+    def post_one(index: int):
+        return http("POST", web.url + URL, json_body=world.body(input_tokens=index), headers=headers)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post_one, range(SINGLE)))
+    assert [status for status, _, _ in answers] == [202] * SINGLE, answers
+    status, _, body = http(
+        "POST", web.url + BATCH_URL, json_body={"events": [world.body(output_tokens=n) for n in range(BATCH)]}, headers=headers
+    )
+    assert status == 200 and [r["status"] for r in body["results"]] == ["queued"] * BATCH, body
+
+    wait_until(
+        lambda: status_counts(settings) == {"reported": SINGLE + BATCH},
+        SETTLE_SECONDS,
+        message=lambda: f"{status_counts(settings)}\n{worker.log_tail()}",
+    )
+
+    # Both web workers served: their pids in the request lines, each with a share of the posts.
+    request_lines = [r for r in json_lines(web.stderr_path) if r["name"] == "ingest_api.requests"]
+    by_pid = collections.Counter(r["pid"] for r in request_lines if r["route"] == "usage.record_usage" and r["status"] == 202)
+    assert sum(by_pid.values()) == SINGLE
+    assert len(by_pid) == 2, f"one web worker served every post: {by_pid}"
+    assert web.process.pid not in by_pid
+
+    status, text = http_get(f"{web.url}/metrics")
+    assert status == 200
+    scraped = samples(text.decode())
+
+    assert value(scraped, "a700_events_accepted_total") == SINGLE + BATCH
+    assert value(scraped, "a700_events_recorded_total") == SINGLE + BATCH
+    assert value(scraped, "a700_events_reported_total") == SINGLE + BATCH
+    assert value(scraped, "a700_events_failed_total") == 0
+    assert value(scraped, "a700_events_rejected_total") == 0
+    assert value(scraped, "a700_enqueue_failures_total") == 0
+    assert value(scraped, "a700_http_requests_total", route="usage.record_usage", method="POST", status="202") == SINGLE
+    assert value(scraped, "a700_http_requests_total", route="usage.record_usage_batch", method="POST", status="200") == 1
+    assert value(scraped, "a700_accept_latency_seconds_count", route="usage.record_usage") == SINGLE
+    assert value(scraped, "a700_accept_latency_seconds_count", route="usage.record_usage_batch") == 1
+    assert total(scraped, "a700_stripe_requests_total", outcome="ok") > 0
+    assert total(scraped, "a700_stripe_requests_total") == total(scraped, "a700_stripe_request_duration_seconds_count")
+    assert value(scraped, "a700_stripe_requests_total", api="v2_stream", outcome="ok") >= 1
+    assert value(scraped, "a700_queue_depth", queue="intake") == 0
+    assert value(scraped, "a700_queue_depth", queue="celery") is not None
+    assert value(scraped, "a700_oldest_unreported_event_age_seconds") == 0
+    assert value(scraped, "a700_failed_events") == 0
+    assert value(scraped, "a700_dependency_up", dependency="database") == 1
+    assert value(scraped, "a700_dependency_up", dependency="broker") == 1
+
+    # Each web worker's share is in the sum: its own counter file in the shared directory.
+    per_process = {path.name for path in metrics_dir.glob("counter_*.db")}
+    for pid in by_pid:
+        assert f"counter_{pid}.db" in per_process, per_process
+
+
+def test_oldest_unreported_age_grows_while_no_worker_runs(settings, world, client):
+    for _ in range(2):
+        assert client.post(URL, json=world.body(), headers={"Authorization": f"Bearer {world.jwt}"}).status_code == 202
+    first = samples(client.get("/metrics").get_data(as_text=True))
+    wait_until(
+        lambda: value(samples(client.get("/metrics").get_data(as_text=True)), "a700_oldest_unreported_event_age_seconds") > 1.0,
+        30, interval=0.2,
+    )
+    assert value(first, "a700_queue_depth", queue="intake") == 2
+    assert value(first, "a700_oldest_unreported_event_age_seconds") >= 0
+
+
+@pytest.fixture
+def private_settings(private_postgres, settings):
+    embedded.ensure_database(private_postgres.admin_url, "a700_operations")
+    url = private_postgres.url("a700_operations")
+    migrations.upgrade(url)
+    return settings.replace(database_url=url)
+
+
+def _scrape_within(client, seconds: float) -> dict:
+    answer = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: answer.append(client.get("/metrics")), daemon=True)
+    thread.start()
+    thread.join(seconds * 3)
+    elapsed = time.monotonic() - started
+    assert answer and elapsed < seconds, f"/metrics took {elapsed:.1f}s"
+    assert answer[0].status_code == 200
+    return samples(answer[0].get_data(as_text=True))
+
+
+def test_a_scrape_is_bounded_and_says_so_when_postgresql_hangs(private_settings, private_postgres):
+    client = create_app(private_settings).test_client()
+    scraped = _scrape_within(client, 5)
+    assert value(scraped, "a700_dependency_up", dependency="database") == 1
+    assert value(scraped, "a700_oldest_unreported_event_age_seconds") == 0
+
+    private_postgres.pause()
+    try:
+        scraped = _scrape_within(client, 5)
+    finally:
+        private_postgres.resume()
+    assert value(scraped, "a700_dependency_up", dependency="database") == 0
+    assert value(scraped, "a700_dependency_up", dependency="broker") == 1
+    # No reassuring 0 while the database cannot be read.
+    assert value(scraped, "a700_oldest_unreported_event_age_seconds") is None
+    assert value(scraped, "a700_failed_events") is None
+    assert value(scraped, "a700_queue_depth", queue="intake") == 0
+
+    scraped = _scrape_within(client, 5)
+    assert value(scraped, "a700_dependency_up", dependency="database") == 1
