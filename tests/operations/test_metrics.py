@@ -157,3 +157,20 @@ def test_a_scrape_is_bounded_and_says_so_when_postgresql_hangs(private_settings,
 
     scraped = _scrape_within(client, 5)
     assert value(scraped, "a700_dependency_up", dependency="database") == 1
+
+
+def test_a_worker_host_without_a_web_process_serves_its_own_metrics(settings, world, client, start_worker, metrics_dir):
+    from shared.embedded import free_port
+
+    port = free_port()
+    worker = start_worker(settings, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), WORKER_METRICS_PORT=str(port))
+    assert client.post(URL, json=world.body(), headers={"Authorization": f"Bearer {world.app_password}"}).status_code == 202
+
+    def reported_on_the_worker_port() -> bool:
+        try:
+            status, _, text = http("GET", f"http://127.0.0.1:{port}/metrics", timeout=2)
+        except OSError:
+            return False
+        return status == 200 and "a700_events_reported_total 1.0" in text
+
+    wait_until(reported_on_the_worker_port, SETTLE_SECONDS, message=lambda: worker.log_tail())
