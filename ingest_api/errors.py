@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy.exc
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -44,6 +45,17 @@ def register(app: Flask) -> None:
         # Keep the exception's own headers (a 405's Allow, RFC 9110), not its HTML type.
         headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
         return error_response(error.code or 500, message, headers=headers)
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def _database_unavailable(error: Exception):
+        # PostgreSQL restarting or unreachable (a caller or catalog entry not cached yet):
+        # nothing was accepted, and a retry will likely succeed. Not a 500.
+        app.logger.warning("database unavailable: %s", type(error).__name__)
+        return error_response(
+            503, "The database is unavailable; nothing was recorded. Retry later.", headers={"Retry-After": "2"}
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

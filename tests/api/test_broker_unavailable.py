@@ -166,3 +166,12 @@ def test_a_broker_that_forgot_the_publish_script_still_accepts_each_event_once(b
     assert billing.post(idempotency_key="after-flush").status_code == 202
     assert billing.post(idempotency_key="after-flush").status_code == 200
     assert len(billing.queued()) == 2
+
+
+def test_postgresql_unreachable_before_the_caller_is_cached_is_503_not_500(billing, settings):
+    app = create_app(settings.replace(database_url="postgresql+psycopg2://postgres@127.0.0.1:1/none"))
+    response = app.test_client().post(URL, json=billing.body(), headers={"Authorization": f"Bearer {billing.app_password}"})
+
+    assert_error(response, 503)
+    assert response.headers["Retry-After"]
+    billing.assert_nothing_queued()
