@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test stop bench clean
+.PHONY: run test stop bench clean soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The soak run (issue 6): every process under steady load and scheduled faults for
+# DURATION seconds, then a reconciliation report; non-zero exit on any loss or duplicate.
+DURATION ?= 300
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m soak --duration $(DURATION)
 
 stop: $(VENV)/.installed
 	$(BIN)/python -c "from shared import embedded; embedded.stop_all()"
