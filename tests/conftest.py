@@ -262,3 +262,23 @@ class Factory:
 @pytest.fixture
 def factory(settings: Settings) -> Factory:
     return Factory(settings)
+
+
+@pytest.fixture
+def start_worker(stripe, tmp_path):
+    """``start_worker(settings, **env)`` starts a real Celery worker with embedded beat
+    (``tests.processes.WorkerProcess``); all are stopped at teardown."""
+    from tests.processes import WorkerProcess
+
+    workers: list[WorkerProcess] = []
+
+    def start(settings: Settings, **extra_env: str) -> WorkerProcess:
+        directory = tmp_path / f"worker-{len(workers)}"
+        directory.mkdir()
+        worker = WorkerProcess(settings, stripe.url, directory, extra_env, name=f"worker{len(workers)}")
+        workers.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -24,7 +24,6 @@ from tests.processes import (
     FlowerProcess,
     GunicornProcess,
     PrivateRedis,
-    WorkerProcess,
     private_postgres_server,
 )
 
@@ -35,23 +34,6 @@ MODEL = "gpt-4o-mini"
 # Long enough for a process start (imports, beat's first tick) and a drain-and-report
 # round on a busy 2-core machine shared with other tests.
 SETTLE_SECONDS = 90
-
-
-@pytest.fixture
-def start_worker(stripe, tmp_path):
-    """``start_worker(settings, **env)`` starts a Celery worker with beat; all stop at teardown."""
-    workers: list[WorkerProcess] = []
-
-    def start(settings: Settings, **extra_env: str) -> WorkerProcess:
-        directory = tmp_path / f"worker-{len(workers)}"
-        directory.mkdir()
-        worker = WorkerProcess(settings, stripe.url, directory, extra_env, name=f"operations{len(workers)}")
-        workers.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in workers:
-        worker.stop()
 
 
 @pytest.fixture

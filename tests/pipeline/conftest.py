@@ -363,21 +363,7 @@ def assert_billed_exactly_once(settings: Settings, stripe, load: Load, *, timeou
 # --- a real Celery worker (with embedded beat) ----------------------------------------------
 
 
-@pytest.fixture
-def start_worker(stripe, tmp_path):
-    """``start_worker(settings, **env)`` starts a worker; all are stopped at teardown."""
-    workers: list[WorkerProcess] = []
-
-    def start(settings: Settings, **extra_env: str) -> WorkerProcess:
-        directory = tmp_path / f"worker-{len(workers)}"
-        directory.mkdir()
-        worker = WorkerProcess(settings, stripe.url, directory, extra_env, name=f"pipeline{len(workers)}")
-        workers.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in workers:
-        worker.stop()
+# ``start_worker`` (a real Celery worker with embedded beat) is in tests/conftest.py.
 
 
 # --- a PostgreSQL of the test's own, which it may restart -----------------------------------
