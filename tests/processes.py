@@ -84,6 +84,21 @@ def _tail(path: Path, title: str, lines: int) -> str:
     return f"----- {title} (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
 
 
+def _stop_gracefully(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, ``grace`` seconds to exit, then SIGKILL to its group; nothing of it survives."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+    _reap_group(process.pid)
+
+
 def _reap_group(pgid: int, timeout: float = 10) -> None:
     """SIGKILL whatever is left of a process group until nothing is."""
     deadline = time.monotonic() + timeout
@@ -268,19 +283,8 @@ class GunicornProcess:
 
     def stop(self) -> None:
         """Clean-up: a graceful stop if it is running, then nothing of it survives."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(timeout=30)
-        _reap_group(self.process.pid)
+        if self.process is not None:
+            _stop_gracefully(self.process, grace=30)
 
     def log_tail(self, lines: int = 60) -> str:
         return _tail(self.stderr_path, "gunicorn stderr", lines) + "\n" + _tail(self.stdout_path, "gunicorn stdout", 10)
@@ -342,19 +346,8 @@ class FlowerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(timeout=30)
-        _reap_group(self.process.pid)
+        if self.process is not None:
+            _stop_gracefully(self.process, grace=20)
 
     def log_tail(self, lines: int = 60) -> str:
         return _tail(self.log_path, "flower log", lines)
