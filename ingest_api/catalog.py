@@ -46,9 +46,9 @@ class Catalog:
                 snapshot = self._snapshot = _Snapshot(time.monotonic(), frozenset(services), dict(prices.all()))
         return snapshot
 
-    def _exist(self, wanted: list[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
+    def _exist(self, wanted: set[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
         now = time.monotonic()
-        missing = [key for key in wanted if self._known_ids.get(key, 0) <= now]
+        missing = sorted((key for key in wanted if self._known_ids.get(key, 0) <= now), key=str)
         if missing:
             tables = {"user": models.User, "organization": models.Organization}
             with db.engine_for(self.database_url).connect() as connection:
@@ -61,7 +61,7 @@ class Catalog:
         """For each event (its ``occurred_at`` resolved), the ``details`` of what does not exist."""
         snapshot = self._current()
         wanted = {(kind, ident) for e in events for kind, ident in (("user", e.user_id), ("organization", e.organization_id))}
-        existing = self._exist(sorted(wanted, key=str))
+        existing = self._exist(wanted)
         problems = []
         for event in events:
             details = []

@@ -10,6 +10,7 @@ hangs or is gone raises ``BrokerUnavailable`` within ``ENQUEUE_TIMEOUT_SECONDS``
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from dataclasses import dataclass
 
@@ -95,16 +96,41 @@ def idempotency_key_name(caller_user_id: uuid.UUID, key: str) -> str:
 
 class Intake:
     def __init__(self, broker_url: str, timeout_seconds: float):
-        self.redis = redis.Redis.from_url(
-            broker_url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            # One quick retry on a broken pooled connection (e.g. after a Redis restart):
-            # the send failed, so nothing ran. Never on a timeout, which keeps the bound.
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            decode_responses=True,
-        )
+        self._broker_url = broker_url
+        self._timeout_seconds = timeout_seconds
+        self._client: redis.Redis | None = None
+        self._client_pid = 0
         self._accept_sha = hashlib.sha1(_ACCEPT.encode()).hexdigest()
+
+    @property
+    def redis(self) -> redis.Redis:
+        """This process's client, on one dedicated connection opened at first use.
+
+        One connection, not a pool: a sync web worker runs one request at a time, and
+        the pool's per-command bookkeeping (checkout, liveness poll, release) cost a
+        measurable share of a request. Threads (the dev server, tests) take turns on it.
+        gunicorn creates the app before it forks its workers: each process opens its own
+        connection, and never uses (or closes) one inherited from its parent.
+        """
+        if self._client is None or self._client_pid != os.getpid():
+            self._client_pid = os.getpid()
+            self._client = redis.Redis.from_url(
+                self._broker_url,
+                socket_timeout=self._timeout_seconds,
+                socket_connect_timeout=self._timeout_seconds,
+                # One quick retry on a broken connection (e.g. after a Redis restart): the
+                # send failed, so nothing ran. Never on a timeout, which keeps the bound;
+                # a timed-out connection is closed, so no late reply is read as another's.
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                decode_responses=True,
+                single_connection_client=True,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def accept(
         self, events: list[tuple[AcceptedUsageEvent, str]], app_password_id: uuid.UUID | None = None
@@ -140,13 +166,14 @@ class Intake:
 
     def _run_accept(self, keys: list[str], args: list) -> list:
         # EVALSHA directly: redis-py's Script wrapper costs a measurable share of a request.
+        client = self.redis
         try:
-            return self.redis.evalsha(self._accept_sha, len(keys), *keys, *args)
+            return client.execute_command("EVALSHA", self._accept_sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             # A restarted (or flushed) Redis forgot the script: load it, run it once more.
             # NOSCRIPT means it did not run, so this cannot accept anything twice.
-            self.redis.script_load(_ACCEPT)
-            return self.redis.evalsha(self._accept_sha, len(keys), *keys, *args)
+            client.script_load(_ACCEPT)
+            return client.execute_command("EVALSHA", self._accept_sha, len(keys), *keys, *args)
 
     def mark_revoked(self, app_password_id: uuid.UUID) -> None:
         try:

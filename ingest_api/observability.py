@@ -6,6 +6,7 @@ records the row and when Stripe confirms it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -17,6 +18,12 @@ log = logging.getLogger("ingest_api.requests")
 _TIMED_ROUTES = {"usage.record_usage", "usage.record_usage_batch"}
 
 
+# Each labelled series once per process: prometheus-client's labels() validates and
+# looks up the label values under a lock on every call.
+_requests_counter = functools.cache(metrics.http_requests.labels)
+_latency_histogram = functools.cache(metrics.accept_latency.labels)
+
+
 def register(app: Flask) -> None:
     @app.before_request
     def _start_clock():
@@ -26,9 +33,9 @@ def register(app: Flask) -> None:
     def _count_and_log(response):
         elapsed = time.perf_counter() - g.pop("started", time.perf_counter())
         route = request.endpoint or "unmatched"
-        metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
+        _requests_counter(route, request.method, response.status_code).inc()
         if route in _TIMED_ROUTES:
-            metrics.accept_latency.labels(route).observe(elapsed)
+            _latency_histogram(route).observe(elapsed)
         fields = {
             "route": route,
             "method": request.method,

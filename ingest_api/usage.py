@@ -54,14 +54,18 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
 
+# No NaN/Infinity, which Python's parser allows but JSON does not. Built once: json.loads
+# with an argument builds a new decoder on every call.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
 def _json_object() -> dict:
     if request.mimetype != "application/json":
         raise ApiError(415, "Content-Type must be application/json.")
     raw = _body_bytes()
     try:
-        # UTF-8 only (json.loads on bytes would also take UTF-16 and UTF-32), and no
-        # NaN/Infinity, which Python's parser allows but JSON does not.
-        body = json.loads(raw.decode("utf-8-sig"), parse_constant=_not_json)
+        # UTF-8 only (json.loads on bytes would also take UTF-16 and UTF-32).
+        body = _JSON_DECODER.decode(raw.decode("utf-8-sig"))
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "The request body is not valid UTF-8 JSON.") from None
     if not isinstance(body, dict):
@@ -90,14 +94,16 @@ def _accepted_event(body: dict, model: type[UsageEventIn], received_at: dt.datet
         validated = model.model_validate(body, context={"received_at": received_at})
     except pydantic.ValidationError as error:
         raise ApiError(422, "The usage event is invalid.", details=error_details(error)) from None
-    fields = validated.model_dump(exclude={"idempotency_key"})
     # Every field is validated above; constructing without validating them again is safe.
     event = AcceptedUsageEvent.model_construct(
-        id=uuid.uuid4(),
-        **(fields | {"occurred_at": validated.occurred_at or received_at}),
-        received_at=received_at,
-        caller_user_id=g.caller.user_id,
-        idempotency_key=idempotency_key,
+        **validated.__dict__
+        | {
+            "id": uuid.uuid4(),
+            "occurred_at": validated.occurred_at or received_at,
+            "received_at": received_at,
+            "caller_user_id": g.caller.user_id,
+            "idempotency_key": idempotency_key,
+        }
     )
     if idempotency_key is None:
         return event, ""
@@ -134,15 +140,17 @@ def record_usage():
     (outcome,) = _queue([(event, body_fingerprint)])
     if outcome.status == "conflict":
         raise ApiError(409, "This Idempotency-Key was already used with a different body.")
-    location = f"{blueprint.url_prefix}/{outcome.event_id}"
+    event_id = str(outcome.event_id)
     if outcome.status == "duplicate":
-        response = jsonify(id=str(outcome.event_id), status=_status_record(outcome.event_id)["status"])
-        response.status_code = 200
+        status_code, status = 200, _status_record(outcome.event_id)["status"]
     else:
-        response = jsonify(id=str(outcome.event_id), status="queued")
-        response.status_code = 202
-    response.headers["Location"] = location
-    return response
+        status_code, status = 202, "queued"
+    return current_app.response_class(
+        json.dumps({"id": event_id, "status": status}),
+        status_code,
+        {"Location": f"{blueprint.url_prefix}/{event_id}"},
+        mimetype="application/json",
+    )
 
 
 @blueprint.post("/batch")

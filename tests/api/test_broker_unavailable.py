@@ -41,7 +41,7 @@ def app_with_broker(settings):
 
     yield build
     for app in apps:
-        app.extensions["intake"].redis.close()
+        app.extensions["intake"].close()
 
 
 @pytest.fixture

@@ -91,7 +91,7 @@ def test_the_json_formatter_redacts_messages_extras_and_tracebacks(capsys):
 
     logger = logging.getLogger("tests.operations.redaction")
     handler = logging.StreamHandler()
-    handler.setFormatter(structured_logging.RedactingJsonFormatter("%(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(structured_logging.formatter())
     logger.addHandler(handler)
     logger.propagate = False
     try:
