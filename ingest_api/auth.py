@@ -39,20 +39,20 @@ class Caller:
 
 @dataclass
 class CallerCache:
-    """Verified callers by credential (App Password hash, or the JWT itself), for a few
-    seconds, and never past the credential's own expiry."""
+    """Verified callers by credential (the App Password or JWT itself, held in this
+    process's memory only), for a few seconds, and never past the credential's expiry."""
 
     ttl_seconds: float
-    _entries: dict[tuple[str, object], tuple[float, Caller]] = field(default_factory=dict)
+    _entries: dict[str, tuple[float, Caller]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self, key: tuple[str, object]) -> Caller | None:
+    def get(self, key: str) -> Caller | None:
         entry = self._entries.get(key)
         if entry is not None and entry[0] > time.monotonic():
             return entry[1]
         return None
 
-    def put(self, key: tuple[str, object], caller: Caller, *, expires_at: float | None = None) -> None:
+    def put(self, key: str, caller: Caller, *, expires_at: float | None = None) -> None:
         """Remember ``caller``; ``expires_at`` (Unix seconds) caps how long."""
         seconds = self.ttl_seconds if expires_at is None else min(self.ttl_seconds, expires_at - time.time())
         if seconds > 0:
@@ -121,15 +121,16 @@ def authenticate() -> Caller:
     """The verified caller of this request, or an ``ApiError`` 401/403."""
     token = bearer_token()
     cache: CallerCache = current_app.extensions["caller_cache"]
+    # A credential verified moments ago needs neither its hash or signature checked nor
+    # the database asked again.
+    if (cached := cache.get(token)) is not None:
+        return cached
     database_url = current_app.config["SETTINGS"].database_url
     if credentials.is_app_password(token):
         try:
             lookup_prefix = credentials.lookup_prefix_of(token)
         except credentials.InvalidCredentials:
             raise _unauthorized("The App Password is malformed.") from None
-        cache_key = ("app_password", credentials.hash_app_password(token))
-        if (cached := cache.get(cache_key)) is not None:
-            return cached
         with db.engine_for(database_url).connect() as connection:
             row = connection.execute(_USER_BY_APP_PASSWORD, {"lookup_prefix": lookup_prefix}).first()
             if row is None or not credentials.app_password_matches(token, row.password_hash):
@@ -139,10 +140,6 @@ def authenticate() -> Caller:
             _touch_last_used(connection, row)
         caller, expires_at = Caller(row.user_id, row.id), None
     else:
-        # A token seen and verified moments ago needs neither the HMAC nor the database.
-        cache_key = ("jwt", token)
-        if (cached := cache.get(cache_key)) is not None:
-            return cached
         try:
             user_id, expires_at = credentials.verify_jwt(token, current_app.config["SETTINGS"].jwt_secret)
         except credentials.InvalidCredentials:
@@ -156,7 +153,7 @@ def authenticate() -> Caller:
         raise _unauthorized("The user is inactive.")
     if not row.is_superadmin:
         raise ApiError(403, "The caller must be superadmin in an active membership of an active organization.")
-    cache.put(cache_key, caller, expires_at=expires_at)
+    cache.put(token, caller, expires_at=expires_at)
     return caller
 
 

@@ -59,10 +59,13 @@ def _not_json(constant: str):
 _JSON_DECODER = json.JSONDecoder(parse_constant=_not_json)
 
 
-def _json_object() -> dict:
+def _json_bytes() -> bytes:
     if request.mimetype != "application/json":
         raise ApiError(415, "Content-Type must be application/json.")
-    raw = _body_bytes()
+    return _body_bytes()
+
+
+def _json_object(raw: bytes) -> dict:
     try:
         # UTF-8 only (json.loads on bytes would also take UTF-16 and UTF-32).
         body = _JSON_DECODER.decode(raw.decode("utf-8-sig"))
@@ -84,18 +87,31 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _accepted_event(body: dict, model: type[UsageEventIn], received_at: dt.datetime, idempotency_key: str | None):
-    """Validate one body; return (event, fingerprint) or raise 422 with every problem.
-
-    The fingerprint (of the body as a JSON object: key order and spacing do not matter)
-    is only needed to match an Idempotency-Key's replays, so only computed with one.
-    """
+def _validated(model: type[UsageEventIn], body: dict, received_at: dt.datetime) -> UsageEventIn:
+    """The body as ``model``, or 422 with every problem."""
     try:
-        validated = model.model_validate(body, context={"received_at": received_at})
+        return model.model_validate(body, context={"received_at": received_at})
     except pydantic.ValidationError as error:
         raise ApiError(422, "The usage event is invalid.", details=error_details(error)) from None
-    # Every field is validated above; constructing without validating them again is safe.
-    event = AcceptedUsageEvent.model_construct(
+
+
+def _validated_json(raw: bytes, received_at: dt.datetime) -> UsageEventIn:
+    """The body as a ``UsageEventIn``, or the contract's 400/422.
+
+    A valid body is parsed and validated in one pass by pydantic-core, which accepts only
+    what the step-by-step path below accepts (strict JSON, UTF-8, the same model). Any
+    refusal takes that path, to answer 400 for what is not a JSON object and 422 with
+    every problem otherwise.
+    """
+    try:
+        return UsageEventIn.model_validate_json(raw, context={"received_at": received_at})
+    except pydantic.ValidationError:
+        return _validated(UsageEventIn, _json_object(raw), received_at)
+
+
+def _accepted_event(validated: UsageEventIn, received_at: dt.datetime, idempotency_key: str | None) -> AcceptedUsageEvent:
+    # Every field is validated already; constructing without validating them again is safe.
+    return AcceptedUsageEvent.model_construct(
         **validated.__dict__
         | {
             "id": uuid.uuid4(),
@@ -105,10 +121,13 @@ def _accepted_event(body: dict, model: type[UsageEventIn], received_at: dt.datet
             "idempotency_key": idempotency_key,
         }
     )
-    if idempotency_key is None:
-        return event, ""
+
+
+def _fingerprint(body: dict) -> str:
+    """The body as a JSON object (key order and spacing do not matter), to match an
+    Idempotency-Key's replays."""
     canonical = json.dumps({k: v for k, v in body.items() if k != "idempotency_key"}, sort_keys=True).encode()
-    return event, fingerprint(canonical)
+    return fingerprint(canonical)
 
 
 def _unavailable(message: str) -> ApiError:
@@ -133,7 +152,9 @@ def _queue(pairs):
 def record_usage():
     received_at = dt.datetime.now(dt.UTC)
     idempotency_key = _idempotency_key()
-    event, body_fingerprint = _accepted_event(_json_object(), UsageEventIn, received_at, idempotency_key)
+    raw = _json_bytes()
+    event = _accepted_event(_validated_json(raw, received_at), received_at, idempotency_key)
+    body_fingerprint = _fingerprint(_json_object(raw)) if idempotency_key else ""
     unknown = catalog().unknown_references([event])[0]
     if unknown:
         raise ApiError(422, "The usage event refers to something that does not exist.", details=unknown)
@@ -158,7 +179,7 @@ def record_usage():
 def record_usage_batch():
     received_at = dt.datetime.now(dt.UTC)
     try:
-        batch = BatchIn.model_validate(_json_object())
+        batch = BatchIn.model_validate(_json_object(_json_bytes()))
     except pydantic.ValidationError as error:
         raise ApiError(422, "The batch is invalid.", details=error_details(error)) from None
     results: list[dict] = [{} for _ in batch.events]
@@ -168,11 +189,12 @@ def record_usage_batch():
             results[index] = _rejected(index, "Each event must be a JSON object.", None)
             continue
         try:
-            event, body_fingerprint = _accepted_event(body, BatchEventIn, received_at, body.get("idempotency_key"))
+            validated = _validated(BatchEventIn, body, received_at)
         except ApiError as error:
             results[index] = _rejected(index, error.message, error.details)
             continue
-        candidates.append((index, event, body_fingerprint))
+        event = _accepted_event(validated, received_at, validated.idempotency_key)
+        candidates.append((index, event, _fingerprint(body) if validated.idempotency_key else ""))
     unknown = catalog().unknown_references([event for _, event, _ in candidates])
     queueable = []
     for (index, event, body_fingerprint), details in zip(candidates, unknown, strict=True):

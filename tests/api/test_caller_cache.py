@@ -76,8 +76,8 @@ def test_a_cached_credential_is_never_trusted_past_its_own_expiry():
 
     cache = CallerCache(ttl_seconds=60)
     caller = Caller(uuid.uuid4(), None)
-    cache.put(("jwt", "expired"), caller, expires_at=time.time() - 1)
-    cache.put(("jwt", "valid"), caller, expires_at=time.time() + 30)
+    cache.put("expired.jwt", caller, expires_at=time.time() - 1)
+    cache.put("valid.jwt", caller, expires_at=time.time() + 30)
 
-    assert cache.get(("jwt", "expired")) is None
-    assert cache.get(("jwt", "valid")) == caller
+    assert cache.get("expired.jwt") is None
+    assert cache.get("valid.jwt") == caller
