@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared import intake
@@ -37,11 +37,15 @@ if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'revoked'} 
 -- and idempotency claims (SET cannot fail): a refused append leaves nothing behind.
 local results, fresh, claims = {}, {}, {}
 for i = 0, (#KEYS - 2) / 2 - 1 do
-  local idem_key = KEYS[4 + 2 * i]
+  local queued_key, idem_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local earlier = false
   if idem_key ~= '' then earlier = claims[idem_key] or redis.call('GET', idem_key) end
   if earlier then
     results[#results + 1] = earlier
+  elseif redis.call('EXISTS', queued_key) == 1 then
+    -- This very event (its id is new per request) is queued already: an earlier attempt
+    -- of this call ran, but its reply was lost (e.g. Redis stopped before answering).
+    results[#results + 1] = 'queued'
   else
     if idem_key ~= '' then claims[idem_key] = ARGV[3 + 3 * i] .. ' ' .. ARGV[5 + 3 * i] end
     fresh[#fresh + 1] = i
@@ -58,6 +62,12 @@ for _, i in ipairs(fresh) do
 end
 return results
 """
+
+
+# 0.02 + 0.04 + 0.08 + 0.16 + 0.2 s: about half a second of reconnecting, in all.
+_RECONNECT_ATTEMPTS = 5
+_RECONNECT_BACKOFF_BASE_SECONDS = 0.01
+_RECONNECT_BACKOFF_CAP_SECONDS = 0.2
 
 
 class BrokerUnavailable(Exception):
@@ -118,10 +128,17 @@ class Intake:
                 self._broker_url,
                 socket_timeout=self._timeout_seconds,
                 socket_connect_timeout=self._timeout_seconds,
-                # One quick retry on a broken connection (e.g. after a Redis restart): the
-                # send failed, so nothing ran. Never on a timeout, which keeps the bound;
-                # a timed-out connection is closed, so no late reply is read as another's.
-                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                # A broken or refused connection (Redis restarting) is retried for about half
+                # a second, so a short restart costs a slower answer, not a 503. Retrying is
+                # safe even when the script ran and only its reply was lost: the script
+                # recognises its own event (see _ACCEPT). Never on a timeout, which keeps
+                # the time bound; a timed-out connection is closed, so no late reply is
+                # read as another command's.
+                retry=Retry(
+                    ExponentialBackoff(cap=_RECONNECT_BACKOFF_CAP_SECONDS, base=_RECONNECT_BACKOFF_BASE_SECONDS),
+                    _RECONNECT_ATTEMPTS,
+                    supported_errors=(redis.ConnectionError,),
+                ),
                 decode_responses=True,
                 single_connection_client=True,
             )
@@ -160,6 +177,11 @@ class Intake:
                 outcomes.append(Outcome("queued", event.id))
             else:
                 earlier_id, earlier_fingerprint = result.split(" ")
+                if earlier_id == str(event.id):
+                    # The key's claim is this event's own: an earlier attempt of this call
+                    # ran and its reply was lost. It is new to the caller.
+                    outcomes.append(Outcome("queued", event.id))
+                    continue
                 same = earlier_fingerprint == body_fingerprint
                 outcomes.append(Outcome("duplicate" if same else "conflict", uuid.UUID(earlier_id)))
         return outcomes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -68,6 +69,80 @@ def hanging_broker():
     server.close()
     for connection in connections:
         connection.close()
+
+
+class LosingProxy:
+    """A TCP proxy to the real Redis that can lose a reply: with ``lose_next_reply`` set,
+    the next EVALSHA reaches Redis and runs, and the connection is then closed before its
+    reply is relayed (what a Redis stopped between running a command and answering it
+    does to a client). ``start_after`` delays listening: a broker that refuses at first."""
+
+    def __init__(self, upstream_url: str, start_after: float = 0.0):
+        upstream = redis.connection.parse_url(upstream_url)
+        self.upstream = (upstream.get("host", "127.0.0.1"), upstream.get("port", 6379))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/{upstream.get('db', 0)}"
+        self.lose_next_reply = False
+        self.lost_replies = 0
+        self.connections = 0
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, args=(start_after,), daemon=True)
+        self._thread.start()
+
+    def _serve(self, start_after: float) -> None:
+        if self._stop.wait(start_after):
+            return
+        server = socket.create_server(("127.0.0.1", self.port))
+        server.settimeout(0.05)
+        self._sockets.append(server)
+        while not self._stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
+        self._sockets += [client, upstream]
+        try:
+            while not self._stop.is_set():
+                request = client.recv(65536)
+                if not request:
+                    return
+                upstream.sendall(request)
+                reply = upstream.recv(65536)
+                if self.lose_next_reply and b"EVALSHA" in request.upper():
+                    self.lose_next_reply = False
+                    self.lost_replies += 1
+                    return  # it ran; the caller never hears so
+                client.sendall(reply)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for sock in self._sockets:
+            sock.close()
+
+
+@pytest.fixture
+def losing_proxy(broker_url):
+    proxies = []
+
+    def build(**options) -> LosingProxy:
+        proxies.append(LosingProxy(broker_url, **options))
+        return proxies[-1]
+
+    yield build
+    for proxy in proxies:
+        proxy.close()
 
 
 def assert_unavailable(response, elapsed: float | None = None, bound: float = BOUND_SECONDS) -> None:
@@ -142,6 +217,40 @@ def test_an_enqueue_failing_inside_the_broker_leaves_no_claim_and_no_status_reco
         assert billing.get(event.id).get_json()["status"] == "queued"
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "lost-reply"], ids=["without-key", "with-key"])
+def test_a_publish_whose_reply_was_lost_is_retried_and_queued_once(billing, app_with_broker, losing_proxy, idempotency_key):
+    """The script ran, then the connection broke before its reply arrived: the client
+    retries on a new connection, the script recognises its own event, and the caller
+    gets the 202 of a new event (not a 503 for an accepted event, not a "duplicate")."""
+    proxy = losing_proxy()
+    client = app_with_broker(proxy.url).test_client()
+    assert billing.post(client=client).status_code == 202  # a connection is open
+    proxy.lose_next_reply = True
+
+    response = billing.post(client=client, idempotency_key=idempotency_key, body=billing.body(input_tokens=4242))
+
+    assert proxy.lost_replies == 1
+    assert response.status_code == 202, response.get_json()
+    event_id = response.get_json()["id"]
+    assert [e.id for e in billing.queued() if e.input_tokens == 4242] == [uuid.UUID(event_id)]
+    assert billing.get(event_id).get_json()["status"] == "queued"
+    if idempotency_key:
+        replay = billing.post(client=client, idempotency_key=idempotency_key, body=billing.body(input_tokens=4242))
+        assert (replay.status_code, replay.get_json()["id"]) == (200, event_id)
+
+
+def test_a_broker_restarting_for_a_moment_costs_a_slower_answer_not_a_503(billing, app_with_broker, losing_proxy):
+    proxy = losing_proxy(start_after=0.2)  # refuses connections for the first 0.2 s
+    client = app_with_broker(proxy.url).test_client()
+
+    response, elapsed = timed(lambda: billing.post(client=client))
+
+    assert response.status_code == 202, response.get_json()
+    assert 0.15 < elapsed < BOUND_SECONDS
+    (event,) = billing.queued()
+    assert response.get_json()["id"] == str(event.id)
 
 
 def test_the_status_of_a_queued_event_is_503_not_404_while_the_broker_is_down(billing, app_with_broker):
