@@ -2,9 +2,11 @@
 
     .venv/bin/python -m bench.ingest [--seconds 8] [--rounds 3]
 
-Both servers run with the project's gunicorn.conf.py. The maximum rate (wrk, closed loop)
-of the hello-world app, of the real endpoint with an App Password and with a JWT
-(validation, catalog check, enqueue to the real Redis) is measured in alternating rounds,
+All servers run with the project's gunicorn.conf.py. The maximum rate (wrk, closed loop)
+of the hello-world app, of the hello-world app that also waits for one Redis PING (the
+ceiling of anything that must hear back from Redis before answering), and of the real
+endpoint with an App Password and with a JWT (validation, catalog check, enqueue to the
+real Redis) is measured in alternating rounds,
 so a slow minute of this shared machine hits both sides; the medians are reported. Then
 p50/p99 of the real endpoint at half its maximum rate (paced wrk), and events/s through
 the batch endpoint (100 events per request).
@@ -28,11 +30,12 @@ def main() -> None:
         caller = harness.seed(env)
         body = harness.event_body(caller)
         with harness.gunicorn(env, "bench.hello_app:create_app()", 8181) as hello, harness.gunicorn(
-            env, "ingest_api:create_app()", 8182
-        ) as web:
+            env, "bench.hello_app:create_app(redis_round_trip=True)", 8183
+        ) as hello_redis, harness.gunicorn(env, "ingest_api:create_app()", 8182) as web:
             url = f"{web}/api/billing/external-usage"
             loads = {
                 "hello_world": (f"{hello}/api/billing/external-usage", "Bearer unused"),
+                "hello_world_redis_ping": (f"{hello_redis}/api/billing/external-usage", "Bearer unused"),
                 "app_password": (url, f"Bearer {caller.app_password}"),
                 "jwt": (url, f"Bearer {caller.jwt}"),
             }
@@ -46,7 +49,7 @@ def main() -> None:
             half = min(maxima["app_password"].requests_per_second, maxima["jwt"].requests_per_second) / 2
             paced = {
                 f"{name}_at_half": harness.fixed_rate(url, body, authorization, half, seconds=args.seconds)
-                for name, (_, authorization) in list(loads.items())[1:]
+                for name, (_, authorization) in list(loads.items())[2:]
             }
             batch = harness.max_rate(
                 f"{url}/batch", {"events": [body] * 100}, f"Bearer {caller.app_password}", seconds=args.seconds
