@@ -224,6 +224,41 @@ def test_a_body_that_is_not_a_utf8_json_object_is_400(billing, data):
     billing.assert_nothing_queued()
 
 
+def _valid_json_with(billing, old: str, new: str) -> bytes:
+    """The valid body as compact JSON with ``old`` replaced by ``new``; a lone surrogate
+    in ``new`` (e.g. "\\udcff") becomes the invalid UTF-8 byte it escapes."""
+    text = json.dumps(billing.body(source="x"), separators=(",", ":"))
+    assert old in text
+    return text.replace(old, new, 1).encode("utf-8", "surrogateescape")
+
+
+# A valid body is validated in one pass from its bytes (pydantic-core's JSON parser); a
+# refused one step by step. These are complete bodies with one oddity each, where the two
+# parsers could disagree: the answer must be what the contract says either way.
+ODD_BUT_COMPLETE_BODIES = [
+    ("nan-in-a-field", lambda b: _valid_json_with(b, '"input_tokens":1200', '"input_tokens":NaN'), 400, None),
+    ("infinity-in-an-extra-field", lambda b: _valid_json_with(b, "{", '{"x":Infinity,'), 400, None),
+    ("invalid-utf-8-in-a-string", lambda b: _valid_json_with(b, '"source":"', '"source":"\udcff'), 400, None),
+    ("lone-surrogate-escape", lambda b: _valid_json_with(b, '"service_name":"', '"service_name":"\\ud800'), 422, "service_name"),
+    ("utf-8-bom", lambda b: b"\xef\xbb\xbf" + _valid_json_with(b, "{", "{"), 202, None),
+    ("duplicate-key-last-valid", lambda b: _valid_json_with(b, '"input_tokens":1200', '"input_tokens":"x","input_tokens":1200'), 202, None),
+    ("duplicate-key-last-invalid", lambda b: _valid_json_with(b, '"input_tokens":1200', '"input_tokens":1200,"input_tokens":"x"'), 422, "input_tokens"),
+]
+
+
+@pytest.mark.parametrize(("make", "status", "field"), [c[1:] for c in ODD_BUT_COMPLETE_BODIES], ids=[c[0] for c in ODD_BUT_COMPLETE_BODIES])
+def test_odd_but_complete_bodies_get_the_contracts_answer(billing, make, status, field):
+    response = post_raw(billing, make(billing))
+    assert response.status_code == status, response.get_json()
+    if status == 202:
+        (event,) = billing.queued()
+        assert event.input_tokens == 1200
+    else:
+        billing.assert_nothing_queued()
+    if field:
+        assert field in [detail["field"] for detail in response.get_json()["details"]]
+
+
 def test_a_valid_body_with_whitespace_and_unicode_escapes_is_accepted(billing):
     body = billing.body(source="caf\u00e9 \u2603")
     data = json.dumps(body, indent=4, ensure_ascii=True).encode()
