@@ -16,6 +16,9 @@ from shared import metrics
 
 log = logging.getLogger("ingest_api.requests")
 _TIMED_ROUTES = {"usage.record_usage", "usage.record_usage_batch"}
+# The method is the caller's to choose (gunicorn takes any upper-case token); as a label,
+# anything else would let a caller create metric series without end.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 # Each labelled series once per process: prometheus-client's labels() validates and
@@ -33,7 +36,8 @@ def register(app: Flask) -> None:
     def _count_and_log(response):
         elapsed = time.perf_counter() - g.pop("started", time.perf_counter())
         route = request.endpoint or "unmatched"
-        _requests_counter(route, request.method, response.status_code).inc()
+        method = request.method if request.method in _METHODS else "other"
+        _requests_counter(route, method, response.status_code).inc()
         if route in _TIMED_ROUTES:
             _latency_histogram(route).observe(elapsed)
         fields = {

@@ -51,3 +51,13 @@ def test_metrics_count_accepted_events_and_requests_by_route_and_status(billing,
     assert 'a700_queue_depth{queue="intake"} 3.0' in text
     assert _sample(text, "a700_oldest_unreported_event_age_seconds") >= 0
     assert "a700_accept_latency_seconds_bucket" in text
+
+
+def test_made_up_methods_are_counted_under_one_label(client):
+    for method in ("FOOBAR", "BREW", "XYZZYPLUGH"):
+        assert client.open("/api/billing/external-usage", method=method).status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+
+    assert 'method="other"' in text
+    for method in ("FOOBAR", "BREW", "XYZZYPLUGH"):
+        assert f'method="{method}"' not in text
