@@ -153,8 +153,13 @@ def record_usage():
     received_at = dt.datetime.now(dt.UTC)
     idempotency_key = _idempotency_key()
     raw = _json_bytes()
-    event = _accepted_event(_validated_json(raw, received_at), received_at, idempotency_key)
-    body_fingerprint = _fingerprint(_json_object(raw)) if idempotency_key else ""
+    if idempotency_key is None:
+        validated, body_fingerprint = _validated_json(raw, received_at), ""
+    else:
+        # The fingerprint needs the parsed object anyway: parse once, validate that.
+        body = _json_object(raw)
+        validated, body_fingerprint = _validated(UsageEventIn, body, received_at), _fingerprint(body)
+    event = _accepted_event(validated, received_at, idempotency_key)
     unknown = catalog().unknown_references([event])[0]
     if unknown:
         raise ApiError(422, "The usage event refers to something that does not exist.", details=unknown)
