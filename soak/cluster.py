@@ -214,8 +214,9 @@ class RedisServer:
         finally:
             client.close()
 
-    def restart(self) -> None:
-        """SHUTDOWN (Redis writes and fsyncs the AOF, then exits), then start again."""
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """SHUTDOWN (Redis writes and fsyncs the AOF, then exits), stay down for
+        ``down_seconds``, then start again."""
         client = self.client()
         try:
             client.shutdown()
@@ -223,6 +224,7 @@ class RedisServer:
             client.close()
         if self.child.wait_exit(30) is None:
             raise RuntimeError("redis-server did not exit within 30s of SHUTDOWN")
+        time.sleep(down_seconds)
         self.start()
 
     def kill_9_and_start(self) -> None:

@@ -36,6 +36,7 @@ _EVERY_CALL = 1_000_000
 STRIPE_SLOW_MS = 1500
 STRIPE_SLOW_SECONDS = 6
 WORKER_DOWN_SECONDS = 2
+REDIS_DOWN_SECONDS = 1.5
 # gunicorn.conf.py's graceful_timeout, plus room: the master exits once its workers have.
 WEB_EXIT_SECONDS = 20 + 15
 FAULT_NAMES = (
@@ -105,8 +106,10 @@ class Injector:
         return f"SIGKILL to the worker's process group {pid}; started again after {WORKER_DOWN_SECONDS} s"
 
     def redis_restart(self) -> str:
+        # Down for longer than the web's reconnect window (about half a second), so
+        # publishes answer 503; the kill -9 below comes back within it (slower answers).
         started = time.monotonic()
-        self.cluster.redis.restart()
+        self.cluster.redis.restart(down_seconds=REDIS_DOWN_SECONDS)
         return f"SHUTDOWN, start on port {self.cluster.redis.port}: down {time.monotonic() - started:.2f} s"
 
     def redis_kill_9(self) -> str:
