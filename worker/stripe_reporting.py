@@ -166,6 +166,11 @@ class StripeMeter:
         return self._session_token
 
     def _send_stream(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:
+        # The idempotency key names the set of rows; the body must be a function of that
+        # set too, or a second report of the same rows in another order (rows recorded in
+        # one transaction tie on recorded_at) is a different request under the same key,
+        # which Stripe refuses for good.
+        events = sorted(events, key=lambda e: str(e.row_id))
         body = {
             "events": [
                 {

@@ -80,6 +80,18 @@ def test_a_second_report_of_the_same_rows_is_reported_and_not_counted_again(sett
     assert len(stripe.meter_events()) == 5
 
 
+def test_a_second_report_of_the_same_rows_in_another_order_is_reported(settings, stripe, api):
+    events = meter_events(5)
+    meter = StripeMeter(settings, api=api)
+    assert all_reported(meter.report(events), events)
+
+    again = meter.report(list(reversed(events)))
+
+    assert all_reported(again, events), again
+    assert_at_stripe_once(stripe, events)
+    assert len(stripe.meter_events()) == 5
+
+
 def test_the_other_api_version_does_not_count_a_reported_row_again(settings, stripe):
     events = meter_events(3)
     StripeMeter(settings, api="v2").report(events)
