@@ -38,11 +38,4 @@ worker_send_task_events = True  # Flower shows tasks live
 task_send_sent_event = True
 timezone = "UTC"
 
-# Beat drives the pipeline on a clock, so nothing depends on a wake-up that could be lost:
-# the intake is drained twice a second (a drain that finds nothing costs one Redis read),
-# and the sweeper re-drives anything a dead worker left behind. Stale ticks expire
-# instead of piling up behind a long drain.
-beat_schedule = {
-    "drain-intake": {"task": "billing.drain_intake", "schedule": 0.5, "options": {"expires": 2}},
-    "sweep-unreported": {"task": "billing.sweep_unreported", "schedule": 30.0, "options": {"expires": 30}},
-}
+# The beat schedule (the safety sweep) is set in shared.queue, beside the task names.

@@ -13,7 +13,7 @@ from flask import Flask, jsonify, request
 def create_app(redis_round_trip: bool = False) -> Flask:
     app = Flask(__name__)
     if redis_round_trip:
-        from ingest_api.intake import Intake
+        from shared.intake import Intake
 
         broker = Intake(os.environ["CELERY_BROKER_URL"], timeout_seconds=1.0)
 

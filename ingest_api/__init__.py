@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from ingest_api import cli, errors, observability, openapi, operations, usage
     from ingest_api.auth import CallerCache
     from ingest_api.catalog import Catalog
-    from ingest_api.intake import Intake
+    from shared.intake import Intake
 
     settings = app.config["SETTINGS"]
     app.extensions["catalog"] = Catalog(settings.database_url, settings.catalog_cache_seconds)

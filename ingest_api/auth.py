@@ -7,7 +7,7 @@ active membership of an active organization.
 A caller verified against the database is remembered for ``AUTH_CACHE_SECONDS`` so the
 request path needs no PostgreSQL round trip. App Password revocation stays immediate:
 ``app-passwords revoke`` also marks the password in Redis, and the publish script
-refuses a marked password atomically with the append (see ``ingest_api.intake``).
+refuses a marked password atomically with the append (see ``shared.intake``).
 """
 
 from __future__ import annotations

@@ -16,18 +16,26 @@ _READABLE = {
 class ApiError(Exception):
     """An error answer with a status, a sentence, optional details and headers."""
 
-    def __init__(self, status: int, message: str, *, details: list[dict] | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, *, details: list[dict] | None = None, headers: dict | None = None,
+        extra: dict | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
         self.headers = headers or {}
+        self.extra = extra or {}  # fields of the body beside "error" and "details"
 
 
-def error_response(status: int, message: str, *, details: list[dict] | None = None, headers: dict | None = None):
+def error_response(
+    status: int, message: str, *, details: list[dict] | None = None, headers: dict | None = None,
+    extra: dict | None = None,
+):
     body: dict = {"error": message}
     if details is not None:
         body["details"] = details
+    body.update(extra or {})
     response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
@@ -37,7 +45,7 @@ def error_response(status: int, message: str, *, details: list[dict] | None = No
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError):
-        return error_response(error.status, error.message, details=error.details, headers=error.headers)
+        return error_response(error.status, error.message, details=error.details, headers=error.headers, extra=error.extra)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from shared import db, intake, metrics, models, queue
+from shared import backlog, db, intake, liveness, metrics, models, queue
 
 blueprint = Blueprint("operations", __name__)
 log = logging.getLogger(__name__)
@@ -128,18 +128,23 @@ def readyz():
     return jsonify(status="ready")
 
 
-def _broker_gauges(settings) -> tuple[int, int, float | None]:
-    """(intake stream length, celery queue length, age of the oldest stream entry or None)."""
+def _broker_gauges(settings) -> dict:
+    """What Redis says of the pipeline: queue lengths, the oldest waiting entry, the workers."""
+    now = time.time()
     with _broker(settings) as broker:
-        intake_depth = broker.xlen(intake.STREAM)
-        celery_depth = broker.llen(queue.celery_app.conf.task_default_queue)
+        depths = {intake.STREAM: backlog.accepted_not_recorded(broker), queue.QUEUE: broker.llen(queue.QUEUE)}
         first = broker.xrange(intake.STREAM, count=1)
-    age = time.time() - int(first[0][0].split(b"-")[0]) / 1000 if first else None
-    return intake_depth, celery_depth, age
+        return {
+            "depths": depths,
+            "oldest_waiting_age": now - intake.entry_time(first[0][0].decode()) if first else None,
+            "workers_alive": liveness.workers_alive(broker, now),
+            "intake_last_read_age": liveness.intake_last_read_age(broker, now),
+        }
 
 
-def _database_gauges(settings) -> tuple[float | None, int]:
-    """(age of the oldest recorded-but-unreported row or None, events waiting for an operator)."""
+def _database_gauges(settings) -> tuple[float | None, int, int]:
+    """(age of the oldest recorded-but-unreported row or None, events waiting for an
+    operator, rows recorded and not yet reported)."""
     logs = models.UserBillableRequestLog
     with db.engine_for(settings.database_url).connect() as connection:
         connection.execute(sa.text(f"SET LOCAL statement_timeout = {READINESS_TIMEOUT_SECONDS * 1000}"))
@@ -149,8 +154,9 @@ def _database_gauges(settings) -> tuple[float | None, int]:
         failed = connection.scalar(
             sa.select(sa.func.count()).where(logs.status == models.UsageStatus.FAILED)
         ) + connection.scalar(sa.select(sa.func.count()).where(models.RejectedUsageEvent.resolved_at.is_(None)))
+        unreported = backlog.recorded_not_reported(connection)
     age = (dt.datetime.now(dt.UTC) - oldest_received).total_seconds() if oldest_received is not None else None
-    return age, failed
+    return age, failed, unreported
 
 
 class PipelineCollector:
@@ -167,7 +173,11 @@ class PipelineCollector:
         self.settings = settings
 
     def collect(self):
-        depth = GaugeMetricFamily("a700_queue_depth", "Messages waiting, by queue.", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "a700_queue_depth",
+            "Entries waiting, by queue: billing:intake (events accepted, not yet recorded) and billing (Celery tasks).",
+            labels=["queue"],
+        )
         oldest = GaugeMetricFamily(
             "a700_oldest_unreported_event_age_seconds",
             "Seconds since the oldest accepted event that Stripe has not confirmed was accepted.",
@@ -178,6 +188,15 @@ class PipelineCollector:
         up = GaugeMetricFamily(
             "a700_dependency_up", "1 if the dependency answered the scrape's queries in time, else 0.", labels=["dependency"]
         )
+        unreported = GaugeMetricFamily(
+            "a700_unreported_events", "Rows recorded and not yet reported to Stripe (status recorded)."
+        )
+        workers = GaugeMetricFamily(
+            "a700_workers_alive", "Celery workers that said they are alive in the last 15 seconds."
+        )
+        last_read = GaugeMetricFamily(
+            "a700_intake_last_read_age_seconds", "Seconds since a worker last read the intake (absent if none ever did)."
+        )
         settings = self.settings
         answers = _bounded(
             {
@@ -187,7 +206,7 @@ class PipelineCollector:
             CHECK_DEADLINE_SECONDS,
         )
         broker_answer, database_answer = answers.get("broker"), answers.get("database")
-        broker_ok, database_ok = isinstance(broker_answer, tuple), isinstance(database_answer, tuple)
+        broker_ok, database_ok = isinstance(broker_answer, dict), isinstance(database_answer, tuple)
         if not broker_ok:
             log.warning("metrics: the broker did not answer", extra={"error": repr(broker_answer)})
         if not database_ok:
@@ -195,14 +214,18 @@ class PipelineCollector:
         up.add_metric(["broker"], 1 if broker_ok else 0)
         up.add_metric(["database"], 1 if database_ok else 0)
         if broker_ok:
-            depth.add_metric(["intake"], broker_answer[0])
-            depth.add_metric(["celery"], broker_answer[1])
+            for name, length in broker_answer["depths"].items():
+                depth.add_metric([name], length)
+            workers.add_metric([], broker_answer["workers_alive"])
+            if broker_answer["intake_last_read_age"] is not None:
+                last_read.add_metric([], broker_answer["intake_last_read_age"])
         if database_ok:
             failed.add_metric([], database_answer[1])
+            unreported.add_metric([], database_answer[2])
         if broker_ok and database_ok:
-            ages = [age for age in (broker_answer[2], database_answer[0]) if age is not None]
+            ages = [age for age in (broker_answer["oldest_waiting_age"], database_answer[0]) if age is not None]
             oldest.add_metric([], max(ages, default=0.0))
-        yield from (depth, oldest, failed, up)
+        yield from (depth, unreported, oldest, failed, workers, last_read, up)
 
 
 @blueprint.get("/metrics")

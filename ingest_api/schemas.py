@@ -43,10 +43,34 @@ def _rfc3339_string(value: Any) -> Any:
     return value
 
 
+# What a later stage cannot store or send, so an accepted event can never fail downstream
+# for its text: NUL (PostgreSQL text and jsonb refuse it, though JSON, Python and Redis
+# take it), lone surrogates (UTF-8, and so PostgreSQL and Stripe, cannot encode them),
+# other control characters and Unicode noncharacters (never text; they corrupt logs and
+# exports). Everything else of Unicode is accepted.
+_UNSTORABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane * 0x10000 + 0xFFFE) + chr(plane * 0x10000 + 0xFFFF) for plane in range(17))
+    + "]"
+)
+
+
+def _storable(text: str) -> str:
+    if (found := _UNSTORABLE.search(text)) is not None:
+        raise PydanticCustomError(
+            "unstorable_character",
+            "Must not contain control characters, lone surrogates or noncharacters "
+            "(found {character} at position {position})",
+            {"character": f"U+{ord(found.group()):04X}", "position": found.start()},
+        )
+    return text
+
+
 UuidString = Annotated[uuid.UUID, pydantic.Strict(False), pydantic.BeforeValidator(_json_string)]
 Rfc3339Time = Annotated[pydantic.AwareDatetime, pydantic.Strict(False), pydantic.BeforeValidator(_rfc3339_string)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+StorableText = pydantic.AfterValidator(_storable)
+Name = Annotated[str, Field(min_length=1, max_length=200), StorableText]
 
 
 class UsageEventIn(pydantic.BaseModel):
@@ -60,7 +84,7 @@ class UsageEventIn(pydantic.BaseModel):
     input_tokens: TokenCount = Field(description="Input (prompt) tokens consumed.")
     output_tokens: TokenCount = Field(description="Output (completion) tokens produced.")
     service_name: Name = Field(description="The external service, as in services.name.", examples=["transcription"])
-    source: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+    source: Annotated[str, Field(min_length=1, max_length=64), StorableText] = Field(
         default="external_api", description="The channel the usage came through."
     )
     occurred_at: Rfc3339Time | None = Field(

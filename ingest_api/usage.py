@@ -17,9 +17,9 @@ from ingest_api import MAX_BODY_BYTES
 from ingest_api.auth import revoked_unauthorized, superadmin_required
 from ingest_api.catalog import Catalog
 from ingest_api.errors import ApiError
-from ingest_api.intake import BrokerUnavailable, Intake, Revoked, fingerprint
 from ingest_api.schemas import BatchEventIn, BatchIn, UsageEventIn, UsageEventOut, error_details
-from shared import db, metrics, models
+from shared import db, metrics, models, queue
+from shared.intake import Intake, OutcomeUnknown, QueueUnavailable, Revoked, fingerprint
 from shared.usage_event import AcceptedUsageEvent
 
 blueprint = Blueprint("usage", __name__, url_prefix="/api/billing/external-usage")
@@ -71,6 +71,10 @@ def _json_object(raw: bytes) -> dict:
         body = _JSON_DECODER.decode(raw.decode("utf-8-sig"))
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "The request body is not valid UTF-8 JSON.") from None
+    except RecursionError:
+        # A few KiB of brackets nest deeper than the parser recurses; no event is built
+        # from anything deeper than an object of strings and numbers anyway.
+        raise ApiError(400, "The request body is nested too deeply to be a usage event.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return body
@@ -134,17 +138,51 @@ def _unavailable(message: str) -> ApiError:
     return ApiError(503, message, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
-def _queue(pairs):
+class OutcomeUnknownError(ApiError):
+    """503 for a publish whose reply was lost: the events may or may not be accepted.
+    The body names the ids attempted and what the caller should do."""
+
+    def __init__(self, event_ids: list[uuid.UUID], batch_results: list[dict] | None = None):
+        if batch_results is None:
+            message = (
+                "The billing queue did not confirm this event, so whether it was accepted is unknown. "
+                "Retry with the same Idempotency-Key (billed once either way), or ask "
+                f"GET {blueprint.url_prefix}/{event_ids[0]} once the service answers: 404 means it was not accepted."
+            )
+            extra = {"status": "unknown", "id": str(event_ids[0])}
+        else:
+            message = (
+                "The billing queue did not confirm these events, so whether they were accepted is unknown. "
+                "Retry each with the same idempotency_key (billed once either way), or ask the status of each id "
+                "once the service answers: 404 means it was not accepted."
+            )
+            extra = {"status": "unknown", "results": batch_results}
+        headers = {"Retry-After": RETRY_AFTER_SECONDS}
+        if batch_results is None:
+            headers["Location"] = f"{blueprint.url_prefix}/{event_ids[0]}"
+        super().__init__(503, message, headers=headers, extra=extra)
+        self.event_ids = event_ids
+
+
+def _queue(pairs) -> list:
+    """Accept the (event, fingerprint) pairs; wake the recorder if the intake was idle."""
     try:
-        outcomes = intake().accept(pairs, g.caller.app_password_id)
+        accepted = intake().accept(pairs, g.caller.app_password_id)
     except Revoked:
         raise revoked_unauthorized() from None
-    except BrokerUnavailable:
+    except QueueUnavailable:
         metrics.enqueue_failures.inc()
         raise _unavailable("The billing queue is unavailable; nothing was recorded. Retry later.") from None
-    metrics.events_accepted.inc(sum(1 for outcome in outcomes if outcome.status == "queued"))
-    g.event_ids = [str(outcome.event_id) for outcome in outcomes]
-    return outcomes
+    except OutcomeUnknown as unknown:
+        metrics.enqueue_failures.inc()
+        g.event_ids = [str(event_id) for event_id in unknown.event_ids]
+        raise
+    if accepted.wake_recorder:
+        queue.wake_recorder()
+    acceptances = accepted.acceptances
+    metrics.events_accepted.inc(sum(1 for acceptance in acceptances if acceptance.status == "queued"))
+    g.event_ids = [str(acceptance.event_id) for acceptance in acceptances]
+    return acceptances
 
 
 @blueprint.post("")
@@ -163,7 +201,10 @@ def record_usage():
     unknown = catalog().unknown_references([event])[0]
     if unknown:
         raise ApiError(422, "The usage event refers to something that does not exist.", details=unknown)
-    (outcome,) = _queue([(event, body_fingerprint)])
+    try:
+        (outcome,) = _queue([(event, body_fingerprint)])
+    except OutcomeUnknown:
+        raise OutcomeUnknownError([event.id]) from None
     if outcome.status == "conflict":
         raise ApiError(409, "This Idempotency-Key was already used with a different body.")
     event_id = str(outcome.event_id)
@@ -208,7 +249,12 @@ def record_usage_batch():
         else:
             queueable.append((index, event, body_fingerprint))
     if queueable:
-        outcomes = _queue([(event, body_fingerprint) for _, event, body_fingerprint in queueable])
+        try:
+            outcomes = _queue([(event, body_fingerprint) for _, event, body_fingerprint in queueable])
+        except OutcomeUnknown:
+            for index, event, _ in queueable:
+                results[index] = {"index": index, "id": str(event.id), "status": "unknown"}
+            raise OutcomeUnknownError([event.id for _, event, _ in queueable], results) from None
         for (index, _, _), outcome in zip(queueable, outcomes, strict=True):
             if outcome.status == "conflict":
                 results[index] = _rejected(index, "This idempotency_key was already used with a different body.", None)
@@ -230,7 +276,7 @@ def usage_status(event_id: uuid.UUID):
     if g.caller.app_password_id is not None:
         try:
             revoked = intake().is_revoked(g.caller.app_password_id)
-        except BrokerUnavailable:
+        except QueueUnavailable:
             raise _unavailable("The billing queue is unavailable. Retry later.") from None
         if revoked:
             raise revoked_unauthorized()
@@ -243,7 +289,7 @@ def _status_record(event_id: uuid.UUID) -> dict:
     try:
         queued = intake().queued_event(event_id)
         broker_answered = True
-    except BrokerUnavailable:
+    except QueueUnavailable:
         # Not "unknown" yet: an accepted event no worker has recorded is only there.
         queued, broker_answered = None, False
     if queued is not None:

@@ -1,12 +1,36 @@
-"""The intake queue between the edge and the billing pipeline: a Redis stream.
+"""The intake: accepted usage events waiting to be recorded, as a Redis stream.
 
-The edge appends each accepted event to one stream (atomically with its idempotency
-claim and its "queued" status record, in one Lua script, so a failed publish leaves
-nothing behind). Celery workers read it through a consumer group in batches; an entry
-stays pending until the row it produced is committed, so a worker killed mid-batch
-loses nothing: another worker claims the entry after ``CLAIM_IDLE_MS``. Recording is
-idempotent, so a slow worker's entry claimed by another is still billed once.
+Every reader and writer of the stream goes through this module:
+
+- ``Intake.accept`` (the edge, and the operator's re-drive) runs one Lua script that
+  does everything that makes an event accepted, atomically: claim the Idempotency-Key,
+  append the event, write its "queued" status record, and say whether a recorder must
+  be woken (the first event into an idle intake). All of it happens or none of it.
+- ``IntakeReader`` (the recorder) reads batches through a consumer group; ``done``
+  acknowledges and deletes them, only after the rows they produced were committed, so a
+  worker killed mid-batch loses nothing: another claims its entries after
+  ``CLAIM_IDLE_MS``.
+- ``waiting_entries`` and ``remove`` are what an operator uses to see the oldest
+  entries and to set one aside (``worker.recording.set_aside``).
+
+A publish has a hard time bound and an honest outcome: ``QueueUnavailable`` when Redis
+certainly did not take the events (nothing was accepted), ``OutcomeUnknown`` when the
+script may have run but its reply never came (the caller is told so, with the ids).
 """
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from shared.usage_event import AcceptedUsageEvent
 
 STREAM = "billing:intake"
 GROUP = "billing-recorders"
@@ -14,5 +38,445 @@ EVENT_FIELD = "event"
 # The status record an accepted-but-not-yet-recorded event is read from (GET .../{id}).
 QUEUED_KEY = "billing:queued:{event_id}"
 QUEUED_TTL_SECONDS = 7 * 24 * 3600
+# Stripe keeps idempotency keys for 24 hours; callers know that window, we use the same.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 # How long an entry may sit unacknowledged with a consumer before another may take it.
-CLAIM_IDLE_MS = 10_000
+# A live recorder acknowledges a batch within a second or two; taking a slow one's entry
+# only costs a second, idempotent, recording of it.
+CLAIM_IDLE_MS = 5_000
+# Set (NX) by the accept script when it appends to an intake no recorder is draining:
+# the edge then sends one record task. The recorder chain keeps it set while it runs;
+# a recorder killed mid-chain lets it lapse after this long, and the next event wakes
+# a new one (the beat sweep covers an intake that gets no new event).
+RECORDER_WANTED_KEY = "billing:recorder-wanted"
+RECORDER_WANTED_MS = 10_000
+# An App Password revocation mark outlives every web process's cached copy of the
+# caller; after that the database (revoked_at) refuses it anyway.
+REVOCATION_KEY = "billing:revoked-app-password:{app_password_id}"
+REVOCATION_MARK_SECONDS = 24 * 3600
+
+_ACCEPT = """
+-- KEYS: stream, the caller's App Password revocation mark ('' for a JWT), the
+--       recorder-wanted flag, then per event: its queued-status key, its idempotency
+--       key ('' if none)
+-- ARGV: queued ttl, idempotency ttl, recorder-wanted ttl (ms), then per event: id,
+--       message, body fingerprint
+-- Returns one result per event ('queued', or the claim 'id fingerprint' of an earlier
+-- event with the same key), then 'wake' or '' ('revoked' alone if refused).
+local results, fresh, claims = {}, {}, {}
+local revoked = KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1
+-- Redis does not undo a script's earlier writes when a later command fails. So first
+-- decide (reads only), then append every new event (XADD is the command that can fail,
+-- e.g. when the stream key holds another type), and only then write the status records
+-- and idempotency claims (SET cannot fail): a refused append leaves nothing behind.
+for i = 0, (#KEYS - 3) / 2 - 1 do
+  local queued_key, idem_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local earlier = false
+  if idem_key ~= '' then earlier = claims[idem_key] or redis.call('GET', idem_key) end
+  if earlier then
+    results[#results + 1] = earlier
+  elseif redis.call('EXISTS', queued_key) == 1 then
+    -- This very event (its id is new per request) is queued already: an earlier attempt
+    -- of this call ran, but its reply was lost. Checked before the revocation, so the
+    -- answer to a retried call is the one the first attempt earned.
+    results[#results + 1] = 'queued'
+  elseif revoked then
+    -- Refused atomically with the append, so revocation takes effect at once even for
+    -- a caller the web process has cached.
+    return {'revoked'}
+  else
+    if idem_key ~= '' then claims[idem_key] = ARGV[4 + 3 * i] .. ' ' .. ARGV[6 + 3 * i] end
+    fresh[#fresh + 1] = i
+    results[#results + 1] = 'queued'
+  end
+end
+for _, i in ipairs(fresh) do
+  redis.call('XADD', KEYS[1], '*', 'event', ARGV[5 + 3 * i])
+end
+for _, i in ipairs(fresh) do
+  local queued_key, idem_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  redis.call('SET', queued_key, ARGV[5 + 3 * i], 'EX', ARGV[1])
+  if idem_key ~= '' then redis.call('SET', idem_key, claims[idem_key], 'EX', ARGV[2]) end
+end
+local wake = ''
+if #fresh > 0 and redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then wake = 'wake' end
+results[#results + 1] = wake
+return results
+"""
+_ACCEPT_SHA = hashlib.sha1(_ACCEPT.encode()).hexdigest()
+
+# Between attempts to reach Redis (a restart, a refused connection), within the bound.
+_RETRY_PAUSES_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.3)
+
+
+class QueueUnavailable(Exception):
+    """Redis did not take the events: certainly nothing was accepted."""
+
+
+class OutcomeUnknown(Exception):
+    """The accept script was sent and may have run, but no reply came within the bound."""
+
+    def __init__(self, event_ids: Sequence[uuid.UUID]):
+        super().__init__(f"no reply from the queue for {len(event_ids)} event(s)")
+        self.event_ids = list(event_ids)
+
+
+class Revoked(Exception):
+    """The caller's App Password was revoked; nothing was accepted."""
+
+
+class _NotSent(Exception):
+    """The command never fully reached Redis, so it cannot have run."""
+
+
+class _NoReply(Exception):
+    """The command was sent; Redis may have run it."""
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """``queued`` (new), ``duplicate`` (an earlier event, same body) or ``conflict`` (same key, other body)."""
+
+    status: str
+    event_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Accepted:
+    acceptances: list[Acceptance]
+    wake_recorder: bool  # the intake was idle: the caller sends one record task
+
+
+def fingerprint(canonical_body: bytes) -> str:
+    return hashlib.sha256(canonical_body).hexdigest()
+
+
+def idempotency_key_name(caller_user_id: uuid.UUID, key: str) -> str:
+    # Hashed: the caller's key may hold anything printable, and its length is theirs to choose.
+    return f"billing:idem:{caller_user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def revocation_key(app_password_id: uuid.UUID) -> str:
+    return REVOCATION_KEY.format(app_password_id=app_password_id)
+
+
+class Intake:
+    """The writer's side: accept events within ``timeout_seconds``, honestly."""
+
+    def __init__(self, broker_url: str, timeout_seconds: float):
+        self._broker_url = broker_url
+        self._timeout_seconds = timeout_seconds
+        self._client: redis.Redis | None = None
+        self._client_pid = 0
+
+    @property
+    def redis(self) -> redis.Redis:
+        """This process's client, on one dedicated connection opened at first use.
+
+        One connection, not a pool: the pool's per-command bookkeeping (checkout, liveness
+        poll, release) cost a measurable share of a request. Concurrent requests of a
+        process take turns on it. The app is created before gunicorn forks its workers:
+        each process opens its own connection, and never uses one inherited from its parent.
+        """
+        if self._client is None or self._client_pid != os.getpid():
+            self._client_pid = os.getpid()
+            self._client = redis.Redis.from_url(
+                self._broker_url,
+                socket_timeout=self._timeout_seconds,
+                socket_connect_timeout=min(self._timeout_seconds, 0.5),
+                # The accept script handles its own retries (see accept); the few other
+                # commands are reads and idempotent writes, safe to repeat once.
+                retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.2, base=0.02), 3),
+                decode_responses=True,
+                single_connection_client=True,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def accept(
+        self, events: Sequence[tuple[AcceptedUsageEvent, str]], app_password_id: uuid.UUID | None = None
+    ) -> Accepted:
+        """Queue each (event, body fingerprint) unless its Idempotency-Key was seen.
+
+        Raises ``Revoked`` if the caller's App Password was revoked and ``QueueUnavailable``
+        if Redis did not take the events (in both cases nothing was accepted), and
+        ``OutcomeUnknown`` if it may have: its reply was lost and Redis did not answer
+        again within the bound.
+        """
+        return self._accept(events, app_password_id, claim_keys=True)
+
+    def redrive(self, events: Sequence[AcceptedUsageEvent]) -> Accepted:
+        """Append accepted events again (``usage retry`` of rejected ones), keeping their
+        ids: the recorder writes each at most once. Their Idempotency-Keys were claimed
+        when they were first accepted and are not looked at again."""
+        return self._accept([(event, "") for event in events], None, claim_keys=False)
+
+    def _accept(
+        self, events: Sequence[tuple[AcceptedUsageEvent, str]], app_password_id: uuid.UUID | None, *, claim_keys: bool
+    ) -> Accepted:
+        keys = [STREAM, revocation_key(app_password_id) if app_password_id else "", RECORDER_WANTED_KEY]
+        args: list[str | int] = [QUEUED_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, RECORDER_WANTED_MS]
+        for event, body_fingerprint in events:
+            keys.append(QUEUED_KEY.format(event_id=event.id))
+            claimed = claim_keys and event.idempotency_key
+            keys.append(idempotency_key_name(event.caller_user_id, event.idempotency_key) if claimed else "")
+            args += [str(event.id), event.to_message(), body_fingerprint]
+        *results, wake = self._run_accept(keys, args, [event.id for event, _ in events])
+        if wake == "revoked":
+            raise Revoked()
+        acceptances = []
+        for (event, body_fingerprint), result in zip(events, results, strict=True):
+            if result == "queued":
+                acceptances.append(Acceptance("queued", event.id))
+                continue
+            earlier_id, earlier_fingerprint = result.split(" ")
+            if earlier_id == str(event.id):
+                # The key's claim is this event's own: an earlier attempt of this call ran
+                # and its reply was lost. It is new to the caller.
+                acceptances.append(Acceptance("queued", event.id))
+            else:
+                same = earlier_fingerprint == body_fingerprint
+                acceptances.append(Acceptance("duplicate" if same else "conflict", uuid.UUID(earlier_id)))
+        return Accepted(acceptances, wake_recorder=wake == "wake")
+
+    def _run_accept(self, keys: list[str], args: list, event_ids: list[uuid.UUID]) -> list:
+        """The script's reply, retrying on a fresh connection until the time bound.
+
+        Repeating the script is always safe: it recognises its own events (their queued
+        records, their claims), so a second run of a call that ran answers as the first.
+        That is what turns a lost reply into a definite answer once Redis is back.
+        """
+        deadline = time.monotonic() + self._timeout_seconds
+        maybe_ran = False
+        for pause in (*_RETRY_PAUSES_SECONDS, *([_RETRY_PAUSES_SECONDS[-1]] * 1000)):
+            try:
+                return self._evalsha_once(keys, args, deadline)
+            except _NotSent:
+                pass
+            except _NoReply:
+                maybe_ran = True
+            if time.monotonic() + pause >= deadline:
+                break
+            time.sleep(pause)
+        if maybe_ran:
+            raise OutcomeUnknown(event_ids)
+        raise QueueUnavailable("the queue did not answer within the bound")
+
+    def _evalsha_once(self, keys: list[str], args: list, deadline: float) -> list:
+        command = ("EVALSHA", _ACCEPT_SHA, len(keys), *keys, *args)
+        try:
+            client = self.redis
+        except redis.RedisError as error:  # could not even connect
+            raise _NotSent() from error
+        # Concurrent requests of this process share the connection: one command and its
+        # reply at a time, and no longer than the bound allows.
+        if not client.single_connection_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise _NotSent()
+        try:
+            connection = client.connection
+            try:
+                # Sent whole or not at all as far as Redis is concerned: a command cut short
+                # by a broken connection is never run.
+                connection.send_command(*command)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                connection.disconnect()
+                raise _NotSent() from error
+            try:
+                if not connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
+                    raise redis.TimeoutError("no reply within the bound")
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                no_script = True
+            except redis.ResponseError as error:
+                # Redis answered with a refusal (out of memory, a key of the wrong type, ...):
+                # the script stopped before its first write, so nothing was accepted.
+                raise QueueUnavailable(str(error)) from error
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                # The command left; its reply did not come. A late reply must never be
+                # read as another command's: drop the connection.
+                connection.disconnect()
+                raise _NoReply() from error
+        finally:
+            client.single_connection_lock.release()
+        if no_script:
+            # A restarted (or flushed) Redis forgot the script. NOSCRIPT means it did not
+            # run: load it and go again, within the same bound.
+            try:
+                client.script_load(_ACCEPT)
+            except redis.RedisError as error:
+                raise _NotSent() from error
+        return self._evalsha_once(keys, args, deadline)
+
+    def mark_revoked(self, app_password_id: uuid.UUID) -> None:
+        try:
+            self.redis.set(revocation_key(app_password_id), 1, ex=REVOCATION_MARK_SECONDS)
+        except redis.RedisError as error:
+            raise QueueUnavailable(str(error)) from error
+
+    def is_revoked(self, app_password_id: uuid.UUID) -> bool:
+        try:
+            return bool(self.redis.exists(revocation_key(app_password_id)))
+        except redis.RedisError as error:
+            raise QueueUnavailable(str(error)) from error
+
+    def queued_event(self, event_id: uuid.UUID) -> AcceptedUsageEvent | None:
+        """The event if it is accepted and no worker has recorded it yet."""
+        try:
+            message = self.redis.get(QUEUED_KEY.format(event_id=event_id))
+        except redis.RedisError as error:
+            raise QueueUnavailable(str(error)) from error
+        return AcceptedUsageEvent.from_message(message) if message else None
+
+
+# --- the reader's side -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry: its id, and its message (None if the entry has no event field)."""
+
+    entry_id: str
+    message: str | None
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group: its pending entries are its own."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def ensure_group(broker: redis.Redis) -> None:
+    try:
+        # From "0": entries appended before the group existed are billed too.
+        broker.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+class IntakeReader:
+    """Reads one consumer's batches: first its own unacknowledged entries (a retry after
+    a failed commit), then entries stranded by a dead consumer, then new ones."""
+
+    def __init__(self, broker: redis.Redis, consumer: str | None = None):
+        self.broker = broker
+        self.consumer = consumer or consumer_name()
+
+    def next_batch(self, count: int) -> list[Entry]:
+        ensure_group(self.broker)
+        entries = self._read("0", count)
+        if not entries:
+            _, claimed, *_ = self.broker.xautoclaim(STREAM, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=count)
+            entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
+        if not entries:
+            entries = self._read(">", count)
+        return [Entry(entry_id, fields.get(EVENT_FIELD)) for entry_id, fields in entries]
+
+    def _read(self, start: str, count: int) -> list[tuple[str, dict]]:
+        response = self.broker.xreadgroup(GROUP, self.consumer, {STREAM: start}, count=count)
+        if not response:
+            return []
+        _, entries = response[0]
+        stale = [entry_id for entry_id, fields in entries if not fields]  # deleted after an ack elsewhere
+        if stale:
+            self.broker.xack(STREAM, GROUP, *stale)
+        return [(entry_id, fields) for entry_id, fields in entries if fields]
+
+    def done(self, entries: Sequence[Entry], event_ids: Sequence[uuid.UUID]) -> None:
+        """Acknowledge committed entries, drop them from the stream, clear their queued records."""
+        remove(self.broker, [entry.entry_id for entry in entries], event_ids)
+
+    def keep_awake(self) -> None:
+        """This recorder chain is draining: no new event needs to wake another."""
+        self.broker.set(RECORDER_WANTED_KEY, 1, px=RECORDER_WANTED_MS)
+
+    def go_to_sleep(self) -> bool:
+        """Stand down; True if unread entries arrived meanwhile and this recorder must go on.
+
+        The flag is cleared first, then the stream looked at: an entry appended before the
+        clear is seen here; one appended after it sets the flag anew and wakes a recorder.
+        Entries a dead consumer holds are not "unread": they wait for ``CLAIM_IDLE_MS``,
+        then the next recorder (woken by a new event, or the beat sweep) claims them.
+        """
+        self.broker.delete(RECORDER_WANTED_KEY)
+        return unread(self.broker) > 0 and bool(
+            self.broker.set(RECORDER_WANTED_KEY, 1, nx=True, px=RECORDER_WANTED_MS)
+        )
+
+
+def unread(broker: redis.Redis) -> int:
+    """Entries appended that no recorder has read yet."""
+    ensure_group(broker)
+    with broker.pipeline(transaction=False) as pipe:
+        pipe.xlen(STREAM)
+        pipe.xpending(STREAM, GROUP)
+        length, pending = pipe.execute()
+    return length - pending["pending"]
+
+
+def recorder_needed(broker: redis.Redis) -> bool:
+    """Entries wait that no recorder is draining (the beat sweep asks): unread ones while
+    no recorder is wanted (a lost wake-up; the flag is taken here), or ones a dead
+    consumer has held for longer than ``CLAIM_IDLE_MS``."""
+    if unread(broker) > 0 and broker.set(RECORDER_WANTED_KEY, 1, nx=True, px=RECORDER_WANTED_MS):
+        return True
+    return bool(broker.xpending_range(STREAM, GROUP, min="-", max="+", count=1, idle=CLAIM_IDLE_MS))
+
+
+def remove(broker: redis.Redis, entry_ids: Sequence[str], event_ids: Sequence[uuid.UUID] = ()) -> None:
+    """Acknowledge and delete entries, and clear the queued records of their events."""
+    if not entry_ids:
+        return
+    with broker.pipeline(transaction=True) as pipe:
+        pipe.xack(STREAM, GROUP, *entry_ids)
+        pipe.xdel(STREAM, *entry_ids)
+        if event_ids:
+            pipe.delete(*(QUEUED_KEY.format(event_id=event_id) for event_id in event_ids))
+        pipe.execute()
+
+
+@dataclass(frozen=True)
+class WaitingEntry:
+    """An entry as an operator sees it: how long it has waited, how often it was read."""
+
+    entry_id: str
+    age_seconds: float
+    deliveries: int  # 0: never read yet
+    consumer: str | None
+    message: str | None
+
+
+def entry_time(entry_id: str) -> float:
+    """When an entry was appended (Unix seconds): the first part of its id."""
+    return int(entry_id.split("-")[0]) / 1000
+
+
+def waiting_entries(broker: redis.Redis, limit: int) -> list[WaitingEntry]:
+    """The oldest ``limit`` entries, with their age and how often they were delivered."""
+    ensure_group(broker)
+    entries = broker.xrange(STREAM, count=limit)
+    if not entries:
+        return []
+    pending = {
+        item["message_id"]: item
+        for item in broker.xpending_range(STREAM, GROUP, min=entries[0][0], max=entries[-1][0], count=limit)
+    }
+    now = time.time()
+    return [
+        WaitingEntry(
+            entry_id=entry_id,
+            age_seconds=max(0.0, now - entry_time(entry_id)),
+            deliveries=pending.get(entry_id, {}).get("times_delivered", 0),
+            consumer=pending.get(entry_id, {}).get("consumer"),
+            message=fields.get(EVENT_FIELD),
+        )
+        for entry_id, fields in entries
+    ]
+
+
+def entry(broker: redis.Redis, entry_id: str) -> Entry | None:
+    found = broker.xrange(STREAM, min=entry_id, max=entry_id)
+    return Entry(found[0][0], found[0][1].get(EVENT_FIELD)) if found else None

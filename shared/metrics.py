@@ -11,7 +11,6 @@ hosts each web process reports its host's processes.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from shared.embedded import VAR_DIR
@@ -19,7 +18,13 @@ from shared.embedded import VAR_DIR
 MULTIPROC_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus")))
 MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values  # noqa: E402
+
+# prometheus-client picks its value class once, when it is first imported, from the
+# environment. The `celery` command imports it (through Flower's command plugin) before
+# this module runs, so the worker would count in its own memory, where nobody scrapes:
+# the metrics below are made multiprocess whoever imported the library first.
+values.ValueClass = values.MultiProcessValue()
 
 # Web
 http_requests = Counter("a700_http_requests_total", "HTTP requests answered.", ["route", "method", "status"])
@@ -57,8 +62,3 @@ def process_exited(pid: int) -> None:
     """Forget a dead process's live gauges (gunicorn ``child_exit``, Celery pool shutdown)."""
     multiprocess.mark_process_dead(pid)
 
-
-def reset_directory() -> None:
-    """Start a run from zero (``make run``): old processes' files would be summed in."""
-    shutil.rmtree(MULTIPROC_DIR, ignore_errors=True)
-    MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,75 @@
-"""The worker's view of the shared Celery application: its tasks and per-process setup."""
+"""The worker's view of the shared Celery application: the task base class and the
+per-process setup (logs, metrics, fresh connections after fork, liveness)."""
 
-from celery.signals import celeryd_init, setup_logging, worker_init, worker_process_init, worker_process_shutdown
+from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import celery
+import redis
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+from sqlalchemy import orm
+
+from shared import db, liveness, metrics, queue, structured_logging
+from shared.config import Settings, get_settings
 from shared.queue import celery_app as app
+
+
+class BillingTask(celery.Task):
+    """The base of every pipeline task: its settings, database transactions, the broker
+    and Stripe come from here, one of each per worker process."""
+
+    # A result names the events its task recorded or reported, so that searching an
+    # event id in Flower finds them: up to 500 ids, far above Celery's default 1,024
+    # characters of a result's repr.
+    resultrepr_maxsize = 64 * 1024
+    _per_process: tuple[int, redis.Redis, object] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return get_settings()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[orm.Session]:
+        """A session in one transaction: committed when the block ends, else rolled back."""
+        with db.transaction(self.settings.database_url) as session:
+            yield session
+
+    @property
+    def broker(self) -> redis.Redis:
+        return self._resources()[1]
+
+    @property
+    def meter(self):
+        """The Stripe meter reporter (``worker.stripe_reporting.StripeMeter``)."""
+        return self._resources()[2]
+
+    def _resources(self) -> tuple[int, redis.Redis, object]:
+        # Built in the pool process that uses them, never inherited across a fork.
+        resources = BillingTask._per_process
+        if resources is None or resources[0] != os.getpid():
+            from worker.stripe_reporting import StripeMeter
+
+            settings = self.settings
+            broker = redis.Redis.from_url(
+                settings.broker_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10,
+                decode_responses=True,
+            )
+            resources = BillingTask._per_process = (os.getpid(), broker, StripeMeter(settings, api=settings.stripe_meter_api))
+        return resources
+
 
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
 
@@ -11,8 +78,6 @@ app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
 @setup_logging.connect
 def _json_logs(**_):
     # Celery's own handlers are replaced by one JSON line per log record, secrets redacted.
-    from shared import structured_logging
-
     structured_logging.configure()
 
 
@@ -20,9 +85,6 @@ def _json_logs(**_):
 def _serve_metrics(**_):
     # On a machine without a web process, the worker's main process serves the summed
     # metrics of its pool processes itself.
-    from shared import metrics
-    from shared.config import get_settings
-
     port = get_settings().worker_metrics_port
     if port:
         from prometheus_client import start_http_server
@@ -33,13 +95,39 @@ def _serve_metrics(**_):
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_):
     # A forked pool process must not share the parent's PostgreSQL or Redis sockets.
-    from shared import db
-
     db.dispose_engines()
 
 
 @worker_process_shutdown.connect
 def _forget_metrics(pid=None, **_):
-    from shared import metrics
-
     metrics.process_exited(pid)
+
+
+_heartbeat: dict[str, object] = {}
+
+
+@worker_ready.connect
+def _announce(sender=None, **_):
+    """A worker that starts sweeps at once (what a dead worker left waits no longer than
+    needed) and says it is alive every few seconds (``/metrics``: a700_workers_alive)."""
+    queue.send(queue.SWEEP)
+    hostname = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
+    broker = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(redis.RedisError):
+                liveness.worker_alive(broker, hostname, time.time())
+            stop.wait(liveness.HEARTBEAT_SECONDS)
+
+    _heartbeat.update(stop=stop, broker=broker, hostname=hostname)
+    threading.Thread(target=beat, name="liveness", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _say_gone(**_):
+    if _heartbeat:
+        _heartbeat["stop"].set()
+        with contextlib.suppress(redis.RedisError):
+            liveness.worker_gone(_heartbeat["broker"], _heartbeat["hostname"])

@@ -1,248 +1,279 @@
-"""Recording: from the intake stream to exactly one ``user_billable_request_logs`` row per event.
+"""Recording: from accepted events to exactly one ``user_billable_request_logs`` row each.
 
-A batch of stream entries is costed and written in one transaction with
-``INSERT ... ON CONFLICT DO NOTHING``: a redelivered entry, a retried task or two workers
-racing on the same entry can never make a second row. Entries are acknowledged (and
-deleted from the stream) only after that commit, so a worker killed at any point loses
-nothing: its pending entries are claimed by another consumer after ``CLAIM_IDLE_MS``.
+A batch of intake entries is costed and written with one ``INSERT ... ON CONFLICT DO
+NOTHING``: a redelivered entry, a retried task or two workers racing on the same entry
+can never make a second row. The entries are acknowledged only after that commit (see
+``shared.intake``), so a worker killed at any point loses nothing.
+
+One event never holds up another. An event that cannot be billed (unknown service, no
+price in effect, ...) or cannot be priced or stored (a data error, not a broken
+connection) is kept in ``rejected_usage_events`` with a readable reason, and the rest of
+its batch is recorded. A broken connection fails the whole batch, which is read again.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
-import socket
+import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import pydantic
 import redis
 import sqlalchemy as sa
+from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import insert
 
-from shared import db, intake, metrics, models
-from shared.config import Settings
+from shared import intake, models
 from shared.usage_event import AcceptedUsageEvent
 from worker import pricing
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 500
+_logs = models.UserBillableRequestLog.__table__
+_rejected = models.RejectedUsageEvent.__table__
 
 
 @dataclass
-class BatchResult:
+class Recording:
     recorded: list[uuid.UUID] = field(default_factory=list)
     rejected: dict[uuid.UUID, str] = field(default_factory=dict)
     organizations: set[uuid.UUID] = field(default_factory=set)  # of newly recorded rows
+    event_ids: list[uuid.UUID] = field(default_factory=list)  # every readable event of the batch
 
 
-def consumer_name() -> str:
-    """This process's name in the consumer group: its pending entries are its own."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+@dataclass(frozen=True)
+class _Rejection:
+    payload: dict[str, Any]
+    reason: str
 
 
-def ensure_group(broker: redis.Redis) -> None:
-    try:
-        # From "0": entries appended before the group existed are billed too.
-        broker.xgroup_create(intake.STREAM, intake.GROUP, id="0", mkstream=True)
-    except redis.ResponseError as error:
-        if "BUSYGROUP" not in str(error):
-            raise
+@dataclass(frozen=True)
+class _Catalog:
+    """What the batch's events refer to, read once per batch."""
+
+    services: dict[str, uuid.UUID]
+    prices: pricing.PriceBook
+    users: set[uuid.UUID]
+    organizations: set[uuid.UUID]
 
 
-class IntakeReader:
-    """Reads batches for one consumer: first its own unacknowledged entries (a retry after
-    a failed commit), then entries stranded by dead consumers, then new ones."""
-
-    def __init__(self, broker: redis.Redis, consumer: str):
-        self.broker = broker
-        self.consumer = consumer
-        self._own_pending_done = False
-        self._claimed_stale = False
-
-    def next_batch(self, count: int = BATCH_SIZE) -> list[tuple[str, dict]]:
-        if not self._own_pending_done:
-            entries = self._read("0", count)
-            if entries:
-                return entries
-            self._own_pending_done = True
-        if not self._claimed_stale:
-            self._claimed_stale = True
-            _, entries, *_ = self.broker.xautoclaim(
-                intake.STREAM, intake.GROUP, self.consumer, intake.CLAIM_IDLE_MS, "0-0", count=count
-            )
-            if entries:
-                return [(entry_id, fields) for entry_id, fields in entries if fields]
-        return self._read(">", count)
-
-    def _read(self, start: str, count: int) -> list[tuple[str, dict]]:
-        response = self.broker.xreadgroup(intake.GROUP, self.consumer, {intake.STREAM: start}, count=count)
-        if not response:
-            return []
-        _, entries = response[0]
-        stale = [entry_id for entry_id, fields in entries if not fields]  # deleted after an ack elsewhere
-        if stale:
-            self.broker.xack(intake.STREAM, intake.GROUP, *stale)
-        return [(entry_id, fields) for entry_id, fields in entries if fields]
-
-    def done(self, entries: list[tuple[str, dict]], event_ids: list[uuid.UUID]) -> None:
-        """Acknowledge committed entries, drop them from the stream, clear their queued records."""
-        if not entries:
-            return
-        ids = [entry_id for entry_id, _ in entries]
-        with self.broker.pipeline(transaction=True) as pipe:
-            pipe.xack(intake.STREAM, intake.GROUP, *ids)
-            pipe.xdel(intake.STREAM, *ids)
-            if event_ids:
-                pipe.delete(*(intake.QUEUED_KEY.format(event_id=event_id) for event_id in event_ids))
-            pipe.execute()
-
-
-def parse_entries(entries: list[tuple[str, dict]]) -> tuple[list[AcceptedUsageEvent], dict[uuid.UUID, tuple[dict, str]]]:
-    events, unreadable = [], {}
-    for entry_id, fields in entries:
-        message = fields.get(intake.EVENT_FIELD, "")
+def record_entries(session: orm.Session, entries: list[intake.Entry], *, value_decimals: int) -> Recording:
+    """Record a batch as read from the intake (unreadable entries are kept as rejected)."""
+    events, rejections = [], {}
+    for entry in entries:
         try:
-            events.append(AcceptedUsageEvent.from_message(message))
+            events.append(AcceptedUsageEvent.from_message(entry.message or ""))
         except pydantic.ValidationError as error:
             # Should never happen (the edge wrote it); keep it, named by its stream entry.
-            key = uuid.uuid5(uuid.NAMESPACE_URL, f"{intake.STREAM}/{entry_id}")
-            unreadable[key] = ({"stream_entry": entry_id, "message": message}, f"Unreadable queue message: {error}")
-    return events, unreadable
+            key = uuid.uuid5(uuid.NAMESPACE_URL, f"{intake.STREAM}/{entry.entry_id}")
+            rejections[key] = _Rejection(
+                {"stream_entry": entry.entry_id, "message": entry.message}, f"Unreadable queue message: {error}"
+            )
+    result = record(session, events, value_decimals=value_decimals, rejections=rejections)
+    result.event_ids = [event.id for event in events]
+    return result
 
 
-def record(settings: Settings, events: list[AcceptedUsageEvent], unreadable: dict | None = None) -> BatchResult:
-    """Cost and write the events in one transaction; keep the ones that cannot be billed."""
-    result = BatchResult()
-    rejected_payloads: dict[uuid.UUID, tuple[dict, str]] = dict(unreadable or {})
-    with db.transaction(settings.database_url) as session:
-        services = dict(
-            session.execute(
-                sa.select(models.Service.name, models.Service.id).where(
-                    models.Service.name.in_({e.service_name for e in events})
-                )
-            ).all()
-        )
-        price_book = pricing.PriceBook(
-            [
-                pricing.Price(
-                    row.id, row.model_name, row.effective_from, row.input_cost_per_token,
-                    row.output_cost_per_token, row.agent700_input_cost_per_token, row.agent700_output_cost_per_token,
-                )
-                for row in session.scalars(
-                    sa.select(models.TextModelCost).where(
-                        models.TextModelCost.model_name.in_({e.model_name for e in events})
-                    )
-                )
-            ]
-        )
-        user_ids = {e.user_id for e in events} | {e.caller_user_id for e in events}
-        users = set(session.scalars(sa.select(models.User.id).where(models.User.id.in_(user_ids))))
-        organizations = set(
-            session.scalars(
-                sa.select(models.Organization.id).where(models.Organization.id.in_({e.organization_id for e in events}))
-            )
-        )
-
-        rows = []
-        for event in events:
-            price = price_book.in_effect(event.model_name, event.occurred_at)
-            reason = (
-                f"Unknown service {event.service_name!r}." if event.service_name not in services
-                else f"No price for model {event.model_name!r} in effect at {event.occurred_at.isoformat()}." if price is None
-                else "Unknown user." if event.user_id not in users or event.caller_user_id not in users
-                else "Unknown organization." if event.organization_id not in organizations
-                else None
-            )
-            if reason:
-                rejected_payloads[event.id] = (event.model_dump(mode="json"), reason)
-                continue
-            costs = pricing.costs(price, event.input_tokens, event.output_tokens)
-            rows.append(
-                dict(
-                    id=event.id, user_id=event.user_id, organization_id=event.organization_id,
-                    service_id=services[event.service_name], agent_id=None, text_model_cost_id=price.id,
-                    model_name=event.model_name, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
-                    service_cost=costs.service_cost, agent700_cost=costs.agent700_cost, source=event.source,
-                    occurred_at=event.occurred_at, received_at=event.received_at,
-                    caller_user_id=event.caller_user_id, idempotency_key=event.idempotency_key,
-                    status=models.UsageStatus.RECORDED, stripe_identifier=str(event.id),
-                    stripe_value=pricing.stripe_value(costs.agent700_cost, settings.stripe_value_decimals),
-                )
-            )
-
-        logs = models.UserBillableRequestLog.__table__
-        inserted: set[uuid.UUID] = set()
-        if rows:
-            inserted = set(
-                session.scalars(insert(logs).values(rows).on_conflict_do_nothing().returning(logs.c.id))
-            )
-        not_inserted = [row for row in rows if row["id"] not in inserted]
-        if not_inserted:
-            # Either a redelivery (the row is there: fine) or the same caller's
-            # Idempotency-Key on a second event (a retry the edge could not match,
-            # e.g. after its 24-hour window): never bill it twice.
-            existing = set(session.scalars(sa.select(logs.c.id).where(logs.c.id.in_([r["id"] for r in not_inserted]))))
-            for row in not_inserted:
-                if row["id"] not in existing:
-                    original = session.scalar(
-                        sa.select(logs.c.id).where(
-                            logs.c.caller_user_id == row["caller_user_id"], logs.c.idempotency_key == row["idempotency_key"]
-                        )
-                    )
-                    event = next(e for e in events if e.id == row["id"])
-                    rejected_payloads[row["id"]] = (
-                        event.model_dump(mode="json"),
-                        f"Duplicate of event {original}: same caller and Idempotency-Key; billed once there.",
-                    )
-        if inserted:
-            session.execute(
-                sa.update(models.RejectedUsageEvent)
-                .where(models.RejectedUsageEvent.id.in_(inserted))
-                .values(resolved_at=sa.func.now())
-            )
-        if rejected_payloads:
-            table = models.RejectedUsageEvent.__table__
-            statement = insert(table).values(
-                [{"id": key, "payload": payload, "reason": reason} for key, (payload, reason) in rejected_payloads.items()]
-            )
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[table.c.id],
-                    set_={
-                        "reason": statement.excluded.reason,
-                        "attempts": table.c.attempts + 1,
-                        "rejected_at": sa.func.now(),
-                        "resolved_at": None,
-                    },
-                )
-            )
-    result.recorded = [row["id"] for row in rows if row["id"] in inserted]
-    result.organizations = {row["organization_id"] for row in rows if row["id"] in inserted}
-    result.rejected = {key: reason for key, (_, reason) in rejected_payloads.items()}
+def record(
+    session: orm.Session,
+    events: list[AcceptedUsageEvent],
+    *,
+    value_decimals: int,
+    rejections: dict[uuid.UUID, _Rejection] | None = None,
+) -> Recording:
+    """Cost and write the events in the session's transaction; keep those that cannot be billed."""
+    rejections = dict(rejections or {})
+    by_id = {event.id: event for event in events}
+    catalog = _load(session, events)
+    rows = _judge(events, catalog, value_decimals, rejections)
+    inserted = _insert(session, rows, by_id, rejections)
+    _explain_not_inserted(session, [row for row in rows if row["id"] not in inserted], by_id, rejections)
+    _keep(session, rejections, resolved=inserted)
+    result = Recording(
+        recorded=[row["id"] for row in rows if row["id"] in inserted],
+        rejected={key: rejection.reason for key, rejection in rejections.items()},
+        organizations={row["organization_id"] for row in rows if row["id"] in inserted},
+    )
     for key, reason in result.rejected.items():
         log.warning("usage event not billable", extra={"event_id": str(key), "reason": reason})
     return result
 
 
-def drain(settings: Settings, broker: redis.Redis, *, deadline: float, clock) -> BatchResult:
-    """Record batches until the stream has nothing for us or the deadline passes."""
-    ensure_group(broker)
-    reader = IntakeReader(broker, consumer_name())
-    total = BatchResult()
-    while clock() < deadline:
-        entries = reader.next_batch()
-        if not entries:
-            break
-        events, unreadable = parse_entries(entries)
-        result = record(settings, events, unreadable)
-        reader.done(entries, [e.id for e in events])
-        metrics.events_recorded.inc(len(result.recorded))
-        metrics.events_rejected.inc(len(result.rejected))
-        if result.recorded:
-            log.info("usage events recorded", extra={"event_ids": [str(i) for i in result.recorded]})
-        total.recorded += result.recorded
-        total.rejected |= result.rejected
-        total.organizations |= result.organizations
-    return total
+def _load(session: orm.Session, events: list[AcceptedUsageEvent]) -> _Catalog:
+    services = session.execute(
+        sa.select(models.Service.name, models.Service.id).where(models.Service.name.in_({e.service_name for e in events}))
+    )
+    prices = session.scalars(
+        sa.select(models.TextModelCost).where(models.TextModelCost.model_name.in_({e.model_name for e in events}))
+    )
+    user_ids = {e.user_id for e in events} | {e.caller_user_id for e in events}
+    organization_ids = {e.organization_id for e in events}
+    return _Catalog(
+        services=dict(services.all()),
+        prices=pricing.PriceBook([pricing.Price.of(row) for row in prices]),
+        users=set(session.scalars(sa.select(models.User.id).where(models.User.id.in_(user_ids)))),
+        organizations=set(
+            session.scalars(sa.select(models.Organization.id).where(models.Organization.id.in_(organization_ids)))
+        ),
+    )
+
+
+def _judge(
+    events: list[AcceptedUsageEvent], catalog: _Catalog, value_decimals: int, rejections: dict[uuid.UUID, _Rejection]
+) -> list[dict]:
+    """The log rows of the billable events; a rejection for each of the others."""
+    rows = []
+    for event in events:
+        price = catalog.prices.in_effect(event.model_name, event.occurred_at)
+        reason = (
+            f"Unknown service {event.service_name!r}." if event.service_name not in catalog.services
+            else f"No price for model {event.model_name!r} in effect at {event.occurred_at.isoformat()}." if price is None
+            else "Unknown user." if event.user_id not in catalog.users or event.caller_user_id not in catalog.users
+            else "Unknown organization." if event.organization_id not in catalog.organizations
+            else None
+        )
+        if reason:
+            rejections[event.id] = _rejection(event, reason)
+            continue
+        try:
+            rows.append(_row(event, price, catalog.services[event.service_name], value_decimals))
+        except Exception as error:  # noqa: BLE001 - one event's arithmetic must not stop its batch
+            rejections[event.id] = _rejection(event, f"Could not be priced: {error}.")
+    return rows
+
+
+def _row(event: AcceptedUsageEvent, price: pricing.Price, service_id: uuid.UUID, value_decimals: int) -> dict:
+    costs = pricing.costs(price, event.input_tokens, event.output_tokens)
+    return dict(
+        id=event.id, user_id=event.user_id, organization_id=event.organization_id, service_id=service_id,
+        agent_id=None, text_model_cost_id=price.id, model_name=event.model_name, input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens, service_cost=costs.service_cost, agent700_cost=costs.agent700_cost,
+        source=event.source, occurred_at=event.occurred_at, received_at=event.received_at,
+        caller_user_id=event.caller_user_id, idempotency_key=event.idempotency_key,
+        status=models.UsageStatus.RECORDED, stripe_identifier=str(event.id),
+        stripe_value=pricing.stripe_value(costs.agent700_cost, value_decimals),
+    )
+
+
+def _is_data_error(error: Exception) -> bool:
+    """A statement PostgreSQL (or the driver) refused for what it holds, not because the
+    connection broke: retrying it would fail the same way."""
+    return isinstance(error, sa.exc.StatementError) and not isinstance(
+        error, (sa.exc.OperationalError, sa.exc.InterfaceError)
+    )
+
+
+def _insert(
+    session: orm.Session, rows: list[dict], events: dict[uuid.UUID, AcceptedUsageEvent], rejections: dict[uuid.UUID, _Rejection]
+) -> set[uuid.UUID]:
+    """Insert the rows in one statement; if one of them cannot be stored, each on its own,
+    keeping the ones refused. The ids actually inserted (not already there)."""
+    if not rows:
+        return set()
+    try:
+        with session.begin_nested():
+            return set(session.scalars(insert(_logs).values(rows).on_conflict_do_nothing().returning(_logs.c.id)))
+    except sa.exc.StatementError as error:
+        if not _is_data_error(error):
+            raise
+    inserted = set()
+    for row in rows:
+        try:
+            with session.begin_nested():
+                inserted |= set(session.scalars(insert(_logs).values([row]).on_conflict_do_nothing().returning(_logs.c.id)))
+        except sa.exc.StatementError as error:
+            if not _is_data_error(error):
+                raise
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            rejections[row["id"]] = _rejection(events[row["id"]], f"Could not be stored: {reason}")
+    return inserted
+
+
+def _explain_not_inserted(
+    session: orm.Session, rows: list[dict], events: dict[uuid.UUID, AcceptedUsageEvent], rejections: dict[uuid.UUID, _Rejection]
+) -> None:
+    """A row not inserted is either a redelivery (its id is there: fine) or the same
+    caller's Idempotency-Key on a second event (a retry the edge could not match, e.g.
+    after its 24-hour window): kept as rejected, never billed twice."""
+    if not rows:
+        return
+    existing = set(session.scalars(sa.select(_logs.c.id).where(_logs.c.id.in_([row["id"] for row in rows]))))
+    by_key = [row for row in rows if row["id"] not in existing and row["id"] not in rejections]
+    if not by_key:
+        return
+    pairs = [(row["caller_user_id"], row["idempotency_key"]) for row in by_key]
+    originals = {
+        (caller, key): original
+        for original, caller, key in session.execute(
+            sa.select(_logs.c.id, _logs.c.caller_user_id, _logs.c.idempotency_key).where(
+                sa.tuple_(_logs.c.caller_user_id, _logs.c.idempotency_key).in_(pairs)
+            )
+        )
+    }
+    for row in by_key:
+        original = originals.get((row["caller_user_id"], row["idempotency_key"]))
+        rejections[row["id"]] = _rejection(
+            events[row["id"]], f"Duplicate of event {original}: same caller and Idempotency-Key; billed once there."
+        )
+
+
+def _keep(session: orm.Session, rejections: dict[uuid.UUID, _Rejection], *, resolved: set[uuid.UUID]) -> None:
+    """Resolve earlier rejections of events now recorded (a re-drive); upsert the new ones."""
+    if resolved:
+        session.execute(sa.update(_rejected).where(_rejected.c.id.in_(resolved)).values(resolved_at=sa.func.now()))
+    if not rejections:
+        return
+    statement = insert(_rejected).values(
+        [{"id": key, "payload": rejection.payload, "reason": rejection.reason} for key, rejection in rejections.items()]
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[_rejected.c.id],
+            set_={
+                "payload": statement.excluded.payload,
+                "reason": statement.excluded.reason,
+                "attempts": _rejected.c.attempts + 1,
+                "rejected_at": sa.func.now(),
+                "resolved_at": None,
+            },
+        )
+    )
+
+
+def _rejection(event: AcceptedUsageEvent, reason: str) -> _Rejection:
+    return _Rejection(_storable(event.model_dump(mode="json")), _storable(reason))
+
+
+# NUL and lone surrogates: what PostgreSQL's text and jsonb cannot hold.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """A JSON value PostgreSQL stores: NUL and lone surrogates in its strings written out
+    as the text ``\\uXXXX``, so a refused event is kept, readable, with its reason."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
+def set_aside(session: orm.Session, broker: redis.Redis, entry_id: str, reason: str) -> uuid.UUID:
+    """Keep an intake entry as a rejected event with the operator's reason (in the
+    session's transaction); the caller removes the entry from the stream after the commit.
+    Its id: the event's, or one derived from the entry if its message is unreadable."""
+    entry = intake.entry(broker, entry_id)
+    if entry is None:
+        raise LookupError(f"No intake entry {entry_id}.")
+    try:
+        event = AcceptedUsageEvent.from_message(entry.message or "")
+        key, payload = event.id, event.model_dump(mode="json")
+    except pydantic.ValidationError:
+        key = uuid.uuid5(uuid.NAMESPACE_URL, f"{intake.STREAM}/{entry.entry_id}")
+        payload = {"stream_entry": entry.entry_id, "message": entry.message}
+    _keep(session, {key: _Rejection(_storable(payload), _storable(f"Set aside by an operator: {reason}"))}, resolved=set())
+    return key

@@ -5,14 +5,16 @@ into ``REPORT_SHARDS`` shards (by the last byte of their id) and each shard has 
 one reporter at a time, held by a Redis lock: workers never fight over an organization,
 and several shards report in parallel.
 
-Wake-ups are coalesced: recording a batch sets a shard's "pending" flag and sends one
-``report_shard`` task only if the flag was not already set; the reporter clears the flag
-before it reads, so rows committed after that read always cause another run.
+A reporter reports one round (up to ``ROWS_PER_ROUND`` rows) per task, so every task
+names the events it reported; while rows wait it goes on in a new task. The shard's
+pending flag (``shared.queue.REPORT_PENDING_KEY``) is set while a reporter is wanted or
+running, so committing more rows sends no more tasks; the reporter clears it when it
+stands down and then looks once more for rows, so none committed meanwhile is left.
 
-A worker may die at any moment (``kill -9``), so neither the lock nor the flag may outlive
-their owner for long: the lock lives ``LOCK_SECONDS`` and is renewed by a heartbeat thread
-while its reporter runs; the flag lives ``PENDING_SECONDS``. A dead reporter's shard is
-free again within seconds, not minutes.
+A worker may die at any moment (``kill -9``), so neither the lock nor the flag outlives
+its owner for long: both live seconds and are renewed by a heartbeat thread while the
+reporter runs. A dead reporter's shard is free again within ``LOCK_SECONDS``; the beat
+sweep (``shards_waiting``) wakes a shard whose rows still wait after that.
 """
 
 from __future__ import annotations
@@ -23,42 +25,38 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
 import sqlalchemy as sa
+from sqlalchemy import orm
 
-from shared import db, metrics, models
-from shared.config import Settings
-# Defined in shared/ (the operator commands need them too); still importable from here.
-from shared.reconciliation import RECONCILE_ERROR as RECONCILE_ERROR
-from shared.sharding import REPORT_SHARDS as REPORT_SHARDS, shard_of as shard_of
+from shared import metrics, models, queue
+from shared.reconciliation import RECONCILE_ERROR
+from shared.sharding import REPORT_SHARDS, shard_of
 from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, backoff_seconds
 
 log = logging.getLogger(__name__)
 ROWS_PER_ROUND = 500
-# The shard lock's time to live. Its holder renews it every LOCK_RENEW_SECONDS from a
-# heartbeat thread, however long its Stripe calls take; a holder that died (its heartbeat
-# with it) frees the shard within LOCK_SECONDS. It used to be a fixed 300 s, renewed only
-# between rounds: a worker killed mid-report stalled its shard for five minutes.
-LOCK_SECONDS = 30
-LOCK_RENEW_SECONDS = 10
+# The shard lock's time to live; its holder renews it (and the shard's pending flag)
+# every LOCK_RENEW_SECONDS from a heartbeat thread, however long its Stripe calls take.
+LOCK_SECONDS = 10
+LOCK_RENEW_SECONDS = 3
 # ...but only while its holder makes progress: a round (one read, its Stripe calls, one
 # write) that has not finished after this long is taken for hung, and the lock is let go.
 ROUND_MAX_SECONDS = 300
-# A wake-up flag whose task died with a killed worker (Redis redelivers that message only
-# after the visibility timeout) would block every later wake-up of the shard: it expires.
-# A flag expiring early only costs a redundant report task, which finds nothing to do.
-PENDING_SECONDS = 30
-PENDING_KEY = "billing:report-pending:{shard}"
 LOCK_KEY = "billing:report-lock:{shard}"
 BACKOFF_KEY = "billing:report-backoff:{shard}"
+# While a shard backs off, its pending flag outlives the backoff by this much: the
+# reporter's own retry comes first; if it died with its worker, wake-ups resume then.
+BACKOFF_PENDING_MARGIN_SECONDS = 2
 # Stripe deduplicates identifiers for 24 hours. A row still unreported near that age is
 # not re-sent blindly (a lost answer could have been a success): it is flagged instead.
 IDENTIFIER_WINDOW = dt.timedelta(hours=23)
 
 _logs = models.UserBillableRequestLog
+Transaction = Callable[[], contextlib.AbstractContextManager[orm.Session]]
 
 
 def _in_shard(shard: int):
@@ -67,20 +65,20 @@ def _in_shard(shard: int):
 
 
 @dataclass
-class ShardReport:
-    busy: bool = False
+class Round:
+    """What one report task did for its shard."""
+
+    shard: int
+    busy: bool = False  # another reporter holds the shard
     reported: list[uuid.UUID] = field(default_factory=list)
     failed: dict[uuid.UUID, str] = field(default_factory=dict)
-    retry_in: float | None = None  # seconds, when Stripe refused for now
-
-
-def claim_wakeup(broker: redis.Redis, shard: int) -> bool:
-    """True if the caller should send a report task for the shard (none is pending)."""
-    return bool(broker.set(PENDING_KEY.format(shard=shard), 1, nx=True, ex=PENDING_SECONDS))
+    refused: str | None = None  # Stripe's reason, when it refused for now
+    retry_in: float | None = None  # seconds until the shard may report again
+    more: bool = False  # rows still wait: another round follows in a new task
 
 
 class _Lease:
-    """The holder's side of a shard lock: ``round_started()`` at each round, ``lost`` once
+    """The holder's side of a shard lock: ``round_started()`` at the round, ``lost`` once
     the lock could not be renewed (another reporter may hold the shard now)."""
 
     def __init__(self) -> None:
@@ -96,13 +94,15 @@ class _Lease:
 
 @contextlib.contextmanager
 def _shard_lock(broker: redis.Redis, shard: int) -> Iterator[_Lease | None]:
-    """Hold the shard's lock, renewed by a heartbeat thread; ``None`` if another holds it."""
+    """Hold the shard's lock, renewed with its pending flag by a heartbeat thread; ``None``
+    if another holds it."""
     # thread_local=False: the heartbeat thread renews with the token the caller acquired.
     lock = broker.lock(LOCK_KEY.format(shard=shard), timeout=LOCK_SECONDS, blocking=False, thread_local=False)
     if not lock.acquire():
         yield None
         return
     lease, stop = _Lease(), threading.Event()
+    pending = queue.REPORT_PENDING_KEY.format(shard=shard)
 
     def heartbeat() -> None:
         while not stop.wait(LOCK_RENEW_SECONDS):
@@ -112,6 +112,7 @@ def _shard_lock(broker: redis.Redis, shard: int) -> Iterator[_Lease | None]:
                 return
             try:
                 lock.reacquire()
+                broker.pexpire(pending, queue.REPORT_PENDING_MS)
             except redis.exceptions.LockError:
                 lease.lost.set()
                 return
@@ -125,63 +126,88 @@ def _shard_lock(broker: redis.Redis, shard: int) -> Iterator[_Lease | None]:
     finally:
         stop.set()
         thread.join()
-        try:
+        with contextlib.suppress(redis.exceptions.LockError):
             lock.release()
-        except redis.exceptions.LockError:
-            pass
 
 
-def report_shard(settings: Settings, broker: redis.Redis, meter: StripeMeter, shard: int) -> ShardReport:
+def report_round(transaction: Transaction, broker: redis.Redis, meter: StripeMeter, shard: int) -> Round:
+    """Report one round of the shard's recorded rows, if no other reporter holds it.
+
+    ``transaction()`` gives a session in its own transaction: rows are read in one and
+    their outcomes saved in another, so no transaction stays open over Stripe's calls.
+    """
     with _shard_lock(broker, shard) as lease:
         if lease is None:
-            return ShardReport(busy=True)
-        return _report_locked(settings, broker, meter, shard, lease)
+            # The holder looks for rows again when it stands down: nothing to do here.
+            return Round(shard, busy=True)
+        result = _report_locked(transaction, broker, meter, shard, lease)
+    if result.retry_in is not None:
+        # No wake-up until the backoff is over: the reporter's own retry comes then. Set
+        # once the lock (and its heartbeat, which renews the flag) is let go.
+        broker.set(
+            queue.REPORT_PENDING_KEY.format(shard=shard), 1,
+            px=int((result.retry_in + BACKOFF_PENDING_MARGIN_SECONDS) * 1000),
+        )
+    elif not result.more:
+        result.more = _stand_down(transaction, broker, shard)
+    return result
 
 
-def _report_locked(settings: Settings, broker: redis.Redis, meter: StripeMeter, shard: int, lease: _Lease) -> ShardReport:
-    backoff_ttl = broker.pttl(BACKOFF_KEY.format(shard=shard))
-    if backoff_ttl and backoff_ttl > 0:
-        return ShardReport(retry_in=backoff_ttl / 1000)
-    broker.delete(PENDING_KEY.format(shard=shard))
-    report = ShardReport()
-    while True:
-        if lease.lost.is_set():
-            # Another reporter may hold the shard now: leave the rest to it (or to a retry).
-            report.busy = True
-            return report
-        lease.round_started()
-        rows = _unreported(settings, shard)
-        if not rows:
-            return report
-        outcomes = _report_rows(settings, meter, rows)
-        report.reported += [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED]
-        report.failed |= {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.FAILED}
-        retry = [r for r in outcomes.values() if r.outcome is Outcome.RETRY]
-        if retry:
-            attempt = max(row.stripe_attempts for row in rows) + 1
-            report.retry_in = max(0.5, backoff_seconds(attempt))
-            broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(report.retry_in * 1000))
-            # The caller re-runs this shard after the backoff; until then no other wake-up.
-            broker.set(PENDING_KEY.format(shard=shard), 1, ex=int(report.retry_in) + PENDING_SECONDS)
-            log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, report.retry_in, retry[0].error)
-            return report
+def _report_locked(transaction: Transaction, broker: redis.Redis, meter: StripeMeter, shard: int, lease: _Lease) -> Round:
+    backoff_ms = broker.pttl(BACKOFF_KEY.format(shard=shard))
+    if backoff_ms and backoff_ms > 0:
+        return Round(shard, retry_in=backoff_ms / 1000)
+    lease.round_started()
+    with transaction() as session:
+        rows = _unreported(session, shard)
+    outcomes = _outcomes(meter, rows)
+    if lease.lost.is_set():
+        # Another reporter may hold the shard now; what Stripe took is still saved below
+        # (identifiers make a second send of these rows harmless).
+        log.warning("shard %s lost its lock during a round", shard)
+    with transaction() as session:
+        _save_outcomes(session, outcomes)
+    result = Round(
+        shard,
+        reported=[i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED],
+        failed={i: r.error for i, r in outcomes.items() if r.outcome is Outcome.FAILED},
+        more=len(rows) == ROWS_PER_ROUND,
+    )
+    refusals = [r for r in outcomes.values() if r.outcome is Outcome.RETRY]
+    if refusals:
+        attempt = max(row.stripe_attempts for row in rows) + 1
+        result.refused, result.retry_in, result.more = refusals[0].error, max(0.5, backoff_seconds(attempt)), False
+        broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(result.retry_in * 1000))
+        log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, result.retry_in, result.refused)
+    return result
 
 
-def _unreported(settings: Settings, shard: int):
-    with db.transaction(settings.database_url) as session:
-        return session.execute(
-            sa.select(
-                _logs.id, _logs.organization_id, _logs.stripe_value, _logs.occurred_at, _logs.recorded_at,
-                _logs.stripe_attempts, models.Organization.stripe_customer_id,
-            )
-            .join(models.Organization, models.Organization.id == _logs.organization_id)
-            .where(_logs.status == models.UsageStatus.RECORDED, _in_shard(shard))
-            .order_by(_logs.recorded_at)
-            .limit(ROWS_PER_ROUND)
-        ).all()
+def _stand_down(transaction: Transaction, broker: redis.Redis, shard: int) -> bool:
+    """Clear the shard's pending flag; True if rows were committed meanwhile and this
+    reporter takes them (it set the flag again) rather than a newly woken one."""
+    pending = queue.REPORT_PENDING_KEY.format(shard=shard)
+    broker.delete(pending)
+    with transaction() as session:
+        waiting = session.scalar(
+            sa.select(sa.exists().where(_logs.status == models.UsageStatus.RECORDED, _in_shard(shard)))
+        )
+    return bool(waiting) and bool(broker.set(pending, 1, nx=True, px=queue.REPORT_PENDING_MS))
 
 
-def _report_rows(settings: Settings, meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
+def _unreported(session: orm.Session, shard: int):
+    return session.execute(
+        sa.select(
+            _logs.id, _logs.organization_id, _logs.stripe_value, _logs.occurred_at, _logs.recorded_at,
+            _logs.stripe_attempts, models.Organization.stripe_customer_id,
+        )
+        .join(models.Organization, models.Organization.id == _logs.organization_id)
+        .where(_logs.status == models.UsageStatus.RECORDED, _in_shard(shard))
+        .order_by(_logs.recorded_at)
+        .limit(ROWS_PER_ROUND)
+    ).all()
+
+
+def _outcomes(meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
     outcomes: dict[uuid.UUID, Result] = {}
     sendable = []
     for row in rows:
@@ -194,32 +220,30 @@ def _report_rows(settings: Settings, meter: StripeMeter, rows) -> dict[uuid.UUID
             sendable.append(MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at))
     if sendable:
         outcomes |= meter.report(sendable)
-    _save_outcomes(settings, outcomes)
     return outcomes
 
 
-def _save_outcomes(settings: Settings, outcomes: dict) -> None:
+def _save_outcomes(session: orm.Session, outcomes: dict[uuid.UUID, Result]) -> None:
     reported = [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED]
     retrying = {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.RETRY}
     failed = [{"id": i, "status": models.UsageStatus.FAILED, "error": r.error} for i, r in outcomes.items() if r.outcome is Outcome.FAILED]
-    with db.transaction(settings.database_url) as session:
-        if reported:
-            session.execute(
-                sa.update(_logs)
-                .where(_logs.id.in_(reported))
-                .values(
-                    status=models.UsageStatus.REPORTED, stripe_reported_at=sa.func.now(),
-                    stripe_attempts=_logs.stripe_attempts + 1, error=None,
-                )
+    if reported:
+        session.execute(
+            sa.update(_logs)
+            .where(_logs.id.in_(reported))
+            .values(
+                status=models.UsageStatus.REPORTED, stripe_reported_at=sa.func.now(),
+                stripe_attempts=_logs.stripe_attempts + 1, error=None,
             )
-        if retrying:
-            session.execute(
-                sa.update(_logs)
-                .where(_logs.id.in_(retrying))
-                .values(stripe_attempts=_logs.stripe_attempts + 1, error="Last attempt: " + next(iter(retrying.values())))
-            )
-        if failed:
-            session.execute(sa.update(_logs), failed)
+        )
+    if retrying:
+        session.execute(
+            sa.update(_logs)
+            .where(_logs.id.in_(retrying))
+            .values(stripe_attempts=_logs.stripe_attempts + 1, error="Last attempt: " + next(iter(retrying.values())))
+        )
+    if failed:
+        session.execute(sa.update(_logs), failed)
     metrics.events_reported.inc(len(reported))
     metrics.events_failed.inc(len(failed))
     if reported:
@@ -228,30 +252,27 @@ def _save_outcomes(settings: Settings, outcomes: dict) -> None:
         log.warning("usage event failed", extra={"event_id": str(row["id"]), "reason": row["error"]})
 
 
-def flag_for_reconciliation(settings: Settings) -> int:
+def flag_for_reconciliation(session: orm.Session) -> int:
     """Rows recorded but unreported for longer than Stripe remembers identifiers: failed, flagged."""
-    with db.transaction(settings.database_url) as session:
-        return session.execute(
-            sa.update(_logs)
-            .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - IDENTIFIER_WINDOW)
-            .values(status=models.UsageStatus.FAILED, error=RECONCILE_ERROR)
-        ).rowcount
+    return session.execute(
+        sa.update(_logs)
+        .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - IDENTIFIER_WINDOW)
+        .values(status=models.UsageStatus.FAILED, error=RECONCILE_ERROR)
+    ).rowcount
 
 
-def shards_with_stale_rows(settings: Settings, older_than: dt.timedelta) -> set[int]:
+def shards_waiting(session: orm.Session, older_than: dt.timedelta) -> set[int]:
     """Shards holding rows recorded but not reported for longer than ``older_than``."""
-    with db.transaction(settings.database_url) as session:
-        organizations = session.scalars(
-            # select().distinct(), not distinct(column): the latter is SQLAlchemy's unary
-            # DISTINCT, meant for aggregates, and warns on every sweep.
-            sa.select(_logs.organization_id)
-            .distinct()
-            .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - older_than)
-        )
-        return {shard_of(org) for org in organizations}
+    organizations = session.scalars(
+        # select().distinct(), not distinct(column): the latter is SQLAlchemy's unary
+        # DISTINCT, meant for aggregates, and warns on every sweep.
+        sa.select(_logs.organization_id)
+        .distinct()
+        .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - older_than)
+    )
+    return {shard_of(organization) for organization in organizations}
 
 
-def oldest_unreported_age_seconds(settings: Settings) -> float:
-    with db.transaction(settings.database_url) as session:
-        oldest = session.scalar(sa.select(sa.func.min(_logs.recorded_at)).where(_logs.status == models.UsageStatus.RECORDED))
-    return 0.0 if oldest is None else (dt.datetime.now(dt.UTC) - oldest).total_seconds()
+def shard_is_handled(broker: redis.Redis, shard: int) -> bool:
+    """A reporter holds the shard or is on its way (its lock or pending flag is set)."""
+    return bool(broker.exists(LOCK_KEY.format(shard=shard), queue.REPORT_PENDING_KEY.format(shard=shard)))

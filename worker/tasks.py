@@ -1,11 +1,11 @@
-"""Celery tasks of the billing pipeline. They take ids, load what they need themselves,
-and are safe to run twice: recording is idempotent by event id, reporting by Stripe
-identifier."""
+"""Celery tasks of the billing pipeline. Each one does one batch of work and says what it
+did with the event ids (so Flower's search finds the task that recorded or reported an
+event); while more waits it goes on in a new task. All are safe to run twice: recording
+is idempotent by event id, reporting by Stripe identifier."""
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import time
 
@@ -13,79 +13,87 @@ import redis
 import sqlalchemy.exc
 from celery import shared_task
 
-from shared import queue
-from shared.config import get_settings
+from shared import intake, liveness, metrics, queue
+from shared.sharding import shard_of
 from worker import recording, reporting
-from worker.stripe_reporting import StripeMeter
+from worker.celery_app import BillingTask
 
 log = logging.getLogger(__name__)
-# A drain hands its pool process back after this long, so reporting is never starved.
-DRAIN_SECONDS = 5.0
-# Recorded rows not reported after this long are re-driven by the sweeper.
-STALE_AFTER = dt.timedelta(seconds=60)
+# Recorded rows not reported after this long are woken by the sweep (healthy ones are
+# reported within a second of being recorded).
+STALE_AFTER = dt.timedelta(seconds=5)
 _TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, redis.ConnectionError, redis.TimeoutError)
+_RETRY = dict(autoretry_for=_TRANSIENT, retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=None)
 
 
-@functools.cache
-def broker() -> redis.Redis:
-    return redis.Redis.from_url(
-        get_settings().broker_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10, decode_responses=True
+class StripeRefused(Exception):
+    """Stripe refused for now (rate limit, outage); the task retries after a backoff."""
+
+
+@shared_task(base=BillingTask, bind=True, name=queue.RECORD, **_RETRY)
+def record(self: BillingTask) -> dict:
+    """Record one batch from the intake; wake the reporters of what was recorded."""
+    reader = intake.IntakeReader(self.broker)
+    entries = reader.next_batch(recording.BATCH_SIZE)
+    liveness.intake_read(self.broker, time.time())
+    result = recording.Recording()
+    if entries:
+        reader.keep_awake()
+        with self.transaction() as session:
+            result = recording.record_entries(session, entries, value_decimals=self.settings.stripe_value_decimals)
+        reader.done(entries, result.event_ids)
+        metrics.events_recorded.inc(len(result.recorded))
+        metrics.events_rejected.inc(len(result.rejected))
+        if result.recorded:
+            log.info("usage events recorded", extra={"event_ids": [str(i) for i in result.recorded]})
+        queue.wake_reporters(self.broker, {shard_of(organization) for organization in result.organizations})
+    if len(entries) == recording.BATCH_SIZE or reader.go_to_sleep():
+        self.apply_async()
+    return {
+        "recorded": len(result.recorded),
+        "rejected": len(result.rejected),
+        "recorded_ids": [str(i) for i in result.recorded],
+        "rejected_ids": {str(i): reason for i, reason in result.rejected.items()},
+    }
+
+
+@shared_task(base=BillingTask, bind=True, name=queue.REPORT, **_RETRY)
+def report(self: BillingTask, shard: int) -> dict:
+    """Report one round of a shard's recorded rows to Stripe; one reporter per shard."""
+    done = reporting.report_round(self.transaction, self.broker, self.meter, shard)
+    if done.busy:
+        return {"shard": shard, "busy": True}
+    if done.retry_in is not None and not done.reported and not done.failed:
+        # Nothing taken this time: a retry, with Stripe's reason, as Flower shows it.
+        raise self.retry(exc=StripeRefused(done.refused or "backing off after a refusal"), countdown=done.retry_in)
+    if done.retry_in is not None:
+        self.apply_async(args=[shard], countdown=done.retry_in)
+    elif done.more:
+        self.apply_async(args=[shard])
+    return {
+        "shard": shard,
+        "reported": len(done.reported),
+        "failed": len(done.failed),
+        "reported_ids": [str(i) for i in done.reported],
+        "failed_ids": {str(i): reason for i, reason in done.failed.items()},
+        **({"refused": done.refused, "retry_in": round(done.retry_in, 1)} if done.retry_in is not None else {}),
+    }
+
+
+@shared_task(base=BillingTask, bind=True, name=queue.SWEEP)
+def sweep(self: BillingTask) -> dict:
+    """Wake what a killed worker or a lost wake-up left waiting; flag rows too old to resend."""
+    with self.transaction() as session:
+        flagged = reporting.flag_for_reconciliation(session)
+        shards = reporting.shards_waiting(session, STALE_AFTER)
+    shards_woken = queue.wake_reporters(
+        self.broker, [shard for shard in shards if not reporting.shard_is_handled(self.broker, shard)]
     )
+    recorder_woken = intake.recorder_needed(self.broker) and queue.wake_recorder()
+    return {"flagged": flagged, "shards_woken": shards_woken, "recorder_woken": recorder_woken}
 
 
-@functools.cache
-def meter() -> StripeMeter:
-    settings = get_settings()
-    return StripeMeter(settings, api=settings.stripe_meter_api)
-
-
-def wake_reporters(organizations) -> None:
-    for shard in {reporting.shard_of(org) for org in organizations}:
-        if reporting.claim_wakeup(broker(), shard):
-            report_shard.delay(shard)
-
-
-@shared_task(
-    name=queue.DRAIN_INTAKE, bind=True, autoretry_for=_TRANSIENT,
-    retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=None,
-)
-def drain_intake(self) -> dict:
-    """Record what the intake stream holds, in batches; wake the reporters of what was recorded."""
-    started = time.monotonic()
-    result = recording.drain(get_settings(), broker(), deadline=started + DRAIN_SECONDS, clock=time.monotonic)
-    wake_reporters(result.organizations)
-    if time.monotonic() - started >= DRAIN_SECONDS:
-        drain_intake.delay()  # more may be waiting; continue in a fresh task
-    return {"recorded": len(result.recorded), "rejected": len(result.rejected)}
-
-
-@shared_task(
-    name=queue.REPORT_SHARD, bind=True, autoretry_for=_TRANSIENT,
-    retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=None,
-)
-def report_shard(self, shard: int) -> dict:
-    """Report a shard's recorded rows to Stripe; one reporter per shard at a time."""
-    report = reporting.report_shard(get_settings(), broker(), meter(), shard)
-    if report.busy:
-        # The holder may have read before our rows were committed: look again shortly.
-        raise self.retry(countdown=1, max_retries=None)
-    if report.retry_in is not None:
-        raise self.retry(countdown=report.retry_in, max_retries=None)
-    return {"reported": len(report.reported), "failed": len(report.failed)}
-
-
-@shared_task(name=queue.SWEEP_UNREPORTED)
-def sweep_unreported() -> dict:
-    """Re-drive rows a dead worker left recorded but unreported; flag the ones too old to resend."""
-    settings = get_settings()
-    flagged = reporting.flag_for_reconciliation(settings)
-    shards = reporting.shards_with_stale_rows(settings, STALE_AFTER)
-    for shard in shards:
-        report_shard.delay(shard)
-    return {"flagged": flagged, "shards": sorted(shards)}
-
-
-@shared_task(name="billing.ping")
+@shared_task(name=queue.PING)
 def ping() -> str:
     """A no-op: checks that a worker consumes, and is the per-task ceiling in bench/."""
     return "pong"

@@ -15,7 +15,7 @@ from sqlalchemy import orm
 
 from ingest_api import credentials
 from ingest_api.cli import parameters, store
-from ingest_api.intake import BrokerUnavailable, Intake
+from shared.intake import Intake, QueueUnavailable
 from shared import models
 
 app_passwords_cli = AppGroup("app-passwords", help="App Passwords: revocable API credentials.")
@@ -75,7 +75,7 @@ def mark_revoked_in_broker(app_password_id: uuid.UUID) -> None:
     settings = current_app.config["SETTINGS"]
     try:
         Intake(settings.broker_url, settings.enqueue_timeout_seconds).mark_revoked(app_password_id)
-    except BrokerUnavailable:
+    except QueueUnavailable:
         click.echo(
             f"Warning: Redis did not answer; web processes that cached this App Password accept it for up to "
             f"{settings.auth_cache_seconds:g} more seconds.",

@@ -29,7 +29,8 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from ingest_api.cli import store
-from shared import intake, models, queue
+from shared import models, queue
+from shared.intake import Intake, OutcomeUnknown, QueueUnavailable
 from shared.reconciliation import RECONCILE_ERROR
 from shared.sharding import shard_of
 from shared.usage_event import AcceptedUsageEvent
@@ -181,7 +182,7 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
 
     # Events first: if the broker is unreachable, nothing has changed yet.
     if plan.events:
-        _append_to_intake(settings.broker_url, plan.events)
+        _append_to_intake(settings, plan.events)
     shards: set[int] = set()
     if plan.rows:
         with store.operator_transaction() as session:
@@ -292,34 +293,30 @@ def _broker(broker_url: str) -> redis.Redis:
     )
 
 
-def _append_to_intake(broker_url: str, events: Iterable[AcceptedUsageEvent]) -> None:
-    """XADD each event with its "queued" status record, as the API does, in one transaction.
-
-    No Idempotency-Key claim: the event keeps its id, which is what the worker records by.
-    """
-    client = _broker(broker_url)
+def _append_to_intake(settings, events: list[AcceptedUsageEvent]) -> None:
+    """Queue the events again, as the API does (their "queued" status records too)."""
+    writer = Intake(settings.broker_url, BROKER_TIMEOUT_SECONDS)
     try:
-        with client.pipeline(transaction=True) as pipe:
-            for event in events:
-                message = event.to_message()
-                pipe.set(intake.QUEUED_KEY.format(event_id=event.id), message, ex=intake.QUEUED_TTL_SECONDS)
-                pipe.xadd(intake.STREAM, {intake.EVENT_FIELD: message})
-            pipe.execute()
-    except redis.RedisError as error:
+        if writer.redrive(events).wake_recorder:
+            queue.wake_recorder()
+    except QueueUnavailable as error:
         raise click.ClickException(f"The broker could not be used, nothing was re-driven: {error}") from None
+    except OutcomeUnknown:
+        raise click.ClickException(
+            "The broker did not confirm the re-drive (its reply was lost); run the command again: "
+            "an event re-driven twice is still recorded once."
+        ) from None
     finally:
-        client.close()
+        writer.close()
 
 
 def _wake_reporters(broker_url: str, shards: Iterable[int]) -> None:
-    """One report task per shard. If the broker fails here the rows are already recorded:
-    the beat sweeper re-drives them within minutes, so this only warns."""
+    """Wake the shards' reporters. If the broker fails here the rows are already recorded:
+    the beat sweep wakes them within seconds, so this only warns."""
+    client = _broker(broker_url)
     try:
-        with queue.celery_app.connection_for_write(broker_url) as connection:
-            for shard in sorted(shards):
-                queue.celery_app.send_task(queue.REPORT_SHARD, args=[shard], connection=connection)
-    except Exception as error:  # noqa: BLE001 - kombu raises many kinds; the outcome is the same
-        click.echo(
-            f"Warning: could not wake the reporters ({error}); the sweeper reports the rows within a few minutes.",
-            err=True,
-        )
+        queue.wake_reporters(client, shards)
+    except redis.RedisError as error:
+        click.echo(f"Warning: could not wake the reporters ({error}); the sweep reports the rows within seconds.", err=True)
+    finally:
+        client.close()
