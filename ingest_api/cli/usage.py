@@ -15,10 +15,8 @@ most once (by event id).
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import click
@@ -28,7 +26,7 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from ingest_api.cli import store
+from ingest_api.cli import output, store
 from shared import intake, models, queue
 from shared.reconciliation import RECONCILE_ERROR
 from shared.sharding import shard_of
@@ -45,7 +43,7 @@ _rejected = models.RejectedUsageEvent
 
 
 @usage_cli.command("failed")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables (for scripts).")
+@output.json_option
 def list_failed(as_json: bool) -> None:
     """List failed events with their reasons.
 
@@ -76,7 +74,7 @@ def list_failed(as_json: bool) -> None:
                     "id": str(row.id),
                     "organization_id": str(row.organization_id),
                     "organization_name": row.organization_name,
-                    "occurred_at": _time(row.occurred_at),
+                    "occurred_at": output.time_text(row.occurred_at),
                     "agent700_cost": str(row.agent700_cost),
                     "stripe_attempts": row.stripe_attempts,
                     "error": row.error,
@@ -85,11 +83,14 @@ def list_failed(as_json: bool) -> None:
                 for row in failed
             ],
             "rejected": [
-                {"id": str(row.id), "reason": row.reason, "attempts": row.attempts, "rejected_at": _time(row.rejected_at)}
+                {
+                    "id": str(row.id), "reason": row.reason, "attempts": row.attempts,
+                    "rejected_at": output.time_text(row.rejected_at),
+                }
                 for row in rejected
             ],
         }
-        click.echo(json.dumps(document, indent=2))
+        output.print_json(document)
         return
 
     if not failed and not rejected:
@@ -97,10 +98,13 @@ def list_failed(as_json: bool) -> None:
         return
     if failed:
         click.echo(f"Failed log rows, recorded but not reported to Stripe ({len(failed)}):")
-        _print_table(
+        output.print_table(
             ["ID", "ORGANIZATION", "OCCURRED_AT", "AGENT700_COST", "ERROR"],
             [
-                [str(row.id), str(row.organization_id), _time(row.occurred_at), str(row.agent700_cost), row.error or ""]
+                [
+                    str(row.id), str(row.organization_id), output.time_text(row.occurred_at), str(row.agent700_cost),
+                    row.error or "",
+                ]
                 for row in failed
             ],
         )
@@ -108,9 +112,9 @@ def list_failed(as_json: bool) -> None:
         click.echo()
     if rejected:
         click.echo(f"Rejected events, accepted but not recorded ({len(rejected)}):")
-        _print_table(
+        output.print_table(
             ["ID", "REJECTED_AT", "ATTEMPTS", "REASON"],
-            [[str(row.id), _time(row.rejected_at), str(row.attempts), row.reason] for row in rejected],
+            [[str(row.id), output.time_text(row.rejected_at), str(row.attempts), row.reason] for row in rejected],
         )
     unreconciled = sum(row.error == RECONCILE_ERROR for row in failed)
     if unreconciled:
@@ -118,18 +122,6 @@ def list_failed(as_json: bool) -> None:
             f"\n{unreconciled} row(s) need `stripe reconcile` before a retry: "
             "`usage retry --all-failed` skips them unless --include-unreconciled is given.",
         )
-
-
-def _time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    # The last column (the reason) is left unpadded: it is free text of any length.
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    for line in [headers, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False)] + [line[-1]]
-        click.echo("  ".join(cells).rstrip())
 
 
 # --- usage retry -------------------------------------------------------------------------
