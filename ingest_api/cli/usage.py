@@ -10,14 +10,15 @@ Two kinds of failure are kept, never dropped:
 Re-driving hands them back to the worker, which is idempotent for both: a log row goes
 back to ``recorded`` and its shard's reporter is woken (Stripe deduplicates by the row id
 within 24 hours); a rejected event is appended to the intake stream again and recorded at
-most once (by event id).
+most once (by event id). A row with status ``reported`` that ``stripe reconcile`` found
+missing at Stripe is re-driven the same way, but only when forced by id.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 import pydantic
@@ -131,6 +132,8 @@ def list_failed(as_json: bool) -> None:
 class _RetryPlan:
     rows: list[uuid.UUID]  # failed log rows to put back to recorded
     events: list[AcceptedUsageEvent]  # unresolved rejected events to append to the intake again
+    # reported log rows Stripe does not have (--id ID --force), to put back to recorded
+    reported_rows: list[uuid.UUID] = field(default_factory=list)
 
 
 @usage_cli.command("retry")
@@ -139,7 +142,9 @@ class _RetryPlan:
 @click.option("--all-failed", is_flag=True, help="Every failed log row and every unresolved rejected event.")
 @click.option("--include-unreconciled", is_flag=True,
               help="With --all-failed: also rows flagged for reconciliation (see the description above).")
-@click.option("--force", is_flag=True, help="With --id: re-drive a row flagged for reconciliation (see the description above).")
+@click.option("--force", is_flag=True,
+              help="With --id: re-drive a row flagged for reconciliation, or a reported row `stripe reconcile` "
+                   "showed Stripe does not have (see the description above).")
 def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconciled: bool, force: bool) -> None:
     """Re-drive failed events once their cause is fixed; print the re-driven ids.
 
@@ -153,6 +158,12 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
     them again could bill them twice. Run `stripe reconcile` for their organization
     first; then re-drive them with `--id ID --force`, or with `--all-failed
     --include-unreconciled`. `--all-failed` alone skips them.
+
+    A row with status reported is refused, unless given as `--id ID --force`: do that
+    only after `stripe reconcile` showed Stripe does not have it. It goes back to
+    recorded (its error cleared) and is sent again under the same identifier; within 24
+    hours of its first report Stripe would deduplicate it, after that a row Stripe does
+    have would be counted twice.
 
     Standard output is one line: the re-driven ids, space-separated (a summary goes to
     standard error).
@@ -175,30 +186,42 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
     if plan.events:
         _append_to_intake(settings.broker_url, plan.events)
     shards: set[int] = set()
-    if plan.rows:
+    if plan.rows or plan.reported_rows:
         with store.operator_transaction() as session:
             redriven = session.execute(
                 sa.update(_logs)
-                # Still failed: a concurrent retry (or a row changed meanwhile) is not re-driven twice.
-                .where(_logs.id.in_(plan.rows), _logs.status == models.UsageStatus.FAILED)
+                # Still in the state planned: a concurrent retry (or a row changed meanwhile)
+                # is not re-driven twice.
+                .where(
+                    sa.or_(
+                        sa.and_(_logs.id.in_(plan.rows), _logs.status == models.UsageStatus.FAILED),
+                        sa.and_(_logs.id.in_(plan.reported_rows), _logs.status == models.UsageStatus.REPORTED),
+                    )
+                )
                 # recorded_at restarts the clock the sweeper judges by, so this new attempt
                 # gets its own 24-hour window instead of being flagged again at once.
-                .values(status=models.UsageStatus.RECORDED, error=None, recorded_at=sa.func.now())
+                .values(
+                    status=models.UsageStatus.RECORDED, error=None, recorded_at=sa.func.now(), stripe_reported_at=None
+                )
                 .returning(_logs.id, _logs.organization_id)
             ).all()
-        plan.rows = [row.id for row in redriven]
+        changed = {row.id for row in redriven}
+        plan.rows = [row_id for row_id in plan.rows if row_id in changed]
+        plan.reported_rows = [row_id for row_id in plan.reported_rows if row_id in changed]
         shards = {shard_of(row.organization_id) for row in redriven}
         _wake_reporters(settings.broker_url, shards)
 
     for note in skipped:
         click.echo(note, err=True)
-    redriven_ids = [*map(str, plan.rows), *(str(event.id) for event in plan.events)]
+    redriven_ids = [*map(str, plan.rows), *map(str, plan.reported_rows), *(str(event.id) for event in plan.events)]
     if not redriven_ids:
         click.echo("Nothing to re-drive.", err=True)
         return
-    if plan.rows:
+    if plan.rows or plan.reported_rows:
+        kinds = [f"{len(plan.rows)} failed"] if plan.rows else []
+        kinds += [f"{len(plan.reported_rows)} reported (forced)"] if plan.reported_rows else []
         click.echo(
-            f"{len(plan.rows)} failed log row(s) back to recorded; reporter woken for shard(s) "
+            f"{' and '.join(kinds)} log row(s) back to recorded; reporter woken for shard(s) "
             f"{', '.join(map(str, sorted(shards)))}.",
             err=True,
         )
@@ -218,6 +241,14 @@ def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -
     for event_id in event_ids:
         log_row = logs.get(event_id)
         if log_row is not None:
+            if log_row.status == models.UsageStatus.REPORTED and force:
+                plan.reported_rows.append(event_id)
+                continue
+            if log_row.status == models.UsageStatus.REPORTED:
+                raise click.ClickException(
+                    f"Event {event_id} is reported, not failed; there is nothing to retry (only if `stripe reconcile` "
+                    "showed Stripe does not have it: --force)."
+                )
             if log_row.status != models.UsageStatus.FAILED:
                 raise click.ClickException(f"Event {event_id} is {log_row.status}, not failed; there is nothing to retry.")
             if log_row.error == RECONCILE_ERROR and not force:
