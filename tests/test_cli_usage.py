@@ -337,6 +337,50 @@ def test_retry_id_of_a_row_flagged_for_reconciliation_needs_force(runner, factor
     assert report_tasks(broker) == [shard_of(organization.id)]
 
 
+def test_retry_id_force_redrives_a_reported_row_stripe_does_not_have(runner, factory, billing, settings, broker):
+    """Only after `stripe reconcile` named it missing at Stripe; without --force it is refused."""
+    organization = factory.organization()
+    row = billing.log(organization, status=models.UsageStatus.REPORTED, error=None)
+
+    refused = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
+
+    assert_refused(refused, f"Event {row.id} is reported, not failed", "stripe reconcile", "--force")
+    assert log_status(settings, row.id) == (models.UsageStatus.REPORTED, None)
+    assert report_tasks(broker) == []
+
+    forced = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--force"])
+
+    assert forced.exit_code == 0, forced.output
+    assert forced.stdout.splitlines()[-1] == str(row.id)
+    assert "1 reported (forced) log row(s) back to recorded" in forced.stderr
+    assert log_status(settings, row.id) == (models.UsageStatus.RECORDED, None)
+    with db.transaction(settings.database_url) as session:
+        assert session.get(models.UserBillableRequestLog, row.id).stripe_reported_at is None
+    assert report_tasks(broker) == [shard_of(organization.id)]
+
+
+def test_retry_id_force_takes_failed_and_reported_rows_together(runner, factory, billing, settings, broker):
+    organization = factory.organization()
+    failed = billing.log(organization)
+    reported = billing.log(organization, status=models.UsageStatus.REPORTED, error=None)
+
+    result = runner.invoke(args=["usage", "retry", "--id", str(failed.id), "--id", str(reported.id), "--force"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].split() == [str(failed.id), str(reported.id)]
+    assert "1 failed and 1 reported (forced) log row(s) back to recorded" in result.stderr
+    assert log_status(settings, failed.id) == log_status(settings, reported.id) == (models.UsageStatus.RECORDED, None)
+
+
+def test_retry_id_force_still_refuses_a_recorded_row(runner, factory, billing, settings, broker):
+    row = billing.log(factory.organization(), status=models.UsageStatus.RECORDED, error=None)
+
+    result = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--force"])
+
+    assert_refused(result, "is recorded, not failed")
+    assert report_tasks(broker) == []
+
+
 # --- usage retry --all-failed ------------------------------------------------------------
 
 
@@ -429,6 +473,7 @@ def test_retry_help_explains_the_reconciliation_rule(runner):
     assert "24-hour identifier window" in help_text
     assert "--include-unreconciled" in help_text and "--force" in help_text
     assert "twice" in help_text
+    assert "only after `stripe reconcile` showed Stripe does not have it" in help_text
 
 
 def test_failed_and_retried_rows_read_back_through_the_database(runner, factory, billing, session):

@@ -214,7 +214,9 @@ def _outcomes(meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
         if not row.stripe_customer_id:
             outcomes[row.id] = Result(
                 Outcome.FAILED,
-                f"Organization {row.organization_id} has no Stripe customer id; set it, then `usage retry`.",
+                f"Organization {row.organization_id} has no Stripe customer id; set it with `flask --app ingest_api "
+                f"orgs set-stripe-customer --org {row.organization_id} --stripe-customer-id cus_...`, then "
+                "`flask --app ingest_api usage retry --all-failed`.",
             )
         else:
             sendable.append(MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at))

@@ -1,9 +1,11 @@
 """Operator commands: ``flask --app ingest_api <command>``.
 
-Each command that creates something prints the new id (or token) alone on its last line
-of standard output, so scripts can capture it (``ID=$(flask ... | tail -1)``); anything
-meant for a human goes to standard error. Errors are one line on standard error with a
-non-zero exit code. One module per command group.
+Each command that creates or changes something prints its id (or token) alone on its last
+line of standard output, so scripts can capture it (``ID=$(flask ... | tail -1)``); anything
+meant for a human goes to standard error. Listings print tables (``output``), or one JSON
+document with ``--json``. Errors are one line on standard error with a non-zero exit
+code. One module per command group; shared helpers in ``store``, ``parameters`` and
+``output``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""``app-passwords create`` / ``app-passwords revoke``: long-lived bearer secrets.
+"""``app-passwords create`` / ``revoke`` / ``list``: long-lived bearer secrets.
 
-The token is printed once and never stored; only its SHA-256 and a lookup prefix are.
+The token is printed once and never stored; only its SHA-256 and a lookup prefix are,
+and no command prints either of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from ingest_api import credentials
-from ingest_api.cli import parameters, store
+from ingest_api.cli import output, parameters, store
 from shared.intake import Intake, QueueUnavailable
 from shared import models
 
@@ -67,6 +68,52 @@ def revoke_app_password(user_id: uuid.UUID, name: str) -> None:
         live_password.revoked_at = sa.func.now()
     click.echo(f"Revoked App Password {name!r} of user {user_id}.")
     mark_revoked_in_broker(live_password.id)
+
+
+@app_passwords_cli.command("list")
+@parameters.user_option(help="The owner's user id.")
+@output.json_option
+def list_app_passwords(user_id: uuid.UUID, as_json: bool) -> None:
+    """List a user's App Passwords: name, created, last used, revoked (never the secret)."""
+    with store.operator_transaction() as session:
+        store.user_by_id(session, user_id)
+        passwords = session.execute(
+            # Named columns only: the hash and the lookup prefix never leave the database.
+            sa.select(
+                models.AppPassword.name, models.AppPassword.created_at, models.AppPassword.last_used_at,
+                models.AppPassword.revoked_at,
+            )
+            .where(models.AppPassword.user_id == user_id)
+            .order_by(models.AppPassword.created_at, models.AppPassword.name)
+        ).all()
+    if as_json:
+        output.print_json(
+            {
+                "user_id": str(user_id),
+                "app_passwords": [
+                    {
+                        "name": row.name, "created_at": output.time_text(row.created_at),
+                        "last_used_at": output.time_text(row.last_used_at) or None,
+                        "revoked_at": output.time_text(row.revoked_at) or None,
+                    }
+                    for row in passwords
+                ],
+            }
+        )
+        return
+    if not passwords:
+        click.echo(f"User {user_id} has no App Passwords.")
+        return
+    output.print_table(
+        ["CREATED_AT", "LAST_USED_AT", "REVOKED_AT", "NAME"],
+        [
+            [
+                output.time_text(row.created_at), output.time_text(row.last_used_at, "never"),
+                output.time_text(row.revoked_at, "-"), row.name,
+            ]
+            for row in passwords
+        ],
+    )
 
 
 def mark_revoked_in_broker(app_password_id: uuid.UUID) -> None:

@@ -1,4 +1,4 @@
-"""``members add``: a user's membership of an organization, with its roles."""
+"""``members``: a user's membership of an organization, with its roles and active flag."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ingest_api.cli import store
+from ingest_api.cli import parameters, store
 from shared import models
 
 members_cli = AppGroup("members", help="Organization memberships and their roles.")
@@ -37,6 +37,30 @@ def add_member(user_id: uuid.UUID, organization_id: uuid.UUID, role_names: tuple
     state = "active" if membership.is_active else "inactive"
     click.echo(f"Membership {state}, roles: {', '.join(granted)}.", err=True)
     click.echo(membership.id)
+
+
+@members_cli.command("activate")
+@parameters.user_option()
+@parameters.organization_option()
+def activate_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> None:
+    """Activate a membership: its roles count again; print the membership id."""
+    _set_active(user_id, organization_id, True)
+
+
+@members_cli.command("deactivate")
+@parameters.user_option()
+@parameters.organization_option()
+def deactivate_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> None:
+    """Deactivate a membership: it grants nothing (its roles are kept); print the membership id."""
+    _set_active(user_id, organization_id, False)
+
+
+def _set_active(user_id: uuid.UUID, organization_id: uuid.UUID, active: bool) -> None:
+    store.set_active(
+        lambda session: store.membership_of(session, user_id, organization_id, lock=True),
+        active,
+        f"The membership of user {user_id} in organization {organization_id}",
+    )
 
 
 def roles_named(session: orm.Session, role_names: Iterable[str]) -> list[models.Role]:

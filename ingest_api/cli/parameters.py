@@ -1,11 +1,13 @@
 """Click parameter types for operator input: each turns text into a checked value or
-a one-line usage error (exit code 2). Ids use ``click.UUID``."""
+a one-line usage error (exit code 2). Ids use ``click.UUID``; ``--org`` and ``--user``
+are spelled once here for the commands that take them."""
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
 import re
+from collections.abc import Callable
 from decimal import Decimal
 
 import click
@@ -121,3 +123,13 @@ EMAIL = EmailAddress()
 STRIPE_CUSTOMER_ID = StripeCustomerId()
 PER_TOKEN_RATE = PerTokenRate()
 RFC3339_TIME = Rfc3339Time()
+
+
+def organization_option(help: str = "The organization's id.") -> Callable:  # noqa: A002 - click's own name
+    """``--org ID``, passed as ``organization_id``."""
+    return click.option("--org", "organization_id", required=True, type=click.UUID, help=help)
+
+
+def user_option(help: str = "The user's id.") -> Callable:  # noqa: A002 - click's own name
+    """``--user ID``, passed as ``user_id``."""
+    return click.option("--user", "user_id", required=True, type=click.UUID, help=help)

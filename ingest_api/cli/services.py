@@ -1,11 +1,12 @@
-"""``services add``: the external services usage is recorded for."""
+"""``services add`` / ``services list``: the external services usage is recorded for."""
 
 from __future__ import annotations
 
 import click
+import sqlalchemy as sa
 from flask.cli import AppGroup
 
-from ingest_api.cli import parameters, store
+from ingest_api.cli import output, parameters, store
 from shared import models
 
 services_cli = AppGroup("services", help="External services (the API's service_name).")
@@ -21,3 +22,26 @@ def add_service(name: str) -> None:
         session.add(service)
         session.flush()
     click.echo(service.id)
+
+
+@services_cli.command("list")
+@output.json_option
+def list_services(as_json: bool) -> None:
+    """List the services callers may name."""
+    with store.operator_transaction() as session:
+        services = session.scalars(sa.select(models.Service).order_by(models.Service.name)).all()
+    if as_json:
+        output.print_json(
+            {
+                "services": [
+                    {"id": str(s.id), "name": s.name, "created_at": output.time_text(s.created_at)} for s in services
+                ]
+            }
+        )
+        return
+    if not services:
+        click.echo("No services.")
+        return
+    output.print_table(
+        ["ID", "CREATED_AT", "NAME"], [[str(s.id), output.time_text(s.created_at), s.name] for s in services]
+    )

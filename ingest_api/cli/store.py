@@ -4,8 +4,10 @@ operator can read instead of a traceback."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 import click
 import sqlalchemy as sa
@@ -14,6 +16,11 @@ from sqlalchemy import orm
 
 from shared import db, models
 from shared.config import Settings
+
+
+class Activatable(Protocol):
+    id: uuid.UUID
+    is_active: bool
 
 
 def current_settings() -> Settings:
@@ -49,8 +56,91 @@ def user_by_id(session: orm.Session, user_id: uuid.UUID, *, lock: bool = False) 
     return user
 
 
-def organization_by_id(session: orm.Session, organization_id: uuid.UUID) -> models.Organization:
-    organization = session.get(models.Organization, organization_id)
+def organization_by_id(session: orm.Session, organization_id: uuid.UUID, *, lock: bool = False) -> models.Organization:
+    organization = session.get(models.Organization, organization_id, with_for_update=lock)
     if organization is None:
         raise click.ClickException(f"No organization with id {organization_id}.")
     return organization
+
+
+def membership_of(
+    session: orm.Session, user_id: uuid.UUID, organization_id: uuid.UUID, *, lock: bool = False
+) -> models.OrganizationMembership:
+    """The user's membership of the organization; an unknown user or organization is named as such."""
+    query = sa.select(models.OrganizationMembership).where(
+        models.OrganizationMembership.user_id == user_id,
+        models.OrganizationMembership.organization_id == organization_id,
+    )
+    membership = session.scalars(query.with_for_update() if lock else query).one_or_none()
+    if membership is None:
+        user_by_id(session, user_id)
+        organization_by_id(session, organization_id)
+        raise click.ClickException(f"User {user_id} is not a member of organization {organization_id}.")
+    return membership
+
+
+def set_active(find: Callable[[orm.Session], Activatable], active: bool, described: str) -> None:
+    """Set the ``is_active`` flag of the row ``find`` returns (locked), then print its id.
+
+    Refused when the row already is in that state, so a script learns that its command
+    changed nothing. The web processes trust a caller they verified for
+    ``AUTH_CACHE_SECONDS``: the change reaches every one of them within that time.
+    """
+    state = "active" if active else "inactive"
+    with operator_transaction() as session:
+        row = find(session)
+        if row.is_active == active:
+            raise click.ClickException(f"{described} is already {state}.")
+        row.is_active = active
+    click.echo(
+        f"{described} is now {state}; web processes see it within {current_settings().auth_cache_seconds:g} s.",
+        err=True,
+    )
+    click.echo(row.id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Membership:
+    """A membership with both its ends, as the ``show`` and ``list`` commands print it."""
+
+    id: uuid.UUID
+    active: bool
+    roles: list[str]
+    user_id: uuid.UUID
+    email: str
+    user_active: bool
+    organization_id: uuid.UUID
+    organization_name: str
+    organization_active: bool
+
+    def as_json(self, seen_from: str) -> dict:
+        """The membership and its other end: seen from the ``"user"``, the organization."""
+        document = {"membership_id": str(self.id), "active": self.active, "roles": self.roles}
+        if seen_from == "user":
+            return document | {
+                "organization_id": str(self.organization_id), "organization_name": self.organization_name,
+                "organization_active": self.organization_active,
+            }
+        return document | {"user_id": str(self.user_id), "email": self.email, "user_active": self.user_active}
+
+
+def memberships(session: orm.Session, *criteria: sa.ColumnElement[bool]) -> list[Membership]:
+    """The memberships matching ``criteria`` (on the membership, user or organization),
+    each with its role names sorted, ordered by organization name then email."""
+    found = session.execute(
+        sa.select(models.OrganizationMembership, models.User, models.Organization)
+        .join(models.User, models.User.id == models.OrganizationMembership.user_id)
+        .join(models.Organization, models.Organization.id == models.OrganizationMembership.organization_id)
+        .where(*criteria)
+        .options(orm.selectinload(models.OrganizationMembership.roles))
+        .order_by(models.Organization.name, models.User.email)
+    ).all()
+    return [
+        Membership(
+            id=membership.id, active=membership.is_active, roles=sorted(role.name for role in membership.roles),
+            user_id=user.id, email=user.email, user_active=user.is_active,
+            organization_id=organization.id, organization_name=organization.name,
+            organization_active=organization.is_active,
+        )
+        for membership, user, organization in found
+    ]

@@ -10,16 +10,15 @@ Two kinds of failure are kept, never dropped:
 Re-driving hands them back to the worker, which is idempotent for both: a log row goes
 back to ``recorded`` and its shard's reporter is woken (Stripe deduplicates by the row id
 within 24 hours); a rejected event is appended to the intake stream again and recorded at
-most once (by event id).
+most once (by event id). A row with status ``reported`` that ``stripe reconcile`` found
+missing at Stripe is re-driven the same way, but only when forced by id.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import click
 import pydantic
@@ -28,7 +27,7 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from ingest_api.cli import store
+from ingest_api.cli import output, store
 from shared import models, queue
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable
 from shared.reconciliation import RECONCILE_ERROR
@@ -46,7 +45,7 @@ _rejected = models.RejectedUsageEvent
 
 
 @usage_cli.command("failed")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables (for scripts).")
+@output.json_option
 def list_failed(as_json: bool) -> None:
     """List failed events with their reasons.
 
@@ -77,7 +76,7 @@ def list_failed(as_json: bool) -> None:
                     "id": str(row.id),
                     "organization_id": str(row.organization_id),
                     "organization_name": row.organization_name,
-                    "occurred_at": _time(row.occurred_at),
+                    "occurred_at": output.time_text(row.occurred_at),
                     "agent700_cost": str(row.agent700_cost),
                     "stripe_attempts": row.stripe_attempts,
                     "error": row.error,
@@ -86,11 +85,14 @@ def list_failed(as_json: bool) -> None:
                 for row in failed
             ],
             "rejected": [
-                {"id": str(row.id), "reason": row.reason, "attempts": row.attempts, "rejected_at": _time(row.rejected_at)}
+                {
+                    "id": str(row.id), "reason": row.reason, "attempts": row.attempts,
+                    "rejected_at": output.time_text(row.rejected_at),
+                }
                 for row in rejected
             ],
         }
-        click.echo(json.dumps(document, indent=2))
+        output.print_json(document)
         return
 
     if not failed and not rejected:
@@ -98,10 +100,13 @@ def list_failed(as_json: bool) -> None:
         return
     if failed:
         click.echo(f"Failed log rows, recorded but not reported to Stripe ({len(failed)}):")
-        _print_table(
+        output.print_table(
             ["ID", "ORGANIZATION", "OCCURRED_AT", "AGENT700_COST", "ERROR"],
             [
-                [str(row.id), str(row.organization_id), _time(row.occurred_at), str(row.agent700_cost), row.error or ""]
+                [
+                    str(row.id), str(row.organization_id), output.time_text(row.occurred_at), str(row.agent700_cost),
+                    row.error or "",
+                ]
                 for row in failed
             ],
         )
@@ -109,9 +114,9 @@ def list_failed(as_json: bool) -> None:
         click.echo()
     if rejected:
         click.echo(f"Rejected events, accepted but not recorded ({len(rejected)}):")
-        _print_table(
+        output.print_table(
             ["ID", "REJECTED_AT", "ATTEMPTS", "REASON"],
-            [[str(row.id), _time(row.rejected_at), str(row.attempts), row.reason] for row in rejected],
+            [[str(row.id), output.time_text(row.rejected_at), str(row.attempts), row.reason] for row in rejected],
         )
     unreconciled = sum(row.error == RECONCILE_ERROR for row in failed)
     if unreconciled:
@@ -121,18 +126,6 @@ def list_failed(as_json: bool) -> None:
         )
 
 
-def _time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    # The last column (the reason) is left unpadded: it is free text of any length.
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    for line in [headers, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False)] + [line[-1]]
-        click.echo("  ".join(cells).rstrip())
-
-
 # --- usage retry -------------------------------------------------------------------------
 
 
@@ -140,6 +133,8 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 class _RetryPlan:
     rows: list[uuid.UUID]  # failed log rows to put back to recorded
     events: list[AcceptedUsageEvent]  # unresolved rejected events to append to the intake again
+    # reported log rows Stripe does not have (--id ID --force), to put back to recorded
+    reported_rows: list[uuid.UUID] = field(default_factory=list)
 
 
 @usage_cli.command("retry")
@@ -148,7 +143,9 @@ class _RetryPlan:
 @click.option("--all-failed", is_flag=True, help="Every failed log row and every unresolved rejected event.")
 @click.option("--include-unreconciled", is_flag=True,
               help="With --all-failed: also rows flagged for reconciliation (see the description above).")
-@click.option("--force", is_flag=True, help="With --id: re-drive a row flagged for reconciliation (see the description above).")
+@click.option("--force", is_flag=True,
+              help="With --id: re-drive a row flagged for reconciliation, or a reported row `stripe reconcile` "
+                   "showed Stripe does not have (see the description above).")
 def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconciled: bool, force: bool) -> None:
     """Re-drive failed events once their cause is fixed; print the re-driven ids.
 
@@ -162,6 +159,12 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
     them again could bill them twice. Run `stripe reconcile` for their organization
     first; then re-drive them with `--id ID --force`, or with `--all-failed
     --include-unreconciled`. `--all-failed` alone skips them.
+
+    A row with status reported is refused, unless given as `--id ID --force`: do that
+    only after `stripe reconcile` showed Stripe does not have it. It goes back to
+    recorded (its error cleared) and is sent again under the same identifier; within 24
+    hours of its first report Stripe would deduplicate it, after that a row Stripe does
+    have would be counted twice.
 
     Standard output is one line: the re-driven ids, space-separated (a summary goes to
     standard error).
@@ -184,30 +187,42 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
     if plan.events:
         _append_to_intake(settings, plan.events)
     shards: set[int] = set()
-    if plan.rows:
+    if plan.rows or plan.reported_rows:
         with store.operator_transaction() as session:
             redriven = session.execute(
                 sa.update(_logs)
-                # Still failed: a concurrent retry (or a row changed meanwhile) is not re-driven twice.
-                .where(_logs.id.in_(plan.rows), _logs.status == models.UsageStatus.FAILED)
+                # Still in the state planned: a concurrent retry (or a row changed meanwhile)
+                # is not re-driven twice.
+                .where(
+                    sa.or_(
+                        sa.and_(_logs.id.in_(plan.rows), _logs.status == models.UsageStatus.FAILED),
+                        sa.and_(_logs.id.in_(plan.reported_rows), _logs.status == models.UsageStatus.REPORTED),
+                    )
+                )
                 # recorded_at restarts the clock the sweeper judges by, so this new attempt
                 # gets its own 24-hour window instead of being flagged again at once.
-                .values(status=models.UsageStatus.RECORDED, error=None, recorded_at=sa.func.now())
+                .values(
+                    status=models.UsageStatus.RECORDED, error=None, recorded_at=sa.func.now(), stripe_reported_at=None
+                )
                 .returning(_logs.id, _logs.organization_id)
             ).all()
-        plan.rows = [row.id for row in redriven]
+        changed = {row.id for row in redriven}
+        plan.rows = [row_id for row_id in plan.rows if row_id in changed]
+        plan.reported_rows = [row_id for row_id in plan.reported_rows if row_id in changed]
         shards = {shard_of(row.organization_id) for row in redriven}
         _wake_reporters(settings.broker_url, shards)
 
     for note in skipped:
         click.echo(note, err=True)
-    redriven_ids = [*map(str, plan.rows), *(str(event.id) for event in plan.events)]
+    redriven_ids = [*map(str, plan.rows), *map(str, plan.reported_rows), *(str(event.id) for event in plan.events)]
     if not redriven_ids:
         click.echo("Nothing to re-drive.", err=True)
         return
-    if plan.rows:
+    if plan.rows or plan.reported_rows:
+        kinds = [f"{len(plan.rows)} failed"] if plan.rows else []
+        kinds += [f"{len(plan.reported_rows)} reported (forced)"] if plan.reported_rows else []
         click.echo(
-            f"{len(plan.rows)} failed log row(s) back to recorded; reporter woken for shard(s) "
+            f"{' and '.join(kinds)} log row(s) back to recorded; reporter woken for shard(s) "
             f"{', '.join(map(str, sorted(shards)))}.",
             err=True,
         )
@@ -227,6 +242,14 @@ def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -
     for event_id in event_ids:
         log_row = logs.get(event_id)
         if log_row is not None:
+            if log_row.status == models.UsageStatus.REPORTED and force:
+                plan.reported_rows.append(event_id)
+                continue
+            if log_row.status == models.UsageStatus.REPORTED:
+                raise click.ClickException(
+                    f"Event {event_id} is reported, not failed; there is nothing to retry (only if `stripe reconcile` "
+                    "showed Stripe does not have it: --force)."
+                )
             if log_row.status != models.UsageStatus.FAILED:
                 raise click.ClickException(f"Event {event_id} is {log_row.status}, not failed; there is nothing to retry.")
             if log_row.error == RECONCILE_ERROR and not force:

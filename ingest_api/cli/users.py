@@ -1,11 +1,14 @@
-"""``users create``."""
+"""``users``: callers of the API and whom usage is attributed to, with their memberships."""
 
 from __future__ import annotations
 
+import uuid
+
 import click
+import sqlalchemy as sa
 from flask.cli import AppGroup
 
-from ingest_api.cli import parameters, store
+from ingest_api.cli import output, parameters, store
 from shared import models
 
 users_cli = AppGroup("users", help="Users (callers of the API, and whom usage is attributed to).")
@@ -24,3 +27,102 @@ def create_user(email: str, inactive: bool) -> None:
         session.add(user)
         session.flush()
     click.echo(user.id)
+
+
+@users_cli.command("list")
+@output.json_option
+def list_users(as_json: bool) -> None:
+    """List every user with its memberships and their roles."""
+    with store.operator_transaction() as session:
+        users = session.scalars(sa.select(models.User).order_by(models.User.email)).all()
+        by_user: dict[uuid.UUID, list[store.Membership]] = {}
+        for membership in store.memberships(session):
+            by_user.setdefault(membership.user_id, []).append(membership)
+    if as_json:
+        output.print_json(
+            {"users": [_user_json(user) | {"memberships": [m.as_json("user") for m in by_user.get(user.id, [])]}
+                       for user in users]}
+        )
+        return
+    if not users:
+        click.echo("No users.")
+        return
+    output.print_table(
+        ["ID", "ACTIVE", "CREATED_AT", "EMAIL", "MEMBERSHIPS"],
+        [
+            [
+                str(user.id), output.yes_no(user.is_active), output.time_text(user.created_at), user.email,
+                "; ".join(_membership_text(m) for m in by_user.get(user.id, [])) or "-",
+            ]
+            for user in users
+        ],
+    )
+
+
+@users_cli.command("show")
+@parameters.user_option()
+@output.json_option
+def show_user(user_id: uuid.UUID, as_json: bool) -> None:
+    """Show a user with its memberships and their roles."""
+    with store.operator_transaction() as session:
+        user = store.user_by_id(session, user_id)
+        memberships = store.memberships(session, models.OrganizationMembership.user_id == user_id)
+    if as_json:
+        output.print_json(_user_json(user) | {"memberships": [m.as_json("user") for m in memberships]})
+        return
+    output.print_fields(
+        f"User {user.id}",
+        [
+            ("email", user.email), ("active", output.yes_no(user.is_active)),
+            ("created at", output.time_text(user.created_at)),
+        ],
+    )
+    if not memberships:
+        click.echo("No memberships.")
+        return
+    click.echo(f"Memberships ({len(memberships)}):")
+    output.print_table(
+        ["MEMBERSHIP", "ACTIVE", "ORGANIZATION", "ORG_ACTIVE", "ROLES", "ORG_NAME"],
+        [
+            [
+                str(m.id), output.yes_no(m.active), str(m.organization_id), output.yes_no(m.organization_active),
+                ",".join(m.roles) or "-", m.organization_name,
+            ]
+            for m in memberships
+        ],
+    )
+
+
+@users_cli.command("activate")
+@parameters.user_option()
+def activate_user(user_id: uuid.UUID) -> None:
+    """Activate a user: it may call the API again (with its roles); print its id."""
+    store.set_active(_locked(user_id), True, f"User {user_id}")
+
+
+@users_cli.command("deactivate")
+@parameters.user_option()
+def deactivate_user(user_id: uuid.UUID) -> None:
+    """Deactivate a user: its JWTs and App Passwords are refused; print its id. Usage
+    already accepted for it is still billed."""
+    store.set_active(_locked(user_id), False, f"User {user_id}")
+
+
+def _locked(user_id: uuid.UUID):
+    return lambda session: store.user_by_id(session, user_id, lock=True)
+
+
+def _user_json(user: models.User) -> dict:
+    return {
+        "id": str(user.id), "email": user.email, "active": user.is_active,
+        "created_at": output.time_text(user.created_at),
+    }
+
+
+def _membership_text(membership: store.Membership) -> str:
+    inactive = [
+        what for what, active in (("membership", membership.active), ("organization", membership.organization_active))
+        if not active
+    ]
+    state = f" [inactive {' and '.join(inactive)}]" if inactive else ""
+    return f"{membership.organization_name} ({','.join(membership.roles) or 'no roles'}){state}"
