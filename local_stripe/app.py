@@ -411,7 +411,7 @@ def _matches(event: dict[str, Any], query: dict[str, Any]) -> bool:
 
 def _page_url(query: dict[str, Any], **cursor: str) -> str:
     """A v2 list page: an opaque token carrying the query and ``after`` or ``before`` an id."""
-    token = base64.urlsafe_b64encode(json.dumps({**query, **cursor}).encode()).decode()
+    token = base64.urlsafe_b64encode(json.dumps({**query, **cursor}).encode()).decode().rstrip("=")
     return f"/v2/core/events?page={token}"
 
 
@@ -419,8 +419,9 @@ def _decode_page(params: dict[str, Any]) -> dict[str, Any]:
     if set(params) != {"page"}:
         raise StripeError(400, "Invalid page: it carries the list's parameters; send it alone.", param="page")
     try:
-        query = json.loads(base64.urlsafe_b64decode(params["page"].encode()))
-    except (ValueError, binascii.Error, AttributeError):
+        token = params["page"]
+        query = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error, TypeError):
         query = None
     keys = {"types", "object_id", "created", "limit"}
     if not isinstance(query, dict) or not keys <= set(query) <= keys | {"after", "before"}:

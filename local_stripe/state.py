@@ -194,7 +194,8 @@ class Store:
     def customer_exists(self, customer_id: str) -> bool:
         """Created and not deleted."""
         with self._lock:
-            return not self._customers.get(customer_id, {"deleted": True}).get("deleted")
+            customer = self._customers.get(customer_id)
+            return customer is not None and not customer.get("deleted")
 
     def delete_customer(self, customer_id: str) -> dict[str, Any] | None:
         """The deleted form, or None if there is no such (undeleted) customer."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -40,7 +40,7 @@ class _ThreadedServer:
         self._server.server_close()
         self._thread.join()
 
-    def __enter__(self):  # noqa: ANN204 - the subclass
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
