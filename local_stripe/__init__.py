@@ -5,7 +5,9 @@ The real ``stripe`` SDK works against it unchanged::
     client = stripe.StripeClient("sk_test_...", base_addresses={"api": url, "meter_events": url})
 
 Modules: ``app`` (routes), ``pipeline`` (what every Stripe call goes through), ``events``
-(meter event validation), ``state`` (the in-memory store), ``faults`` (fault injection),
-``wire`` (Stripe's wire formats), ``testing`` (a server in a thread for tests),
-``__main__`` (``python -m local_stripe``).
+(meter event validation rules), ``validator`` (the v2 stream's asynchronous validation and
+its error reports), ``webhooks`` (signed delivery to the event destination), ``state`` (the
+in-memory store), ``account`` (store, settings and background threads together),
+``faults`` (fault injection and settings), ``wire`` (Stripe's wire formats), ``testing``
+(servers in threads for tests), ``__main__`` (``python -m local_stripe``).
 """

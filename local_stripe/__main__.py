@@ -1,30 +1,68 @@
-"""``python -m local_stripe [--host 127.0.0.1] [--port 12111]``: serve until interrupted.
+"""``python -m local_stripe [--host 127.0.0.1] [--port 12111] [--validation-delay-seconds S]
+[--webhook-url URL] [--webhook-secret whsec_...]``: serve until interrupted.
 
 Logs one line per request (werkzeug's access log). Point the Stripe SDK at it with
 ``base_addresses={"api": URL, "meter_events": URL}`` and any ``sk_test_...`` key.
+
+The last three options default to the environment variables
+``LOCAL_STRIPE_VALIDATION_DELAY_SECONDS``, ``LOCAL_STRIPE_WEBHOOK_URL`` and
+``LOCAL_STRIPE_WEBHOOK_SECRET``; they are the server's defaults for the settings of the
+same names (``faults.py``), which ``/_local/faults`` can change and ``/_local/reset``
+puts back.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from werkzeug.serving import make_server
 
-from local_stripe.app import create_app
+from local_stripe.app import create_app, state_of
 
 log = logging.getLogger("local_stripe")
+
+ENVIRONMENT = {
+    "validation_delay_seconds": "LOCAL_STRIPE_VALIDATION_DELAY_SECONDS",
+    "webhook_url": "LOCAL_STRIPE_WEBHOOK_URL",
+    "webhook_secret": "LOCAL_STRIPE_WEBHOOK_SECRET",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="local-stripe", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12111)
+    parser.add_argument(
+        "--validation-delay-seconds",
+        type=float,
+        default=os.environ.get(ENVIRONMENT["validation_delay_seconds"]),
+        help="judge v2 stream events this long after receipt (default 1; 0: before answering)",
+    )
+    parser.add_argument(
+        "--webhook-url",
+        default=os.environ.get(ENVIRONMENT["webhook_url"]),
+        help="POST v2 events (thin) here (default: nowhere)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=os.environ.get(ENVIRONMENT["webhook_secret"]),
+        help="sign them with this whsec_... secret (default whsec_local_stripe)",
+    )
     args = parser.parse_args(argv)
+    settings = {name: getattr(args, name) for name in ENVIRONMENT if getattr(args, name) not in (None, "")}
+    try:
+        app = create_app(**settings)
+    except ValueError as error:
+        parser.error(str(error))
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    server = make_server(args.host, args.port, create_app(), threaded=True)
+    server = make_server(args.host, args.port, app, threaded=True)
     log.info("local Stripe server listening on http://%s:%d", args.host, server.server_port)
+    faults = state_of(app).faults.snapshot()
+    if faults["webhook_url"]:
+        log.info("sending v2 events to %s, signed with %s", faults["webhook_url"], faults["webhook_secret"])
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -5,13 +5,20 @@ Stripe routes (the real ``stripe`` SDK works against them unchanged; point both 
 
 * ``POST /v1/billing/meter_events`` - synchronous meter event (form-encoded, secret key).
 * ``POST /v2/billing/meter_event_session`` - session with a short-lived token (JSON).
-* ``POST /v2/billing/meter_event_stream`` - up to 100 events (JSON, session token).
+* ``POST /v2/billing/meter_event_stream`` - up to 100 events (JSON, session token),
+  validated asynchronously (``validator.py``).
 * ``POST /v1/billing/meters``, ``GET /v1/billing/meters[?status=]``,
   ``GET /v1/billing/meters/{id}``, ``POST /v1/billing/meters/{id}/deactivate|reactivate``,
   ``GET /v1/billing/meters/{id}/event_summaries``.
+* ``POST /v1/customers``, ``GET /v1/customers[?email=]``, ``GET|DELETE /v1/customers/{id}``.
+* ``GET /v2/core/events[?types=&object_id=&created[gt|gte|lt|lte]=&limit=]``,
+  ``GET /v2/core/events/{id}`` - the meter error reports, also sent to the event
+  destination (``webhooks.py``).
 
 Local routes (not Stripe; see ``faults.py`` for the settings):
-``GET /_local/meter_events``, ``POST /_local/reset``, ``GET|POST /_local/faults``.
+``GET /_local/meter_events[?status=valid|pending|invalid]``, ``POST /_local/customers``
+(a customer with a chosen id), ``POST /_local/validate`` (judge every pending v2 event
+now), ``POST /_local/reset``, ``GET|POST /_local/faults``.
 
 Every Stripe call runs: injected failure -> authentication -> idempotency key -> endpoint
 -> injected latency (taken once; meter-event endpoints take it inside their customer
@@ -19,40 +26,59 @@ claims). Every answer carries a ``Request-Id`` header.
 
 Where this server knowingly differs from Stripe (so tests stay simple and deterministic):
 
-* Meter events are validated synchronously, v2 stream included: a bad event refuses the
-  whole stream call with 400 and nothing is stored. Stripe accepts v2 events and reports
-  invalid ones later (``v1.billing.meter.error_report_triggered``); the error codes used
-  here are that report's (``meter_event_no_customer_defined``, ``meter_event_value_not_numeric``,
-  ``timestamp_too_far_in_past``, ``timestamp_in_future``, ``archived_meter``).
+* v2 stream events are judged ``validation_delay_seconds`` (default 1 s) after receipt,
+  against the account as it is then (a meter or customer created meanwhile counts), with
+  timestamps judged against receipt. Stripe's delay is unspecified and its reports cover
+  windows of its choosing; here each validation pass emits its own reports, one per
+  meter plus one ``no_meter_found``. The reports' codes and ``data`` follow Stripe's
+  documentation; their error messages are this server's (Stripe documents few).
+* v1 meter events are judged in the request with the same rules and codes (400), except
+  that a missing meter or customer is ``resource_missing``; Stripe does not document its
+  v1 codes for these cases. Values with decimals are accepted (Stripe documents whole
+  numbers only).
 * Identifiers are unique across v1 and v2 for the server's lifetime (Stripe: a rolling
-  24 h at least). v1: a known identifier answers 400 ``resource_already_exists``. v2:
-  an event whose identifier is known (from an earlier call or earlier in the same
-  call) is dropped silently and never counted twice; the call still answers ``{}``.
-* The first event for an ``event_name`` without a meter creates a sum meter for it
-  (Stripe would drop such events and report ``no_meter``).
-* Summaries are computed at once (Stripe: eventually consistent). With a grouping window
-  only windows that have events are listed, newest first.
+  24 h at least), among events that are valid or still pending; an event dropped as
+  invalid frees its identifier, so a corrected resend counts. v1: a known identifier
+  answers 400 ``resource_already_exists``. v2: an event whose identifier is known (from an
+  earlier call or earlier in the same call) is dropped silently; the call still answers
+  ``{}``.
+* Summaries count valid events at once (Stripe: eventually consistent). With a grouping
+  window only windows that have events are listed, newest first.
 * Idempotency keys are one global namespace and never expire; an answer is stored for
   replay only once the endpoint ran (success, or ``resource_already_exists``), never for
   validation errors, injected faults, or 429s, so a retry runs the request again.
+* Customers hold only their basic fields (name, email, description, phone, metadata).
+* v2 events are the two meter error report types only, kept for the server's lifetime
+  (Stripe: 30 days). List pages are ``page`` tokens that carry the filters, so ``page``
+  takes no other parameter. A ``no_meter_found`` event's ``related_object`` is null.
+* One event destination for all event types, thin payloads only; a failed delivery is
+  retried 4 times within about 8 s (Stripe: for up to 3 days).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import operator
 import secrets
 import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 
-from local_stripe.events import parse_event, v1_name, v2_namer
+from local_stripe.account import LocalStripe
+from local_stripe.events import Problem, customer_of, judge, parse_event, v1_name, v2_namer
 from local_stripe.pipeline import answer, current_state, customer_calls, request_params, stripe_api
-from local_stripe.state import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, LocalStripe, new_meter
-from local_stripe.wire import StripeError, missing, new_id, reject_unknown, rfc3339
+from local_stripe.state import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, new_customer, new_meter
+from local_stripe.wire import StripeError, missing, new_id, parse_rfc3339, reject_unknown, rfc3339
 
 MAX_STREAM_EVENTS = 100
 WINDOWS = {"hour": 3600, "day": 86400}
 FORMULAS = ("count", "last", "sum")
+CUSTOMER_FIELDS = ("name", "email", "description", "phone", "metadata")
+MAX_EVENT_TYPES = 20
+CREATED_BOUNDS = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
 
 bp = Blueprint("local_stripe", __name__)
 
@@ -62,9 +88,12 @@ def state_of(app: Flask) -> LocalStripe:
     return app.extensions["local_stripe"]
 
 
-def create_app() -> Flask:
+def create_app(**settings: Any) -> Flask:
+    """The app, its validator and webhook threads started; ``settings`` are the defaults
+    of ``faults.py``'s settings."""
     app = Flask(__name__)
-    app.extensions["local_stripe"] = LocalStripe()
+    state = app.extensions["local_stripe"] = LocalStripe(**settings)
+    state.start()
     app.register_blueprint(bp)
     return app
 
@@ -90,10 +119,14 @@ def _add_request_id(response: Response) -> Response:
 def create_meter_event() -> dict[str, Any]:
     params = request_params()
     reject_unknown(params, ("event_name", "payload", "identifier", "timestamp", "expand"))
-    event = parse_event(params, via="v1", name=v1_name, now=time.time(), meter_for=current_state().store.meter_for)
-    with customer_calls([(event.customer, event.event_name)]):
-        current_state().store.record([event], duplicates="reject")
-    return event.v1_object()
+    store = current_state().store
+    event = parse_event(params, via="v1", name=v1_name, now=time.time())
+    verdict = judge(event, meter=store.meter_for(event.event_name), customer_exists=store.customer_exists)
+    if isinstance(verdict, Problem):
+        raise verdict.v1_error()
+    with customer_calls([(verdict.customer, verdict.event_name)]):
+        store.record([verdict], duplicates="reject")
+    return verdict.v1_object()
 
 
 @bp.post("/v2/billing/meter_event_session")
@@ -137,11 +170,13 @@ def create_meter_event_stream() -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise StripeError(400, f"Invalid {prefix}: must be an object.", param=prefix)
         reject_unknown(raw, ("event_name", "payload", "identifier", "timestamp"), prefix=f"{prefix}.")
-        parsed.append(
-            parse_event(raw, via="v2", name=v2_namer(prefix), now=now, meter_for=current_state().store.meter_for)
-        )
-    with customer_calls({(event.customer, event.event_name) for event in parsed}):
-        current_state().store.record(parsed, duplicates="skip")
+        parsed.append(parse_event(raw, via="v2", name=v2_namer(prefix), now=now))
+    # Only the shape is checked here; the validator judges the events later.
+    store = current_state().store
+    claims = {(customer_of(event, store.meter_for(event.event_name)) or "", event.event_name) for event in parsed}
+    with customer_calls(claims):
+        store.record(parsed, duplicates="skip", pending=True)
+    current_state().validator.received()
     return {}
 
 
@@ -287,6 +322,148 @@ def list_event_summaries(meter_id: str) -> dict[str, Any]:
     return _page(summaries, params, f"/v1/billing/meters/{meter_id}/event_summaries")
 
 
+# -- customers ------------------------------------------------------------------------
+
+
+def _customer_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The customer fields given (``metadata`` must be an object)."""
+    _object_param(params, "metadata")
+    return {name: params[name] for name in CUSTOMER_FIELDS if params.get(name) not in (None, "")}
+
+
+def _no_such_customer(customer_id: str) -> StripeError:
+    return StripeError(404, f"No such customer: '{customer_id}'", code="resource_missing", param="id")
+
+
+@bp.post("/v1/customers")
+@stripe_api("secret")
+def create_customer() -> dict[str, Any]:
+    params = request_params()
+    reject_unknown(params, (*CUSTOMER_FIELDS, "expand"))
+    return current_state().store.add_customer(new_customer(**_customer_fields(params)))
+
+
+@bp.get("/v1/customers")
+@stripe_api("secret")
+def list_customers() -> dict[str, Any]:
+    params = request_params()
+    reject_unknown(params, ("email", "limit", "starting_after", "ending_before", "expand"))
+    return _page(current_state().store.customers(params.get("email") or None), params, "/v1/customers")
+
+
+@bp.get("/v1/customers/<customer_id>")
+@stripe_api("secret")
+def retrieve_customer(customer_id: str) -> dict[str, Any]:
+    """A deleted customer answers its deleted form, as at Stripe."""
+    customer = current_state().store.customer(customer_id)
+    if customer is None:
+        raise _no_such_customer(customer_id)
+    return customer
+
+
+@bp.delete("/v1/customers/<customer_id>")
+@stripe_api("secret")
+def delete_customer(customer_id: str) -> dict[str, Any]:
+    deleted = current_state().store.delete_customer(customer_id)
+    if deleted is None:
+        raise _no_such_customer(customer_id)
+    return deleted
+
+
+# -- v2 events ------------------------------------------------------------------------
+
+
+def _event_query(params: dict[str, Any]) -> dict[str, Any]:
+    """The list filters and page size, checked: types (up to 20), object_id, created
+    bounds (RFC 3339, kept as Unix seconds), limit (1-100, default 20)."""
+    types = params.get("types")
+    if isinstance(types, dict):  # the SDK sends types[0]=...&types[1]=...
+        types = list(types.values())
+    elif isinstance(types, str):
+        types = request.args.getlist("types")
+    if types is not None and not 1 <= len(types) <= MAX_EVENT_TYPES:
+        raise StripeError(400, f"Invalid types: give 1 to {MAX_EVENT_TYPES} event types.", param="types")
+    created = _object_param(params, "created")
+    reject_unknown(created, CREATED_BOUNDS, prefix="created.")
+    bounds = {}
+    for bound, text in created.items():
+        try:
+            bounds[bound] = parse_rfc3339(text)
+        except (TypeError, ValueError, AttributeError):
+            raise StripeError(
+                400, f"Invalid created.{bound}: must be an RFC 3339 date-time.", param=f"created.{bound}"
+            ) from None
+    limit = _int_param(params, "limit", default=20)
+    if not 1 <= limit <= 100:
+        raise StripeError(400, "Invalid limit: must be between 1 and 100.", param="limit")
+    return {"types": types, "object_id": params.get("object_id") or None, "created": bounds, "limit": limit}
+
+
+def _matches(event: dict[str, Any], query: dict[str, Any]) -> bool:
+    related = event["related_object"] or {}
+    created = parse_rfc3339(event["created"])
+    return (
+        (query["types"] is None or event["type"] in query["types"])
+        and query["object_id"] in (None, related.get("id"))
+        and all(CREATED_BOUNDS[bound](created, value) for bound, value in query["created"].items())
+    )
+
+
+def _page_url(query: dict[str, Any], **cursor: str) -> str:
+    """A v2 list page: an opaque token carrying the query and ``after`` or ``before`` an id."""
+    token = base64.urlsafe_b64encode(json.dumps({**query, **cursor}).encode()).decode().rstrip("=")
+    return f"/v2/core/events?page={token}"
+
+
+def _decode_page(params: dict[str, Any]) -> dict[str, Any]:
+    if set(params) != {"page"}:
+        raise StripeError(400, "Invalid page: it carries the list's parameters; send it alone.", param="page")
+    try:
+        token = params["page"]
+        query = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error, TypeError):
+        query = None
+    keys = {"types", "object_id", "created", "limit"}
+    if not isinstance(query, dict) or not keys <= set(query) <= keys | {"after", "before"}:
+        raise StripeError(400, "Invalid page token.", param="page")
+    return query
+
+
+@bp.get("/v2/core/events")
+@stripe_api("secret")
+def list_core_events() -> dict[str, Any]:
+    """Newest first, ``limit`` a page, with the next and previous pages' URLs (or null)."""
+    params = request_params()
+    reject_unknown(params, ("types", "object_id", "created", "limit", "page"))
+    query = _decode_page(params) if "page" in params else _event_query(params)
+    cursor = {key: query.pop(key) for key in ("after", "before") if key in query}
+    events = [event for event in current_state().store.core_events() if _matches(event, query)]
+    ids = [event["id"] for event in events]
+    if any(cursor_id not in ids for cursor_id in cursor.values()):
+        raise StripeError(400, "Invalid page: its position no longer exists.", param="page")
+    if "before" in cursor:
+        end = ids.index(cursor["before"])
+        start = max(0, end - query["limit"])
+    else:
+        start = ids.index(cursor["after"]) + 1 if "after" in cursor else 0
+        end = start + query["limit"]
+    page = events[start:end]
+    return {
+        "data": page,
+        "next_page_url": _page_url(query, after=page[-1]["id"]) if page and end < len(events) else None,
+        "previous_page_url": _page_url(query, before=page[0]["id"]) if page and start > 0 else None,
+    }
+
+
+@bp.get("/v2/core/events/<event_id>")
+@stripe_api("secret")
+def retrieve_core_event(event_id: str) -> dict[str, Any]:
+    event = current_state().store.core_event(event_id)
+    if event is None:
+        raise StripeError(404, f"No such event: '{event_id}'", code="resource_missing", param="id")
+    return event
+
+
 # -- errors outside the endpoints -------------------------------------------------------
 
 
@@ -308,18 +485,54 @@ def _internal_error(error: Exception) -> Response:
     return answer(StripeError(500, "An unknown error occurred.", type="api_error").body(), 500)
 
 
-# -- local inspection and fault injection (not Stripe) --------------------------------------
+# -- local inspection, test set-up and fault injection (not Stripe) ----------------------
+
+
+def _local_error(message: str) -> Response:
+    return answer({"error": {"type": "invalid_request_error", "message": message}}, 400)
 
 
 @bp.get("/_local/meter_events")
-def local_meter_events() -> dict[str, Any]:
-    """Every accepted meter event, oldest first."""
-    return {"object": "list", "data": [event.listing() for event in current_state().store.events()]}
+def local_meter_events() -> Response | dict[str, Any]:
+    """Meter events, oldest first: ``status`` valid (default; what summaries count),
+    pending (v2, not yet judged) or invalid (dropped, with ``error_code`` and ``error_message``)."""
+    status = request.args.get("status", "valid")
+    if status not in ("valid", "pending", "invalid"):
+        return _local_error("status must be valid, pending or invalid")
+    return {"object": "list", "data": current_state().store.meter_events(status)}
+
+
+@bp.post("/_local/customers")
+def local_create_customer() -> Response | dict[str, Any]:
+    """A customer with a chosen id (JSON ``{"id": "cus_...", "name"?, "email"?, ...}``);
+    answers the existing one if that id is taken by a customer not deleted."""
+    params = request.get_json(silent=True)
+    if not isinstance(params, dict) or not isinstance(params.get("id"), str) or not params["id"]:
+        return _local_error('Send a JSON object with an "id".')
+    unknown = set(params) - {"id", *CUSTOMER_FIELDS}
+    if unknown:
+        return _local_error(f"unknown customer fields: {', '.join(sorted(unknown))}")
+    store = current_state().store
+    if store.customer_exists(params["id"]):
+        return store.customer(params["id"])
+    try:
+        # Taken by a deleted customer: refused, as Stripe never reuses an id.
+        return store.add_customer(new_customer(params["id"], **_customer_fields(params)))
+    except StripeError as error:
+        return _local_error(error.message)
+
+
+@bp.post("/_local/validate")
+def local_validate() -> dict[str, Any]:
+    """Judge every pending v2 event now (reports included), instead of after the delay."""
+    current_state().validator.validate()
+    return {"validated": True}
 
 
 @bp.post("/_local/reset")
 def local_reset() -> dict[str, Any]:
-    """Forget events, meters, sessions, idempotency keys; faults back to defaults."""
+    """Forget everything (customers, meters, meter and v2 events, sessions, idempotency keys,
+    deliveries not yet made); settings back to the server's defaults."""
     current_state().reset()
     return {"reset": True}
 
@@ -334,8 +547,8 @@ def local_set_faults() -> Response | dict[str, Any]:
     """Change some settings (JSON object); answers all settings, or 400 naming the bad one."""
     changes = request.get_json(silent=True)
     if not isinstance(changes, dict):
-        return answer({"error": {"type": "invalid_request_error", "message": "Send a JSON object."}}, 400)
+        return _local_error("Send a JSON object.")
     try:
-        return current_state().faults.update(changes)
+        return current_state().update_settings(changes)
     except ValueError as error:
-        return answer({"error": {"type": "invalid_request_error", "message": str(error)}}, 400)
+        return _local_error(str(error))

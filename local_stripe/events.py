@@ -1,26 +1,42 @@
 """Meter event validation, shared by v1 (form, one event) and v2 (JSON, a stream of events).
 
-Stripe's rules: ``event_name`` (<= 100 chars) and ``payload`` required; the payload holds
-strings, among them the meter's customer key (default ``stripe_customer_id``) and a
-numeric value under its value key (default ``value``; optional for count meters);
-``identifier`` optional (a UUID is generated), <= 100 chars; ``timestamp`` optional
-(now), within the past 35 days and at most 5 minutes ahead. Events for an inactive meter
-are refused (``archived_meter``).
+Two stages, as at Stripe:
+
+* ``parse_event`` checks the request's shape: ``event_name`` (<= 100 chars) and ``payload``
+  (a map of strings) required; ``identifier`` optional (a UUID is generated), <= 100 chars;
+  ``timestamp`` optional (receipt time), Unix seconds for v1, RFC 3339 for v2. A bad shape
+  refuses the call, v1 and v2 alike.
+* ``judge`` checks the event against the account, in this order: a meter for its
+  ``event_name`` (``no_meter``), that meter active (``archived_meter``), the meter's customer
+  key in the payload (``meter_event_no_customer_defined``) naming a customer that exists and
+  is not deleted (``meter_event_customer_not_found``), a value under the meter's value key
+  (``meter_event_value_not_found``; optional for count meters) that is a number
+  (``meter_event_invalid_value``) of at most 15 significant digits
+  (``meter_event_value_too_many_digits``), and a timestamp at most 35 days before receipt
+  (``timestamp_too_far_in_past``) and 5 minutes after it (``timestamp_in_future``).
+
+The codes are those of Stripe's asynchronous error reports. The v1 endpoint judges in the
+request and answers a 400 with the same code and message, except that a missing meter or
+customer is ``resource_missing``, as v1 names every missing object. The v2 stream judges
+later (``validator.py``) and reports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from local_stripe.state import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, MeterEvent
+from local_stripe.state import DEFAULT_CUSTOMER_KEY, MeterEvent
 from local_stripe.wire import StripeError, missing, parse_rfc3339
 
 MAX_NAME_LENGTH = 100
+MAX_VALUE_DIGITS = 15
 PAST_LIMIT_SECONDS = 35 * 24 * 3600
 FUTURE_LIMIT_SECONDS = 5 * 60
+V1_CODES = {"no_meter": "resource_missing", "meter_event_customer_not_found": "resource_missing"}
 
 
 def v1_name(*path: str) -> str:
@@ -33,23 +49,21 @@ def v2_namer(prefix: str) -> Callable[..., str]:
     return lambda *path: ".".join((prefix, *path))
 
 
-def _is_number(text: str) -> bool:
-    try:
-        return Decimal(text).is_finite()
-    except InvalidOperation:
-        return False
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Why ``judge`` finds an event invalid: the error report's code and message, and the
+    parameter path it concerns (a v1 error's ``param``)."""
+
+    code: str
+    message: str
+    path: tuple[str, ...]
+
+    def v1_error(self) -> StripeError:
+        return StripeError(400, self.message, code=V1_CODES.get(self.code, self.code), param=v1_name(*self.path))
 
 
-def parse_event(
-    raw: dict[str, Any],
-    *,
-    via: str,
-    name: Callable[..., str],
-    now: float,
-    meter_for: Callable[[str], dict[str, Any] | None],
-) -> MeterEvent:
-    """Validate one meter event like Stripe and read it through its meter (``meter_for``
-    its event_name; None: the default keys and a sum).
+def parse_event(raw: dict[str, Any], *, via: str, name: Callable[..., str], now: float) -> MeterEvent:
+    """Check one meter event's shape like Stripe; the event, received at ``now``.
 
     ``via`` is "v1" (Unix-seconds timestamp) or "v2" (RFC 3339); ``name`` spells a
     parameter path the way that API version does, for the error's ``param``.
@@ -66,42 +80,6 @@ def parse_event(
         raise missing(name("payload"))
     if not isinstance(payload, dict) or not all(isinstance(v, str) for v in payload.values()):
         raise StripeError(400, f"Invalid {name('payload')}: must be a map of strings.", param=name("payload"))
-
-    meter = meter_for(event_name)
-    if meter is not None and meter["status"] != "active":
-        raise StripeError(
-            400,
-            f"The meter {meter['id']} for event_name {event_name!r} is inactive.",
-            code="archived_meter",
-            param=name("event_name"),
-        )
-    customer_key = meter["customer_mapping"]["event_payload_key"] if meter else DEFAULT_CUSTOMER_KEY
-    value_key = meter["value_settings"]["event_payload_key"] if meter else DEFAULT_VALUE_KEY
-    formula = meter["default_aggregation"]["formula"] if meter else "sum"
-
-    customer = payload.get(customer_key)
-    if not customer:
-        raise StripeError(
-            400,
-            f"Customer mapping key {customer_key} not found in payload.",
-            code="meter_event_no_customer_defined",
-            param=name("payload", customer_key),
-        )
-    value = payload.get(value_key)
-    if value is None and formula != "count":
-        raise StripeError(
-            400,
-            f"Value key {value_key} not found in payload.",
-            code="meter_event_invalid_value",
-            param=name("payload", value_key),
-        )
-    if value is not None and not _is_number(value):
-        raise StripeError(
-            400,
-            f"Value for key {value_key} must be a number, got {value!r}.",
-            code="meter_event_value_not_numeric",
-            param=name("payload", value_key),
-        )
 
     identifier = raw.get("identifier") or str(uuid.uuid4())
     if not isinstance(identifier, str) or len(identifier) > MAX_NAME_LENGTH:
@@ -126,28 +104,83 @@ def parse_event(
             raise StripeError(
                 400, f"Invalid {name('timestamp')}: must be an RFC 3339 date-time.", param=name("timestamp")
             ) from None
-    if timestamp < now - PAST_LIMIT_SECONDS:
-        raise StripeError(
-            400,
-            "The timestamp must be within the past 35 calendar days.",
-            code="timestamp_too_far_in_past",
-            param=name("timestamp"),
-        )
-    if timestamp > now + FUTURE_LIMIT_SECONDS:
-        raise StripeError(
-            400,
-            "The timestamp must not be more than 5 minutes in the future.",
-            code="timestamp_in_future",
-            param=name("timestamp"),
-        )
     return MeterEvent(
         identifier=identifier,
         event_name=event_name,
         payload=dict(payload),
-        customer=customer,
-        value=value,
         timestamp=timestamp,
         via=via,
         created=int(now),
         received_at=now,
     )
+
+
+def customer_of(event: MeterEvent, meter: dict[str, Any] | None) -> str | None:
+    """The customer the payload names through ``meter``'s key (the default key without one)."""
+    key = meter["customer_mapping"]["event_payload_key"] if meter else DEFAULT_CUSTOMER_KEY
+    return event.payload.get(key) or None
+
+
+def _number(text: str) -> Decimal | None:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def judge(
+    event: MeterEvent, *, meter: dict[str, Any] | None, customer_exists: Callable[[str], bool]
+) -> MeterEvent | Problem:
+    """The event with its customer and value read through ``meter`` (the one its
+    event_name goes to, or None), or the first ``Problem`` found; times are judged
+    against the event's receipt."""
+    if meter is None:
+        return Problem("no_meter", f"No meter was found matching event_name {event.event_name}.", ("event_name",))
+    if meter["status"] != "active":
+        return Problem(
+            "archived_meter",
+            f"The meter {meter['id']} for event_name {event.event_name!r} is inactive.",
+            ("event_name",),
+        )
+    customer_key = meter["customer_mapping"]["event_payload_key"]
+    customer = customer_of(event, meter)
+    if customer is None:
+        return Problem(
+            "meter_event_no_customer_defined",
+            f"Customer mapping key {customer_key} not found in payload.",
+            ("payload", customer_key),
+        )
+    if not customer_exists(customer):
+        return Problem("meter_event_customer_not_found", f"No such customer: '{customer}'", ("payload", customer_key))
+
+    value_key = meter["value_settings"]["event_payload_key"]
+    value = event.payload.get(value_key)
+    if value is None and meter["default_aggregation"]["formula"] != "count":
+        return Problem(
+            "meter_event_value_not_found", f"Value key {value_key} not found in payload.", ("payload", value_key)
+        )
+    if value is not None:
+        number = _number(value)
+        if number is None:
+            return Problem(
+                "meter_event_invalid_value",
+                f"Value for key {value_key} must be a number, got {value!r}.",
+                ("payload", value_key),
+            )
+        if len(number.as_tuple().digits) > MAX_VALUE_DIGITS:
+            return Problem(
+                "meter_event_value_too_many_digits",
+                f"The value in the event payload can have at most {MAX_VALUE_DIGITS} digits. Received {value}.",
+                ("payload", value_key),
+            )
+
+    if event.timestamp < event.received_at - PAST_LIMIT_SECONDS:
+        return Problem(
+            "timestamp_too_far_in_past", "The timestamp must be within the past 35 calendar days.", ("timestamp",)
+        )
+    if event.timestamp > event.received_at + FUTURE_LIMIT_SECONDS:
+        return Problem(
+            "timestamp_in_future", "The timestamp must not be more than 5 minutes in the future.", ("timestamp",)
+        )
+    return dataclasses.replace(event, customer=customer, value=value)

@@ -1,6 +1,7 @@
 """Fault injection and tunables for the local Stripe server (not part of Stripe's API).
 
-Settings (all optional in an update; ``GET``/``POST /_local/faults`` show and change them):
+Settings (all optional in an update; ``GET``/``POST /_local/faults`` show and change them;
+``/_local/reset`` puts back the values the server started with, see ``__main__``):
 
 ``fail_next`` (int) / ``status`` (429 or 5xx)
     The next ``fail_next`` Stripe API calls answer ``status`` with a Stripe error body and
@@ -15,6 +16,13 @@ Settings (all optional in an update; ``GET``/``POST /_local/faults`` show and ch
 ``session_ttl_seconds`` (number)
     Lifetime of v2 meter event sessions created from now on (Stripe: 15 minutes). 0 makes
     new sessions expire at once.
+``validation_delay_seconds`` (number, default 1)
+    How long after its receipt a v2 stream event is validated (``validator.py``). 0
+    validates before the stream call answers (still ``{}``, still reported by event), so
+    tests see the outcome at once.
+``webhook_url`` (http(s) URL or null, default null) / ``webhook_secret`` (``whsec_...``)
+    The event destination: where v2 events are POSTed as thin events, and the secret
+    they are signed with (``webhooks.py``). Without a URL events are only listed.
 """
 
 from __future__ import annotations
@@ -27,15 +35,20 @@ from typing import Any
 from local_stripe.wire import StripeError
 
 DEFAULT_SESSION_TTL_SECONDS = 15 * 60
+DEFAULT_VALIDATION_DELAY_SECONDS = 1.0
+DEFAULT_WEBHOOK_SECRET = "whsec_local_stripe"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class FaultSettings:
     fail_next: int = 0
     status: int = 500
     latency_ms: float = 0
     one_call_per_customer: bool = False
     session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
+    validation_delay_seconds: float = DEFAULT_VALIDATION_DELAY_SECONDS
+    webhook_url: str | None = None
+    webhook_secret: str = DEFAULT_WEBHOOK_SECRET
 
 
 def _check(name: str, value: Any) -> Any:
@@ -43,6 +56,14 @@ def _check(name: str, value: Any) -> Any:
     if name == "one_call_per_customer":
         if not isinstance(value, bool):
             raise ValueError("one_call_per_customer must be true or false")
+        return value
+    if name == "webhook_url":
+        if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
+            raise ValueError("webhook_url must be an http(s) URL or null")
+        return value
+    if name == "webhook_secret":
+        if not (isinstance(value, str) and value.startswith("whsec_") and len(value) > len("whsec_")):
+            raise ValueError("webhook_secret must be a string starting with whsec_")
         return value
     # bool is an int in Python; a JSON true is never a count or a duration here.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -56,24 +77,33 @@ def _check(name: str, value: Any) -> Any:
     return value
 
 
-class Faults:
-    """The current settings, guarded by their own lock; ``take_failure`` consumes them."""
+def _checked(changes: Mapping[str, Any]) -> dict[str, Any]:
+    known = {field.name for field in dataclasses.fields(FaultSettings)}
+    for name in changes:
+        if name not in known:
+            raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
+    return {name: _check(name, value) for name, value in changes.items()}
 
-    def __init__(self) -> None:
+
+class Faults:
+    """The current settings, guarded by their own lock; ``take_failure`` consumes them.
+
+    ``defaults`` (checked like an update) are what ``reset`` returns to, so a server started
+    with a webhook URL or another validation delay keeps them across test resets.
+    """
+
+    def __init__(self, **defaults: Any) -> None:
         self._lock = threading.Lock()
-        self._settings = FaultSettings()
+        self._defaults = dataclasses.replace(FaultSettings(), **_checked(defaults))
+        self._settings = self._defaults
 
     def reset(self) -> None:
         with self._lock:
-            self._settings = FaultSettings()
+            self._settings = self._defaults
 
     def update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply some settings at once (all or none); ValueError names the first bad one."""
-        known = {field.name for field in dataclasses.fields(FaultSettings)}
-        for name in changes:
-            if name not in known:
-                raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
-        checked = {name: _check(name, value) for name, value in changes.items()}
+        checked = _checked(changes)
         with self._lock:
             self._settings = dataclasses.replace(self._settings, **checked)
             return dataclasses.asdict(self._settings)
@@ -83,26 +113,33 @@ class Faults:
             return dataclasses.asdict(self._settings)
 
     @property
-    def latency_seconds(self) -> float:
+    def current(self) -> FaultSettings:
+        """All settings at once (an immutable copy)."""
         with self._lock:
-            return self._settings.latency_ms / 1000
+            return self._settings
+
+    @property
+    def latency_seconds(self) -> float:
+        return self.current.latency_ms / 1000
 
     @property
     def one_call_per_customer(self) -> bool:
-        with self._lock:
-            return self._settings.one_call_per_customer
+        return self.current.one_call_per_customer
 
     @property
     def session_ttl_seconds(self) -> float:
-        with self._lock:
-            return self._settings.session_ttl_seconds
+        return self.current.session_ttl_seconds
+
+    @property
+    def validation_delay_seconds(self) -> float:
+        return self.current.validation_delay_seconds
 
     def take_failure(self) -> StripeError | None:
         """The injected error for this call, if one is still due."""
         with self._lock:
             if self._settings.fail_next <= 0:
                 return None
-            self._settings.fail_next -= 1
+            self._settings = dataclasses.replace(self._settings, fail_next=self._settings.fail_next - 1)
             status = self._settings.status
         # Stripe sends Stripe-Should-Retry: true when a retry is safe and may succeed
         # (lock timeouts, shed load); without it the SDK would not retry a 429.

@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
 
-from local_stripe.state import LocalStripe
+from local_stripe.account import LocalStripe
 from local_stripe.wire import StripeError, bearer_token, decode_form
 
 

@@ -1,21 +1,27 @@
-"""The server's in-memory store: meters, accepted meter events, sessions, idempotency records.
+"""The server's in-memory store: customers, meters, meter events, v2 events, sessions,
+idempotency records.
 
 One lock guards everything; every method takes it for a short, non-blocking critical
 section (nobody sleeps while holding it). Identifiers are one namespace for v1 and v2
 events, as a client needs them to be for "the identifier dedupes" to hold.
+
+A meter event is ``valid`` (counted in summaries) or, when it came through the v2 stream,
+first ``pending`` until the validator judges it, then ``valid`` or ``invalid`` (dropped:
+listed for inspection, never counted, its identifier free again for a corrected resend).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import secrets
+import string
 import threading
 import time
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from local_stripe.faults import Faults
 from local_stripe.wire import StripeError, new_id
 
 DEFAULT_CUSTOMER_KEY = "stripe_customer_id"
@@ -24,17 +30,18 @@ DEFAULT_VALUE_KEY = "value"
 
 @dataclasses.dataclass(frozen=True)
 class MeterEvent:
-    """An accepted meter event, with the customer and value read through its meter's keys."""
+    """An accepted meter event. ``customer`` and ``value`` are read through its meter's keys
+    once it is judged valid (``events.judge``); None before that."""
 
     identifier: str
     event_name: str
     payload: dict[str, str]
-    customer: str
-    value: str | None
     timestamp: int
     via: str  # "v1" or "v2"
     created: int
     received_at: float
+    customer: str | None = None
+    value: str | None = None
 
     def v1_object(self) -> dict[str, Any]:
         return {
@@ -87,6 +94,46 @@ def new_meter(
     }
 
 
+def new_customer(customer_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A ``customer`` object as Stripe returns it; ``fields`` among name, email, description,
+    phone, metadata. Stripe's ids are ``cus_`` and 14 letters or digits."""
+    alphabet = string.ascii_letters + string.digits
+    return {
+        "id": customer_id or "cus_" + "".join(secrets.choice(alphabet) for _ in range(14)),
+        "object": "customer",
+        "address": None,
+        "balance": 0,
+        "created": int(time.time()),
+        "currency": None,
+        "default_source": None,
+        "delinquent": False,
+        "description": fields.get("description"),
+        "discount": None,
+        "email": fields.get("email"),
+        "invoice_prefix": "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(8)),
+        "invoice_settings": {
+            "custom_fields": None,
+            "default_payment_method": None,
+            "footer": None,
+            "rendering_options": None,
+        },
+        "livemode": False,
+        "metadata": dict(fields.get("metadata") or {}),
+        "name": fields.get("name"),
+        "next_invoice_sequence": 1,
+        "phone": fields.get("phone"),
+        "preferred_locales": [],
+        "shipping": None,
+        "tax_exempt": "none",
+        "test_clock": None,
+    }
+
+
+def deleted_customer(customer_id: str) -> dict[str, Any]:
+    """What Stripe answers for a deleted customer (on delete, and on retrieve afterwards)."""
+    return {"id": customer_id, "object": "customer", "deleted": True}
+
+
 def aggregate(formula: str, events: list[MeterEvent]) -> float:
     if formula == "count":
         return float(len(events))
@@ -106,16 +153,66 @@ class IdempotencyRecord:
 class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._generation = 0
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
+            # A validation pass that began before the reset must not settle into the new state.
+            self._generation += 1
             self._events: list[MeterEvent] = []
-            self._identifiers: set[str] = set()
+            self._pending: list[MeterEvent] = []
+            self._invalid: list[tuple[MeterEvent, str, str]] = []
+            self._identifiers: set[str] = set()  # of valid and pending events
+            self._customers: dict[str, dict[str, Any]] = {}
             self._meters: dict[str, dict[str, Any]] = {}
+            self._core_events: list[dict[str, Any]] = []
             self._sessions: dict[str, float] = {}
             self._idempotency: dict[str, IdempotencyRecord] = {}
             self._in_flight: set[tuple[str, str]] = set()
+
+    # -- customers ------------------------------------------------------------------
+
+    def add_customer(self, customer: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if customer["id"] in self._customers:
+                raise StripeError(
+                    400,
+                    f"A customer with id {customer['id']} already exists.",
+                    code="resource_already_exists",
+                    param="id",
+                )
+            self._customers[customer["id"]] = customer
+            return dict(customer)
+
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer, its deleted form once deleted, or None if it never existed."""
+        with self._lock:
+            customer = self._customers.get(customer_id)
+            return dict(customer) if customer else None
+
+    def customer_exists(self, customer_id: str) -> bool:
+        """Created and not deleted."""
+        with self._lock:
+            customer = self._customers.get(customer_id)
+            return customer is not None and not customer.get("deleted")
+
+    def delete_customer(self, customer_id: str) -> dict[str, Any] | None:
+        """The deleted form, or None if there is no such (undeleted) customer."""
+        with self._lock:
+            customer = self._customers.get(customer_id)
+            if customer is None or customer.get("deleted"):
+                return None
+            self._customers[customer_id] = deleted_customer(customer_id)
+            return dict(self._customers[customer_id])
+
+    def customers(self, email: str | None = None) -> list[dict[str, Any]]:
+        """Customers not deleted, newest first (Stripe's list order)."""
+        with self._lock:
+            customers = [
+                dict(c) for c in self._customers.values() if not c.get("deleted") and email in (None, c["email"])
+            ]
+        return customers[::-1]
 
     # -- meters ---------------------------------------------------------------------
 
@@ -167,13 +264,11 @@ class Store:
 
     # -- meter events ---------------------------------------------------------------
 
-    def record(self, events: Iterable[MeterEvent], *, duplicates: str) -> list[MeterEvent]:
-        """Accept events; returns those accepted.
+    def record(self, events: Iterable[MeterEvent], *, duplicates: str, pending: bool = False) -> list[MeterEvent]:
+        """Accept events, as valid or (``pending``) to be judged later; returns those accepted.
 
         ``duplicates="reject"`` raises ``resource_already_exists`` for a known identifier
-        (v1, one event); ``"skip"`` drops it silently (v2 stream). The first event with
-        a new event_name creates a default sum meter for it, a convenience real Stripe
-        does not offer (there, events without a meter are dropped and reported later).
+        (v1, one event); ``"skip"`` drops it silently (v2 stream).
         """
         accepted = []
         with self._lock:
@@ -188,17 +283,47 @@ class Store:
                             replayable=True,
                         )
                     continue
-                if self._meter_for(event.event_name) is None:
-                    meter = new_meter(event.event_name)
-                    self._meters[meter["id"]] = meter
                 self._identifiers.add(event.identifier)
-                self._events.append(event)
+                (self._pending if pending else self._events).append(event)
                 accepted.append(event)
         return accepted
 
-    def events(self) -> list[MeterEvent]:
+    def oldest_pending(self) -> float | None:
+        """The receipt time of the oldest pending event, or None."""
         with self._lock:
-            return list(self._events)
+            return min((event.received_at for event in self._pending), default=None)
+
+    def take_pending(self, received_by: float) -> tuple[int, list[MeterEvent]]:
+        """Remove and return the pending events received at or before ``received_by``, with
+        the store's generation to hand back to ``settle``."""
+        with self._lock:
+            due = [event for event in self._pending if event.received_at <= received_by]
+            self._pending = [event for event in self._pending if event.received_at > received_by]
+            return self._generation, due
+
+    def settle(self, generation: int, valid: list[MeterEvent], invalid: list[tuple[MeterEvent, str, str]]) -> bool:
+        """Store judged events: ``valid`` ones count, ``invalid`` ones (event, code, message)
+        are dropped and free their identifiers. False (nothing stored) after a reset."""
+        with self._lock:
+            if generation != self._generation:
+                return False
+            self._events.extend(valid)
+            self._invalid.extend(invalid)
+            self._identifiers.difference_update(event.identifier for event, _, _ in invalid)
+            return True
+
+    def meter_events(self, status: str = "valid") -> list[dict[str, Any]]:
+        """Meter events with ``status`` (valid, pending, invalid) as listed, oldest first.
+
+        Invalid ones also show their payload and Stripe's error code and message.
+        """
+        with self._lock:
+            if status == "invalid":
+                return [
+                    {**event.listing(), "payload": dict(event.payload), "error_code": code, "error_message": message}
+                    for event, code, message in self._invalid
+                ]
+            return [event.listing() for event in (self._pending if status == "pending" else self._events)]
 
     def summarize(
         self, meter: dict[str, Any], customer: str, start: int, end: int, window: int | None
@@ -237,6 +362,21 @@ class Store:
                 }
             )
         return summaries
+
+    # -- v2 events ---------------------------------------------------------------------
+
+    def add_core_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._core_events.append(event)
+
+    def core_event(self, event_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return next((event for event in self._core_events if event["id"] == event_id), None)
+
+    def core_events(self) -> list[dict[str, Any]]:
+        """v2 events (``v2.core.event``), newest first."""
+        with self._lock:
+            return self._core_events[::-1]
 
     # -- concurrency rule -------------------------------------------------------------
 
@@ -290,18 +430,3 @@ class Store:
                 del self._idempotency[key]
             else:
                 record.answer = answer
-
-
-@dataclasses.dataclass
-class LocalStripe:
-    """Everything one server holds: its store and its fault settings.
-
-    Kept in ``app.extensions["local_stripe"]`` so tests can reach it without HTTP.
-    """
-
-    store: Store = dataclasses.field(default_factory=Store)
-    faults: Faults = dataclasses.field(default_factory=Faults)
-
-    def reset(self) -> None:
-        self.store.reset()
-        self.faults.reset()

@@ -2,13 +2,15 @@
 
 The ``stripe`` fixture is the server (its state and faults reset per test); the SDK is
 imported as ``stripe_sdk``. The exception classes asserted here are the contract the
-billing worker relies on.
+billing worker relies on. The v2 stream's asynchronous validation has its own module
+(``test_async_validation.py``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import os
 import socket
 import subprocess
 import sys
@@ -20,32 +22,9 @@ import pytest
 import requests
 import stripe as stripe_sdk
 
-API_KEY = "sk_test_local_stripe_tests"
-EVENT_NAME = "agent700_cost"
+from tests.local_stripe.conftest import EVENT_NAME, open_session, sdk_client, v1_event, v2_event
 
-
-def sdk_client(server, api_key: str = API_KEY, **options) -> stripe_sdk.StripeClient:
-    options.setdefault("max_network_retries", 0)
-    return stripe_sdk.StripeClient(api_key, base_addresses={"api": server.url, "meter_events": server.url}, **options)
-
-
-def v1_event(customer: str = "cus_a", value: str = "1.5", **fields) -> dict:
-    return {
-        "event_name": EVENT_NAME,
-        "payload": {"stripe_customer_id": customer, "value": value},
-        "identifier": f"id-{uuid.uuid4()}",
-        **fields,
-    }
-
-
-def v2_event(customer: str = "cus_a", value: str = "1", **fields) -> dict:
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {**v1_event(customer, value), "timestamp": now, **fields}
-
-
-@pytest.fixture
-def client(stripe) -> stripe_sdk.StripeClient:
-    return sdk_client(stripe)
+pytestmark = pytest.mark.usefixtures("account")
 
 
 @pytest.fixture
@@ -61,6 +40,7 @@ def test_v1_meter_event_answers_the_stripe_object_and_is_recorded(stripe, client
     timestamp = int(time.time()) - 60
     params = v1_event("cus_1", "2.5", timestamp=timestamp)
 
+    stripe.create_customers("cus_1")
     created = client.v1.billing.meter_events.create(params)
 
     assert created.object == "billing.meter_event"
@@ -127,10 +107,19 @@ def test_idempotency_key_with_other_params_is_an_idempotency_error(stripe, clien
             "payload[stripe_customer_id]",
             "meter_event_no_customer_defined",
         ),
-        (v1_event(value="lots"), "payload[value]", "meter_event_value_not_numeric"),
+        (v1_event(customer="cus_never_created"), "payload[stripe_customer_id]", "resource_missing"),
+        (v1_event(event_name="no_such_meter"), "event_name", "resource_missing"),
+        (
+            {"event_name": EVENT_NAME, "payload": {"stripe_customer_id": "cus_a"}},
+            "payload[value]",
+            "meter_event_value_not_found",
+        ),
+        (v1_event(value="lots"), "payload[value]", "meter_event_invalid_value"),
+        (v1_event(value="1234567890.123456"), "payload[value]", "meter_event_value_too_many_digits"),
         ({"payload": {"stripe_customer_id": "cus_a", "value": "1"}}, "event_name", "parameter_missing"),
         ({"event_name": EVENT_NAME}, "payload", "parameter_missing"),
         (v1_event(timestamp=int(time.time()) - 36 * 86400), "timestamp", "timestamp_too_far_in_past"),
+        (v1_event(timestamp=int(time.time()) + 6 * 60), "timestamp", "timestamp_in_future"),
         (v1_event(unknown="x"), "unknown", "parameter_unknown"),
     ],
 )
@@ -139,7 +128,35 @@ def test_invalid_meter_event_is_refused_naming_the_param(stripe, client, params,
         client.v1.billing.meter_events.create(params)
 
     assert (caught.value.http_status, caught.value.param, caught.value.code) == (400, param, code)
+    assert stripe.meter_events() == stripe.meter_events("invalid") == []
+
+
+def test_v1_refusals_name_the_missing_customer_or_meter(stripe, client):
+    for params, message in [
+        (v1_event(customer="cus_unknown"), "No such customer: 'cus_unknown'"),
+        (v1_event(event_name="no_such_meter"), "No meter was found matching event_name no_such_meter."),
+    ]:
+        with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+            client.v1.billing.meter_events.create(params)
+        assert caught.value.user_message == message
+
+
+def test_v1_event_for_a_deleted_customer_is_refused(stripe, client):
+    client.v1.customers.delete("cus_b")
+
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        client.v1.billing.meter_events.create(v1_event("cus_b"))
+
+    assert (caught.value.code, caught.value.param) == ("resource_missing", "payload[stripe_customer_id]")
     assert stripe.meter_events() == []
+
+
+def test_v1_timestamp_window_is_35_days_back_to_5_minutes_ahead(stripe, client):
+    now = int(time.time())
+    for timestamp in (now - 35 * 86400 + 60, now + 4 * 60):
+        client.v1.billing.meter_events.create(v1_event(timestamp=timestamp))
+
+    assert len(stripe.meter_events()) == 2
 
 
 def test_missing_or_invalid_api_key_is_a_401(stripe):
@@ -159,20 +176,16 @@ def test_missing_or_invalid_api_key_is_a_401(stripe):
 # -- v2 meter event sessions and streams ------------------------------------------------------
 
 
-def open_session(server, client: stripe_sdk.StripeClient):
-    """(a client authenticated by a new session's token, the session), as Stripe's docs do it."""
-    session = client.v2.billing.meter_event_session.create()
-    return sdk_client(server, api_key=session.authentication_token), session
-
-
 def test_v2_session_lasts_15_minutes_and_streams_up_to_100_events(stripe, client):
     streamer, session = open_session(stripe, client)
+    stripe.create_customers(*(f"cus_{i}" for i in range(100)))
 
     assert session.object == "v2.billing.meter_event_session"
     lifetime = dt.datetime.fromisoformat(session.expires_at) - dt.datetime.fromisoformat(session.created)
     assert abs(lifetime - dt.timedelta(minutes=15)) < dt.timedelta(seconds=1)
 
     streamer.v2.billing.meter_event_stream.create({"events": [v2_event(f"cus_{i}") for i in range(100)]})
+    stripe.validate_now()
     assert len(stripe.meter_events()) == 100
     assert {e["via"] for e in stripe.meter_events()} == {"v2"}
 
@@ -192,21 +205,39 @@ def test_v2_stream_counts_each_identifier_once(stripe, client):
         {"events": [first, second, {**first, "payload": {"stripe_customer_id": "cus_a", "value": "50"}}]}
     )
     streamer.v2.billing.meter_event_stream.create({"events": [second, {**earlier, "timestamp": first["timestamp"]}]})
+    stripe.validate_now()
 
     assert sorted((e["identifier"], e["value"]) for e in stripe.meter_events()) == sorted(
         [(earlier["identifier"], "100"), (first["identifier"], "1"), (second["identifier"], "2")]
     )
 
 
-def test_v2_stream_refuses_an_invalid_event_as_a_whole(stripe, client):
-    streamer, _ = open_session(stripe, client)
-    bad = v2_event(payload={"stripe_customer_id": "cus_a", "value": "NaN-ish"})
-
+@pytest.mark.parametrize(
+    ("bad", "param"),
+    [
+        (v2_event(payload={"stripe_customer_id": "cus_a", "value": 3}), "events[1].payload"),
+        (v2_event(timestamp="yesterday"), "events[1].timestamp"),
+        (v2_event(timestamp=1700000000), "events[1].timestamp"),
+        ({"payload": {"stripe_customer_id": "cus_a", "value": "1"}}, "events[1].event_name"),
+        (v2_event(dimensions={"region": "eu"}), "events[1].dimensions"),
+        ("an event", "events[1]"),
+    ],
+)
+def test_v2_stream_refuses_a_malformed_event_as_a_whole(stripe, streamer, bad, param):
     with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
         streamer.v2.billing.meter_event_stream.create({"events": [v2_event(), bad]})
 
-    assert caught.value.param == "events[1].payload.value"
-    assert stripe.meter_events() == []
+    assert (caught.value.http_status, caught.value.param) == (400, param)
+    stripe.validate_now()
+    assert stripe.meter_events() == stripe.meter_events("invalid") == []
+
+
+@pytest.mark.parametrize(("body", "param"), [({}, "events"), ({"events": []}, "events"), ({"events": {}}, "events")])
+def test_v2_stream_refuses_a_malformed_request(stripe, streamer, body, param):
+    with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
+        streamer.v2.billing.meter_event_stream.create(body)
+
+    assert (caught.value.http_status, caught.value.param) == (400, param)
 
 
 def test_expired_or_unknown_session_token_is_a_temporary_session_expired_error(stripe, client):
@@ -275,6 +306,7 @@ def test_injected_latency_delays_every_call(stripe):
     ],
 )
 def test_one_concurrent_call_per_customer_and_meter(stripe, rule, customers, expected):
+    stripe.create_customers(*customers)
     stripe.set_faults(one_call_per_customer=rule, latency_ms=300)
     start_together = threading.Barrier(len(customers))
 
@@ -298,7 +330,17 @@ def test_one_concurrent_call_per_customer_and_meter(stripe, rule, customers, exp
 # -- meters and summaries -------------------------------------------------------------------
 
 
-def test_meter_is_created_by_the_first_event_and_summaries_sum_values(stripe, client):
+def test_no_meter_is_created_on_first_use(stripe, client, streamer):
+    with pytest.raises(stripe_sdk.InvalidRequestError):
+        client.v1.billing.meter_events.create(v1_event(event_name="unmetered"))
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event(event_name="unmetered")]})
+    stripe.validate_now()
+
+    assert [meter.event_name for meter in client.v1.billing.meters.list().data] == [EVENT_NAME]
+    assert [e["error_code"] for e in stripe.meter_events("invalid")] == ["no_meter"]
+
+
+def test_summaries_sum_the_values_of_a_customer_within_the_range(stripe, client):
     hour = (int(time.time()) // 3600 - 3) * 3600
     for customer, value, at in [
         ("cus_a", "1.5", hour + 10),
@@ -363,6 +405,7 @@ def test_explicit_meter_uses_its_payload_keys_and_can_be_deactivated(stripe, cli
 
 
 def test_local_endpoints_list_events_set_faults_and_reset(stripe, client):
+    stripe.create_customers("cus_1")
     client.v1.billing.meter_events.create(v1_event("cus_1", "3"))
 
     listed = requests.get(f"{stripe.url}/_local/meter_events", timeout=5).json()["data"]
@@ -383,6 +426,7 @@ def test_local_endpoints_list_events_set_faults_and_reset(stripe, client):
     assert stripe.meter_events() == []
     assert stripe.faults()["fail_next"] == 0
     assert client.v1.billing.meters.list().data == []
+    assert client.v1.customers.list().data == []
 
 
 def _free_port() -> int:
@@ -394,12 +438,18 @@ def _free_port() -> int:
 def test_module_runs_the_server_and_logs_each_request():
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "local_stripe", "--port", str(port)], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "local_stripe", "--port", str(port), "--validation-delay-seconds", "0.25"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LOCAL_STRIPE_WEBHOOK_URL": "http://127.0.0.1:9/hooks", "LOCAL_STRIPE_WEBHOOK_SECRET": ""},
     )
     try:
         assert "listening on" in process.stderr.readline()
         answer = requests.get(f"http://127.0.0.1:{port}/_local/faults", timeout=5)
         assert answer.status_code == 200
+        settings = answer.json()
+        assert (settings["validation_delay_seconds"], settings["webhook_url"]) == (0.25, "http://127.0.0.1:9/hooks")
+        assert settings["webhook_secret"] == "whsec_local_stripe"
         line = process.stderr.readline()
         while "/_local/faults" not in line and line:
             line = process.stderr.readline()

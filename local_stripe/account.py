@@ -1,0 +1,52 @@
+"""Everything one local Stripe account holds: its store, its settings, and the background
+work on them (the v2 stream's validator, the event destination's delivery).
+
+Kept in ``app.extensions["local_stripe"]`` so tests can reach it without HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from local_stripe.faults import Faults
+from local_stripe.state import Store
+from local_stripe.validator import Validator
+from local_stripe.webhooks import Delivery
+
+
+class LocalStripe:
+    """``settings`` are the defaults of ``faults.py``'s settings (what a reset returns to)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.store = Store()
+        self.faults = Faults(**settings)
+        self.delivery = Delivery()
+        self.validator = Validator(self.store, self.faults, self.emit)
+
+    def start(self) -> None:
+        self.validator.start()
+        self.delivery.start()
+
+    def stop(self) -> None:
+        self.validator.stop()
+        self.delivery.stop()
+
+    def reset(self) -> None:
+        """Forget everything stored and every delivery not yet made; settings to defaults."""
+        self.store.reset()
+        self.delivery.reset()
+        self.faults.reset()
+        self.validator.wake()
+
+    def update_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """``Faults.update``, and the validator told (the delay may have changed)."""
+        settings = self.faults.update(changes)
+        self.validator.wake()
+        return settings
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Publish a v2 event: listed from now on, and sent to the destination if one is set."""
+        self.store.add_core_event(event)
+        settings = self.faults.current
+        if settings.webhook_url:
+            self.delivery.send(event, settings.webhook_url, settings.webhook_secret)
