@@ -9,8 +9,8 @@ server, and prints a ready-to-paste ``curl``.
 from __future__ import annotations
 
 import os
-import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,10 +20,12 @@ from pathlib import Path
 
 from honcho.manager import Manager
 
-from shared import migrations
+from shared import embedded, migrations
 from shared.config import LOCAL_STRIPE_URL, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL_HOST = "127.0.0.1"
+FLOWER_PORT = 5555
 
 
 def procfile_processes() -> dict[str, str]:
@@ -36,7 +38,8 @@ def procfile_processes() -> dict[str, str]:
 
 
 def child_environment(settings) -> dict[str, str]:
-    """Pin what this run resolved, so every child uses the same servers and secrets."""
+    """Pin what this run resolved, so every child uses the same servers and secrets, and
+    listens on 127.0.0.1 only."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=settings.database_url,
@@ -44,10 +47,14 @@ def child_environment(settings) -> dict[str, str]:
         JWT_SECRET=settings.jwt_secret,
         STRIPE_API_BASE=settings.stripe_api_base,
         STRIPE_METER_EVENTS_BASE=settings.stripe_meter_events_base,
+        FLOWER_BASIC_AUTH=settings.flower_basic_auth,
         PORT=str(settings.port),
+        HOST=LOCAL_HOST,
+        FLOWER_ADDRESS=LOCAL_HOST,
+        FLOWER_PORT=str(FLOWER_PORT),
+        PROMETHEUS_MULTIPROC_DIR=str(embedded.VAR_DIR / "prometheus"),
         PYTHONUNBUFFERED="1",
     )
-    env.setdefault("FLOWER_BASIC_AUTH", f"operator:{secrets.token_urlsafe(12)}")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -108,7 +115,7 @@ def announce_when_ready(port: int, curl: str, flower_auth: str) -> None:
     print(
         "\n=== Agent700 billing is up ===\n"
         f"web:    http://127.0.0.1:{port}  (/healthz, /readyz, /metrics, /openapi.json)\n"
-        f"flower: http://127.0.0.1:5555  (basic auth {flower_auth})\n"
+        f"flower: http://127.0.0.1:{FLOWER_PORT}  (basic auth {flower_auth}, kept in {embedded.FLOWER_AUTH_FILE})\n"
         f"stripe: {LOCAL_STRIPE_URL}/_local/meter_events  (what the local Stripe server received)\n\n"
         "Record a usage event with the demo App Password:\n\n"
         f"{curl}\n",
@@ -117,7 +124,13 @@ def announce_when_ready(port: int, curl: str, flower_auth: str) -> None:
 
 
 def main() -> int:
+    if not (os.environ.get("DATABASE_URL") or os.environ.get("CELERY_BROKER_URL")):
+        embedded.start_postgres()
+        embedded.start_redis_default()
+        embedded.ensure_local_secrets()
     settings = get_settings()
+    # A fresh run counts from zero: files of earlier runs' processes would be summed in.
+    shutil.rmtree(embedded.VAR_DIR / "prometheus", ignore_errors=True)
     migrations.upgrade(settings.database_url)
     env = child_environment(settings)
     app_password = seed_demo(env)
@@ -126,7 +139,9 @@ def main() -> int:
     for name, command in procfile_processes().items():
         manager.add_process(name, command, env=env, cwd=str(ROOT))
     if settings.stripe_api_base == LOCAL_STRIPE_URL:
-        manager.add_process("stripe", f"{shlex.quote(sys.executable)} -m local_stripe --port 12111", env=env, cwd=str(ROOT))
+        manager.add_process(
+            "stripe", f"{shlex.quote(sys.executable)} -m local_stripe --host {LOCAL_HOST} --port 12111", env=env, cwd=str(ROOT)
+        )
     curl = demo_curl(settings.port, app_password, *demo_ids(settings, app_password))
     threading.Thread(
         target=announce_when_ready, args=(settings.port, curl, env["FLOWER_BASIC_AUTH"]), daemon=True

@@ -1,8 +1,10 @@
-"""Configuration, read from the environment here and nowhere else.
+"""Configuration, read from the environment here and nowhere else, with no side effects.
 
 The names are fixed by the contract. When ``DATABASE_URL`` and ``CELERY_BROKER_URL`` are
-both unset this is "the local default run": an embedded PostgreSQL and Redis under
-``var/``, a generated JWT secret and the project's local Stripe-compatible server.
+both unset this is "the local default run": the embedded PostgreSQL and Redis under
+``var/`` (which ``make run`` starts; reading the settings only finds them), the JWT
+secret and Flower password it generated there, and the project's local
+Stripe-compatible server.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import functools
 import os
 from collections.abc import Mapping
+
+from shared import embedded
 
 LOCAL_STRIPE_URL = "http://127.0.0.1:12111"
 LOCAL_STRIPE_API_KEY = "sk_test_local_agent700"
@@ -33,7 +37,9 @@ class Settings:
     stripe_value_decimals: int
     flower_basic_auth: str | None
     port: int
-    local_default_run: bool
+    # Address the web process (and Flower, through the local run) listens on: every
+    # interface by default, 127.0.0.1 in the local run.
+    host: str = "0.0.0.0"
     # Seconds the web process trusts its in-memory copy of services, prices, users and
     # organizations before reading them again (how fast a new price or service is seen).
     catalog_cache_seconds: float = 5.0
@@ -41,8 +47,9 @@ class Settings:
     # superadmin). App Password revocation is still immediate (checked in Redis with
     # every publish); deactivating a user or removing the role takes up to this long.
     auth_cache_seconds: float = 5.0
-    # Seconds a publish to the broker may take before the request answers 503.
-    enqueue_timeout_seconds: float = 1.0
+    # Seconds a publish may wait for the broker (a restart, a lost reply) before the
+    # request answers 503: "nothing accepted", or "outcome unknown" with the event's id.
+    enqueue_timeout_seconds: float = 3.0
     # Port on which a Celery worker's main process serves /metrics for its host, when set
     # (workers on machines without a web process).
     worker_metrics_port: int | None = None
@@ -74,9 +81,7 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Read the settings once; start the embedded servers if the URLs are unset."""
-    from shared import embedded
-
+    """Read the settings; the embedded servers are only looked for, never started."""
     database_url = environ.get("DATABASE_URL") or None
     broker_url = environ.get("CELERY_BROKER_URL") or None
     local_default_run = database_url is None and broker_url is None
@@ -88,9 +93,20 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
                 "JWT_SECRET is not set; it is required unless DATABASE_URL and "
                 "CELERY_BROKER_URL are both unset (the local default run)"
             )
-        jwt_secret = embedded.local_jwt_secret()
+        jwt_secret = embedded.local_secret(embedded.JWT_SECRET_FILE)
+        if jwt_secret is None:
+            raise ConfigurationError(f"JWT_SECRET is not set and the local run has not generated {embedded.JWT_SECRET_FILE} (make run does)")
     if len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
         raise ConfigurationError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes")
+
+    if database_url is None:
+        database_url = embedded.running_postgres_url()
+        if database_url is None:
+            raise ConfigurationError("DATABASE_URL is not set and no embedded PostgreSQL runs under var/ (make run starts one)")
+    if broker_url is None:
+        broker_url = embedded.running_redis_url()
+        if broker_url is None:
+            raise ConfigurationError("CELERY_BROKER_URL is not set and no embedded Redis runs under var/ (make run starts one)")
 
     stripe_api_key = environ.get("STRIPE_API_KEY") or None
     if stripe_api_key is None:
@@ -108,22 +124,25 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     if stripe_meter_api not in ("v1", "v2"):
         raise ConfigurationError("STRIPE_METER_API must be v1 or v2")
 
-    database_url = database_url or embedded.postgres_url()
+    flower_basic_auth = environ.get("FLOWER_BASIC_AUTH") or None
+    if flower_basic_auth is None and local_default_run:
+        flower_basic_auth = embedded.local_secret(embedded.FLOWER_AUTH_FILE)
+
     return Settings(
         database_url=normalize_database_url(database_url),
-        broker_url=broker_url or embedded.redis_url(),
+        broker_url=broker_url,
         jwt_secret=jwt_secret,
         stripe_api_key=stripe_api_key,
         stripe_api_base=environ.get("STRIPE_API_BASE") or default_api_base,
         stripe_meter_events_base=environ.get("STRIPE_METER_EVENTS_BASE") or default_events_base,
         stripe_meter_event_name=environ.get("STRIPE_METER_EVENT_NAME") or "agent700_cost",
         stripe_value_decimals=value_decimals,
-        flower_basic_auth=environ.get("FLOWER_BASIC_AUTH") or None,
+        flower_basic_auth=flower_basic_auth,
         port=_int(environ, "PORT", 8000),
-        local_default_run=local_default_run,
+        host=environ.get("HOST") or "0.0.0.0",
         catalog_cache_seconds=_float(environ, "CATALOG_CACHE_SECONDS", 5.0),
         auth_cache_seconds=_float(environ, "AUTH_CACHE_SECONDS", 5.0),
-        enqueue_timeout_seconds=_float(environ, "ENQUEUE_TIMEOUT_SECONDS", 1.0),
+        enqueue_timeout_seconds=_float(environ, "ENQUEUE_TIMEOUT_SECONDS", 3.0),
         stripe_meter_api=stripe_meter_api,
         worker_metrics_port=_int(environ, "WORKER_METRICS_PORT", 0) or None,
     )

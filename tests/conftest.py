@@ -22,6 +22,8 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="a700-
 import pytest
 import redis
 import sqlalchemy as sa
+from flask.cli import FlaskGroup
+from flask.testing import FlaskCliRunner
 
 from shared import db, embedded, migrations, models
 from shared.config import Settings
@@ -37,21 +39,34 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def _postgres_server_url() -> str:
+TEST_SERVERS_DIR = embedded.VAR_DIR / "test"
+
+
+def _postgres_server_url() -> str | None:
+    """The configured or this machine's PostgreSQL; None if there is none to use."""
     for name in ("TEST_DATABASE_URL", "DATABASE_URL"):
         if os.environ.get(name):
             url = sa.make_url(os.environ[name]).set(drivername="postgresql+psycopg2")
             return url.set(database="postgres").render_as_string(hide_password=False)
     if _reachable("127.0.0.1", 5432):
         return "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    server = embedded.postgres_server(embedded.VAR_DIR / "test" / "postgres")
-    info = server.get_postmaster_info()
-    return f"postgresql+psycopg2://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+    return None
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> str:
-    return _postgres_server_url()
+def postgres_server_url():
+    """A PostgreSQL server for this run: the configured one or this machine's, else an
+    embedded one under var/test that is stopped when the run ends."""
+    url = _postgres_server_url()
+    if url is not None:
+        yield url
+        return
+    pgdata = TEST_SERVERS_DIR / "postgres"
+    embedded.postgres_server(pgdata)
+    try:
+        yield embedded.postgres_admin_url(pgdata)
+    finally:
+        embedded.stop_postgres(pgdata)
 
 
 @pytest.fixture(scope="session")
@@ -70,22 +85,36 @@ def database_url(postgres_server_url: str):
     admin.dispose()
 
 
-def _redis_server_url() -> str:
+def _redis_server_url() -> str | None:
+    """The configured or this machine's Redis; None if there is none to use."""
     for name in ("TEST_BROKER_URL", "CELERY_BROKER_URL"):
         if os.environ.get(name):
             return os.environ[name]
     if _reachable("127.0.0.1", 6379):
         return "redis://127.0.0.1:6379/0"
-    directory = embedded.VAR_DIR / "test" / "redis"
-    port = embedded.free_port()
-    embedded.start_redis(directory, port, appendonly=False)
-    return f"redis://127.0.0.1:{port}/0"
+    return None
 
 
 @pytest.fixture(scope="session")
-def broker_url():
+def redis_server_url():
+    """A Redis server for this run: the configured one or this machine's, else one under
+    var/test that is stopped when the run ends."""
+    url = _redis_server_url()
+    if url is not None:
+        yield url
+        return
+    directory, port = TEST_SERVERS_DIR / "redis", embedded.free_port()
+    embedded.start_redis(directory, port, appendonly=False)
+    try:
+        yield embedded.redis_url_for(port, None)
+    finally:
+        embedded.stop_redis(directory)
+
+
+@pytest.fixture(scope="session")
+def broker_url(redis_server_url: str):
     """A Redis logical database no other test run is using, claimed for this run."""
-    server_url = _redis_server_url()
+    server_url = redis_server_url
     base = server_url.rsplit("/", 1)[0] if server_url.count("/") > 2 else server_url
     claim = f"agent700:test-run:{uuid.uuid4().hex}"
     for index in range(1, 16):
@@ -101,20 +130,44 @@ def broker_url():
     pytest.fail("no free Redis logical database (1-15) for this test run")
 
 
+METER_EVENT_NAME = "agent700_cost"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_settings(database_url: str, broker_url: str):
+    """This process's own settings (``get_settings()``: what the shared Celery app sends
+    wake-ups with) point at this run's servers, as a deployed process's environment does."""
+    from shared.config import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATABASE_URL", database_url)
+        patch.setenv("CELERY_BROKER_URL", broker_url)
+        patch.setenv("JWT_SECRET", TEST_JWT_SECRET)
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def stripe_server():
-    """The project's local Stripe-compatible server, on a free port, for the whole run."""
+    """The project's local Stripe-compatible server, on a free port, for the whole run.
+
+    It judges v2 meter events as Stripe does, asynchronously; here by default before the
+    stream call answers (a delay of 0), so a test that does not look at the delay need
+    not wait for it. Tests of the asynchronous path set a delay of their own."""
     from local_stripe.testing import serve_in_thread
 
-    server = serve_in_thread()
+    server = serve_in_thread(validation_delay_seconds=0)
     yield server
     server.stop()
 
 
 @pytest.fixture
 def stripe(stripe_server):
-    """The local Stripe server, with its state and faults cleared for this test."""
+    """The local Stripe server, cleared for this test, with the billing meter set up as
+    ``stripe meter ensure`` sets it up (customers come with the organizations)."""
     stripe_server.reset()
+    stripe_server.create_meter(METER_EVENT_NAME)
     return stripe_server
 
 
@@ -148,7 +201,6 @@ def settings(database_url: str, broker_url: str, stripe_server, clean_state) -> 
         stripe_value_decimals=6,
         flower_basic_auth="operator:test-password",
         port=8000,
-        local_default_run=False,
         catalog_cache_seconds=0.0,
     )
 
@@ -167,9 +219,17 @@ def client(app):
     return app.test_client()
 
 
+class OperatorCliRunner(FlaskCliRunner):
+    """Runs ``flask --app ingest_api <command>`` in-process: the operator commands come
+    from the ``flask.commands`` entry points, as the ``flask`` command loads them."""
+
+    def invoke(self, cli=None, args=None, **kwargs):
+        return super().invoke(cli or FlaskGroup(create_app=lambda: self.app), args, **kwargs)
+
+
 @pytest.fixture
 def runner(app):
-    return app.test_cli_runner()
+    return OperatorCliRunner(app)
 
 
 @pytest.fixture
@@ -180,10 +240,12 @@ def session(settings: Settings):
 
 
 class Factory:
-    """Creates billing data directly in the database, committed, for tests to act on."""
+    """Creates billing data directly in the database, committed, for tests to act on; an
+    organization's Stripe customer is created at the local Stripe server too."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, stripe=None):
         self.settings = settings
+        self.stripe = stripe
 
     def _add(self, row):
         with db.transaction(self.settings.database_url) as session:
@@ -191,6 +253,8 @@ class Factory:
         return row
 
     def organization(self, *, name: str | None = None, stripe_customer_id: str | None = "cus_test", active: bool = True):
+        if stripe_customer_id and self.stripe is not None:
+            self.stripe.create_customers(stripe_customer_id)
         return self._add(
             models.Organization(
                 name=name or f"org-{uuid.uuid4().hex[:8]}", stripe_customer_id=stripe_customer_id, is_active=active
@@ -260,8 +324,8 @@ class Factory:
 
 
 @pytest.fixture
-def factory(settings: Settings) -> Factory:
-    return Factory(settings)
+def factory(settings: Settings, stripe) -> Factory:
+    return Factory(settings, stripe)
 
 
 @pytest.fixture

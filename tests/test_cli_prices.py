@@ -147,7 +147,7 @@ def test_prices_retire_help_says_how_queued_events_are_priced(runner):
 
 def test_the_foreign_key_a_racing_recording_trips_has_the_name_retire_maps(session):
     """PostgreSQL cuts the constraint's name; the command's message depends on the cut name."""
-    from ingest_api.cli.prices import LOG_PRICE_FOREIGN_KEY
+    from operator_cli.prices import LOG_PRICE_FOREIGN_KEY
 
     names = session.scalars(
         sa.text("SELECT conname FROM pg_constraint WHERE conrelid = 'user_billable_request_logs'::regclass "

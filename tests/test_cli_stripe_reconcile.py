@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from shared import db, models
-from shared.reconciliation import RECONCILE_ERROR
+from worker.reporting import RECONCILE_ERROR
 from tests.test_cli_usage import Billing, process_settings  # noqa: F401 - a fixture, for usefixtures
 from worker.stripe_reporting import MeterEvent, Outcome, StripeMeter
 
@@ -405,7 +405,7 @@ def test_the_default_until_says_how_many_newer_rows_it_left_out(runner, factory,
 
 
 def test_the_drill_down_stops_at_its_request_budget_and_says_so(runner, factory, billing, meter, monkeypatch):
-    from ingest_api.cli import stripe_reconcile
+    from operator_cli import stripe_reconcile
 
     monkeypatch.setattr(stripe_reconcile, "MAX_DRILL_DOWN_REQUESTS", 1)
     organization = factory.organization(stripe_customer_id="cus_budget")

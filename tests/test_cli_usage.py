@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from shared import db, intake, models, queue
 from shared.config import get_settings
-from shared.reconciliation import RECONCILE_ERROR
-from shared.sharding import shard_of
+from worker.reporting import RECONCILE_ERROR
+from worker.reporting import shard_of
 from shared.usage_event import AcceptedUsageEvent
 from tests.conftest import TEST_JWT_SECRET
 

@@ -33,8 +33,6 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from shared import metrics, models, queue
-from shared.reconciliation import RECONCILE_ERROR
-from shared.sharding import REPORT_SHARDS, shard_of
 from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, backoff_seconds
 
 log = logging.getLogger(__name__)
@@ -54,9 +52,19 @@ BACKOFF_PENDING_MARGIN_SECONDS = 2
 # Stripe deduplicates identifiers for 24 hours. A row still unreported near that age is
 # not re-sent blindly (a lost answer could have been a success): it is flagged instead.
 IDENTIFIER_WINDOW = dt.timedelta(hours=23)
+RECONCILE_ERROR = (
+    "Not reported within Stripe's 24-hour identifier window; run `stripe reconcile` for its "
+    "organization before retrying, so it cannot be counted twice."
+)
+REPORT_SHARDS = 8
 
 _logs = models.UserBillableRequestLog
 Transaction = Callable[[], contextlib.AbstractContextManager[orm.Session]]
+
+
+def shard_of(organization_id: uuid.UUID) -> int:
+    """The organization's shard: the last byte of its id, modulo ``REPORT_SHARDS``."""
+    return organization_id.bytes[15] % REPORT_SHARDS
 
 
 def _in_shard(shard: int):

@@ -14,7 +14,6 @@ import sqlalchemy.exc
 from celery import shared_task
 
 from shared import intake, liveness, metrics, queue
-from shared.sharding import shard_of
 from worker import recording, reporting
 from worker.celery_app import BillingTask
 
@@ -46,7 +45,7 @@ def record(self: BillingTask) -> dict:
         metrics.events_rejected.inc(len(result.rejected))
         if result.recorded:
             log.info("usage events recorded", extra={"event_ids": [str(i) for i in result.recorded]})
-        queue.wake_reporters(self.broker, {shard_of(organization) for organization in result.organizations})
+        queue.wake_reporters(self.broker, {reporting.shard_of(organization) for organization in result.organizations})
     if len(entries) == recording.BATCH_SIZE or reader.go_to_sleep():
         self.apply_async()
     return {

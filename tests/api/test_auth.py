@@ -24,6 +24,7 @@ import jwt.warnings
 import pytest
 
 from shared import db, models
+from tests.conftest import OperatorCliRunner
 from tests.api.conftest import assert_error, assert_unauthorized, b64url, now
 from tests.conftest import TEST_JWT_SECRET
 
@@ -191,7 +192,7 @@ def test_a_malformed_app_password_is_401(billing, token):
 def test_a_revoked_app_password_is_401_from_the_very_next_request(billing, app):
     assert billing.post().status_code == 202
 
-    result = app.test_cli_runner().invoke(
+    result = OperatorCliRunner(app).invoke(
         args=["app-passwords", "revoke", "--user", str(billing.caller.id), "--name", "ingest"]
     )
     assert result.exit_code == 0, result.output
@@ -202,7 +203,7 @@ def test_a_revoked_app_password_is_401_from_the_very_next_request(billing, app):
 
 def test_revoking_one_app_password_leaves_the_others_working(billing, factory, app):
     other = factory.app_password(billing.caller, name="other")
-    result = app.test_cli_runner().invoke(
+    result = OperatorCliRunner(app).invoke(
         args=["app-passwords", "revoke", "--user", str(billing.caller.id), "--name", "ingest"]
     )
     assert result.exit_code == 0, result.output

@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db
+from tests.conftest import OperatorCliRunner
 from tests.api.conftest import assert_unauthorized
 
 
@@ -37,7 +38,7 @@ def test_a_cached_caller_is_accepted_without_touching_postgresql(billing, app, s
 
 
 def _revoke(app, billing):
-    result = app.test_cli_runner().invoke(
+    result = OperatorCliRunner(app).invoke(
         args=["app-passwords", "revoke", "--user", str(billing.caller.id), "--name", "ingest"]
     )
     assert result.exit_code == 0, result.output

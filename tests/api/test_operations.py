@@ -48,7 +48,7 @@ def test_metrics_count_accepted_events_and_requests_by_route_and_status(billing,
     assert _sample(text, "a700_events_accepted_total") - _sample(before, "a700_events_accepted_total") == 3
     route = '{method="POST",route="usage.record_usage",status="422"}'
     assert _sample(text, "a700_http_requests_total", route) - _sample(before, "a700_http_requests_total", route) == 1
-    assert 'a700_queue_depth{queue="intake"} 3.0' in text
+    assert 'a700_queue_depth{queue="billing:intake"} 3.0' in text
     assert _sample(text, "a700_oldest_unreported_event_age_seconds") >= 0
     assert "a700_accept_latency_seconds_bucket" in text
 

@@ -92,8 +92,8 @@ def test_metrics_sum_a_run_across_two_web_workers_and_the_celery_worker(
     assert total(scraped, "a700_stripe_requests_total", outcome="ok") > 0
     assert total(scraped, "a700_stripe_requests_total") == total(scraped, "a700_stripe_request_duration_seconds_count")
     assert value(scraped, "a700_stripe_requests_total", api="v2_stream", outcome="ok") >= 1
-    assert value(scraped, "a700_queue_depth", queue="intake") == 0
-    assert value(scraped, "a700_queue_depth", queue="celery") is not None
+    assert value(scraped, "a700_queue_depth", queue="billing:intake") == 0
+    assert value(scraped, "a700_queue_depth", queue="billing") is not None
     assert value(scraped, "a700_oldest_unreported_event_age_seconds") == 0
     assert value(scraped, "a700_failed_events") == 0
     assert value(scraped, "a700_dependency_up", dependency="database") == 1
@@ -113,7 +113,7 @@ def test_oldest_unreported_age_grows_while_no_worker_runs(settings, world, clien
         lambda: value(samples(client.get("/metrics").get_data(as_text=True)), "a700_oldest_unreported_event_age_seconds") > 1.0,
         30, interval=0.2,
     )
-    assert value(first, "a700_queue_depth", queue="intake") == 2
+    assert value(first, "a700_queue_depth", queue="billing:intake") == 2
     assert value(first, "a700_oldest_unreported_event_age_seconds") >= 0
 
 
@@ -153,7 +153,7 @@ def test_a_scrape_is_bounded_and_says_so_when_postgresql_hangs(private_settings,
     # No reassuring 0 while the database cannot be read.
     assert value(scraped, "a700_oldest_unreported_event_age_seconds") is None
     assert value(scraped, "a700_failed_events") is None
-    assert value(scraped, "a700_queue_depth", queue="intake") == 0
+    assert value(scraped, "a700_queue_depth", queue="billing:intake") == 0
 
     scraped = _scrape_within(client, 5)
     assert value(scraped, "a700_dependency_up", dependency="database") == 1

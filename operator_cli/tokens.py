@@ -8,7 +8,7 @@ import click
 from flask.cli import AppGroup
 
 from ingest_api import credentials
-from ingest_api.cli import store
+from operator_cli import store
 
 tokens_cli = AppGroup("tokens", help="JWT access tokens.")
 

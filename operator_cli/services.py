@@ -6,7 +6,7 @@ import click
 import sqlalchemy as sa
 from flask.cli import AppGroup
 
-from ingest_api.cli import output, parameters, store
+from operator_cli import output, parameters, store
 from shared import models
 
 services_cli = AppGroup("services", help="External services (the API's service_name).")

@@ -17,7 +17,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ingest_api.cli import app_passwords, memberships, store
+from operator_cli import app_passwords, memberships, store
 from shared import models
 
 DEMO_ORGANIZATION_NAME = "Agent700 Demo"

@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from ingest_api import credentials
-from ingest_api.cli import output, parameters, store
+from operator_cli import output, parameters, store
 from shared.intake import Intake, QueueUnavailable
 from shared import models
 

@@ -8,7 +8,7 @@ import click
 import sqlalchemy as sa
 from flask.cli import AppGroup
 
-from ingest_api.cli import output, parameters, store
+from operator_cli import output, parameters, store
 from shared import models
 
 orgs_cli = AppGroup("orgs", help="Organizations (the customers billed in Stripe).")

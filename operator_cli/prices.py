@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from ingest_api.cli import output, parameters, store
+from operator_cli import output, parameters, store
 from shared import models
 
 prices_cli = AppGroup("prices", help="Per-token model prices (text_model_costs).")

@@ -8,7 +8,7 @@ import click
 import sqlalchemy as sa
 from flask.cli import AppGroup
 
-from ingest_api.cli import output, parameters, store
+from operator_cli import output, parameters, store
 from shared import models
 
 users_cli = AppGroup("users", help="Users (callers of the API, and whom usage is attributed to).")

@@ -11,7 +11,7 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ingest_api.cli import parameters, store
+from operator_cli import parameters, store
 from shared import models
 
 members_cli = AppGroup("members", help="Organization memberships and their roles.")

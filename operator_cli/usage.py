@@ -27,11 +27,11 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from ingest_api.cli import output, store
+from operator_cli import output, store
 from shared import models, queue
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable
-from shared.reconciliation import RECONCILE_ERROR
-from shared.sharding import shard_of
+from worker.reporting import RECONCILE_ERROR
+from worker.reporting import shard_of
 from shared.usage_event import AcceptedUsageEvent
 
 usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them.")

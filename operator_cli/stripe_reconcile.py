@@ -36,9 +36,9 @@ import stripe
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from ingest_api.cli import output, parameters, store
+from operator_cli import output, parameters, store
 from shared import models
-from shared.reconciliation import RECONCILE_ERROR
+from worker.reporting import RECONCILE_ERROR
 from shared.stripe_client import stripe_client
 
 stripe_cli = AppGroup("stripe", help="Stripe Billing: check what was reported against what Stripe counted.")
