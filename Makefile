@@ -14,8 +14,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: setup.cfg pyproject.toml client/pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e ./client
 	touch $@
 
 run: $(VENV)/.installed
