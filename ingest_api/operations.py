@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from shared import backlog, db, intake, liveness, metrics, models, queue
+from shared import backlog, db, intake, metrics, models, pipeline_status, queue
 
 blueprint = Blueprint("operations", __name__)
 log = logging.getLogger(__name__)
@@ -137,8 +137,9 @@ def _broker_gauges(settings) -> dict:
         return {
             "depths": depths,
             "oldest_waiting_age": now - intake.entry_time(first[0][0].decode()) if first else None,
-            "workers_alive": liveness.workers_alive(broker, now),
-            "intake_last_read_age": liveness.intake_last_read_age(broker, now),
+            "workers_alive": pipeline_status.workers_alive(broker, now),
+            "intake_last_read_age": pipeline_status.intake_last_read_age(broker, now),
+            "meter": pipeline_status.meter_problem(broker),
         }
 
 
@@ -194,6 +195,11 @@ class PipelineCollector:
         workers = GaugeMetricFamily(
             "a700_workers_alive", "Celery workers that said they are alive in the last 15 seconds."
         )
+        meter_ready = GaugeMetricFamily(
+            "a700_stripe_meter_ready",
+            "1 if the reporters last found Stripe's billing meter able to count events, 0 if not (the reason is in "
+            "the worker's log); absent if no reporter looked in the last 5 minutes.",
+        )
         last_read = GaugeMetricFamily(
             "a700_intake_last_read_age_seconds", "Seconds since a worker last read the intake (absent if none ever did)."
         )
@@ -219,13 +225,16 @@ class PipelineCollector:
             workers.add_metric([], broker_answer["workers_alive"])
             if broker_answer["intake_last_read_age"] is not None:
                 last_read.add_metric([], broker_answer["intake_last_read_age"])
+            looked, problem = broker_answer["meter"]
+            if looked:
+                meter_ready.add_metric([], 0 if problem else 1)
         if database_ok:
             failed.add_metric([], database_answer[1])
             unreported.add_metric([], database_answer[2])
         if broker_ok and database_ok:
             ages = [age for age in (broker_answer["oldest_waiting_age"], database_answer[0]) if age is not None]
             oldest.add_metric([], max(ages, default=0.0))
-        yield from (depth, unreported, oldest, failed, workers, last_read, up)
+        yield from (depth, unreported, oldest, failed, workers, last_read, meter_ready, up)
 
 
 @blueprint.get("/metrics")

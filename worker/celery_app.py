@@ -22,7 +22,7 @@ from celery.signals import (
 )
 from sqlalchemy import orm
 
-from shared import db, liveness, metrics, queue, structured_logging
+from shared import db, metrics, pipeline_status, queue, structured_logging
 from shared.config import Settings, get_settings
 from shared.queue import celery_app as app
 
@@ -118,8 +118,8 @@ def _announce(sender=None, **_):
     def beat() -> None:
         while not stop.is_set():
             with contextlib.suppress(redis.RedisError):
-                liveness.worker_alive(broker, hostname, time.time())
-            stop.wait(liveness.HEARTBEAT_SECONDS)
+                pipeline_status.worker_alive(broker, hostname, time.time())
+            stop.wait(pipeline_status.HEARTBEAT_SECONDS)
 
     _heartbeat.update(stop=stop, broker=broker, hostname=hostname)
     threading.Thread(target=beat, name="liveness", daemon=True).start()
@@ -130,4 +130,4 @@ def _say_gone(**_):
     if _heartbeat:
         _heartbeat["stop"].set()
         with contextlib.suppress(redis.RedisError):
-            liveness.worker_gone(_heartbeat["broker"], _heartbeat["hostname"])
+            pipeline_status.worker_gone(_heartbeat["broker"], _heartbeat["hostname"])

@@ -59,6 +59,20 @@ class _Catalog:
     organizations: set[uuid.UUID]
 
 
+def record_next_batch(transaction, reader: intake.IntakeReader, *, value_decimals: int) -> tuple[int, Recording]:
+    """Read one batch from the intake, record it in a transaction of its own
+    (``transaction()``), and acknowledge it only after the commit. (entries read, what
+    was recorded)."""
+    entries = reader.next_batch(BATCH_SIZE)
+    if not entries:
+        return 0, Recording()
+    reader.keep_awake()
+    with transaction() as session:
+        result = record_entries(session, entries, value_decimals=value_decimals)
+    reader.done(entries, result.event_ids)
+    return len(entries), result
+
+
 def record_entries(session: orm.Session, entries: list[intake.Entry], *, value_decimals: int) -> Recording:
     """Record a batch as read from the intake (unreadable entries are kept as rejected)."""
     events, rejections = [], {}
@@ -157,12 +171,16 @@ def _row(event: AcceptedUsageEvent, price: pricing.Price, service_id: uuid.UUID,
     )
 
 
+# What a statement may raise for what it holds: PostgreSQL's refusals (wrapped by
+# SQLAlchemy) and the driver's own before sending (psycopg2 raises a bare ValueError for
+# NUL, a UnicodeEncodeError for a lone surrogate).
+_STATEMENT_ERRORS = (sa.exc.StatementError, ValueError)
+
+
 def _is_data_error(error: Exception) -> bool:
-    """A statement PostgreSQL (or the driver) refused for what it holds, not because the
-    connection broke: retrying it would fail the same way."""
-    return isinstance(error, sa.exc.StatementError) and not isinstance(
-        error, (sa.exc.OperationalError, sa.exc.InterfaceError)
-    )
+    """Refused for what it holds, not because the connection broke: retrying the same
+    statement would fail the same way."""
+    return not isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))
 
 
 def _insert(
@@ -175,7 +193,7 @@ def _insert(
     try:
         with session.begin_nested():
             return set(session.scalars(insert(_logs).values(rows).on_conflict_do_nothing().returning(_logs.c.id)))
-    except sa.exc.StatementError as error:
+    except _STATEMENT_ERRORS as error:
         if not _is_data_error(error):
             raise
     inserted = set()
@@ -183,7 +201,7 @@ def _insert(
         try:
             with session.begin_nested():
                 inserted |= set(session.scalars(insert(_logs).values([row]).on_conflict_do_nothing().returning(_logs.c.id)))
-        except sa.exc.StatementError as error:
+        except _STATEMENT_ERRORS as error:
             if not _is_data_error(error):
                 raise
             reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]

@@ -32,7 +32,8 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from shared import metrics, models, queue
+from shared import metrics, models, pipeline_status, queue
+from worker import stripe_reporting
 from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, backoff_seconds
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ RECONCILE_ERROR = (
     "organization before retrying, so it cannot be counted twice."
 )
 REPORT_SHARDS = 8
+NO_CUSTOMER_ERROR = (
+    "Organization {organization_id} has no Stripe customer id; set it with `flask --app ingest_api "
+    "orgs set-stripe-customer --org {organization_id} --stripe-customer-id cus_...`, then "
+    "`flask --app ingest_api usage retry --all-failed`."
+)
 
 _logs = models.UserBillableRequestLog
 Transaction = Callable[[], contextlib.AbstractContextManager[orm.Session]]
@@ -169,6 +175,8 @@ def _report_locked(transaction: Transaction, broker: redis.Redis, meter: StripeM
     with transaction() as session:
         rows = _unreported(session, shard)
     outcomes = _outcomes(meter, rows)
+    if any(result.outcome is not Outcome.FAILED for result in outcomes.values()):
+        pipeline_status.meter_checked(broker, meter.meter_problem(), time.time())
     if lease.lost.is_set():
         # Another reporter may hold the shard now; what Stripe took is still saved below
         # (identifiers make a second send of these rows harmless).
@@ -216,19 +224,24 @@ def _unreported(session: orm.Session, shard: int):
 
 
 def _outcomes(meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
+    """Send what Stripe can count; fail, with the reason, what it never could."""
     outcomes: dict[uuid.UUID, Result] = {}
     sendable = []
+    now = dt.datetime.now(dt.UTC)
     for row in rows:
-        if not row.stripe_customer_id:
-            outcomes[row.id] = Result(
-                Outcome.FAILED,
-                f"Organization {row.organization_id} has no Stripe customer id; set it with `flask --app ingest_api "
-                f"orgs set-stripe-customer --org {row.organization_id} --stripe-customer-id cus_...`, then "
-                "`flask --app ingest_api usage retry --all-failed`.",
-            )
+        event = MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at)
+        reason = (
+            NO_CUSTOMER_ERROR.format(organization_id=row.organization_id) if not row.stripe_customer_id
+            else stripe_reporting.unsendable(event, now)
+        )
+        if reason:
+            outcomes[row.id] = Result(Outcome.FAILED, reason)
         else:
-            sendable.append(MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at))
+            sendable.append(event)
     if sendable:
+        if (problem := meter.meter_problem()) is not None:
+            # Not sent into the void: the rows stay recorded until the meter is fixed.
+            return outcomes | {event.row_id: Result(Outcome.RETRY, problem) for event in sendable}
         outcomes |= meter.report(sendable)
     return outcomes
 

@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import hashlib
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,20 @@ from shared.stripe_client import stripe_client
 
 log = logging.getLogger(__name__)
 STREAM_MAX_EVENTS = 100
+# What Stripe counts (Billing Meters): an event at most 35 days older and 5 minutes newer
+# than its receipt, a value of at most 15 digits (changelog 2026-04-22.dahlia). The v2
+# stream takes anything and drops what breaks these rules later, so they are checked
+# here, before sending, with a margin for the time the event spends in transit.
+MAX_EVENT_AGE = dt.timedelta(days=35)
+MAX_EVENT_LEAD = dt.timedelta(minutes=5)
+SEND_MARGIN = dt.timedelta(minutes=5)
+MAX_VALUE_DIGITS = 15
+# How long a process trusts what it found of the billing meter.
+METER_CHECK_SECONDS = 30
+# The meter as the service needs it: the sum of ``payload.value`` per ``payload.stripe_customer_id``.
+METER_FORMULA = "sum"
+CUSTOMER_KEY = "stripe_customer_id"
+VALUE_KEY = "value"
 # The SDK retries connection errors, 409 and 5xx itself (with backoff and jitter, and
 # whenever Stripe sends Stripe-Should-Retry: true), reusing the same Idempotency-Key.
 SDK_NETWORK_RETRIES = 2
@@ -54,6 +69,44 @@ class MeterEvent:
 class Result:
     outcome: Outcome
     error: str | None = None
+
+
+def unsendable(event: MeterEvent, now: dt.datetime) -> str | None:
+    """Why Stripe would drop this event if it were sent now; None if it would count it."""
+    if event.occurred_at < now - MAX_EVENT_AGE + SEND_MARGIN:
+        return (
+            f"Too old for Stripe: it occurred at {event.occurred_at.isoformat()}, and Stripe counts no meter event "
+            f"older than 35 days at receipt (now {now.isoformat(timespec='seconds')}); it was not sent."
+        )
+    if event.occurred_at > now + MAX_EVENT_LEAD:
+        return (
+            f"Too far ahead for Stripe: it occurred at {event.occurred_at.isoformat()}, more than 5 minutes after "
+            f"now ({now.isoformat(timespec='seconds')}); it was not sent."
+        )
+    if len(str(abs(event.value))) > MAX_VALUE_DIGITS:
+        return f"Its meter value {event.value} has more than {MAX_VALUE_DIGITS} digits, which Stripe refuses; it was not sent."
+    return None
+
+
+def meter_setup_problem(meters, event_name: str):
+    """(the meter counting ``event_name``, or None; why it cannot count this service's
+    events as they are sent, or None when it can)."""
+    named = [meter for meter in meters if meter.event_name == event_name]
+    meter = next((m for m in named if m.status == "active"), named[0] if named else None)
+    if meter is None:
+        return None, f"Stripe has no billing meter for event name {event_name!r}; create it with `stripe ensure-meter`."
+    if meter.status != "active":
+        return meter, f"Stripe's billing meter {meter.id} for {event_name!r} is {meter.status}; reactivate it in Stripe."
+    wrong = []
+    if meter.default_aggregation.formula != METER_FORMULA:
+        wrong.append(f"aggregation {meter.default_aggregation.formula!r} (needs {METER_FORMULA!r})")
+    if meter.customer_mapping.event_payload_key != CUSTOMER_KEY:
+        wrong.append(f"customer key {meter.customer_mapping.event_payload_key!r} (needs {CUSTOMER_KEY!r})")
+    if meter.value_settings.event_payload_key != VALUE_KEY:
+        wrong.append(f"value key {meter.value_settings.event_payload_key!r} (needs {VALUE_KEY!r})")
+    if wrong:
+        return meter, f"Stripe's billing meter {meter.id} for {event_name!r} is set up otherwise: {', '.join(wrong)}."
+    return meter, None
 
 
 def idempotency_key(row_ids: list[uuid.UUID]) -> str:
@@ -102,6 +155,23 @@ class StripeMeter:
         )
         self._session_token: str | None = None
         self._session_expires_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._meter_problem: str | None = None
+        self._meter_checked_until = 0.0
+
+    def meter_problem(self) -> str | None:
+        """Why Stripe cannot count this service's events now (no meter for the event
+        name, inactive, set up otherwise); None when it can. Asked at most every
+        ``METER_CHECK_SECONDS``; if Stripe cannot be asked, the sends will tell."""
+        now = time.monotonic()
+        if now >= self._meter_checked_until:
+            try:
+                meters = self._observed("v1_meters", [], self.client.v1.billing.meters.list, {"limit": 100})
+                _, self._meter_problem = meter_setup_problem(meters.auto_paging_iter(), self.event_name)
+                self._meter_checked_until = now + METER_CHECK_SECONDS
+            except stripe.StripeError as error:
+                log.warning("could not look at Stripe's billing meters: %s", error)
+                return None
+        return self._meter_problem
 
     def _observed(self, call_name: str, row_ids: list[uuid.UUID], sdk_call, *args, **kwargs):
         """One SDK call, counted and timed by outcome, and logged with the event ids it carries."""
@@ -204,10 +274,4 @@ class StripeMeter:
 
 def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
-    import random
-
     return random.uniform(0, min(cap, base * 2**attempt))
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -13,7 +13,7 @@ import redis
 import sqlalchemy.exc
 from celery import shared_task
 
-from shared import intake, liveness, metrics, queue
+from shared import intake, metrics, pipeline_status, queue
 from worker import recording, reporting
 from worker.celery_app import BillingTask
 
@@ -33,20 +33,17 @@ class StripeRefused(Exception):
 def record(self: BillingTask) -> dict:
     """Record one batch from the intake; wake the reporters of what was recorded."""
     reader = intake.IntakeReader(self.broker)
-    entries = reader.next_batch(recording.BATCH_SIZE)
-    liveness.intake_read(self.broker, time.time())
-    result = recording.Recording()
-    if entries:
-        reader.keep_awake()
-        with self.transaction() as session:
-            result = recording.record_entries(session, entries, value_decimals=self.settings.stripe_value_decimals)
-        reader.done(entries, result.event_ids)
+    count, result = recording.record_next_batch(
+        self.transaction, reader, value_decimals=self.settings.stripe_value_decimals
+    )
+    pipeline_status.intake_read(self.broker, time.time())
+    if count:
         metrics.events_recorded.inc(len(result.recorded))
         metrics.events_rejected.inc(len(result.rejected))
         if result.recorded:
             log.info("usage events recorded", extra={"event_ids": [str(i) for i in result.recorded]})
         queue.wake_reporters(self.broker, {reporting.shard_of(organization) for organization in result.organizations})
-    if len(entries) == recording.BATCH_SIZE or reader.go_to_sleep():
+    if count == recording.BATCH_SIZE or reader.go_to_sleep():
         self.apply_async()
     return {
         "recorded": len(result.recorded),

@@ -265,6 +265,10 @@ class Load:
             organization = self._random.choice(self.world.organizations)
             model = self._random.choice(list(MODELS))
             tokens = [self._random.choice([0, 1, MAX_TOKENS, self._random.randint(0, 200_000)]) for _ in range(2)]
+            if model == "precise-model":
+                # Its output rate is near $1 a token: billions of tokens would be a value of
+                # more than the 15 digits Stripe takes (which the reporter refuses to send).
+                tokens[1] = min(tokens[1], 200_000)
             occurred_at = (now - dt.timedelta(seconds=self._random.randint(0, 6 * 3600), microseconds=self._random.randint(0, 999_999)))
             bodies.append(
                 self.world.body(

@@ -11,10 +11,11 @@ from decimal import Decimal
 
 import pytest
 
-from ingest_api.intake import Intake, fingerprint
-from shared import intake, models
+from shared import db, intake, models
+from shared.intake import Intake, fingerprint
 from tests.pipeline.conftest import (
     BATCH_URL,
+    URL,
     MAX_TOKENS,
     MODELS,
     expected_costs,
@@ -29,8 +30,24 @@ from worker import recording
 SENTENCE = re.compile(r"[A-Z][^\n]*\.")
 
 
-def drain(settings, broker) -> recording.BatchResult:
-    return recording.drain(settings, broker, deadline=time.monotonic() + 30, clock=time.monotonic)
+def record(settings, events) -> recording.Recording:
+    with db.transaction(settings.database_url) as session:
+        return recording.record(session, events, value_decimals=settings.stripe_value_decimals)
+
+
+def drain(settings, broker) -> recording.Recording:
+    """What a chain of record tasks does: batch after batch until nothing is left to read."""
+    total = recording.Recording()
+    reader = intake.IntakeReader(broker)
+    while True:
+        count, result = recording.record_next_batch(
+            lambda: db.transaction(settings.database_url), reader, value_decimals=settings.stripe_value_decimals
+        )
+        if not count:
+            return total
+        total.recorded += result.recorded
+        total.rejected |= result.rejected
+        total.organizations |= result.organizations
 
 
 def rows_by_id(settings) -> dict[uuid.UUID, models.UserBillableRequestLog]:
@@ -43,7 +60,7 @@ def rows_by_id(settings) -> dict[uuid.UUID, models.UserBillableRequestLog]:
 def test_record_writes_one_row_with_exact_costs(settings, world):
     event = world.event(model_name="precise-model", input_tokens=MAX_TOKENS, output_tokens=1200, idempotency_key="k-1")
 
-    result = recording.record(settings, [event])
+    result = record(settings, [event])
 
     assert result.recorded == [event.id] and result.rejected == {}
     assert result.organizations == {world.organization.id}
@@ -69,7 +86,7 @@ def test_record_writes_one_row_with_exact_costs(settings, world):
 def test_recorded_costs_survive_postgresql_to_the_last_decimal(settings, world, model, input_tokens, output_tokens):
     event = world.event(model_name=model, input_tokens=input_tokens, output_tokens=output_tokens)
 
-    recording.record(settings, [event])
+    record(settings, [event])
 
     (row,) = log_rows(settings)
     service_cost, agent700_cost = expected_costs(MODELS[model], input_tokens, output_tokens)
@@ -90,7 +107,7 @@ def test_a_price_change_applies_from_its_effective_from(settings, world, factory
     after = world.event(occurred_at=change + dt.timedelta(hours=3))
     long_before = world.event(occurred_at=change - dt.timedelta(days=20))
 
-    recording.record(settings, [before, at, after, long_before])
+    record(settings, [before, at, after, long_before])
 
     rows = rows_by_id(settings)
     assert rows[before.id].text_model_cost_id == old.id
@@ -106,9 +123,9 @@ def test_a_price_change_applies_from_its_effective_from(settings, world, factory
 def test_the_same_event_recorded_twice_makes_one_row(settings, world):
     event = world.event()
 
-    first = recording.record(settings, [event])
-    again = recording.record(settings, [event])
-    twice_in_one_batch = recording.record(settings, [event, event])
+    first = record(settings, [event])
+    again = record(settings, [event])
+    twice_in_one_batch = record(settings, [event, event])
 
     assert first.recorded == [event.id]
     assert again.recorded == [] and again.rejected == {}
@@ -120,7 +137,7 @@ def test_the_same_event_recorded_twice_makes_one_row(settings, world):
 def test_the_same_event_twice_in_its_first_batch_makes_one_row(settings, world):
     event = world.event()
 
-    result = recording.record(settings, [event, event])
+    result = record(settings, [event, event])
 
     assert set(result.recorded) == {event.id} and result.rejected == {}
     assert list(rows_by_id(settings)) == [event.id]
@@ -133,10 +150,10 @@ def test_two_events_with_the_same_caller_and_idempotency_key_make_one_row(settin
     other_caller = world.event(idempotency_key="retry-me", caller_user_id=world.user.id)  # another caller's key
 
     if same_batch:
-        result = recording.record(settings, [first, second, other_caller])
+        result = record(settings, [first, second, other_caller])
     else:
-        recording.record(settings, [first, other_caller])
-        result = recording.record(settings, [second])
+        record(settings, [first, other_caller])
+        result = record(settings, [second])
 
     assert set(rows_by_id(settings)) == {first.id, other_caller.id}
     assert set(result.rejected) == {second.id}
@@ -162,7 +179,7 @@ def test_an_event_that_cannot_be_billed_is_kept_with_a_readable_reason(settings,
     bad = world.event(**change)
     good = world.event()
 
-    result = recording.record(settings, [bad, good])
+    result = record(settings, [bad, good])
 
     assert result.recorded == [good.id]
     assert list(rows_by_id(settings)) == [good.id]
@@ -177,13 +194,13 @@ def test_an_event_that_cannot_be_billed_is_kept_with_a_readable_reason(settings,
 
 def test_a_rejected_event_is_recorded_once_its_cause_is_fixed(settings, world, factory):
     event = world.event(service_name="summaries")
-    recording.record(settings, [event])
-    recording.record(settings, [event])
+    record(settings, [event])
+    record(settings, [event])
     (rejection,) = rejected_rows(settings)
     assert rejection.attempts == 2 and rejection.resolved_at is None
 
     factory.service("summaries")
-    result = recording.record(settings, [event])
+    result = record(settings, [event])
 
     assert result.recorded == [event.id]
     (row,) = log_rows(settings)
@@ -196,8 +213,8 @@ def test_a_rejected_event_is_recorded_once_its_cause_is_fixed(settings, world, f
 
 
 def accept(settings, events) -> None:
-    outcomes = Intake(settings.broker_url, 2.0).accept([(e, fingerprint(e.to_message().encode())) for e in events])
-    assert [o.status for o in outcomes] == ["queued"] * len(events)
+    accepted = Intake(settings.broker_url, 2.0).accept([(e, fingerprint(e.to_message().encode())) for e in events])
+    assert [a.status for a in accepted.acceptances] == ["queued"] * len(events)
 
 
 def test_drain_records_what_the_web_queued_and_clears_the_stream(settings, world, broker):
@@ -237,7 +254,7 @@ def test_drain_records_events_posted_through_the_batch_endpoint(settings, world,
 
 def test_the_same_message_added_twice_makes_one_row(settings, world, broker):
     event = world.event()
-    recording.ensure_group(broker)
+    intake.ensure_group(broker)
     broker.xadd(intake.STREAM, {intake.EVENT_FIELD: event.to_message()})
     broker.xadd(intake.STREAM, {intake.EVENT_FIELD: event.to_message()})
 
@@ -253,7 +270,7 @@ def test_the_same_message_added_twice_makes_one_row(settings, world, broker):
 def test_entries_of_a_dead_consumer_are_claimed_and_recorded_once(settings, world, broker, monkeypatch):
     events = [world.event() for _ in range(3)]
     accept(settings, events)
-    recording.ensure_group(broker)
+    intake.ensure_group(broker)
     # A consumer reads them and dies before recording anything.
     broker.xreadgroup(intake.GROUP, "dead-worker", {intake.STREAM: ">"}, count=10)
     assert stream_state(settings.broker_url)["pending"] == 3
@@ -276,7 +293,7 @@ def test_a_crash_between_commit_and_acknowledgement_records_once(settings, world
         raise ConnectionError("worker killed after the commit")
 
     with monkeypatch.context() as patch:
-        patch.setattr(recording.IntakeReader, "done", crash)
+        patch.setattr(intake.IntakeReader, "done", crash)
         with pytest.raises(ConnectionError):
             drain(settings, broker)
     assert len(log_rows(settings)) == 4
@@ -291,7 +308,7 @@ def test_a_crash_between_commit_and_acknowledgement_records_once(settings, world
 
 
 def test_an_unreadable_message_is_kept_not_dropped(settings, world, broker):
-    recording.ensure_group(broker)
+    intake.ensure_group(broker)
     entry_id = broker.xadd(intake.STREAM, {intake.EVENT_FIELD: '{"not": "an event"}'})
     good = world.event()
     broker.xadd(intake.STREAM, {intake.EVENT_FIELD: good.to_message()})
@@ -303,3 +320,41 @@ def test_an_unreadable_message_is_kept_not_dropped(settings, world, broker):
     assert rejection.payload["stream_entry"] == entry_id
     assert rejection.reason.startswith("Unreadable queue message")
     assert stream_state(settings.broker_url)["entries"] == 0
+
+
+# --- one event never holds up another -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["a\x00b", "\x00"], ids=["nul-inside", "nul-alone"])
+def test_an_event_postgresql_cannot_store_fails_alone_and_the_rest_is_recorded(settings, world, broker, client, source):
+    """Defence in depth: the edge refuses such text, but an event that reaches the
+    recorder anyway (an older edge, a hand-made entry) is kept aside with a readable
+    reason, stored escaped, and never stops the events around it."""
+    before = [world.event(input_tokens=n) for n in range(3)]
+    poison = world.event(source=source)
+    after = [world.event(input_tokens=100 + n) for n in range(3)]
+    accept(settings, [*before, poison, *after])
+
+    result = drain(settings, broker)
+
+    assert set(result.recorded) == {e.id for e in before + after}
+    assert set(rows_by_id(settings)) == {e.id for e in before + after}
+    (rejection,) = rejected_rows(settings)
+    assert rejection.id == poison.id and rejection.resolved_at is None
+    assert rejection.reason.startswith("Could not be stored: ") and "NUL" in rejection.reason, rejection.reason
+    assert rejection.payload["source"] == source.replace("\x00", "\\u0000")
+    assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+    status = client.get(f"{URL}/{poison.id}", headers=world.headers()).get_json()
+    assert (status["status"], status["error"]) == ("failed", rejection.reason)
+
+
+def test_an_event_stuck_in_a_batch_does_not_fail_the_batch_again_and_again(settings, world, broker):
+    """The first version of the recorder retried the whole batch for ever on one such
+    event: one drain now settles everything."""
+    accept(settings, [world.event(source="x\x00"), world.event()])
+
+    first = drain(settings, broker)
+    second = drain(settings, broker)
+
+    assert len(first.recorded) == 1 and len(first.rejected) == 1
+    assert second.recorded == [] and second.rejected == {}

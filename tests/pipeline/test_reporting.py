@@ -1,4 +1,4 @@
-"""``reporting.report_shard``: recorded rows to Stripe and their status, end to end against
+"""``reporting.report_round``: recorded rows to Stripe and their status, end to end against
 PostgreSQL, Redis and the local Stripe server (no worker process)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from shared import db, models
+from shared import db, models, queue
 from tests.pipeline.conftest import log_rows, make_world, wait_until
 from worker import recording, reporting
 from worker.stripe_reporting import StripeMeter
@@ -36,8 +36,22 @@ def organization_in_shard(factory, shard: int, **kwargs) -> models.Organization:
 
 
 def record(settings, events) -> None:
-    result = recording.record(settings, events)
+    with db.transaction(settings.database_url) as session:
+        result = recording.record(session, events, value_decimals=settings.stripe_value_decimals)
     assert sorted(result.recorded) == sorted(e.id for e in events) and not result.rejected
+
+
+def report(settings, broker, meter, shard) -> reporting.Round:
+    """What a shard's chain of report tasks does: rounds while rows wait, until the shard
+    is busy or backs off; what they did, together."""
+    total = reporting.Round(shard)
+    while True:
+        done = reporting.report_round(lambda: db.transaction(settings.database_url), broker, meter, shard)
+        total.reported += done.reported
+        total.failed |= done.failed
+        total.busy, total.refused, total.retry_in = done.busy, done.refused, done.retry_in
+        if not done.more:
+            return total
 
 
 def rows(settings) -> dict[uuid.UUID, models.UserBillableRequestLog]:
@@ -49,10 +63,10 @@ def test_recorded_rows_become_reported(settings, world, broker, meter, stripe):
     record(settings, events)
     shard = reporting.shard_of(world.organization.id)
 
-    report = reporting.report_shard(settings, broker, meter, shard)
+    done = report(settings, broker, meter, shard)
 
-    assert not report.busy and report.retry_in is None and report.failed == {}
-    assert sorted(report.reported) == sorted(e.id for e in events)
+    assert not done.busy and done.retry_in is None and done.failed == {}
+    assert sorted(done.reported) == sorted(e.id for e in events)
     for event in events:
         row = rows(settings)[event.id]
         assert (row.status, row.error, row.stripe_attempts) == ("reported", None, 1)
@@ -66,7 +80,7 @@ def test_recorded_rows_become_reported(settings, world, broker, meter, stripe):
         assert item["timestamp"] == int(event.occurred_at.timestamp())
 
     # Nothing left: a second run reports nothing and sends nothing.
-    assert reporting.report_shard(settings, broker, meter, shard).reported == []
+    assert report(settings, broker, meter, shard).reported == []
     assert len(stripe.meter_events()) == 5
 
 
@@ -78,9 +92,9 @@ def test_a_shard_reports_only_its_own_organizations(settings, factory, broker, m
     theirs = world.event(organization_id=elsewhere.id)
     record(settings, [mine, theirs])
 
-    report = reporting.report_shard(settings, broker, meter, shard)
+    done = report(settings, broker, meter, shard)
 
-    assert report.reported == [mine.id]
+    assert done.reported == [mine.id]
     assert (rows(settings)[theirs.id].status, rows(settings)[mine.id].status) == ("recorded", "reported")
 
 
@@ -89,9 +103,9 @@ def test_more_rows_than_one_round(settings, world, broker, meter, stripe, monkey
     events = [world.event(input_tokens=n) for n in range(30)]
     record(settings, events)
 
-    report = reporting.report_shard(settings, broker, meter, reporting.shard_of(world.organization.id))
+    done = report(settings, broker, meter, reporting.shard_of(world.organization.id))
 
-    assert sorted(report.reported) == sorted(e.id for e in events)
+    assert sorted(done.reported) == sorted(e.id for e in events)
     assert {row.status for row in log_rows(settings)} == {"reported"}
     assert len(stripe.meter_events()) == 30
 
@@ -101,16 +115,16 @@ def test_an_organization_without_a_stripe_customer_id_fails_its_rows_with_a_reas
     event = world.event()
     record(settings, [event])
 
-    report = reporting.report_shard(settings, broker, meter, reporting.shard_of(world.organization.id))
+    done = report(settings, broker, meter, reporting.shard_of(world.organization.id))
 
-    assert report.reported == [] and list(report.failed) == [event.id]
+    assert done.reported == [] and list(done.failed) == [event.id]
     (row,) = log_rows(settings)
     assert row.status == "failed"
-    assert row.error == report.failed[event.id]
+    assert row.error == done.failed[event.id]
     assert f"Organization {world.organization.id} has no Stripe customer id" in row.error
     assert stripe.meter_events() == []
     # Kept, not re-sent by later runs.
-    assert reporting.report_shard(settings, broker, meter, reporting.shard_of(world.organization.id)).failed == {}
+    assert report(settings, broker, meter, reporting.shard_of(world.organization.id)).failed == {}
 
 
 def test_a_permanent_stripe_refusal_fails_only_that_row(settings, factory, broker, meter, stripe):
@@ -119,9 +133,9 @@ def test_a_permanent_stripe_refusal_fails_only_that_row(settings, factory, broke
     good_event, bad_event = world.event(), world.event(organization_id=bad.id)
     record(settings, [good_event, bad_event])
 
-    report = reporting.report_shard(settings, broker, meter, reporting.shard_of(world.organization.id))
+    done = report(settings, broker, meter, reporting.shard_of(world.organization.id))
 
-    assert report.reported == [good_event.id]
+    assert done.reported == [good_event.id]
     stored = rows(settings)
     # An empty customer id is "no customer id" to the reporter; it never reaches Stripe.
     assert stored[bad_event.id].status == "failed" and "no Stripe customer id" in stored[bad_event.id].error
@@ -129,17 +143,17 @@ def test_a_permanent_stripe_refusal_fails_only_that_row(settings, factory, broke
     assert [item["identifier"] for item in stripe.meter_events()] == [str(good_event.id)]
 
 
-def test_a_customer_stripe_does_not_know_how_to_bill_fails_with_stripes_reason(settings, factory, broker, meter, stripe):
+def test_an_event_too_old_for_stripe_is_failed_with_the_reason_and_never_sent(settings, factory, broker, meter, stripe):
     world = make_world(factory, organizations=1)
     event = world.event(occurred_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=36))  # beyond Stripe's 35 days
     record(settings, [event])
 
-    reporting.report_shard(settings, broker, meter, reporting.shard_of(world.organization.id))
+    report(settings, broker, meter, reporting.shard_of(world.organization.id))
 
     (row,) = log_rows(settings)
     assert row.status == "failed"
-    assert row.error.startswith("Stripe refused the meter event (400)") and "35" in row.error
-    assert stripe.meter_events() == []
+    assert row.error.startswith("Too old for Stripe") and "35 days" in row.error and "not sent" in row.error
+    assert stripe.meter_events() == stripe.meter_events("invalid") == []  # never sent
 
 
 def test_a_held_shard_lock_means_busy_and_nothing_is_sent(settings, world, broker, meter, stripe):
@@ -148,14 +162,14 @@ def test_a_held_shard_lock_means_busy_and_nothing_is_sent(settings, world, broke
     other_reporter = broker.lock(reporting.LOCK_KEY.format(shard=shard), timeout=60)
     assert other_reporter.acquire(blocking=False)
     try:
-        report = reporting.report_shard(settings, broker, meter, shard)
+        done = report(settings, broker, meter, shard)
     finally:
         other_reporter.release()
 
-    assert report.busy and report.reported == []
+    assert done.busy and done.reported == []
     assert [row.status for row in log_rows(settings)] == ["recorded"]
     assert stripe.meter_events() == []
-    assert reporting.report_shard(settings, broker, meter, shard).reported != []
+    assert report(settings, broker, meter, shard).reported != []
 
 
 def test_the_shard_lock_is_renewed_while_a_slow_report_runs(settings, world, broker, stripe, monkeypatch):
@@ -170,7 +184,7 @@ def test_the_shard_lock_is_renewed_while_a_slow_report_runs(settings, world, bro
     outcome = {}
 
     def slow_reporter():
-        outcome["report"] = reporting.report_shard(settings, broker, StripeMeter(settings, api="v1"), shard)
+        outcome["report"] = report(settings, broker, StripeMeter(settings, api="v1"), shard)
 
     started = time.monotonic()
     reporter = threading.Thread(target=slow_reporter)
@@ -180,7 +194,7 @@ def test_the_shard_lock_is_renewed_while_a_slow_report_runs(settings, world, bro
         wait_until(lambda: time.monotonic() - started > 1.8 or not reporter.is_alive(), 10, interval=0.05)
         # Well past the lock's time to live, its holder is still at work and still holds it.
         assert reporter.is_alive()
-        assert reporting.report_shard(settings, broker, StripeMeter(settings, api="v1"), shard).busy
+        assert report(settings, broker, StripeMeter(settings, api="v1"), shard).busy
     finally:
         reporter.join(30)
 
@@ -201,7 +215,7 @@ def test_a_hung_report_lets_its_lock_go(settings, world, broker, stripe, monkeyp
     outcome = {}
 
     def hung_reporter():
-        outcome["report"] = reporting.report_shard(settings, broker, StripeMeter(settings, api="v1"), shard)
+        outcome["report"] = report(settings, broker, StripeMeter(settings, api="v1"), shard)
 
     reporter = threading.Thread(target=hung_reporter)
     reporter.start()
@@ -212,7 +226,7 @@ def test_a_hung_report_lets_its_lock_go(settings, world, broker, stripe, monkeyp
     finally:
         reporter.join(30)
 
-    assert outcome["report"].busy  # it noticed, and stopped after its round
+    assert outcome["report"].reported == [event.id]  # its round still ended, and saved what Stripe took
     assert [row.status for row in log_rows(settings)] == ["reported"]
     assert len(stripe.meter_events()) == 1
 
@@ -224,20 +238,21 @@ def test_a_lock_left_by_a_dead_reporter_frees_the_shard_when_it_expires(settings
     # A reporter took the lock and died: nobody renews or releases it.
     broker.set(reporting.LOCK_KEY.format(shard=shard), "token-of-a-dead-worker", px=1500)
 
-    assert reporting.report_shard(settings, broker, meter, shard).busy
-    wait_until(lambda: reporting.report_shard(settings, broker, meter, shard).reported, 30, interval=0.1)
+    assert report(settings, broker, meter, shard).busy
+    wait_until(lambda: report(settings, broker, meter, shard).reported, 30, interval=0.1)
     assert [row.status for row in log_rows(settings)] == ["reported"]
     # The lock's time to live bounds how long a crash stalls a shard (and it used to be 5 minutes).
-    assert reporting.LOCK_SECONDS <= 60 and reporting.PENDING_SECONDS <= 60
+    assert reporting.LOCK_SECONDS <= 10 and queue.REPORT_PENDING_MS <= 10_000
 
 
 def test_a_stripe_outage_backs_off_then_reports_once(settings, world, broker, meter, stripe):
     events = [world.event(input_tokens=n) for n in range(3)]
     record(settings, events)
     shard = reporting.shard_of(world.organization.id)
+    assert meter.meter_problem() is None  # looked at once, trusted for a while: only sends fail below
     stripe.set_faults(fail_next=6, status=500)  # two full rounds of the SDK's three attempts
 
-    first = reporting.report_shard(settings, broker, meter, shard)
+    first = report(settings, broker, meter, shard)
 
     assert first.retry_in is not None and 0.5 <= first.retry_in <= 60
     assert first.reported == [] and first.failed == {}
@@ -245,16 +260,16 @@ def test_a_stripe_outage_backs_off_then_reports_once(settings, world, broker, me
         assert (row.status, row.stripe_attempts) == ("recorded", 1)
         assert row.error.startswith("Last attempt: Stripe answered 500")
     # While the shard backs off, another run sends nothing and says how long to wait.
-    during = reporting.report_shard(settings, broker, meter, shard)
+    during = report(settings, broker, meter, shard)
     assert during.retry_in is not None and during.retry_in <= first.retry_in and during.reported == []
     assert stripe.faults()["fail_next"] == 3
 
     reports = []
 
     def reported():
-        report = reporting.report_shard(settings, broker, meter, shard)
-        reports.append(report)
-        return report.reported
+        done = report(settings, broker, meter, shard)
+        reports.append(done)
+        return done.reported
 
     wait_until(reported, 60, interval=0.1)
 
@@ -271,21 +286,45 @@ def test_a_rate_limit_burst_then_success(settings, world, broker, stripe):
     events = [world.event() for _ in range(2)]
     record(settings, events)
     shard = reporting.shard_of(world.organization.id)
+    assert meter.meter_problem() is None
     stripe.set_faults(fail_next=3, status=429)
 
-    assert reporting.report_shard(settings, broker, meter, shard).retry_in is not None
-    wait_until(lambda: reporting.report_shard(settings, broker, meter, shard).reported, 60, interval=0.1)
+    assert report(settings, broker, meter, shard).retry_in is not None
+    wait_until(lambda: report(settings, broker, meter, shard).reported, 60, interval=0.1)
 
     assert {row.status for row in log_rows(settings)} == {"reported"}
     assert len(stripe.meter_events()) == 2
 
 
-def test_claim_wakeup_coalesces_until_the_reporter_starts(settings, world, broker, meter):
+def test_wake_ups_coalesce_until_the_reporter_stands_down(settings, world, broker, meter):
     shard = reporting.shard_of(world.organization.id)
-    assert reporting.claim_wakeup(broker, shard) is True
-    assert reporting.claim_wakeup(broker, shard) is False
-    reporting.report_shard(settings, broker, meter, shard)  # clears the flag before it reads
-    assert reporting.claim_wakeup(broker, shard) is True
+    assert queue.wake_reporters(broker, [shard]) == [shard]
+    assert queue.wake_reporters(broker, [shard, shard]) == []
+    report(settings, broker, meter, shard)  # clears the flag when it stands down
+    assert queue.wake_reporters(broker, [shard]) == [shard]
+
+
+def test_rows_committed_while_the_reporter_runs_are_reported_by_it(settings, world, broker, meter, stripe, monkeypatch):
+    """The reporter looks for rows once more after clearing its flag: rows whose wake-up
+    was swallowed because it was still running are not left behind."""
+    shard = reporting.shard_of(world.organization.id)
+    first, late = world.event(), world.event()
+    record(settings, [first])
+    assert queue.wake_reporters(broker, [shard]) == [shard]
+    original = reporting._unreported
+
+    def commit_more_during_the_round(session, shard_):
+        rows = original(session, shard_)
+        record(settings, [late])
+        assert queue.wake_reporters(broker, [shard]) == []  # swallowed: the reporter runs
+        return rows
+
+    monkeypatch.setattr(reporting, "_unreported", commit_more_during_the_round)
+    done = reporting.report_round(lambda: db.transaction(settings.database_url), broker, meter, shard)
+    monkeypatch.setattr(reporting, "_unreported", original)
+
+    assert done.reported == [first.id] and done.more  # it goes on, in a new task
+    assert report(settings, broker, meter, shard).reported == [late.id]
 
 
 def set_recorded_at(settings, event_id, recorded_at) -> None:
@@ -297,27 +336,31 @@ def test_flag_for_reconciliation_flags_rows_unreported_for_23_hours(settings, wo
     now = dt.datetime.now(dt.UTC)
     stale, fresh, reported_long_ago = world.event(), world.event(), world.event()
     record(settings, [reported_long_ago])
-    reporting.report_shard(settings, broker, meter, reporting.shard_of(world.organization.id))
+    report(settings, broker, meter, reporting.shard_of(world.organization.id))
     record(settings, [stale, fresh])
     set_recorded_at(settings, stale.id, now - dt.timedelta(hours=23, minutes=1))
     set_recorded_at(settings, fresh.id, now - dt.timedelta(hours=22, minutes=59))
     set_recorded_at(settings, reported_long_ago.id, now - dt.timedelta(days=3))
 
-    assert reporting.flag_for_reconciliation(settings) == 1
+    assert flag_for_reconciliation(settings) == 1
 
     stored = rows(settings)
     assert (stored[stale.id].status, stored[stale.id].error) == ("failed", reporting.RECONCILE_ERROR)
     assert (stored[fresh.id].status, stored[fresh.id].error) == ("recorded", None)
     assert stored[reported_long_ago.id].status == "reported"
-    assert reporting.flag_for_reconciliation(settings) == 0
+    assert flag_for_reconciliation(settings) == 0
 
 
-def test_stale_shards_and_oldest_unreported_age(settings, world):
-    assert reporting.oldest_unreported_age_seconds(settings) == 0.0
+def flag_for_reconciliation(settings) -> int:
+    with db.transaction(settings.database_url) as session:
+        return reporting.flag_for_reconciliation(session)
+
+
+def test_shards_with_rows_waiting(settings, world):
     event = world.event()
     record(settings, [event])
     set_recorded_at(settings, event.id, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
 
-    assert reporting.shards_with_stale_rows(settings, dt.timedelta(minutes=1)) == {reporting.shard_of(world.organization.id)}
-    assert reporting.shards_with_stale_rows(settings, dt.timedelta(minutes=10)) == set()
-    assert 299 < reporting.oldest_unreported_age_seconds(settings) < 330
+    with db.transaction(settings.database_url) as session:
+        assert reporting.shards_waiting(session, dt.timedelta(minutes=1)) == {reporting.shard_of(world.organization.id)}
+        assert reporting.shards_waiting(session, dt.timedelta(minutes=10)) == set()

@@ -44,8 +44,17 @@ def api(request) -> str:
     return request.param
 
 
+CUSTOMERS = ("cus_meter_a", "cus_meter_b", "cus_other", "cus_later", "cus_0", "cus_1", "cus_2")
+
+
+@pytest.fixture(autouse=True)
+def customers(stripe):
+    """The Stripe customers the events below are for."""
+    stripe.create_customers(*CUSTOMERS)
+
+
 def test_reported_events_reach_stripe_with_the_row_id_value_customer_and_time(settings, stripe, api):
-    events = meter_events(3) + meter_events(2, "cus_meter_b", start_value=10**15)
+    events = meter_events(3) + meter_events(2, "cus_meter_b", start_value=10**14)  # up to Stripe's 15 digits
 
     results = StripeMeter(settings, api=api).report(events)
 
@@ -157,11 +166,12 @@ def test_a_retry_stops_the_batch_and_leaves_the_rest_for_later(settings, stripe)
     ],
     ids=["no-customer", "too-old", "future"],
 )
-def test_a_permanent_refusal_fails_only_that_event_with_a_readable_error(settings, stripe, api, bad, fragment):
+def test_a_permanent_refusal_fails_only_that_event_with_a_readable_error(settings, stripe, bad, fragment):
+    """v1 judges each event as it is sent: the refused one fails at once."""
     good = meter_events(3)
     refused = bad(meter_events(1)[0])
 
-    results = StripeMeter(settings, api=api).report([good[0], refused, *good[1:]])
+    results = StripeMeter(settings, api="v1").report([good[0], refused, *good[1:]])
 
     assert results[refused.row_id].outcome is Outcome.FAILED
     error = results[refused.row_id].error
@@ -169,6 +179,28 @@ def test_a_permanent_refusal_fails_only_that_event_with_a_readable_error(setting
     assert all(results[e.row_id] == Result(Outcome.REPORTED) for e in good)
     assert_at_stripe_once(stripe, good)
     assert str(refused.row_id) not in {item["identifier"] for item in stripe.meter_events()}
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (lambda e: MeterEvent(e.row_id, "", e.value, e.occurred_at), "meter_event_no_customer_defined"),
+        (lambda e: MeterEvent(e.row_id, "cus_nobody", e.value, e.occurred_at), "meter_event_customer_not_found"),
+        (lambda e: MeterEvent(e.row_id, e.stripe_customer_id, e.value, e.occurred_at - dt.timedelta(days=40)), "timestamp_too_far_in_past"),
+    ],
+    ids=["no-customer", "unknown-customer", "too-old"],
+)
+def test_the_v2_stream_takes_a_bad_event_and_stripe_drops_it_later(settings, stripe, bad, code):
+    """v2 judges asynchronously: the call answers for all, and Stripe drops the bad one
+    afterwards (its error report is handled by ``worker.stripe_events``)."""
+    good = meter_events(3)
+    dropped = bad(meter_events(1)[0])
+
+    results = StripeMeter(settings, api="v2").report([good[0], dropped, *good[1:]])
+
+    assert all(result == Result(Outcome.REPORTED) for result in results.values())
+    assert_at_stripe_once(stripe, good)
+    assert [(item["identifier"], item["error_code"]) for item in stripe.meter_events("invalid")] == [(str(dropped.row_id), code)]
 
 
 def test_an_invalid_api_key_is_a_readable_failure_not_a_retry(settings, stripe, api):
@@ -200,6 +232,8 @@ def test_v2_renews_a_session_that_ended_before_its_expiry(settings, stripe):
     meter.report(first)
     stale_token = meter._session_token
     stripe.reset()  # the server forgets every session: the meter's token is now unknown there
+    stripe.create_meter("agent700_cost")
+    stripe.create_customers(*CUSTOMERS)
 
     later = meter_events(3, "cus_later")
     results = meter.report(later)

@@ -148,7 +148,7 @@ def test_postgresql_restarted_mid_run(private_settings, private_postgres, stripe
     from ingest_api import create_app
 
     settings = private_settings
-    factory = Factory(settings)
+    factory = Factory(settings, stripe)
     world = make_world(factory, organizations=3)
     client = create_app(settings).test_client()
     load = Load(world, seed=5432)
@@ -174,7 +174,8 @@ def test_the_sweeper_redrives_rows_left_unreported_and_flags_those_too_old(setti
     world = make_world(factory, organizations=2)
     stale = [world.event(organization_id=org.id) for org in world.organizations for _ in range(3)]
     too_old = world.event()
-    result = recording.record(settings, [*stale, too_old])
+    with db.transaction(settings.database_url) as session:
+        result = recording.record(session, [*stale, too_old], value_decimals=settings.stripe_value_decimals)
     assert len(result.recorded) == 7
     with db.transaction(settings.database_url) as session:
         logs = models.UserBillableRequestLog
@@ -184,7 +185,7 @@ def test_the_sweeper_redrives_rows_left_unreported_and_flags_those_too_old(setti
         session.execute(sa.update(logs).where(logs.id == too_old.id).values(recorded_at=now - dt.timedelta(hours=24)))
     worker = start_worker(settings)
 
-    # Beat's sweeper runs every 30 s.
+    # A worker sweeps when it starts (and beat every 15 s).
     wait_until(lambda: rows_reported(settings) == len(stale), SETTLE_SECONDS, message=lambda: counts(settings) + worker.log_tail())
     rows = {row.id: row for row in log_rows(settings)}
     assert (rows[too_old.id].status, rows[too_old.id].error) == ("failed", reporting.RECONCILE_ERROR)
@@ -243,11 +244,10 @@ def test_an_organization_without_a_stripe_customer_id_is_failed_then_retried_onc
             assert (row.status, row.error) == ("reported", None)
     assert {item["identifier"] for item in stripe.meter_events()} == {str(i) for i in ids if i not in orphan_ids}
 
-    # The operator sets the id, then re-drives the failed rows.
-    with db.transaction(settings.database_url) as session:
-        session.execute(
-            sa.update(models.Organization).where(models.Organization.id == without.id).values(stripe_customer_id="cus_found_it")
-        )
+    # The operator finds the customer in Stripe, sets its id, then re-drives the failed rows.
+    stripe.create_customers("cus_found_it")
+    result = runner.invoke(args=["orgs", "set-stripe-customer", "--org", str(without.id), "--stripe-customer-id", "cus_found_it"])
+    assert result.exit_code == 0, result.output
     for event_id in orphan_ids:
         load.expected[event_id] = dataclasses.replace(load.expected[event_id], customer="cus_found_it")
     retry_one = sorted(orphan_ids)[0]
