@@ -12,12 +12,14 @@ import types
 import uuid
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from shared import db, models
 from tests.test_cli import assert_refused, created_id, last_line
-from tests.test_cli_usage import Billing, process_settings  # noqa: F401 - a fixture, for usefixtures
+from tests.test_cli_usage import Billing
 from worker import reporting
+from worker.stripe_reporting import StripeMeter
 
 
 def stored(settings, model, row_id):
@@ -137,23 +139,22 @@ def test_clear_stripe_customer_clears_it_once(runner, factory, settings):
     assert_refused(unknown, "No organization with id")
 
 
-@pytest.mark.usefixtures("process_settings")
-def test_the_no_customer_failure_names_the_commands_that_fix_it(runner, factory, settings):
+def test_the_no_customer_failure_names_the_commands_that_fix_it(runner, factory, settings, stripe):
     """The reason the reporter writes quotes commands an operator can paste as they are
     (with a real customer id for ``cus_...``), and they do fix the row."""
     organization = factory.organization(stripe_customer_id=None)
     row = Billing(factory, settings).log(organization, status=models.UsageStatus.RECORDED, error=None)
-    unreported = types.SimpleNamespace(
-        id=row.id, organization_id=organization.id, stripe_customer_id=None, stripe_value=row.stripe_value,
-        occurred_at=row.occurred_at,
-    )
-    reporting._report_rows(settings, meter=None, rows=[unreported])
+    with redis.Redis.from_url(settings.broker_url, decode_responses=True) as broker:
+        reporting.report_round(
+            lambda: db.transaction(settings.database_url), broker, StripeMeter(settings), reporting.shard_of(organization.id)
+        )
     failed = stored(settings, models.UserBillableRequestLog, row.id)
     assert failed.status == models.UsageStatus.FAILED
     assert f"Organization {organization.id} has no Stripe customer id" in failed.error
 
     commands = re.findall(r"`flask --app ingest_api ([^`]+)`", failed.error)
     assert [command.split()[:2] for command in commands] == [["orgs", "set-stripe-customer"], ["usage", "retry"]]
+    stripe.create_customers("cus_Pasted")  # the customer the operator found in Stripe
     for command in commands:
         last_line(runner.invoke(args=shlex.split(command.replace("cus_...", "cus_Pasted"))))
 

@@ -11,7 +11,7 @@ import pytest
 
 from shared import db, models
 from worker.reporting import RECONCILE_ERROR
-from tests.test_cli_usage import Billing, process_settings  # noqa: F401 - a fixture, for usefixtures
+from tests.test_cli_usage import Billing
 from worker.stripe_reporting import MeterEvent, Outcome, StripeMeter
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -184,6 +184,7 @@ def test_organization_without_stripe_customer_id(runner, factory, stripe):
 
 
 def test_no_meter_for_the_event_name(runner, factory, stripe):
+    stripe.reset()  # a Stripe account where nobody created the meter
     organization = factory.organization(stripe_customer_id="cus_no_meter")
 
     assert_error(
@@ -240,7 +241,6 @@ def at_stripe_only(meter: StripeMeter, organization, occurred_at: dt.datetime, v
     assert {result.outcome for result in outcomes.values()} == {Outcome.REPORTED}, outcomes
 
 
-@pytest.mark.usefixtures("process_settings")  # the printed `usage retry` wakes a reporter
 def test_a_row_missing_at_stripe_is_named_with_the_command_to_send_it_again(runner, factory, billing, meter, settings):
     organization = factory.organization(stripe_customer_id="cus_named")
     send(meter, organization, reported(billing, organization, YESTERDAY + dt.timedelta(hours=10)))

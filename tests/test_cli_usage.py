@@ -17,27 +17,12 @@ import redis
 import sqlalchemy as sa
 
 from shared import db, intake, models, queue
-from shared.config import get_settings
 from worker.reporting import RECONCILE_ERROR
 from worker.reporting import shard_of
 from shared.usage_event import AcceptedUsageEvent
-from tests.conftest import TEST_JWT_SECRET
 
 NO_CUSTOMER_ERROR = "Organization has no Stripe customer id; set it, then `usage retry`."
-CELERY_QUEUE = "billing"  # celeryconfig.task_default_queue
-
-
-@pytest.fixture(autouse=True)
-def process_settings(monkeypatch, settings):
-    """The Celery app reads its configuration (celeryconfig -> get_settings()) when first
-    used; point the process settings at this run's servers, so that never starts the
-    embedded ones. The command itself publishes to the app's ``settings.broker_url``."""
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("CELERY_BROKER_URL", settings.broker_url)
-    monkeypatch.setenv("JWT_SECRET", TEST_JWT_SECRET)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+CELERY_QUEUE = queue.QUEUE
 
 
 @pytest.fixture
@@ -129,11 +114,11 @@ def log_status(settings, row_id) -> tuple[str, str | None]:
 
 
 def report_tasks(broker) -> list[int]:
-    """The shards of the ``billing.report_shard`` messages waiting in the Celery queue."""
+    """The shards of the ``billing.report`` messages waiting in the Celery queue."""
     shards = []
     for raw in broker.lrange(CELERY_QUEUE, 0, -1):
         envelope = json.loads(raw)
-        if envelope["headers"]["task"] != queue.REPORT_SHARD:
+        if envelope["headers"]["task"] != queue.REPORT:
             continue
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         shards.append(args[0])

@@ -18,6 +18,18 @@ EVENT_NAME = "agent700_cost"
 CUSTOMERS = ("cus_a", "cus_b")
 
 
+@pytest.fixture
+def stripe(stripe_server):
+    """The server as a new Stripe account: nothing in it, and Stripe's way of judging v2
+    events a while after they arrive (the other suites' server judges them at once)."""
+    from local_stripe.faults import DEFAULT_VALIDATION_DELAY_SECONDS
+
+    stripe_server.reset()
+    stripe_server.set_validation_delay(DEFAULT_VALIDATION_DELAY_SECONDS)
+    yield stripe_server
+    stripe_server.reset()
+
+
 def sdk_client(server, api_key: str = API_KEY, **options) -> stripe_sdk.StripeClient:
     options.setdefault("max_network_retries", 0)
     return stripe_sdk.StripeClient(api_key, base_addresses={"api": server.url, "meter_events": server.url}, **options)

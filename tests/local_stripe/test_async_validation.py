@@ -14,7 +14,8 @@ import pytest
 import requests
 import stripe as stripe_sdk
 
-from tests.local_stripe.conftest import open_session, rfc3339, v1_event, v2_event
+from local_stripe.testing import serve_in_thread
+from tests.local_stripe.conftest import open_session, rfc3339, sdk_client, v1_event, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
 
@@ -232,11 +233,15 @@ def test_local_routes_validate_and_list_by_status(stripe, streamer):
     assert requests.get(f"{stripe.url}/_local/meter_events", params={"status": "all"}, timeout=5).status_code == 400
 
 
-def test_reset_forgets_pending_events_and_settings_return_to_the_defaults(stripe, streamer):
-    stripe.set_validation_delay(30)
-    streamer.v2.billing.meter_event_stream.create({"events": [v2_event()]})
+def test_reset_forgets_pending_events_and_settings_return_to_the_defaults():
+    with serve_in_thread() as server:
+        server.create_customers("cus_a")
+        server.create_meter("agent700_cost")
+        streamer = open_session(server, sdk_client(server))[0]
+        server.set_validation_delay(30)
+        streamer.v2.billing.meter_event_stream.create({"events": [v2_event()]})
 
-    stripe.reset()
+        server.reset()
 
-    assert stripe.meter_events("pending") == []
-    assert stripe.faults()["validation_delay_seconds"] == 1.0
+        assert server.meter_events("pending") == []
+        assert server.faults()["validation_delay_seconds"] == 1.0
