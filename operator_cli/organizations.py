@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 
 import click
+import stripe
 import sqlalchemy as sa
 from flask.cli import AppGroup
 
 from operator_cli import output, parameters, store
 from shared import models
+from shared.stripe_client import stripe_client
 
 orgs_cli = AppGroup("orgs", help="Organizations (the customers billed in Stripe).")
 
@@ -17,12 +19,25 @@ _NO_CUSTOMER = "none: its usage cannot be reported to Stripe"
 
 
 def confirm_customer_at_stripe(stripe_customer_id: str) -> None:
-    """THE place for the check "this customer exists at Stripe" (to be added by the lead
-    developer; the local Stripe server has no customers API yet, so nothing is checked).
-
-    Every command that stores a Stripe customer id calls this, before its transaction,
-    and nothing else does: raise a ``click.ClickException`` here to refuse the id.
-    """
+    """Refuse a customer id Stripe does not know (a typo, another account, test vs live
+    mode, a deleted customer): its events would be dropped by Stripe. Every command that
+    stores a Stripe customer id calls this, before its transaction."""
+    client = stripe_client(store.current_settings(), max_network_retries=1, timeout_seconds=10)
+    try:
+        customer = client.v1.customers.retrieve(stripe_customer_id)
+    except stripe.InvalidRequestError as error:
+        if error.http_status == 404:
+            raise click.ClickException(
+                f"Stripe has no customer {stripe_customer_id} in this account (check the id, and test or live mode)."
+            ) from None
+        raise click.ClickException(f"Stripe refused to show customer {stripe_customer_id}: {error.user_message or error}") from None
+    except stripe.StripeError as error:
+        raise click.ClickException(
+            f"Stripe could not be asked whether customer {stripe_customer_id} exists ({error.user_message or error}); "
+            "nothing was changed. Try again when Stripe answers."
+        ) from None
+    if getattr(customer, "deleted", False):
+        raise click.ClickException(f"Stripe customer {stripe_customer_id} is deleted; its usage could not be billed.")
 
 
 @orgs_cli.command("create")

@@ -36,12 +36,15 @@ import stripe
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from operator_cli import output, parameters, store
+from operator_cli import output, parameters, store, stripe_setup
 from shared import models
 from worker.reporting import RECONCILE_ERROR
 from shared.stripe_client import stripe_client
 
-stripe_cli = AppGroup("stripe", help="Stripe Billing: check what was reported against what Stripe counted.")
+stripe_cli = AppGroup(
+    "stripe", help="Stripe Billing: set up the billing meter, and check what was reported against what Stripe counted."
+)
+stripe_cli.add_command(stripe_setup.ensure_meter)
 
 # Exit codes, as diff(1) has them: 0 equal, 1 different, 2 the comparison could not be made.
 EXIT_MATCH, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2

@@ -308,6 +308,10 @@ class StripeServer:
             return json.load(response)
 
     def meter_events(self) -> list[dict]:
+        """The meter events Stripe counts: the pending ones judged first (as Stripe will)."""
+        request = urllib.request.Request(f"{self.url}/_local/validate", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=120):
+            pass
         with urllib.request.urlopen(f"{self.url}/_local/meter_events", timeout=120) as response:
             return json.load(response)["data"]
 

@@ -7,7 +7,9 @@ prices are kept here as the ``Decimal`` rates the load generator computes costs 
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.request
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,8 +74,23 @@ class OperatorCli:
         return completed.stdout.strip().splitlines()[-1]
 
 
+def _stripe_customer(stripe_url: str, customer_id: str) -> None:
+    """The customer in the local Stripe server's account, as it would be in Stripe's."""
+    request = urllib.request.Request(
+        f"{stripe_url}/_local/customers", data=json.dumps({"id": customer_id}).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
 def seed(env: dict[str, str], organizations: int, token_ttl_seconds: int) -> World:
     cli = OperatorCli(env)
+    # The Stripe side first, as an operator sets it up: the meter, and the customers the
+    # organizations are created with (``orgs create`` checks that they exist).
+    cli("stripe", "ensure-meter")
+    for index in range(organizations):
+        _stripe_customer(env["STRIPE_API_BASE"], f"cus_soak{index:02d}")
     # Each command is a process that imports the app (about a second); the independent
     # ones run side by side.
     with ThreadPoolExecutor(max_workers=4) as pool:

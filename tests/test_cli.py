@@ -48,7 +48,8 @@ def count(session, model) -> int:
 # --- orgs create ------------------------------------------------------------------------
 
 
-def test_orgs_create_prints_the_id_of_the_stored_organization(runner, session):
+def test_orgs_create_prints_the_id_of_the_stored_organization(runner, session, stripe):
+    stripe.create_customers("cus_Acme123")
     result = runner.invoke(args=["orgs", "create", "--name", "Acme", "--stripe-customer-id", "cus_Acme123"])
 
     organization = session.get(models.Organization, created_id(result))
@@ -535,8 +536,9 @@ def test_seed_demo_keeps_other_rows_with_its_names(runner, factory, session):
 # --- scripting --------------------------------------------------------------------------
 
 
-def test_created_ids_chain_into_a_working_superadmin(runner, session, settings):
+def test_created_ids_chain_into_a_working_superadmin(runner, session, settings, stripe):
     """What a setup script does: each command's last line feeds the next one."""
+    stripe.create_customers("cus_acme")
     organization_id = last_line(runner.invoke(args=["orgs", "create", "--name", "Acme", "--stripe-customer-id", "cus_acme"]))
     user_id = last_line(runner.invoke(args=["users", "create", "--email", "ops@acme.example"]))
     membership_id = last_line(

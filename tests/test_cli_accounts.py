@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 import redis
+import stripe as stripe_sdk
 import sqlalchemy as sa
 
 from shared import db, models
@@ -100,6 +101,12 @@ def test_set_stripe_customer_refuses_the_id_it_already_has(runner, factory):
 
 
 UNKNOWN = uuid.UUID(int=7)
+
+
+@pytest.fixture(autouse=True)
+def customers_at_stripe(stripe):
+    """The customers these tests name exist in the (local) Stripe account, as an operator's would."""
+    stripe.create_customers("cus_Acme", "cus_Fixed1", "cus_Fixed2", "cus_Gone", "cus_New", "cus_Old", "cus_Same", "cus_X")
 
 
 @pytest.mark.parametrize(
@@ -431,3 +438,42 @@ def test_services_list(runner, factory):
     assert [(s["id"], s["name"]) for s in document["services"]] == [
         (str(dictation.id), "dictation"), (str(transcription.id), "transcription")
     ]
+
+
+@pytest.mark.parametrize("command", ["set-stripe-customer", "create"])
+def test_a_customer_id_stripe_does_not_know_is_refused(runner, factory, stripe, command):
+    organization = factory.organization(stripe_customer_id=None)
+    args = (
+        ["orgs", "set-stripe-customer", "--org", str(organization.id), "--stripe-customer-id", "cus_Typo"]
+        if command == "set-stripe-customer"
+        else ["orgs", "create", "--name", "Typo Inc", "--stripe-customer-id", "cus_Typo"]
+    )
+
+    result = runner.invoke(args=args)
+
+    assert_refused(result, "Stripe has no customer cus_Typo in this account")
+    assert stored(factory.settings, models.Organization, organization.id).stripe_customer_id is None
+
+
+def test_a_deleted_stripe_customer_is_refused(runner, factory, stripe):
+    organization = factory.organization(stripe_customer_id=None)
+    stripe.create_customers("cus_Deleted")
+    stripe_sdk.StripeClient("sk_test_x", base_addresses={"api": stripe.url}).v1.customers.delete("cus_Deleted")
+
+    result = runner.invoke(
+        args=["orgs", "set-stripe-customer", "--org", str(organization.id), "--stripe-customer-id", "cus_Deleted"]
+    )
+
+    assert_refused(result, "Stripe customer cus_Deleted is deleted")
+
+
+def test_stripe_unreachable_changes_nothing(runner, factory, stripe):
+    organization = factory.organization(stripe_customer_id=None)
+    stripe.set_faults(fail_next=10, status=500)
+
+    result = runner.invoke(
+        args=["orgs", "set-stripe-customer", "--org", str(organization.id), "--stripe-customer-id", "cus_New"]
+    )
+
+    assert_refused(result, "Stripe could not be asked whether customer cus_New exists")
+    assert stored(factory.settings, models.Organization, organization.id).stripe_customer_id is None
