@@ -55,6 +55,10 @@ class Settings:
     worker_metrics_port: int | None = None
     # "v2": the meter event stream, 100 events per call (default); "v1": one call per event.
     stripe_meter_api: str = "v2"
+    # The signing secret (whsec_...) of the Stripe event destination that sends the
+    # meters' asynchronous error reports to POST /api/stripe/events; unset, that endpoint
+    # refuses every delivery (it cannot tell Stripe's from a forgery).
+    stripe_webhook_secret: str | None = None
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -144,6 +148,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         auth_cache_seconds=_float(environ, "AUTH_CACHE_SECONDS", 5.0),
         enqueue_timeout_seconds=_float(environ, "ENQUEUE_TIMEOUT_SECONDS", 3.0),
         stripe_meter_api=stripe_meter_api,
+        stripe_webhook_secret=environ.get("STRIPE_WEBHOOK_SECRET") or (
+            embedded.local_secret(embedded.STRIPE_WEBHOOK_SECRET_FILE) if local_default_run else None
+        ),
         worker_metrics_port=_int(environ, "WORKER_METRICS_PORT", 0) or None,
     )
 

@@ -31,6 +31,7 @@ POSTGRES_DIR = VAR_DIR / "postgres"
 REDIS_DIR = VAR_DIR / "redis"
 JWT_SECRET_FILE = VAR_DIR / "jwt_secret"
 FLOWER_AUTH_FILE = VAR_DIR / "flower_basic_auth"
+STRIPE_WEBHOOK_SECRET_FILE = VAR_DIR / "stripe_webhook_secret"
 
 
 @contextlib.contextmanager
@@ -236,11 +237,13 @@ def local_secret(path: Path) -> str | None:
 
 
 def ensure_local_secrets() -> None:
-    """The JWT secret and Flower's basic auth of the local run, kept under ``var/`` so
-    every process and every run uses the same ones."""
+    """The JWT secret, Flower's basic auth and the local Stripe server's webhook signing
+    secret of the local run, kept under ``var/`` so every process and every run uses the
+    same ones."""
     with _locked("secrets"):
         _secret(JWT_SECRET_FILE, lambda: secrets.token_urlsafe(48))
         _secret(FLOWER_AUTH_FILE, lambda: f"operator:{secrets.token_urlsafe(12)}")
+        _secret(STRIPE_WEBHOOK_SECRET_FILE, lambda: f"whsec_{secrets.token_urlsafe(32)}")
 
 
 def stop_all() -> None:

@@ -231,3 +231,21 @@ class RejectedUsageEvent(Base):
     rejected_at: orm.Mapped[dt.datetime] = _created_at()
     attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=1, server_default="1")
     resolved_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+
+
+class StripeEvent(Base):
+    """An event Stripe sent to the webhook (its asynchronous error reports), recorded on
+    receipt so each is handled once however often Stripe delivers it."""
+
+    __tablename__ = "stripe_events"
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.Text, primary_key=True)
+    type: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    received_at: orm.Mapped[dt.datetime] = _created_at()
+    handled_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+    outcome: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+
+    __table_args__ = (
+        # The sweep's lookup: events received and not yet handled (a lost task).
+        sa.Index("ix_stripe_events_unhandled", "received_at", postgresql_where=sa.text("handled_at IS NULL")),
+    )

@@ -29,6 +29,7 @@ QUEUE = "billing"
 RECORD = "billing.record"
 REPORT = "billing.report"
 SWEEP = "billing.sweep"
+STRIPE_EVENT = "billing.stripe_event"
 PING = "billing.ping"
 SWEEP_SECONDS = 15.0
 

@@ -11,16 +11,19 @@ import time
 
 import redis
 import sqlalchemy.exc
+import stripe
 from celery import shared_task
 
 from shared import intake, metrics, pipeline_status, queue
-from worker import recording, reporting
+from worker import recording, reporting, stripe_error_reports
 from worker.celery_app import BillingTask
 
 log = logging.getLogger(__name__)
 # Recorded rows not reported after this long are woken by the sweep (healthy ones are
 # reported within a second of being recorded).
 STALE_AFTER = dt.timedelta(seconds=5)
+# A Stripe event received and not handled after this long lost its task: sent again.
+STRIPE_EVENT_STALE_AFTER = dt.timedelta(seconds=30)
 _TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, redis.ConnectionError, redis.TimeoutError)
 _RETRY = dict(autoretry_for=_TRANSIENT, retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=None)
 
@@ -76,17 +79,52 @@ def report(self: BillingTask, shard: int) -> dict:
     }
 
 
+@shared_task(base=BillingTask, bind=True, name=queue.STRIPE_EVENT, **_RETRY)
+def stripe_event(self: BillingTask, event_id: str) -> dict:
+    """Handle one of Stripe's asynchronous error reports: the reported rows Stripe dropped
+    become failed, with Stripe's reason."""
+    client = self.meter.client
+    try:
+        report = stripe_error_reports.ErrorReport.of(client.v2.core.events.retrieve(event_id))
+    except stripe.StripeError as error:
+        raise self.retry(exc=StripeRefused(f"could not fetch Stripe event {event_id}: {error}"), countdown=30) from None
+    with self.transaction() as session:
+        if not stripe_error_reports.claim(session, report):
+            return {"stripe_event": event_id, "already_handled": True}
+        dropped = stripe_error_reports.dropped_rows(session, client, report)
+        failed = stripe_error_reports.fail_dropped(session, dropped)
+        stripe_error_reports.handled(session, report, f"{len(failed)} row(s) failed of {report.error_count} error(s) reported")
+    metrics.stripe_error_reports.labels(report.type).inc()
+    log.warning(
+        "stripe error report", extra={"stripe_event_id": event_id, "type": report.type, "errors": report.error_count,
+                                      "event_ids": [str(i) for i in failed]},
+    )
+    return {
+        "stripe_event": event_id,
+        "type": report.type,
+        "errors_reported": report.error_count,
+        "failed": len(failed),
+        "failed_ids": {str(i): dropped[i] for i in failed},
+    }
+
+
 @shared_task(base=BillingTask, bind=True, name=queue.SWEEP)
 def sweep(self: BillingTask) -> dict:
     """Wake what a killed worker or a lost wake-up left waiting; flag rows too old to resend."""
     with self.transaction() as session:
         flagged = reporting.flag_for_reconciliation(session)
         shards = reporting.shards_waiting(session, STALE_AFTER)
+        lost_stripe_events = stripe_error_reports.unhandled(session, STRIPE_EVENT_STALE_AFTER)
+    for event_id in lost_stripe_events:
+        queue.send(queue.STRIPE_EVENT, event_id)
     shards_woken = queue.wake_reporters(
         self.broker, [shard for shard in shards if not reporting.shard_is_handled(self.broker, shard)]
     )
     recorder_woken = intake.recorder_needed(self.broker) and queue.wake_recorder()
-    return {"flagged": flagged, "shards_woken": shards_woken, "recorder_woken": recorder_woken}
+    return {
+        "flagged": flagged, "shards_woken": shards_woken, "recorder_woken": recorder_woken,
+        "stripe_events_resent": lost_stripe_events,
+    }
 
 
 @shared_task(name=queue.PING)

@@ -1,0 +1,261 @@
+"""What Stripe's asynchronous error reports mean for the rows: which reported rows Stripe
+dropped, marked ``failed`` with Stripe's reason.
+
+The v2 meter event stream answers before it validates. Stripe drops the events it cannot
+count later and says so only in an event: ``v1.billing.meter.error_report_triggered``
+(per meter) or ``v1.billing.meter.no_meter_found``, each for a validation window, with
+how many events of each error type it dropped and a few samples that name their
+``identifier`` (the row id). The rows concerned are found, each with Stripe's reason:
+
+1. the samples name rows outright;
+2. no meter at all drops every event sent in the window, an inactive one every event
+   sent since it was deactivated;
+3. an unknown customer drops every event for it: the window's rows of the customers
+   Stripe does not know;
+4. a timestamp or a value Stripe refuses: the window's rows that break its rule;
+5. while fewer rows are found than Stripe counted, the window's other rows are compared
+   with Stripe's meter event summaries, per customer and minute of ``occurred_at``: where
+   Stripe counts less, the rows it lacks are failed (all of the minute's, if the
+   difference does not say which).
+
+A failed row goes back to Stripe with ``usage retry`` once its cause is fixed: Stripe
+keeps no identifier of an event it dropped, so the retry is counted once; one it did
+have (a summary that lagged) is deduplicated by its identifier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+import sqlalchemy as sa
+import stripe
+from sqlalchemy import orm
+from sqlalchemy.dialects.postgresql import insert
+
+from shared import metrics, models
+from worker import stripe_reporting
+
+log = logging.getLogger(__name__)
+# A row's stripe_reported_at follows Stripe's receipt by the call's duration; a minute
+# either side of the validation window covers that and the clocks' difference.
+WINDOW_SLACK = dt.timedelta(minutes=1)
+TIMESTAMP_CODES = frozenset({"timestamp_too_far_in_past", "timestamp_in_future"})
+VALUE_CODES = frozenset({"meter_event_value_too_many_digits", "meter_event_invalid_value"})
+MINUTE = dt.timedelta(minutes=1)
+_logs = models.UserBillableRequestLog
+
+
+@dataclass(frozen=True)
+class ErrorType:
+    code: str
+    count: int
+    samples: dict[str, str]  # identifier -> Stripe's message
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    event_id: str
+    type: str
+    meter_id: str | None
+    start: dt.datetime
+    end: dt.datetime
+    summary: str
+    error_types: list[ErrorType]
+
+    @property
+    def error_count(self) -> int:
+        return sum(error_type.count for error_type in self.error_types)
+
+    @classmethod
+    def of(cls, event) -> "ErrorReport":
+        """From the full event as ``client.v2.core.events.retrieve`` gives it."""
+        data = event.data
+        related = getattr(event, "related_object", None)
+        return cls(
+            event_id=event.id,
+            type=event.type,
+            meter_id=getattr(related, "id", None) or None,
+            start=_time(data.validation_start),
+            end=_time(data.validation_end),
+            summary=getattr(data, "developer_message_summary", "") or "",
+            error_types=[
+                ErrorType(
+                    code=error_type.code,
+                    count=error_type.error_count,
+                    samples={sample.request.identifier: sample.error_message for sample in error_type.sample_errors or []},
+                )
+                for error_type in data.reason.error_types
+            ],
+        )
+
+
+def _time(value) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def dropped_rows(session: orm.Session, client: stripe.StripeClient, report: ErrorReport) -> dict[uuid.UUID, str]:
+    """The reported rows Stripe dropped, each with the reason written on it."""
+    rows = session.execute(
+        sa.select(_logs.id, _logs.stripe_value, _logs.occurred_at, _logs.stripe_reported_at, models.Organization.stripe_customer_id)
+        .join(models.Organization, models.Organization.id == _logs.organization_id)
+        .where(
+            _logs.status == models.UsageStatus.REPORTED,
+            _logs.stripe_reported_at >= report.start - WINDOW_SLACK,
+            _logs.stripe_reported_at <= report.end + WINDOW_SLACK,
+        )
+    ).all()
+    by_id = {str(row.id): row for row in rows}
+    codes = {error_type.code for error_type in report.error_types}
+    dropped: dict[uuid.UUID, str] = {}
+
+    def drop(row, code: str, message: str) -> None:
+        dropped.setdefault(row.id, _reason(report, code, message))
+
+    for error_type in report.error_types:
+        for identifier, message in error_type.samples.items():
+            if identifier in by_id:
+                drop(by_id[identifier], error_type.code, message)
+    rest = [row for row in rows if row.id not in dropped]
+    if report.type == "v1.billing.meter.no_meter_found" or "no_meter" in codes:
+        # No meter at all: nothing of the window could be counted. (An inactive meter's
+        # events of before it was deactivated were; those are told apart by its summaries.)
+        for row in rest:
+            drop(row, "no_meter", report.summary or "Stripe has no meter for the event.")
+    if "archived_meter" in codes and report.meter_id:
+        # Every event received while the meter is inactive is dropped, whatever its value.
+        deactivated_at = client.v1.billing.meters.retrieve(report.meter_id).status_transitions.deactivated_at
+        if deactivated_at:
+            since = dt.datetime.fromtimestamp(deactivated_at, dt.UTC)
+            for row in rest:
+                if row.stripe_reported_at >= since:
+                    drop(row, "archived_meter", f"The meter {report.meter_id} has been inactive since {since.isoformat()}.")
+    if "meter_event_customer_not_found" in codes:
+        unknown = {customer for customer in {row.stripe_customer_id for row in rest} if not _customer_exists(client, customer)}
+        for row in rest:
+            if row.stripe_customer_id in unknown:
+                drop(row, "meter_event_customer_not_found", f"No such customer: '{row.stripe_customer_id}'")
+    if codes & (TIMESTAMP_CODES | VALUE_CODES):
+        for row in rest:
+            event = stripe_reporting.MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at)
+            if (problem := stripe_reporting.unsendable(event, row.stripe_reported_at)) is not None:
+                drop(row, next(iter(codes & (TIMESTAMP_CODES | VALUE_CODES))), problem)
+    if len(dropped) < report.error_count and report.meter_id:
+        code = report.error_types[0].code if len(report.error_types) == 1 else "summaries"
+        lacking = _lacking_in_summaries(session, client, report.meter_id, [r for r in rows if r.id not in dropped], set(dropped))
+        for row_id, message in lacking.items():
+            dropped.setdefault(row_id, _reason(report, code, message))
+    return dropped
+
+
+def _reason(report: ErrorReport, code: str, message: str) -> str:
+    return (
+        f"Stripe dropped this meter event after accepting it ({code}: {message.rstrip('.')}; "
+        f"error report {report.event_id}). Fix the cause, then `usage retry`."
+    )
+
+
+def _customer_exists(client: stripe.StripeClient, customer_id: str) -> bool:
+    try:
+        return not getattr(client.v1.customers.retrieve(customer_id), "deleted", False)
+    except stripe.InvalidRequestError as error:
+        if error.http_status == 404:
+            return False
+        raise
+
+
+def _lacking_in_summaries(
+    session: orm.Session, client: stripe.StripeClient, meter_id: str, candidates, known_dropped: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """Candidates Stripe's summaries lack, by customer and minute of their ``occurred_at``
+    (the rows already known dropped are not expected at Stripe)."""
+    groups: dict[tuple[str, dt.datetime], list] = defaultdict(list)
+    for row in candidates:
+        groups[row.stripe_customer_id, row.occurred_at.astimezone(dt.UTC).replace(second=0, microsecond=0)].append(row)
+    lacking: dict[uuid.UUID, str] = {}
+    for (customer, minute), group in groups.items():
+        at_stripe = sum(
+            (
+                Decimal(str(summary.aggregated_value))
+                for summary in client.v1.billing.meters.event_summaries.list(
+                    meter_id,
+                    {"customer": customer, "start_time": int(minute.timestamp()), "end_time": int((minute + MINUTE).timestamp())},
+                ).auto_paging_iter()
+            ),
+            Decimal(0),
+        )
+        here = session.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(_logs.stripe_value), 0))
+            .join(models.Organization, models.Organization.id == _logs.organization_id)
+            .where(
+                models.Organization.stripe_customer_id == customer,
+                _logs.status == models.UsageStatus.REPORTED,
+                _logs.occurred_at >= minute,
+                _logs.occurred_at < minute + MINUTE,
+                _logs.id.notin_(known_dropped) if known_dropped else sa.true(),
+            )
+        )
+        missing = Decimal(here) - at_stripe
+        if missing <= 0:
+            continue
+        exactly = [row for row in group if row.stripe_value == missing]
+        which = exactly[:1] if len(exactly) == 1 and sum(r.stripe_value for r in group) != missing else group
+        for row in which:
+            lacking[row.id] = (
+                f"Stripe's summary for {customer} at {minute.isoformat()} lacks {missing} of the {here} reported"
+                + ("" if which is not group or len(group) == 1 else "; which of the minute's events is not known, so all are retried")
+            )
+    return lacking
+
+
+def fail_dropped(session: orm.Session, dropped: dict[uuid.UUID, str]) -> list[uuid.UUID]:
+    """Mark the rows failed with their reasons (rows no longer reported are left alone)."""
+    failed = []
+    for row_id, reason in dropped.items():
+        changed = session.execute(
+            sa.update(_logs)
+            .where(_logs.id == row_id, _logs.status == models.UsageStatus.REPORTED)
+            .values(status=models.UsageStatus.FAILED, error=reason)
+        ).rowcount
+        if changed:
+            failed.append(row_id)
+            log.warning("usage event failed", extra={"event_id": str(row_id), "reason": reason})
+    metrics.events_failed.inc(len(failed))
+    return failed
+
+
+def claim(session: orm.Session, report: ErrorReport) -> bool:
+    """Lock the event's record (made if the webhook's insert was lost); False if it was
+    handled already (a second delivery of its task)."""
+    session.execute(
+        insert(models.StripeEvent).values(id=report.event_id, type=report.type).on_conflict_do_nothing(index_elements=["id"])
+    )
+    handled_at = session.scalar(
+        sa.select(models.StripeEvent.handled_at).where(models.StripeEvent.id == report.event_id).with_for_update()
+    )
+    return handled_at is None
+
+
+def handled(session: orm.Session, report: ErrorReport, outcome: str) -> None:
+    session.execute(
+        sa.update(models.StripeEvent)
+        .where(models.StripeEvent.id == report.event_id)
+        .values(handled_at=sa.func.now(), outcome=outcome)
+    )
+
+
+def unhandled(session: orm.Session, older_than: dt.timedelta) -> list[str]:
+    """Events received and not yet handled after this long: their task was lost."""
+    return list(
+        session.scalars(
+            sa.select(models.StripeEvent.id).where(
+                models.StripeEvent.handled_at.is_(None), models.StripeEvent.received_at < sa.func.now() - older_than
+            )
+        )
+    )
