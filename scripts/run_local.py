@@ -36,7 +36,7 @@ from shared.config import LOCAL_STRIPE_API_KEY, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_HOST = "127.0.0.1"
-FLOWER_PORT = 5555
+FLOWER_PORT = int(os.environ.get("FLOWER_PORT") or 5555)
 DEMO_STRIPE_CUSTOMER_ID = "cus_demo_agent700"
 GIVE_UP_AFTER = 5  # exits within RESTART_WINDOW_SECONDS
 RESTART_WINDOW_SECONDS = 60

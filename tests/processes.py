@@ -215,14 +215,15 @@ class WorkerProcess:
 
 
 class GunicornProcess:
-    """``python -m gunicorn --config gunicorn.conf.py --workers N "ingest_api:create_app()"``,
-    as the Procfile's ``web`` runs it, on a free port (``PORT``). Standard output and
+    """``python -m gunicorn --config gunicorn.conf.py [--workers N] "ingest_api:create_app()"``,
+    as the Procfile's ``web`` runs it (``workers=None``: exactly so), on a free port (``PORT``). Standard output and
     standard error go to files of their own (``stdout_path``, ``stderr_path``)."""
 
     APP = "ingest_api:create_app()"
 
     def __init__(
-        self, settings: Settings, stripe_url: str, directory: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None
+        self, settings: Settings, stripe_url: str, directory: Path, *, workers: int | None = 2,
+        extra_env: dict[str, str] | None = None,
     ):
         self.settings = settings
         self.stripe_url = stripe_url
@@ -246,7 +247,10 @@ class GunicornProcess:
         env = service_env(self.settings, self.stripe_url, {"PORT": str(self.port), **self.extra_env})
         with open(self.stdout_path, "ab") as stdout, open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", str(self.workers), self.APP],
+                [
+                    sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
+                    *(["--workers", str(self.workers)] if self.workers else []), self.APP,
+                ],
                 cwd=PROJECT_ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -1,0 +1,382 @@
+"""Hostile and careless requests, one case per test, each with the answer it must get.
+
+Every request gets the contract's answer: a JSON error (``{"error": ...}``, with
+``details`` for a 422), never a 5xx, and nothing queued for a refusal. Text that a later
+stage could not store or send is refused at the edge, so no accepted event can stop the
+pipeline. The first cases are in-process (the Flask app); the ones about the HTTP
+framing and about slow clients go through the real web process, as the Procfile runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import statistics
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.api.conftest import BATCH_URL, OMIT, URL, assert_error
+from tests.processes import GunicornProcess
+
+
+def post_raw(billing, data: bytes, **headers: str):
+    return billing.client.post(URL, data=data, headers=billing.headers() | {"Content-Type": "application/json"} | headers)
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+# --- text a later stage cannot store: 422, for every string field, in both endpoints ----------
+
+UNSTORABLE = {
+    "nul-inside": "a\x00b",  # PostgreSQL text and jsonb refuse NUL (finding 1 of the issue)
+    "nul-alone": "\x00",
+    "escape-sequence": "\x1b[31mred",
+    "del": "a\x7fb",
+    "c1-control": "a\x85b",
+    "noncharacter-bmp": "a\uffffb",
+    "noncharacter-astral": "\U0010ffff",
+}
+
+
+@pytest.mark.parametrize("field", ["source", "model_name", "service_name"])
+@pytest.mark.parametrize("text", list(UNSTORABLE.values()), ids=list(UNSTORABLE))
+def test_unstorable_text_in_a_field_is_422_naming_it(billing, field, text):
+    response = billing.post(billing.body(**{field: text}))
+
+    body = assert_error(response, 422, fields=[field])
+    assert "U+" in body["details"][0]["message"]
+    billing.assert_nothing_queued()
+
+
+def test_the_nul_body_of_the_issue_is_422_not_accepted(billing):
+    data = json.dumps(billing.body(source="a\u0000b")).encode()  # "\u0000" as JSON writes it
+    assert b"\\u0000" in data
+
+    assert_error(post_raw(billing, data), 422, fields=["source"])
+    billing.assert_nothing_queued()
+
+
+def test_a_lone_surrogate_escape_in_source_is_422(billing):
+    data = json.dumps(billing.body(source="x")).replace('"source": "x"', '"source": "a\\ud800b"').encode()
+
+    assert_error(post_raw(billing, data), 422, fields=["source"])
+    billing.assert_nothing_queued()
+
+
+def test_unstorable_text_in_a_batch_refuses_only_that_event(billing):
+    response = billing.post_batch([billing.body(), billing.body(source="a\x00b"), billing.body(service_name="x\x00")])
+
+    assert response.status_code == 200
+    first, second, third = response.get_json()["results"]
+    assert first["status"] == "queued"
+    assert (second["status"], [d["field"] for d in second["details"]]) == ("rejected", ["source"])
+    assert (third["status"], [d["field"] for d in third["details"]]) == ("rejected", ["service_name"])
+    assert [str(event.id) for event in billing.queued()] == [first["id"]]
+
+
+def test_a_batch_idempotency_key_with_a_nul_is_refused(billing):
+    response = billing.post_batch([billing.body(idempotency_key="key\x00")])
+
+    (result,) = response.get_json()["results"]
+    assert result["status"] == "rejected" and result["details"][0]["field"] == "idempotency_key"
+    billing.assert_nothing_queued()
+
+
+def test_a_nul_in_an_unknown_field_name_is_422_naming_it(billing):
+    body = billing.body() | {"sour\x00ce": "x"}
+
+    assert_error(billing.post(body), 422, fields=["sour\x00ce"])
+
+
+ODD_BUT_STORABLE = {
+    "emoji": "🎙️ transcription",
+    "combining": "e\u0301\u0301\u0301",
+    "right-to-left": "\u05e9\u05dc\u05d5\u05dd",
+    "line-separator": "a\u2028b",
+    "zero-width-joiner": "👩\u200d💻",
+    "astral": "\U0001d11e",
+}
+
+
+@pytest.mark.parametrize("text", list(ODD_BUT_STORABLE.values()), ids=list(ODD_BUT_STORABLE))
+def test_odd_but_storable_unicode_is_accepted_exactly(billing, text):
+    response = billing.post(billing.body(source=text))
+
+    assert response.status_code == 202, response.get_json()
+    (event,) = billing.queued()
+    assert event.source == text
+    assert billing.get(event.id).get_json()["source"] == text
+
+
+# --- structure and size -----------------------------------------------------------------------
+
+
+def test_a_body_nested_30000_deep_is_400_not_500(billing):
+    data = nested(30_000)
+    assert len(data) < 64 * 1024
+
+    assert_error(post_raw(billing, data), 400)
+    assert_error(post_raw(billing, b'{"source": ' + data + b"}"), 400)
+    billing.assert_nothing_queued()
+
+
+def test_a_batch_nested_30000_deep_is_400_not_500(billing):
+    response = billing.client.post(
+        BATCH_URL, data=b'{"events": ' + nested(30_000) + b"}", headers=billing.headers() | {"Content-Type": "application/json"}
+    )
+
+    assert_error(response, 400)
+    billing.assert_nothing_queued()
+
+
+def test_a_field_nested_a_few_hundred_deep_is_422(billing):
+    data = json.dumps(billing.body(source="x")).replace('"x"', nested(300).decode()).encode()
+
+    assert_error(post_raw(billing, data), 422, fields=["source"])
+
+
+def test_a_number_of_5000_digits_is_a_4xx(billing):
+    data = json.dumps(billing.body(input_tokens=1)).replace('"input_tokens": 1', '"input_tokens": ' + "9" * 5000).encode()
+
+    response = post_raw(billing, data)
+
+    assert response.status_code in (400, 422), response.get_json()
+    assert_error(response, response.status_code)
+    billing.assert_nothing_queued()
+
+
+def test_five_thousand_unknown_fields_are_one_422(billing):
+    body = billing.body() | {f"k{index}": 1 for index in range(5_000)}
+
+    body = assert_error(billing.post(body), 422)
+    assert len(body["details"]) == 5_000
+
+
+def test_an_overlong_utf8_nul_is_400(billing):
+    data = json.dumps(billing.body(source="aXb")).encode().replace(b"aXb", b"a\xc0\x80b")
+
+    assert_error(post_raw(billing, data), 400)
+
+
+def test_an_empty_object_is_422_naming_every_required_field(billing):
+    body = assert_error(billing.post({}), 422)
+    assert {d["field"] for d in body["details"]} >= {"user_id", "organization_id", "model_name"}
+
+
+def test_a_token_count_as_a_huge_float_is_422(billing):
+    assert_error(billing.post(billing.body(input_tokens=1e308)), 422, fields=["input_tokens"])
+
+
+def test_a_missing_field_and_an_unstorable_one_are_both_named(billing):
+    body = billing.body(source="\x00", service_name=OMIT)
+
+    assert_error(billing.post(body), 422, fields=["source", "service_name"])
+
+
+# --- headers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer " + "x" * 8000,
+        "Bearer app_a7_" + "A" * 8000,
+        "Bearer a b",
+        "Bearer\tapp_a7_x",
+        "Basic dXNlcjpwYXNz",
+        "Bearer app_a7_\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9",
+        "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",
+    ],
+    ids=["huge", "huge-app-password", "two-tokens", "tab", "basic", "latin-1", "alg-none"],
+)
+def test_odd_authorization_headers_are_401(billing, authorization):
+    response = billing.client.post(URL, json=billing.body(), headers={"Authorization": authorization})
+
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    billing.assert_nothing_queued()
+
+
+def test_the_bearer_scheme_is_case_insensitive(billing):
+    response = billing.client.post(URL, json=billing.body(), headers={"Authorization": f"bEaReR {billing.app_password}"})
+
+    assert response.status_code == 202
+
+
+# --- the HTTP framing, through the real web process ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web_process(tmp_path_factory, database_url, broker_url, stripe_server):
+    """The web process exactly as the Procfile runs it (its gunicorn.conf.py, its workers)."""
+    from tests.conftest import TEST_JWT_SECRET
+    from shared.config import Settings
+
+    settings = Settings(
+        database_url=database_url, broker_url=broker_url, jwt_secret=TEST_JWT_SECRET, stripe_api_key="sk_test_x",
+        stripe_api_base=stripe_server.url, stripe_meter_events_base=stripe_server.url,
+        stripe_meter_event_name="agent700_cost", stripe_value_decimals=6, flower_basic_auth=None, port=0,
+    )
+    web = GunicornProcess(settings, stripe_server.url, tmp_path_factory.mktemp("web"), workers=None).start()
+    yield web
+    web.stop()
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict, bytes]:
+    """Send bytes as they are; (status, headers, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            if b"\r\n\r\n" in received and len(body) >= int(headers.get(b"Content-Length", b"0")):
+                break
+    head, _, body = received.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    headers = {k.decode().lower(): v.decode() for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)}
+    return status, headers, body
+
+
+def assert_json_4xx(status: int, headers: dict, body: bytes) -> dict:
+    assert 400 <= status < 500, (status, body)
+    assert headers.get("content-type", "").startswith("application/json"), headers
+    document = json.loads(body)
+    assert set(document) <= {"error", "details"} and document["error"].endswith("."), document
+    return document
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"POST /api/billing/external-usage HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+        b"POST /api/billing/external-usage HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /api/billing/external-usage HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["bad-version", "garbage", "header-too-large", "unknown-transfer-coding", "two-content-lengths", "uri-too-long"],
+)
+def test_a_request_the_server_itself_refuses_gets_a_json_4xx(web_process, request_bytes):
+    assert_json_4xx(*raw_exchange(web_process.port, request_bytes))
+
+
+@pytest.mark.slow
+def test_a_declared_body_over_64_kib_is_413_without_reading_it(web_process, billing):
+    request = (
+        f"POST /api/billing/external-usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {billing.app_password}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{"
+    ).encode()
+
+    status, headers, body = raw_exchange(web_process.port, request)
+
+    assert status == 413 and json.loads(body)["error"]
+
+
+@pytest.mark.slow
+def test_deep_nesting_over_http_is_400(web_process, billing):
+    response = requests.post(
+        f"{web_process.url}{URL}", data=nested(30_000), headers=billing.headers() | {"Content-Type": "application/json"},
+        timeout=10,
+    )
+
+    assert response.status_code == 400 and response.json()["error"]
+
+
+# --- slow clients cannot starve normal callers ----------------------------------------------------
+
+
+class Dribblers:
+    """``count`` connections that send a request's first line, then one header line every
+    ``every`` seconds (or, with ``body=True``, valid headers and then a body byte at a
+    time): the slow or stalled clients of the issue."""
+
+    def __init__(self, port: int, count: int, every: float, *, body: bool = False, authorization: str = ""):
+        self.port, self.count, self.every, self.body, self.authorization = port, count, every, body, authorization
+        self.stop = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Dribblers":
+        for _ in range(self.count):
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            if self.body:
+                sock.sendall(
+                    f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: {self.authorization}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{".encode()
+                )
+            else:
+                sock.sendall(f"POST {URL} HTTP/1.1\r\nHost: x\r\n".encode())
+            self.sockets.append(sock)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        step = 0
+        while not self.stop.wait(self.every):
+            step += 1
+            for sock in list(self.sockets):
+                with contextlib.suppress(OSError):
+                    sock.sendall(b" " if self.body else f"X-Dribble-{step}: y\r\n".encode())
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sock in self.sockets:
+            sock.close()
+
+
+def normal_callers(url: str, billing, seconds: float) -> list[float]:
+    """A caller posting a valid event every 50 ms; the latency of each answer (all 202)."""
+    latencies = []
+    with requests.Session() as session:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            response = session.post(f"{url}{URL}", json=billing.body(), headers=billing.headers(), timeout=10)
+            latencies.append(time.perf_counter() - started)
+            assert response.status_code == 202, response.text
+            health = session.get(f"{url}/healthz", timeout=10)
+            assert health.status_code == 200
+            time.sleep(0.05)
+    return latencies
+
+
+def p99(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=100)[98]
+
+
+@pytest.mark.slow
+def test_a_hundred_connections_dribbling_headers_for_a_minute_do_not_starve_normal_callers(web_process, billing):
+    """Finding 2: with sync workers, 20 such connections left every request (``/healthz``
+    too) unanswered for a minute, and gunicorn killed all its workers, twice. Longer than
+    the worker timeout (30 s), so a worker that such a client held would be killed."""
+    with Dribblers(web_process.port, 100, every=5):
+        latencies = normal_callers(web_process.url, billing, seconds=60)
+
+    assert len(latencies) > 300
+    assert p99(latencies) < 0.1, f"p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} requests"
+    assert web_process.alive()
+    assert "WORKER TIMEOUT" not in web_process.log_tail(500)
+
+
+@pytest.mark.slow
+def test_authenticated_clients_stalling_mid_body_do_not_starve_normal_callers(web_process, billing):
+    with Dribblers(web_process.port, 50, every=2, body=True, authorization=f"Bearer {billing.app_password}"):
+        latencies = normal_callers(web_process.url, billing, seconds=15)
+
+    assert p99(latencies) < 0.1, f"p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} requests"
+    assert all(uuid.UUID(str(event.id)) for event in billing.queued())
