@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test stop bench clean soak
+.PHONY: run test stop bench clean soak promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,17 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml client/pyproject.toml $(VENV)/
 run: $(VENV)/.installed
 	$(BIN)/python scripts/run_local.py
 
-test: $(VENV)/.installed-test
+# promtool checks and unit-tests the alerting rules (tests/test_alert_rules.py). When it is
+# missing, Debian's `prometheus` package (which has it) is installed; that needs root. If it
+# cannot be, this says so and the rules' tests fail naming it. (Under systemd the package
+# also enables a Prometheus server: `systemctl disable --now prometheus` if unwanted.)
+promtool:
+	@command -v promtool >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } \
+	  || echo "promtool is missing and could not be installed (apt-get install prometheus)." >&2; }
+
+test: $(VENV)/.installed-test promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The soak run (issue 6): every process under steady load and scheduled faults for
