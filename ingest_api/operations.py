@@ -140,6 +140,7 @@ def _broker_gauges(settings) -> dict:
             "workers_alive": pipeline_status.workers_alive(broker, now),
             "intake_last_read_age": pipeline_status.intake_last_read_age(broker, now),
             "meter": pipeline_status.meter_problem(broker),
+            "last_sweep_age": pipeline_status.last_sweep_age(broker, now),
         }
 
 
@@ -195,6 +196,13 @@ class PipelineCollector:
         workers = GaugeMetricFamily(
             "a700_workers_alive", "Celery workers that said they are alive in the last 15 seconds."
         )
+        intake_oldest = GaugeMetricFamily(
+            "a700_intake_oldest_entry_age_seconds",
+            "Seconds the oldest entry of the intake (accepted, not recorded) has waited; absent when it is empty.",
+        )
+        last_sweep = GaugeMetricFamily(
+            "a700_last_sweep_age_seconds", "Seconds since beat's safety sweep last ran (every 15 s); absent if never."
+        )
         meter_ready = GaugeMetricFamily(
             "a700_stripe_meter_ready",
             "1 if the reporters last found Stripe's billing meter able to count events, 0 if not (the reason is in "
@@ -225,6 +233,10 @@ class PipelineCollector:
             workers.add_metric([], broker_answer["workers_alive"])
             if broker_answer["intake_last_read_age"] is not None:
                 last_read.add_metric([], broker_answer["intake_last_read_age"])
+            if broker_answer["oldest_waiting_age"] is not None:
+                intake_oldest.add_metric([], broker_answer["oldest_waiting_age"])
+            if broker_answer["last_sweep_age"] is not None:
+                last_sweep.add_metric([], broker_answer["last_sweep_age"])
             looked, problem = broker_answer["meter"]
             if looked:
                 meter_ready.add_metric([], 0 if problem else 1)
@@ -234,7 +246,7 @@ class PipelineCollector:
         if broker_ok and database_ok:
             ages = [age for age in (broker_answer["oldest_waiting_age"], database_answer[0]) if age is not None]
             oldest.add_metric([], max(ages, default=0.0))
-        yield from (depth, unreported, oldest, failed, workers, last_read, meter_ready, up)
+        yield from (depth, unreported, oldest, intake_oldest, failed, workers, last_read, last_sweep, meter_ready, up)
 
 
 @blueprint.get("/metrics")

@@ -46,6 +46,9 @@ stripe_calls = Counter("a700_stripe_requests_total", "Calls to Stripe Billing Me
 stripe_error_reports = Counter(
     "a700_stripe_error_reports_total", "Stripe's asynchronous error reports handled, by event type.", ["type"]
 )
+# Both series exist from the start, so the first report is an increase an alert can see.
+for _type in ("v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"):
+    stripe_error_reports.labels(_type)
 stripe_latency = Histogram(
     "a700_stripe_request_duration_seconds",
     "Duration of calls to Stripe Billing Meters.",

@@ -47,6 +47,20 @@ def intake_last_read_age(broker: redis.Redis, now: float) -> float | None:
     return None if last is None else max(0.0, now - float(last))
 
 
+SWEEP_KEY = "billing:last-sweep"
+
+
+def swept(broker: redis.Redis, now: float) -> None:
+    broker.set(SWEEP_KEY, repr(now))
+
+
+def last_sweep_age(broker: redis.Redis, now: float) -> float | None:
+    """Seconds since the beat sweep last ran; None if it never did. Beat runs it every
+    15 s: an age far beyond means beat (or every worker) is gone."""
+    last = broker.get(SWEEP_KEY)
+    return None if last is None else max(0.0, now - float(last))
+
+
 METER_KEY = "billing:stripe-meter"
 # A finding older than this says nothing any more (no reporter has looked lately).
 METER_FINDING_SECONDS = 300

@@ -125,7 +125,15 @@ def _classify(error: stripe.StripeError) -> Result:
     if _already_exists(error):
         return Result(Outcome.REPORTED)
     status = getattr(error, "http_status", None)
-    transient = isinstance(error, (stripe.RateLimitError, stripe.APIConnectionError, stripe.TemporarySessionExpiredError))
+    # A refused key (401/403: rotated, revoked, missing a permission) says nothing about
+    # the events: they wait, recorded, until the key is fixed, rather than all failing.
+    transient = isinstance(
+        error,
+        (
+            stripe.RateLimitError, stripe.APIConnectionError, stripe.TemporarySessionExpiredError,
+            stripe.AuthenticationError, stripe.PermissionError,
+        ),
+    )
     if transient or status in (409, 429) or (status is not None and status >= 500) or (status is None and isinstance(error, stripe.APIError)):
         return Result(Outcome.RETRY, f"Stripe answered {status or 'no response'}: {error.user_message or error}")
     return Result(Outcome.FAILED, f"Stripe refused the meter event ({status}): {error.user_message or error}")

@@ -32,7 +32,7 @@ class StripeRefused(Exception):
     """Stripe refused for now (rate limit, outage); the task retries after a backoff."""
 
 
-@shared_task(base=BillingTask, bind=True, name=queue.RECORD, **_RETRY)
+@shared_task(base=BillingTask, bind=True, name=queue.RECORD, time_limit=120, **_RETRY)
 def record(self: BillingTask) -> dict:
     """Record one batch from the intake; wake the reporters of what was recorded."""
     reader = intake.IntakeReader(self.broker)
@@ -56,7 +56,9 @@ def record(self: BillingTask) -> dict:
     }
 
 
-@shared_task(base=BillingTask, bind=True, name=queue.REPORT, **_RETRY)
+# A report round that outlives ROUND_MAX_SECONDS has already let its shard go; the hard
+# limit ends its pool process soon after, so a hung Stripe call cannot hold a slot for ever.
+@shared_task(base=BillingTask, bind=True, name=queue.REPORT, time_limit=reporting.ROUND_MAX_SECONDS + 30, **_RETRY)
 def report(self: BillingTask, shard: int) -> dict:
     """Report one round of a shard's recorded rows to Stripe; one reporter per shard."""
     done = reporting.report_round(self.transaction, self.broker, self.meter, shard)
@@ -79,7 +81,7 @@ def report(self: BillingTask, shard: int) -> dict:
     }
 
 
-@shared_task(base=BillingTask, bind=True, name=queue.STRIPE_EVENT, **_RETRY)
+@shared_task(base=BillingTask, bind=True, name=queue.STRIPE_EVENT, time_limit=120, **_RETRY)
 def stripe_event(self: BillingTask, event_id: str) -> dict:
     """Handle one of Stripe's asynchronous error reports: the reported rows Stripe dropped
     become failed, with Stripe's reason."""
@@ -108,7 +110,7 @@ def stripe_event(self: BillingTask, event_id: str) -> dict:
     }
 
 
-@shared_task(base=BillingTask, bind=True, name=queue.SWEEP)
+@shared_task(base=BillingTask, bind=True, name=queue.SWEEP, time_limit=60)
 def sweep(self: BillingTask) -> dict:
     """Wake what a killed worker or a lost wake-up left waiting; flag rows too old to resend."""
     with self.transaction() as session:
@@ -121,6 +123,7 @@ def sweep(self: BillingTask) -> dict:
         self.broker, [shard for shard in shards if not reporting.shard_is_handled(self.broker, shard)]
     )
     recorder_woken = intake.recorder_needed(self.broker) and queue.wake_recorder()
+    pipeline_status.swept(self.broker, time.time())
     return {
         "flagged": flagged, "shards_woken": shards_woken, "recorder_woken": recorder_woken,
         "stripe_events_resent": lost_stripe_events,
