@@ -18,12 +18,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from ingest_api import errors, observability, openapi, operations, stripe_events, usage
     from ingest_api.auth import CallerCache
     from ingest_api.catalog import Catalog
+    from ingest_api.credentials import JwtVerifier
     from shared.intake import Intake
 
     settings = app.config["SETTINGS"]
     app.extensions["catalog"] = Catalog(settings.database_url, settings.catalog_cache_seconds)
     app.extensions["intake"] = Intake(settings.broker_url, settings.enqueue_timeout_seconds)
     app.extensions["caller_cache"] = CallerCache(settings.auth_cache_seconds)
+    app.extensions["jwt_verifier"] = JwtVerifier.from_settings(settings)
     errors.register(app)
     observability.register(app)
     app.register_blueprint(operations.blueprint)

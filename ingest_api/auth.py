@@ -4,6 +4,9 @@
 belongs to an inactive user; 403 when it is valid but the user is not ``superadmin`` in an
 active membership of an active organization.
 
+A JWT whose key is fetched from ``JWT_JWKS_URL`` is answered 503 with ``Retry-After``
+while that endpoint cannot give the key (see ``ingest_api.jwks``).
+
 A caller verified against the database is remembered for ``AUTH_CACHE_SECONDS`` so the
 request path needs no PostgreSQL round trip. App Password revocation stays immediate:
 ``app-passwords revoke`` also marks the password in Redis, and the publish script
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from flask import current_app, g, request
 
-from ingest_api import credentials
+from ingest_api import credentials, jwks
 from ingest_api.errors import ApiError
 from shared import db, models
 
@@ -141,9 +144,16 @@ def authenticate() -> Caller:
         caller, expires_at = Caller(row.user_id, row.id), None
     else:
         try:
-            user_id, expires_at = credentials.verify_jwt(token, current_app.config["SETTINGS"].jwt_secret)
-        except credentials.InvalidCredentials:
-            raise _unauthorized("The access token is invalid or expired.") from None
+            user_id, expires_at = current_app.extensions["jwt_verifier"].verify(token)
+        except credentials.InvalidCredentials as error:
+            raise _unauthorized(str(error)) from None
+        except jwks.SigningKeysUnavailable as error:
+            # Not the caller's fault and not a bug: the same token may pass in a moment.
+            raise ApiError(
+                503,
+                "The keys that verify access tokens cannot be fetched right now; nothing was recorded. Retry later.",
+                headers={"Retry-After": str(error.retry_after_seconds)},
+            ) from None
         with db.engine_for(database_url).connect() as connection:
             row = connection.execute(_USER_BY_ID, {"user_id": user_id}).first()
         if row is None:

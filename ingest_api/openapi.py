@@ -44,7 +44,7 @@ def _errors(*statuses: int) -> dict:
         413: "Body over 64 KiB.",
         415: "Content-Type is not application/json.",
         422: "Invalid or unknown fields or references; see details.",
-        503: "The queue is unavailable; nothing was accepted.",
+        503: "The queue, or the JWKS endpoint that verifies the token, is unavailable; nothing was accepted.",
     }
     headers = {401: ["WWW-Authenticate"], 503: ["Retry-After"]}
     return {str(s): _json("ErrorOut", reasons[s], headers.get(s)) for s in statuses}
@@ -74,7 +74,10 @@ def document() -> dict:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An HS256 JWT access token or an App Password (app_a7_...).",
+                    "description": (
+                        "A JWT access token (HS256; RS256/ES256 where the service has a public key or JWKS) "
+                        "or an App Password (app_a7_...)."
+                    ),
                 }
             },
         },

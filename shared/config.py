@@ -12,13 +12,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import urllib.parse
 from collections.abc import Mapping
 
-from shared import embedded
+from shared import embedded, jwt_keys
 
 LOCAL_STRIPE_URL = "http://127.0.0.1:12111"
 LOCAL_STRIPE_API_KEY = "sk_test_local_agent700"
 MIN_JWT_SECRET_BYTES = 32
+# A JWT cannot be revoked: whoever holds one is the user until its exp. A day bounds the
+# damage of a leaked token while covering a working day or a nightly job; callers that
+# need longer use an App Password, which can be revoked.
+DEFAULT_JWT_MAX_LIFETIME_SECONDS = 86400
+# Plain-http JWKS only on the loopback interface (tests, a local identity provider): keys
+# fetched over the network without TLS could be swapped, and with them any token accepted.
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class ConfigurationError(RuntimeError):
@@ -59,6 +67,19 @@ class Settings:
     # meters' asynchronous error reports to POST /api/stripe/events; unset, that endpoint
     # refuses every delivery (it cannot tell Stripe's from a forgery).
     stripe_webhook_secret: str | None = None
+    # When set, a JWT must carry this audience (``aud``, a string or a list holding it) /
+    # this issuer (``iss``). When unset neither is required, and a token naming an
+    # audience is refused (RFC 7519: it is meant for someone who is not known to be us).
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    # The longest a JWT may still have to live (``exp`` minus now), and the longest it may
+    # have been issued for (``exp`` minus ``iat``, when it has an ``iat``).
+    jwt_max_lifetime_seconds: int = DEFAULT_JWT_MAX_LIFETIME_SECONDS
+    # Public keys that verify RS256/ES256 tokens, so other services need not hold
+    # JWT_SECRET: a PEM public key, or a JWKS endpoint (at most one of the two). HS256
+    # tokens signed with JWT_SECRET are accepted besides (``tokens mint`` signs them).
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -132,6 +153,21 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     if flower_basic_auth is None and local_default_run:
         flower_basic_auth = embedded.local_secret(embedded.FLOWER_AUTH_FILE)
 
+    jwt_max_lifetime_seconds = _int(environ, "JWT_MAX_LIFETIME_SECONDS", DEFAULT_JWT_MAX_LIFETIME_SECONDS)
+    if jwt_max_lifetime_seconds < 1:
+        raise ConfigurationError("JWT_MAX_LIFETIME_SECONDS must be a positive number of seconds")
+    jwt_public_key = environ.get("JWT_PUBLIC_KEY") or None
+    jwt_jwks_url = environ.get("JWT_JWKS_URL") or None
+    if jwt_public_key is not None and jwt_jwks_url is not None:
+        raise ConfigurationError("Set JWT_PUBLIC_KEY or JWT_JWKS_URL, not both")
+    if jwt_public_key is not None:
+        try:
+            jwt_keys.load_public_key(jwt_public_key)
+        except ValueError as error:
+            raise ConfigurationError(f"JWT_PUBLIC_KEY {error}") from None
+    if jwt_jwks_url is not None:
+        _check_jwks_url(jwt_jwks_url)
+
     return Settings(
         database_url=normalize_database_url(database_url),
         broker_url=broker_url,
@@ -152,6 +188,29 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             embedded.local_secret(embedded.STRIPE_WEBHOOK_SECRET_FILE) if local_default_run else None
         ),
         worker_metrics_port=_int(environ, "WORKER_METRICS_PORT", 0) or None,
+        jwt_audience=environ.get("JWT_AUDIENCE") or None,
+        jwt_issuer=environ.get("JWT_ISSUER") or None,
+        jwt_max_lifetime_seconds=jwt_max_lifetime_seconds,
+        jwt_public_key=jwt_public_key,
+        jwt_jwks_url=jwt_jwks_url,
+    )
+
+
+def _check_jwks_url(url: str) -> None:
+    """https, or http to this machine's loopback interface only."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname
+        parsed.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"JWT_JWKS_URL is not a URL: {url!r}") from None
+    if not host:
+        raise ConfigurationError(f"JWT_JWKS_URL has no host: {url!r}")
+    if parsed.scheme == "https" or (parsed.scheme == "http" and host in _LOOPBACK_HOSTS):
+        return
+    raise ConfigurationError(
+        "JWT_JWKS_URL must be an https URL (plain http only to 127.0.0.1, ::1 or localhost), "
+        f"got {url!r}"
     )
 
 

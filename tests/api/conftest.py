@@ -195,3 +195,19 @@ def record_as_worker(settings, billing: Billing, event: AcceptedUsageEvent, **co
     finally:
         client.close()
     return row
+
+
+@pytest.fixture
+def reconfigure(billing, settings):
+    """``reconfigure(**changes)``: a new app with those settings changed, and the billing
+    world as its client sees it (``(billing, app)``)."""
+    import dataclasses
+
+    from ingest_api import create_app
+
+    def build(**changes: Any):
+        app = create_app(settings.replace(**changes))
+        app.config["TESTING"] = True
+        return dataclasses.replace(billing, client=app.test_client()), app
+
+    return build

@@ -1,0 +1,122 @@
+"""Keys, tokens and a real JWKS endpoint for the JWT tests.
+
+The JWKS endpoint is an HTTP server on 127.0.0.1 in a thread of the test process; a
+test changes what it publishes and how it misbehaves (an error status, a slow answer,
+something that is not a key set) and counts how often it was asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from tests.api.conftest import b64url
+
+
+@functools.cache
+def rsa_key(name: str = "a", bits: int = 2048) -> rsa.RSAPrivateKey:
+    """A private RSA key per name, made once per run (RSA key generation is slow)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+@functools.cache
+def ec_key(name: str = "a", curve: type = ec.SECP256R1) -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(curve())
+
+
+def public_pem(private_key) -> str:
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def private_pem(private_key) -> str:
+    return private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def jwk(private_key, kid: str, **fields) -> dict:
+    """The public JWK of ``private_key``, named ``kid``, as an identity provider publishes it."""
+    public_key = private_key.public_key()
+    if isinstance(public_key, rsa.RSAPublicKey):
+        data = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+    else:
+        data = ECAlgorithm.to_jwk(public_key, as_dict=True)
+    return data | {"kid": kid, "use": "sig"} | fields
+
+
+def signed(claims: dict, private_key, algorithm: str, kid: str | None = None) -> str:
+    return jwt.encode(claims, private_key, algorithm=algorithm, headers={"kid": kid} if kid is not None else None)
+
+
+def hs256_with_raw_key(claims: dict, key: bytes, **header) -> str:
+    """HS256 signed with arbitrary bytes as the HMAC key (a public key's PEM or JWK, the
+    algorithm-confusion attack); PyJWT refuses to sign so, hence by hand."""
+    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT"} | header).encode())
+    body = b64url(json.dumps(claims, default=lambda moment: int(moment.timestamp())).encode())
+    signature = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url(signature)}"
+
+
+def unsigned(claims: dict, **header) -> str:
+    head = b64url(json.dumps({"alg": "none", "typ": "JWT"} | header).encode())
+    body = b64url(json.dumps(claims, default=lambda moment: int(moment.timestamp())).encode())
+    return f"{head}.{body}."
+
+
+def claims_for(user_id, *, ttl: dt.timedelta = dt.timedelta(minutes=10), **extra) -> dict:
+    now = dt.datetime.now(dt.UTC)
+    return {"sub": str(user_id), "iat": now, "exp": now + ttl} | extra
+
+
+class JwksServer:
+    """A JWKS endpoint at ``url``. ``keys`` is what it publishes; ``status`` (200),
+    ``delay_seconds`` (0) and ``body`` (None: the key set) shape its answer."""
+
+    def __init__(self):
+        self.keys: list[dict] = []
+        self.status = 200
+        self.delay_seconds = 0.0
+        self.body: bytes | None = None
+        self.requests = 0
+        self._stopping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests += 1
+                if server.delay_seconds and server._stopping.wait(server.delay_seconds):
+                    return
+                body = server.body if server.body is not None else json.dumps({"keys": server.keys}).encode()
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args):
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/.well-known/jwks.json"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="jwks-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
