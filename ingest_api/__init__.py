@@ -15,7 +15,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
 
-    from ingest_api import errors, observability, openapi, operations, usage
+    from ingest_api import docs, errors, observability, openapi, operations, usage
     from ingest_api.auth import CallerCache
     from ingest_api.catalog import Catalog
     from shared.intake import Intake
@@ -29,4 +29,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(operations.blueprint)
     app.register_blueprint(usage.blueprint)
     app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(docs.blueprint)
     return app
