@@ -31,8 +31,17 @@ promtool:
 	  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } \
 	  || echo "promtool is missing and could not be installed (apt-get install prometheus)." >&2; }
 
-test: $(VENV)/.installed-test promtool
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The /docs browser test drives Debian's Chromium (a test tool never downloads a browser
+# of its own). Installed once, quietly; a machine that has it is left as it is.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the /docs browser test"
+	@export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.installed-test promtool | $(CHROMIUM)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The soak run (issue 6): every process under steady load and scheduled faults for
 # DURATION seconds, then a reconciliation report; non-zero exit on any loss or duplicate.

@@ -15,7 +15,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
 
-    from ingest_api import errors, observability, openapi, operations, stripe_events, usage
+    from ingest_api import docs, errors, observability, openapi, operations, stripe_events, usage
     from ingest_api.auth import CallerCache
     from ingest_api.catalog import Catalog
     from ingest_api.credentials import JwtVerifier
@@ -32,4 +32,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(usage.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(stripe_events.blueprint)
+    app.register_blueprint(docs.blueprint)
     return app

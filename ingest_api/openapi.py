@@ -20,34 +20,61 @@ _MODELS = [
     (schemas.UsageEventOut, "serialization"),
     (schemas.BatchOut, "serialization"),
     (schemas.ErrorOut, "serialization"),
+    (schemas.OutcomeUnknownOut, "serialization"),
+    (schemas.BatchOutcomeUnknownOut, "serialization"),
+    (schemas.HealthOut, "serialization"),
+    (schemas.ReadinessOut, "serialization"),
 ]
+
+_HEADERS = {
+    "Location": "The event's status: GET it for the event's progress.",
+    "Retry-After": "Seconds to wait before retrying.",
+    "WWW-Authenticate": 'Bearer realm="agent700".',
+}
 
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(name: str, description: str, headers: dict | None = None) -> dict:
-    response = {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+def _response(schema: dict, description: str, headers: list[str] | None = None, media_type: str = "application/json") -> dict:
+    response = {"description": description, "content": {media_type: {"schema": schema}}}
     if headers:
-        response["headers"] = {h: {"schema": {"type": "string"}} for h in headers}
+        response["headers"] = {h: {"description": _HEADERS[h], "schema": {"type": "string"}} for h in headers}
     return response
 
 
+def _json(name: str, description: str, headers: list[str] | None = None) -> dict:
+    return _response(_ref(name), description, headers)
+
+
+_REASONS = {
+    400: "The body is not JSON, or not a JSON object.",
+    401: "Missing, malformed, forged, expired, unknown or revoked credential; inactive user.",
+    403: "Not superadmin in an active membership of an active organization.",
+    404: "No such event: never accepted.",
+    409: "Idempotency-Key reused with a different body.",
+    413: "Body over 64 KiB.",
+    415: "Content-Type is not application/json.",
+    422: "Invalid or unknown fields or references; see details.",
+    503: "The queue, the database, or the JWKS endpoint that verifies the token is unavailable. Retry after Retry-After.",
+}
+
+
 def _errors(*statuses: int) -> dict:
-    reasons = {
-        400: "The body is not JSON, or not a JSON object.",
-        401: "Missing, malformed, forged, expired, unknown or revoked credential; inactive user.",
-        403: "Not superadmin in an active membership of an active organization.",
-        404: "No such event.",
-        409: "Idempotency-Key reused with a different body.",
-        413: "Body over 64 KiB.",
-        415: "Content-Type is not application/json.",
-        422: "Invalid or unknown fields or references; see details.",
-        503: "The queue, or the JWKS endpoint that verifies the token, is unavailable; nothing was accepted.",
-    }
     headers = {401: ["WWW-Authenticate"], 503: ["Retry-After"]}
-    return {str(s): _json("ErrorOut", reasons[s], headers.get(s)) for s in statuses}
+    return {str(s): _json("ErrorOut", _REASONS[s], headers.get(s)) for s in statuses}
+
+
+def _unavailable_or_unknown(unknown_model: str, description: str, headers: list[str]) -> dict:
+    """503 in its two shapes: plain (nothing was accepted) or ``status: unknown``."""
+    schema = {"anyOf": [_ref("ErrorOut"), _ref(unknown_model)]}
+    return {"503": _response(schema, description, headers)}
+
+
+def _operations_endpoint(operation_id: str, summary: str, responses: dict) -> dict:
+    """An unauthenticated GET of the operations group."""
+    return {"get": {"operationId": operation_id, "tags": ["operations"], "summary": summary, "security": [], "responses": responses}}
 
 
 @functools.cache
@@ -66,8 +93,15 @@ def document() -> dict:
         "info": {
             "title": "Agent700 external usage billing",
             "version": "1.0.0",
-            "description": "Records LLM usage of internal services for billing through Stripe Billing Meters.",
+            "description": "Records LLM usage of internal services for billing through Stripe Billing Meters. "
+            "A 2xx means the event will be billed exactly once; any other answer means nothing was recorded, "
+            'except a 503 with "status": "unknown", which names the event it attempted. Send an Idempotency-Key '
+            "and retry with it on any other answer.",
         },
+        "tags": [
+            {"name": "usage", "description": "Record usage events and read their status (superadmin Bearer token)."},
+            {"name": "operations", "description": "Health, readiness, metrics and this reference (no credential)."},
+        ],
         "components": {
             "schemas": definitions["$defs"],
             "securitySchemes": {
@@ -86,30 +120,49 @@ def document() -> dict:
             "/api/billing/external-usage": {
                 "post": {
                     "operationId": "recordUsage",
+                    "tags": ["usage"],
                     "summary": "Record one usage event for billing.",
                     "parameters": [idempotency_key],
                     "requestBody": body("UsageEventIn"),
                     "responses": {
                         "202": _json("AcceptedOut", "Accepted and queued.", ["Location"]),
                         "200": _json("AcceptedOut", "An Idempotency-Key replay of an accepted event.", ["Location"]),
-                        **_errors(400, 401, 403, 409, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 409, 413, 415, 422),
+                        **_unavailable_or_unknown(
+                            "OutcomeUnknownOut",
+                            "Plain: the queue or the database is unavailable, nothing was accepted. "
+                            'With "status": "unknown": the queue\'s reply was lost, the event `id` may or may not be '
+                            "accepted (Location names its status). Either way retry after Retry-After with the same "
+                            "Idempotency-Key.",
+                            ["Retry-After", "Location"],
+                        ),
                     },
                 }
             },
             "/api/billing/external-usage/batch": {
                 "post": {
                     "operationId": "recordUsageBatch",
+                    "tags": ["usage"],
                     "summary": "Record up to 100 usage events, each judged on its own.",
                     "requestBody": body("BatchIn"),
                     "responses": {
                         "200": _json("BatchOut", "One result per event, in order."),
-                        **_errors(400, 401, 403, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 413, 415, 422),
+                        **_unavailable_or_unknown(
+                            "BatchOutcomeUnknownOut",
+                            "Plain: the queue or the database is unavailable, nothing was accepted. "
+                            'With "status": "unknown": the queue\'s reply was lost; each result is `unknown` (its `id` '
+                            "may or may not be accepted) or `rejected`. Either way retry after Retry-After with the same "
+                            "idempotency_key per event.",
+                            ["Retry-After"],
+                        ),
                     },
                 }
             },
             "/api/billing/external-usage/{event_id}": {
                 "get": {
                     "operationId": "getUsage",
+                    "tags": ["usage"],
                     "summary": "The status of one event.",
                     "parameters": [
                         {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
@@ -117,6 +170,30 @@ def document() -> dict:
                     "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404, 503)},
                 }
             },
+            "/healthz": _operations_endpoint(
+                "healthz", "Liveness: 200 while the web process serves.", {"200": _json("HealthOut", "Serving.")}
+            ),
+            "/readyz": _operations_endpoint(
+                "readyz",
+                "Readiness: PostgreSQL and Redis both answered within 2 s.",
+                {
+                    "200": _json("ReadinessOut", "Ready."),
+                    "503": _json("ReadinessOut", "Not ready; `failing` names what did not answer."),
+                },
+            ),
+            "/metrics": _operations_endpoint(
+                "metrics",
+                "Prometheus metrics of this host's web and worker processes.",
+                {"200": _response({"type": "string"}, "Prometheus text exposition format.", media_type="text/plain")},
+            ),
+            "/openapi.json": _operations_endpoint(
+                "openapi", "This document.", {"200": _response({"type": "object"}, "The OpenAPI 3.1 document.")}
+            ),
+            "/docs": _operations_endpoint(
+                "docs",
+                "The interactive reference rendered from this document.",
+                {"200": _response({"type": "string"}, "An HTML page.", media_type="text/html")},
+            ),
         },
     }
 

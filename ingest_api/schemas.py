@@ -152,18 +152,14 @@ class UsageEventOut(pydantic.BaseModel):
     output_tokens: int
     source: str
     occurred_at: dt.datetime
-    service_cost: str | None = Field(description="Decimal string, what the provider charges.", examples=["0.000123450000"])
-    agent700_cost: str | None = Field(description="Decimal string, what the customer pays.", examples=["0.000246900000"])
+    service_cost: str | None = Field(
+        description="Decimal string, what the provider charges.", examples=["0.000384000000000000"]
+    )
+    agent700_cost: str | None = Field(
+        description="Decimal string, what the customer pays.", examples=["0.000768000000000000"]
+    )
     stripe: StripeReportOut
     error: str | None
-
-
-class BatchResultOut(pydantic.BaseModel):
-    index: int
-    id: uuid.UUID | None = None
-    status: Literal["queued", "duplicate", "rejected"]
-    error: str | None = None
-    details: list[ErrorDetailOut] | None = None
 
 
 class ErrorDetailOut(pydantic.BaseModel):
@@ -171,16 +167,56 @@ class ErrorDetailOut(pydantic.BaseModel):
     message: str
 
 
+class BatchResultOut(pydantic.BaseModel):
+    index: int = Field(description="The event's position in the request's events, from 0.")
+    id: uuid.UUID | None = Field(
+        default=None,
+        description="queued: the new event; duplicate: the event first accepted with this idempotency_key; "
+        "unknown: the event attempted. Absent when rejected.",
+    )
+    status: Literal["queued", "duplicate", "rejected", "unknown"] = Field(
+        description="queued: accepted now; duplicate: accepted before, billed once; rejected: refused, "
+        "nothing recorded; unknown: only in a 503 answer, the queue may or may not have taken it."
+    )
+    error: str | None = None
+    details: list[ErrorDetailOut] | None = None
+
+
 class BatchOut(pydantic.BaseModel):
     results: list[BatchResultOut]
 
 
 class ErrorOut(pydantic.BaseModel):
-    error: str
+    error: str = Field(description="One readable sentence.")
     details: list[ErrorDetailOut] | None = None
 
 
-BatchResultOut.model_rebuild()
+class OutcomeUnknownOut(pydantic.BaseModel):
+    """503 when the queue's reply was lost: the event may or may not have been accepted.
+    A retry with the same Idempotency-Key settles it; so does GET of ``id`` (200 or 404)."""
+
+    error: str = Field(description="One readable sentence.")
+    status: Literal["unknown"]
+    id: uuid.UUID = Field(description="The id of the event attempted.")
+
+
+class BatchOutcomeUnknownOut(pydantic.BaseModel):
+    """503 of a batch when the queue's reply was lost: its ``unknown`` events may or may
+    not have been accepted; its ``rejected`` ones were not."""
+
+    error: str = Field(description="One readable sentence.")
+    status: Literal["unknown"]
+    results: list[BatchResultOut] = Field(description="One per event, in order: unknown or rejected.")
+
+
+class HealthOut(pydantic.BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessOut(pydantic.BaseModel):
+    status: Literal["ready", "unavailable"]
+    error: str | None = Field(default=None, description="When unavailable: which dependency did not answer.")
+    failing: list[Literal["database", "broker"]] | None = None
 
 
 def error_details(error: pydantic.ValidationError) -> list[dict[str, str]]:

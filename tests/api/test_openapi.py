@@ -4,6 +4,7 @@ no 5xx, every response as documented)."""
 
 from __future__ import annotations
 
+import jsonschema_rs  # schemathesis's own validator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck
@@ -21,6 +22,10 @@ MODELS = {
     "UsageEventOut": (schemas.UsageEventOut, "serialization"),
     "BatchOut": (schemas.BatchOut, "serialization"),
     "ErrorOut": (schemas.ErrorOut, "serialization"),
+    "OutcomeUnknownOut": (schemas.OutcomeUnknownOut, "serialization"),
+    "BatchOutcomeUnknownOut": (schemas.BatchOutcomeUnknownOut, "serialization"),
+    "HealthOut": (schemas.HealthOut, "serialization"),
+    "ReadinessOut": (schemas.ReadinessOut, "serialization"),
 }
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -40,6 +45,11 @@ def test_the_document_is_openapi_3_1_with_every_operation(document):
         URL: {"post"},
         BATCH_URL: {"post"},
         URL + "/{event_id}": {"get"},
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+        "/metrics": {"get"},
+        "/openapi.json": {"get"},
+        "/docs": {"get"},
     }
     bearer = document["components"]["securitySchemes"]["bearer"]
     assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
@@ -89,6 +99,75 @@ def test_the_document_states_the_contracts_field_rules(document):
     assert event["properties"]["source"]["default"] == "external_api"
     for field in ("user_id", "organization_id"):
         assert event["properties"][field]["format"] == "uuid"
+
+
+def test_the_operations_endpoints_need_no_credential(document):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        assert document["paths"][path]["get"]["security"] == [], path
+
+
+# --- the 503 answers, in both shapes, are what the document says ----------------------------
+
+
+def _validate(document: dict, path: str, method: str, response, shape: str) -> None:
+    """``response`` is one of the shapes the document gives for its status, and its body
+    is valid against that shape (``$ref``s resolved within the document); its headers
+    are named there."""
+    documented = document["paths"][path][method]["responses"][str(response.status_code)]
+    schema = documented["content"]["application/json"]["schema"]
+    assert {"$ref": REF_TEMPLATE.format(model=shape)} in schema.get("anyOf", [schema]), schema
+    shape_schema = {**document, "$ref": REF_TEMPLATE.format(model=shape)}
+    jsonschema_rs.Draft202012Validator(shape_schema).validate(response.get_json())
+    for header in ("Retry-After", "Location"):
+        if header in response.headers:
+            assert header in documented.get("headers", {}), (header, documented)
+
+
+@pytest.fixture
+def reply_lost(app, monkeypatch):
+    """The intake as it is when the queue's reply is lost: the events may have been taken."""
+    from shared.intake import OutcomeUnknown
+
+    def accept(pairs, app_password_id=None):
+        raise OutcomeUnknown([event.id for event, _ in pairs])
+
+    monkeypatch.setattr(app.extensions["intake"], "accept", accept)
+
+
+@pytest.fixture
+def queue_down(app, monkeypatch):
+    """The intake as it is when Redis refuses: certainly nothing was taken."""
+    from shared.intake import QueueUnavailable
+
+    def accept(pairs, app_password_id=None):
+        raise QueueUnavailable("down")
+
+    monkeypatch.setattr(app.extensions["intake"], "accept", accept)
+
+
+def test_the_unknown_outcome_of_one_event_is_a_documented_503(document, billing, reply_lost):
+    response = billing.post(idempotency_key="lost-1")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unknown" and response.headers["Location"] == f"{URL}/{body['id']}", body
+    _validate(document, URL, "post", response, "OutcomeUnknownOut")
+    assert {"status", "id"} <= set(document["components"]["schemas"]["OutcomeUnknownOut"]["required"])
+
+
+def test_the_unknown_outcome_of_a_batch_is_a_documented_503(document, billing, reply_lost):
+    response = billing.post_batch([billing.body(), billing.body(input_tokens=-1)])
+    assert response.status_code == 503
+    body = response.get_json()
+    assert [result["status"] for result in body["results"]] == ["unknown", "rejected"], body
+    _validate(document, BATCH_URL, "post", response, "BatchOutcomeUnknownOut")
+    statuses = document["components"]["schemas"]["BatchResultOut"]["properties"]["status"]["enum"]
+    assert "unknown" in statuses
+
+
+def test_a_plain_503_is_documented_too(document, billing, queue_down):
+    for response, path in ((billing.post(), URL), (billing.post_batch([billing.body()]), BATCH_URL)):
+        assert response.status_code == 503 and "status" not in response.get_json(), response.get_json()
+        _validate(document, path, "post", response, "ErrorOut")
 
 
 # --- the document is true of the app ----------------------------------------------------
