@@ -75,7 +75,9 @@ class LosingProxy:
     """A TCP proxy to the real Redis that can lose a reply: with ``lose_next_reply`` set,
     the next EVALSHA reaches Redis and runs, and the connection is then closed before its
     reply is relayed (what a Redis stopped between running a command and answering it
-    does to a client). ``start_after`` delays listening: a broker that refuses at first."""
+    does to a client). With ``swallow_next_publish`` the next EVALSHA never reaches Redis
+    though the client sent it. ``then_refuse_for`` keeps Redis unreachable that long after
+    either. ``start_after`` delays listening: a broker that refuses at first."""
 
     def __init__(self, upstream_url: str, start_after: float = 0.0):
         upstream = redis.connection.parse_url(upstream_url)
@@ -83,6 +85,9 @@ class LosingProxy:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/{upstream.get('db', 0)}"
         self.lose_next_reply = False
+        self.swallow_next_publish = False
+        self.then_refuse_for = 0.0  # after losing a reply: refuse connections this long
+        self.refusing_until = 0.0
         self.lost_replies = 0
         self.connections = 0
         self._stop = threading.Event()
@@ -101,6 +106,9 @@ class LosingProxy:
                 client, _ = server.accept()
             except TimeoutError:
                 continue
+            if time.monotonic() < self.refusing_until:
+                client.close()  # Redis is unreachable: the connection goes nowhere
+                continue
             self.connections += 1
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
@@ -112,11 +120,16 @@ class LosingProxy:
                 request = client.recv(65536)
                 if not request:
                     return
+                if self.swallow_next_publish and b"EVALSHA" in request.upper():
+                    self.swallow_next_publish = False
+                    self.refusing_until = time.monotonic() + self.then_refuse_for
+                    return  # it never reached Redis; the caller cannot know that
                 upstream.sendall(request)
                 reply = upstream.recv(65536)
                 if self.lose_next_reply and b"EVALSHA" in request.upper():
                     self.lose_next_reply = False
                     self.lost_replies += 1
+                    self.refusing_until = time.monotonic() + self.then_refuse_for
                     return  # it ran; the caller never hears so
                 client.sendall(reply)
         except OSError:
@@ -305,3 +318,84 @@ def test_postgresql_unreachable_before_the_caller_is_cached_is_503_not_500(billi
     assert_error(response, 503)
     assert response.headers["Retry-After"]
     billing.assert_nothing_queued()
+
+
+# --- an outcome only Redis knows: "unknown", with the ids, resolved later -----------------------
+
+
+@pytest.fixture
+def losing_broker(billing, app_with_broker, losing_proxy):
+    """An app whose Redis loses a publish's reply (or the publish itself) and then stays
+    unreachable for longer than the publish may wait (ENQUEUE_TIMEOUT_SECONDS = 1)."""
+    proxy = losing_proxy()
+    proxy.then_refuse_for = 2.5
+    client = app_with_broker(proxy.url, enqueue_timeout_seconds=1.0).test_client()
+    assert billing.post(client=client).status_code == 202  # a connection is open
+    return proxy, client
+
+
+def wait_reachable(proxy) -> None:
+    while time.monotonic() < proxy.refusing_until:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "lost-and-unreachable"], ids=["without-key", "with-key"])
+def test_a_lost_reply_then_no_redis_is_an_unknown_outcome_the_status_resolves(billing, losing_broker, idempotency_key):
+    """The script ran, its reply was lost, and Redis stayed unreachable past the bound:
+    the answer says "unknown" and names the id. (Before: a 503 "nothing was recorded" for
+    an event that was accepted.)"""
+    proxy, client = losing_broker
+    proxy.lose_next_reply = True
+    started = time.monotonic()
+
+    response = billing.post(client=client, idempotency_key=idempotency_key, body=billing.body(input_tokens=4242))
+
+    assert time.monotonic() - started < 1.0 + 0.5
+    body = assert_outcome_unknown(response)
+    wait_reachable(proxy)
+    status = billing.get(body["id"])
+    assert (status.status_code, status.get_json()["status"]) == (200, "queued")
+    assert [str(e.id) for e in billing.queued() if e.input_tokens == 4242] == [body["id"]]
+    if idempotency_key:
+        retry = billing.post(client=client, idempotency_key=idempotency_key, body=billing.body(input_tokens=4242))
+        assert (retry.status_code, retry.get_json()["id"]) == (200, body["id"])
+        assert len([e for e in billing.queued() if e.input_tokens == 4242]) == 1  # billed once
+
+
+def test_a_publish_that_never_reached_redis_is_unknown_then_404(billing, losing_broker):
+    proxy, client = losing_broker
+    proxy.swallow_next_publish = True
+
+    response = billing.post(client=client, body=billing.body(input_tokens=4343))
+
+    body = assert_outcome_unknown(response)
+    wait_reachable(proxy)
+    assert billing.get(body["id"]).status_code == 404
+    assert [e for e in billing.queued() if e.input_tokens == 4343] == []
+
+
+def test_a_keyed_retry_after_an_unknown_outcome_that_was_not_accepted_is_a_new_event(billing, losing_broker):
+    proxy, client = losing_broker
+    proxy.swallow_next_publish = True
+    unknown = assert_outcome_unknown(billing.post(client=client, idempotency_key="never-landed"))
+    wait_reachable(proxy)
+
+    retry = billing.post(client=client, idempotency_key="never-landed")
+
+    assert retry.status_code == 202 and retry.get_json()["id"] != unknown["id"]
+    assert [str(e.id) for e in billing.queued() if e.idempotency_key == "never-landed"] == [retry.get_json()["id"]]
+
+
+def test_a_batch_whose_reply_was_lost_says_unknown_for_each_event(billing, losing_broker):
+    proxy, client = losing_broker
+    proxy.lose_next_reply = True
+    events = [billing.body(input_tokens=5000 + n) for n in range(3)] + [billing.body(source="")]
+
+    response = client.post(BATCH_URL, json={"events": events}, headers=billing.headers())
+
+    body = assert_outcome_unknown(response)
+    statuses = [result["status"] for result in body["results"]]
+    assert statuses == ["unknown", "unknown", "unknown", "rejected"]
+    wait_reachable(proxy)
+    for result in body["results"][:3]:
+        assert billing.get(result["id"]).get_json()["status"] == "queued"
