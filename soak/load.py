@@ -106,6 +106,18 @@ class Answer:
             return None
 
 
+def unknown_outcome(answer: "Answer") -> bool:
+    """A 503 that says the service cannot know whether its queue took the events."""
+    return answer.status == 503 and (answer.json() or {}).get("status") == "unknown"
+
+
+def unknown_ids(answer: "Answer") -> list[str]:
+    body = answer.json() or {}
+    if "results" in body:
+        return [result["id"] for result in body["results"] if result.get("status") == "unknown"]
+    return [body["id"]]
+
+
 @dataclasses.dataclass(frozen=True)
 class ConnectionFailure:
     outcome: str  # "connection refused", "connection reset", "timeout", …
@@ -131,6 +143,10 @@ class Ledger:
         # Requests the service did act on although their answer never arrived (a retry with
         # the same key was answered with the original id): in-flight work cut off.
         self.answers_lost_after_acceptance = 0
+        # 503 answers that said the outcome is unknown (the queue's reply was lost), per
+        # event, and what the status endpoint then said of each: accepted, not accepted.
+        self.unknown_outcomes = 0
+        self.unknown_resolved: collections.Counter[str] = collections.Counter()
 
     def attempt(self, kind: str, outcome: str, latency_ms: float | None) -> None:
         with self._lock:
@@ -157,6 +173,14 @@ class Ledger:
                     return
             self.accepted[event_id] = event
             self.ambiguous.pop(event.content, None)
+
+    def unknown(self, count: int = 1) -> None:
+        with self._lock:
+            self.unknown_outcomes += count
+
+    def resolved(self, outcome: str) -> None:
+        with self._lock:
+            self.unknown_resolved[outcome] += 1
 
     def answer_was_lost(self, count: int = 1) -> None:
         with self._lock:
@@ -428,6 +452,13 @@ class LoadGenerator:
                 self.ledger.attempt(kind, str(result.status), latency_ms)
                 if result.status < 500:
                     return result, ambiguous
+                if unknown_outcome(result):
+                    self.ledger.unknown(len(unknown_ids(result)))
+                    if not retry_when_ambiguous:
+                        # Without a key a retry could bill it twice: the caller asks the
+                        # status endpoint instead (_resolve).
+                        return result, True
+                    ambiguous = True
                 retry_after = float(result.headers.get("retry-after", "0") or 0)
             else:
                 self.ledger.attempt(kind, result.outcome, None)
@@ -441,17 +472,51 @@ class LoadGenerator:
             backoff = min(MAX_BACKOFF_SECONDS, max(retry_after, 0.05 * 2**attempt))
             time.sleep(backoff * random.uniform(0.5, 1.0))
 
+    def _resolve(self, event_id: str, credential: str) -> str | None:
+        """What a careful client does with an unknown outcome and no key: ask the status
+        endpoint until it answers. "accepted" (200), "not accepted" (404), or None if it
+        did not answer within the retry budget."""
+        deadline = time.monotonic() + RETRY_BUDGET_SECONDS
+        while time.monotonic() < deadline:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_SECONDS)
+            try:
+                connection.request("GET", f"{USAGE_PATH}/{event_id}", headers={"Authorization": f"Bearer {credential}"})
+                status = connection.getresponse().status
+            except (OSError, http.client.HTTPException):
+                status = None
+            finally:
+                connection.close()
+            if status in (200, 404):
+                verdict = "accepted" if status == 200 else "not accepted"
+                self.ledger.resolved(verdict)
+                return verdict
+            time.sleep(0.5)
+        self.ledger.resolved("unresolved")
+        return None
+
     def _headers(self, credential: str, idempotency_key: str | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         return headers
 
-    def _send_single(self, event: PlannedEvent, credential: str) -> None:
-        self.ledger.sending(1)
+    def _send_single(self, event: PlannedEvent, credential: str, *, resent: bool = False) -> None:
+        if not resent:
+            self.ledger.sending(1)
         body = json.dumps(event.body).encode()
         headers = self._headers(credential, event.idempotency_key)
         answer, ambiguous = self._send("single", USAGE_PATH, body, headers, retry_when_ambiguous=event.idempotency_key is not None)
+        if answer is not None and unknown_outcome(answer):
+            (event_id,) = unknown_ids(answer)
+            self.ledger.finished("single", "unknown")
+            verdict = self._resolve(event_id, credential)
+            if verdict == "accepted":
+                self.ledger.accept(event, event_id)
+            elif verdict == "not accepted":
+                self._send_single(event, credential, resent=True)
+            else:
+                self.ledger.maybe_accepted(event)
+            return
         if answer is None:
             if ambiguous:
                 self.ledger.maybe_accepted(event)
@@ -501,6 +566,22 @@ class LoadGenerator:
                     # What a careful client does: the keyed events are safe to send again,
                     # and the answer says which of them did get through.
                     self._send_batch(keyed, credential, resent=True)
+            return
+        if unknown_outcome(answer):
+            self.ledger.finished("batch", "unknown")
+            again = []
+            for slot, result in zip(slots, (answer.json() or {})["results"], strict=True):
+                if slot[0] != "valid" or result.get("status") != "unknown":
+                    continue
+                verdict = self._resolve(result["id"], credential)
+                if verdict == "accepted":
+                    self.ledger.accept(slot[1], result["id"])
+                elif verdict == "not accepted":
+                    again.append(slot)
+                else:
+                    self.ledger.maybe_accepted(slot[1])
+            if again:
+                self._send_batch(again, credential, resent=True)
             return
         self.ledger.finished("batch", str(answer.status))
         results = (answer.json() or {}).get("results") if answer.status == 200 else None

@@ -233,6 +233,8 @@ def reconcile(database_url: str, stripe_events: list[dict], ledger: Ledger, worl
             "ambiguous_found_accepted": len(ambiguous_accepted),
             # Keyed events whose first answer was lost although the service had accepted them.
             "keyed_answers_lost_after_acceptance": ledger.answers_lost_after_acceptance,
+            "unknown_outcome_answers": ledger.unknown_outcomes,
+            "unknown_outcomes_resolved": dict(ledger.unknown_resolved),
             "rows_recorded": len(rows),
             "rows_by_status": dict(status_counts),
             "reported": status_counts.get("reported", 0),
@@ -313,6 +315,12 @@ def render(report: dict) -> str:
         f"answers lost in transit: {events['ambiguous_without_key']} events sent without a key (not retried), of which "
         f"{events['ambiguous_found_accepted']} were in fact accepted; {events['keyed_answers_lost_after_acceptance']} "
         "keyed events accepted whose answer was lost (the retry got the original id)"
+    )
+    resolved = events["unknown_outcomes_resolved"]
+    lines.append(
+        f"unknown outcomes (503 naming the ids, the queue's reply lost): {events['unknown_outcome_answers']} events; "
+        f"resolved through the status endpoint: {resolved.get('accepted', 0)} accepted, "
+        f"{resolved.get('not accepted', 0)} not accepted, {resolved.get('unresolved', 0)} unresolved"
     )
     lines.append(
         "reporter rounds refused by Stripe (after the SDK's retries) for a second concurrent call for a customer: "
