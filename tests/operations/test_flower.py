@@ -81,3 +81,75 @@ def test_flower_refuses_to_start_without_usable_basic_auth(settings, flower_proc
     assert "FLOWER_BASIC_AUTH" in output and "user:password" in output, output
     assert "Traceback" not in output, output
     assert not listened and not _listens(flower.port)
+
+
+# --- what an operator sees of billing in Flower ------------------------------------------------
+
+
+def flower_json(flower, path: str):
+    status, body = http_get(f"{flower.url}{path}", headers=basic(CREDENTIALS), timeout=30)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def queue_lengths(flower) -> dict[str, int | None]:
+    return {queue["name"]: queue["messages"] for queue in flower_json(flower, "/api/queues/length")["active_queues"]}
+
+
+def test_the_backlog_in_events_shows_with_no_worker_running(settings, factory, client, flower_process):
+    from shared import db
+    from tests.pipeline.conftest import make_world
+    from worker import recording
+
+    world = make_world(factory)
+    flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
+    for _ in range(7):
+        assert client.post(
+            "/api/billing/external-usage", json=world.body(), headers=world.headers()
+        ).status_code == 202
+    with db.transaction(settings.database_url) as session:  # three rows recorded, not reported
+        recording.record(session, [world.event() for _ in range(3)], value_decimals=6)
+
+    expected = {"billing": 1, "billing:intake (accepted, not recorded)": 7, "billing:unreported (recorded, not reported)": 3}
+    # ("billing" holds the one record task the first event's wake-up sent.)
+    wait_until(lambda: queue_lengths(flower) == expected, 10, message=lambda: str(queue_lengths(flower)))
+    status, page = http_get(f"{flower.url}/broker", headers=basic(CREDENTIALS))
+    assert status == 200
+    assert b"billing:intake (accepted, not recorded)" in page and b"billing:unreported (recorded, not reported)" in page
+
+
+def test_searching_an_event_id_finds_the_tasks_that_recorded_and_reported_it(settings, factory, client, start_worker, flower_process):
+    from tests.pipeline.conftest import make_world, status_counts
+
+    world = make_world(factory)
+    flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
+    start_worker(settings)
+    ids = []
+    for _ in range(30):
+        response = client.post("/api/billing/external-usage", json=world.body(), headers=world.headers())
+        ids.append(response.get_json()["id"])
+    wait_until(lambda: status_counts(settings) == {"reported": 30}, SETTLE_SECONDS, message=lambda: str(status_counts(settings)))
+
+    def found(event_id: str) -> dict[str, dict]:
+        tasks = flower_json(flower, f"/api/tasks?search={event_id}")
+        return {task["name"]: task for task in tasks.values() if task["state"] == "SUCCESS"}
+
+    for event_id in (ids[0], ids[17], ids[-1]):
+        tasks = wait_until(lambda: (found_ := found(event_id)).keys() >= {"billing.record", "billing.report"} and found_, 20)
+        assert event_id in tasks["billing.record"]["result"] and "recorded_ids" in tasks["billing.record"]["result"]
+        assert event_id in tasks["billing.report"]["result"] and "reported_ids" in tasks["billing.report"]["result"]
+
+
+def test_an_idle_minute_adds_only_a_few_tasks(settings, start_worker, flower_process):
+    """Nothing runs on a clock but beat's sweep (every 15 s): no empty drain ticks."""
+    flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
+    start_worker(settings)
+    wait_until(lambda: flower_json(flower, "/api/tasks"), SETTLE_SECONDS, message=flower.log_tail)  # the start-up sweep
+    before = len(flower_json(flower, "/api/tasks"))
+
+    time.sleep(60)
+
+    tasks = flower_json(flower, "/api/tasks")
+    added = len(tasks) - before
+    assert added <= 5, sorted(task["name"] for task in tasks.values())
+    assert {task["name"] for task in tasks.values()} == {"billing.sweep"}
