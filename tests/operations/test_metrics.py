@@ -174,3 +174,52 @@ def test_a_worker_host_without_a_web_process_serves_its_own_metrics(settings, wo
         return status == 200 and "a700_events_reported_total 1.0" in text
 
     wait_until(reported_on_the_worker_port, SETTLE_SECONDS, message=lambda: worker.log_tail())
+
+
+def test_metrics_add_up_in_the_procfile_layout(settings, world, stripe, start_gunicorn, flower_process, tmp_path):
+    """web, worker, beat and flower as separate processes of one host, as the Procfile and
+    ``make run`` run them, with no PROMETHEUS_MULTIPROC_DIR in their environment (the
+    default under the host's var/). The `celery` command used to import prometheus-client
+    (through Flower's command plugin) before the directory was set, so the worker counted
+    in its own memory: recorded and reported stayed 0, and Flower's series leaked in."""
+    import subprocess
+    import sys
+
+    from tests.processes import PROJECT_ROOT, _stop_gracefully, service_env
+
+    layout = {"PROMETHEUS_MULTIPROC_DIR": None, "AGENT700_VAR_DIR": str(tmp_path / "host-var")}
+    web = start_gunicorn(settings, workers=2, **layout)
+    env = service_env(settings, stripe.url, layout)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "celery", "--quiet", "--app", "worker", *args],
+            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        for args in (
+            ["worker", "--concurrency", "2", "--loglevel", "INFO"],
+            ["beat", "--loglevel", "INFO", "--schedule", str(tmp_path / "beat-schedule")],
+        )
+    ]
+    flower = flower_process(settings, FLOWER_BASIC_AUTH="operator:metrics", **layout).start()
+    try:
+        headers = {"Authorization": f"Bearer {world.app_password}"}
+        for index in range(SINGLE):
+            assert http("POST", web.url + URL, json_body=world.body(input_tokens=index), headers=headers)[0] == 202
+        wait_until(lambda: status_counts(settings) == {"reported": SINGLE}, SETTLE_SECONDS, message=lambda: str(status_counts(settings)))
+
+        def scraped():
+            return samples(http_get(f"{web.url}/metrics")[1].decode())
+
+        wait_until(lambda: value(scraped(), "a700_events_reported_total") == SINGLE, 10)
+        metrics = scraped()
+        assert value(metrics, "a700_events_accepted_total") == SINGLE
+        assert value(metrics, "a700_events_recorded_total") == SINGLE
+        assert value(metrics, "a700_events_reported_total") == SINGLE
+        assert total(metrics, "a700_stripe_requests_total", outcome="ok") >= 1
+        assert {dict(labels)["queue"] for name, labels in metrics if name == "a700_queue_depth"} == {"billing", "billing:intake"}
+        assert value(metrics, "a700_workers_alive") == 1
+        assert not [name for name, _ in metrics if name.startswith("flower")]
+        assert flower.alive()
+    finally:
+        for process in processes:
+            _stop_gracefully(process, grace=20)
