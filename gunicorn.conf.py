@@ -27,9 +27,11 @@ from shared.config import get_settings  # noqa: E402
 
 bind = f"{get_settings().host}:{get_settings().port}"
 worker_class = "gevent"
-# Each request is CPU (JSON, validation) plus one Redis round trip; a process per core
-# and one more keeps both busy, and gevent overlaps the waits inside each process.
-workers = 2 * multiprocessing.cpu_count() + 1
+# Each request is CPU (JSON, validation) plus one Redis round trip, and gevent overlaps
+# the waits inside each process: a process per core, and one more for when one is busy
+# with a large batch. (Measured with bench.ingest: 2 or 3 gevent processes on 2 cores
+# answer 20-25 % more than 5; BENCHMARKS.md.)
+workers = multiprocessing.cpu_count() + 1
 worker_connections = 1000
 # A worker whose loop stops answering for this long is recycled.
 timeout = 30

@@ -37,6 +37,7 @@ class Environment:
     database_url: str
     broker_url: str
     env: dict[str, str]
+    stripe_url: str  # the local Stripe-compatible server of this run
 
 
 @contextlib.contextmanager
@@ -56,17 +57,28 @@ def environment(redis_db: int = 13):
     broker_base = _redis_server_url().rsplit("/", 1)[0]
     broker_url = f"{broker_base}/{redis_db}"
     redis.Redis.from_url(broker_url).flushdb()
+    stripe_port = embedded.free_port()
+    stripe_url = f"http://127.0.0.1:{stripe_port}"
     env = dict(os.environ) | {
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": broker_url,
         "JWT_SECRET": JWT_SECRET,
         "STRIPE_API_KEY": "sk_test_bench",
+        "STRIPE_API_BASE": stripe_url,
+        "STRIPE_METER_EVENTS_BASE": stripe_url,
         "PYTHONPATH": str(ROOT),
     }
     env.pop("PORT", None)
+    stripe = subprocess.Popen(
+        [sys.executable, "-m", "local_stripe", "--port", str(stripe_port)], env=env, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
     try:
-        yield Environment(database_url, broker_url, env)
+        wait_http(f"{stripe_url}/_local/faults")
+        yield Environment(database_url, broker_url, env, stripe_url)
     finally:
+        os.killpg(stripe.pid, signal.SIGTERM)
+        stripe.wait(timeout=30)
         redis.Redis.from_url(broker_url).flushdb()
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -91,10 +103,17 @@ class Caller:
 
 
 def seed(env: Environment, organizations: int = 1) -> Caller:
-    """Organizations with Stripe customers, one superadmin, the service and a price."""
+    """The Stripe account (meter, customers), organizations with those customers, one
+    superadmin, the service and a price."""
+    flask_cli(env, "stripe", "ensure-meter")
     user_id = flask_cli(env, "users", "create", "--email", "bench@agent700.example")
     organization_ids = []
     for index in range(organizations):
+        request = urllib.request.Request(
+            f"{env.stripe_url}/_local/customers", data=json.dumps({"id": f"cus_bench{index}"}).encode(),
+            method="POST", headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
         org = flask_cli(env, "orgs", "create", "--name", f"bench-{index}", "--stripe-customer-id", f"cus_bench{index}")
         flask_cli(env, "members", "add", "--user", user_id, "--org", org, "--role", "superadmin")
         organization_ids.append(org)

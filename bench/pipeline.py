@@ -96,16 +96,12 @@ def main() -> None:
     parser.add_argument("--rates", default="1000,2000,3000,4000", help="offered events/s to try")
     args = parser.parse_args()
     harness.ensure_load_tools()
-    stripe_port = embedded.free_port()
-    stripe_url = f"http://127.0.0.1:{stripe_port}"
     results: dict[str, object] = {}
     with harness.environment(redis_db=14) as env:
         caller = harness.seed(env, organizations=8)
-        env.env.update(STRIPE_API_BASE=stripe_url, STRIPE_METER_EVENTS_BASE=stripe_url)
         engine = sa.create_engine(env.database_url, poolclass=sa.pool.NullPool)
         results["ceiling_tasks_per_second"] = task_ceiling(env, 5000)
         with (
-            process([sys.executable, "-m", "local_stripe", "--port", str(stripe_port)], env.env, "stripe"),
             harness.gunicorn(env, "ingest_api:create_app()", 8184) as web,
             worker(env.env),
             process(
@@ -114,7 +110,6 @@ def main() -> None:
                 env.env, "beat",
             ),
         ):
-            harness.wait_http(f"{stripe_url}/_local/faults")
             url = f"{web}/api/billing/external-usage"
             authorization = f"Bearer {caller.app_password}"
             sustained = []
