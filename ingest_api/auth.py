@@ -20,8 +20,9 @@ import functools
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import cachetools
 import sqlalchemy as sa
 from flask import current_app, g, request
 
@@ -40,32 +41,30 @@ class Caller:
     app_password_id: uuid.UUID | None
 
 
-@dataclass
 class CallerCache:
     """Verified callers by credential (the App Password or JWT itself, held in this
-    process's memory only), for a few seconds, and never past the credential's expiry."""
+    process's memory only), for a few seconds, and never past the credential's expiry;
+    at most 10,000, the least recently used dropped first."""
 
-    ttl_seconds: float
-    _entries: dict[str, tuple[float, Caller]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl_seconds = ttl_seconds
+        # Each entry is (caller, seconds to keep it), so each has its own time to live.
+        self._entries = cachetools.TLRUCache(
+            maxsize=10_000, ttu=lambda _key, entry, now: now + entry[1], timer=time.monotonic
+        )
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> Caller | None:
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
-        return None
+        with self._lock:
+            entry = self._entries.get(key)
+        return None if entry is None else entry[0]
 
     def put(self, key: str, caller: Caller, *, expires_at: float | None = None) -> None:
         """Remember ``caller``; ``expires_at`` (Unix seconds) caps how long."""
         seconds = self.ttl_seconds if expires_at is None else min(self.ttl_seconds, expires_at - time.time())
         if seconds > 0:
             with self._lock:
-                if len(self._entries) > 10_000:  # bounded: drop the expired, else everything
-                    now = time.monotonic()
-                    self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
-                    if len(self._entries) > 10_000:
-                        self._entries.clear()
-                self._entries[key] = (time.monotonic() + seconds, caller)
+                self._entries[key] = (caller, seconds)
 
 
 def revoked_unauthorized() -> ApiError:

@@ -16,6 +16,8 @@ import pydantic
 from pydantic_core import PydanticCustomError
 from pydantic import Field
 
+from shared.usage_event import UsageEventFields
+
 MAX_TOKENS = 2_147_483_647
 MAX_EVENT_AGE = dt.timedelta(days=35)
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -139,19 +141,10 @@ class StripeReportOut(pydantic.BaseModel):
     reported_at: dt.datetime | None
 
 
-class UsageEventOut(pydantic.BaseModel):
+class UsageEventOut(UsageEventFields):
     """The status record of one event."""
 
-    id: uuid.UUID
     status: Status
-    user_id: uuid.UUID
-    organization_id: uuid.UUID
-    service_name: str
-    model_name: str
-    input_tokens: int
-    output_tokens: int
-    source: str
-    occurred_at: dt.datetime
     service_cost: str | None = Field(
         description="Decimal string, what the provider charges.", examples=["0.000384000000000000"]
     )

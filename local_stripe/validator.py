@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from local_stripe.background import BackgroundThread
 from local_stripe.events import Problem, judge
 from local_stripe.faults import Faults
 from local_stripe.state import MeterEvent, Store
@@ -35,7 +36,7 @@ log = logging.getLogger("local_stripe.validator")
 SAMPLES_PER_CODE = 3
 
 
-class Validator:
+class Validator(BackgroundThread):
     """Judges pending v2 events when due, in its own thread or (``validate``) the caller's;
     ``emit`` receives each report."""
 
@@ -43,21 +44,10 @@ class Validator:
         self._store = store
         self._faults = faults
         self._emit = emit
-        self._wake = threading.Condition()
+        super().__init__("local-stripe-validator")
         # Passes one at a time, so "validate everything now" returns only once an
         # overlapping pass of the thread has settled too.
         self._one_pass = threading.Lock()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="local-stripe-validator", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join()
 
     def received(self) -> None:
         """Events are pending: judge them now when the delay is 0, else reschedule."""

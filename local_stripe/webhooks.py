@@ -19,11 +19,12 @@ import hmac
 import itertools
 import json
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any
+
+from local_stripe.background import BackgroundThread
 
 log = logging.getLogger("local_stripe.webhooks")
 
@@ -42,25 +43,14 @@ def signature_header(body: str, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={signed}"
 
 
-class Delivery:
+class Delivery(BackgroundThread):
     """The delivery thread and its schedule: (due, sequence, attempt, url, secret, body)."""
 
     def __init__(self) -> None:
-        self._wake = threading.Condition()
+        super().__init__("local-stripe-webhooks")
         self._due: list[tuple[float, int, int, str, str, str]] = []
         self._sequence = itertools.count()
         self._generation = 0
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="local-stripe-webhooks", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join()
 
     def send(self, event: dict[str, Any], url: str, secret: str) -> None:
         """Deliver ``event`` (thin) to ``url``, signed with ``secret``, from the thread."""

@@ -115,20 +115,7 @@ def show_organization(organization_id: uuid.UUID, as_json: bool) -> None:
             ("created at", output.time_text(organization.created_at)),
         ],
     )
-    if not members:
-        click.echo("No members.")
-        return
-    click.echo(f"Members ({len(members)}):")
-    output.print_table(
-        ["MEMBERSHIP", "ACTIVE", "USER", "USER_ACTIVE", "ROLES", "EMAIL"],
-        [
-            [
-                str(m.id), output.yes_no(m.active), str(m.user_id), output.yes_no(m.user_active),
-                ",".join(m.roles) or "-", m.email,
-            ]
-            for m in members
-        ],
-    )
+    store.print_memberships(members, "organization")
 
 
 @orgs_cli.command("set-stripe-customer")

@@ -49,24 +49,17 @@ class Label(click.ParamType):
         return label
 
 
-class EmailAddress(click.ParamType):
-    name = "email"
+class MatchingText(click.ParamType):
+    """Text, stripped, that matches ``pattern`` (and is at most ``max_length`` long)."""
+
+    def __init__(self, name: str, pattern: re.Pattern[str], what: str, max_length: int | None = None):
+        self.name, self.pattern, self.what, self.max_length = name, pattern, what, max_length
 
     def convert(self, value, param, ctx) -> str:
-        email = value.strip()
-        if len(email) > MAX_EMAIL_LENGTH or not _EMAIL_RE.match(email):
-            self.fail(f"{value!r} is not a valid email address.", param, ctx)
-        return email
-
-
-class StripeCustomerId(click.ParamType):
-    name = "cus_id"
-
-    def convert(self, value, param, ctx) -> str:
-        customer_id = value.strip()
-        if not _STRIPE_CUSTOMER_ID_RE.match(customer_id):
-            self.fail(f"{value!r} is not a Stripe customer id (cus_...).", param, ctx)
-        return customer_id
+        text = value.strip()
+        if (self.max_length is not None and len(text) > self.max_length) or not self.pattern.match(text):
+            self.fail(f"{value!r} is not {self.what}.", param, ctx)
+        return text
 
 
 class PerTokenRate(click.ParamType):
@@ -119,8 +112,8 @@ class Rfc3339Time(click.ParamType):
 
 
 LABEL = Label(max_length=200)
-EMAIL = EmailAddress()
-STRIPE_CUSTOMER_ID = StripeCustomerId()
+EMAIL = MatchingText("email", _EMAIL_RE, "a valid email address", MAX_EMAIL_LENGTH)
+STRIPE_CUSTOMER_ID = MatchingText("cus_id", _STRIPE_CUSTOMER_ID_RE, "a Stripe customer id (cus_...)")
 PER_TOKEN_RATE = PerTokenRate()
 RFC3339_TIME = Rfc3339Time()
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy import orm
 
+from operator_cli import output
 from shared import db, models
 from shared.config import Settings
 
@@ -122,6 +123,27 @@ class Membership:
                 "organization_active": self.organization_active,
             }
         return document | {"user_id": str(self.user_id), "email": self.email, "user_active": self.user_active}
+
+
+def print_memberships(memberships: list[Membership], seen_from: str) -> None:
+    """The ``show`` commands' table of memberships, each with its other end."""
+    if not memberships:
+        click.echo("No memberships." if seen_from == "user" else "No members.")
+        return
+    click.echo(f"{'Memberships' if seen_from == 'user' else 'Members'} ({len(memberships)}):")
+    if seen_from == "user":
+        columns = ["MEMBERSHIP", "ACTIVE", "ORGANIZATION", "ORG_ACTIVE", "ROLES", "ORG_NAME"]
+        ends = [(m.organization_id, m.organization_active, m.organization_name) for m in memberships]
+    else:
+        columns = ["MEMBERSHIP", "ACTIVE", "USER", "USER_ACTIVE", "ROLES", "EMAIL"]
+        ends = [(m.user_id, m.user_active, m.email) for m in memberships]
+    output.print_table(
+        columns,
+        [
+            [str(m.id), output.yes_no(m.active), str(end_id), output.yes_no(end_active), ",".join(m.roles) or "-", end_name]
+            for m, (end_id, end_active, end_name) in zip(memberships, ends, strict=True)
+        ],
+    )
 
 
 def memberships(session: orm.Session, *criteria: sa.ColumnElement[bool]) -> list[Membership]:

@@ -77,20 +77,7 @@ def show_user(user_id: uuid.UUID, as_json: bool) -> None:
             ("created at", output.time_text(user.created_at)),
         ],
     )
-    if not memberships:
-        click.echo("No memberships.")
-        return
-    click.echo(f"Memberships ({len(memberships)}):")
-    output.print_table(
-        ["MEMBERSHIP", "ACTIVE", "ORGANIZATION", "ORG_ACTIVE", "ROLES", "ORG_NAME"],
-        [
-            [
-                str(m.id), output.yes_no(m.active), str(m.organization_id), output.yes_no(m.organization_active),
-                ",".join(m.roles) or "-", m.organization_name,
-            ]
-            for m in memberships
-        ],
-    )
+    store.print_memberships(memberships, "user")
 
 
 @users_cli.command("activate")

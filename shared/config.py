@@ -85,24 +85,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+def _number(environ: Mapping[str, str], name: str, default: float, kind: type = int):
     raw = environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+        raise ConfigurationError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -141,7 +131,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         default_api_base = "https://api.stripe.com"
         default_events_base = "https://meter-events.stripe.com"
 
-    value_decimals = _int(environ, "STRIPE_VALUE_DECIMALS", 6)
+    value_decimals = _number(environ, "STRIPE_VALUE_DECIMALS", 6)
     if not 0 <= value_decimals <= 12:
         raise ConfigurationError("STRIPE_VALUE_DECIMALS must be between 0 and 12")
 
@@ -153,7 +143,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     if flower_basic_auth is None and local_default_run:
         flower_basic_auth = embedded.local_secret(embedded.FLOWER_AUTH_FILE)
 
-    jwt_max_lifetime_seconds = _int(environ, "JWT_MAX_LIFETIME_SECONDS", DEFAULT_JWT_MAX_LIFETIME_SECONDS)
+    jwt_max_lifetime_seconds = _number(environ, "JWT_MAX_LIFETIME_SECONDS", DEFAULT_JWT_MAX_LIFETIME_SECONDS)
     if jwt_max_lifetime_seconds < 1:
         raise ConfigurationError("JWT_MAX_LIFETIME_SECONDS must be a positive number of seconds")
     jwt_public_key = environ.get("JWT_PUBLIC_KEY") or None
@@ -178,16 +168,16 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         stripe_meter_event_name=environ.get("STRIPE_METER_EVENT_NAME") or "agent700_cost",
         stripe_value_decimals=value_decimals,
         flower_basic_auth=flower_basic_auth,
-        port=_int(environ, "PORT", 8000),
+        port=_number(environ, "PORT", 8000),
         host=environ.get("HOST") or "0.0.0.0",
-        catalog_cache_seconds=_float(environ, "CATALOG_CACHE_SECONDS", 5.0),
-        auth_cache_seconds=_float(environ, "AUTH_CACHE_SECONDS", 5.0),
-        enqueue_timeout_seconds=_float(environ, "ENQUEUE_TIMEOUT_SECONDS", 3.0),
+        catalog_cache_seconds=_number(environ, "CATALOG_CACHE_SECONDS", 5.0, float),
+        auth_cache_seconds=_number(environ, "AUTH_CACHE_SECONDS", 5.0, float),
+        enqueue_timeout_seconds=_number(environ, "ENQUEUE_TIMEOUT_SECONDS", 3.0, float),
         stripe_meter_api=stripe_meter_api,
         stripe_webhook_secret=environ.get("STRIPE_WEBHOOK_SECRET") or (
             embedded.local_secret(embedded.STRIPE_WEBHOOK_SECRET_FILE) if local_default_run else None
         ),
-        worker_metrics_port=_int(environ, "WORKER_METRICS_PORT", 0) or None,
+        worker_metrics_port=_number(environ, "WORKER_METRICS_PORT", 0) or None,
         jwt_audience=environ.get("JWT_AUDIENCE") or None,
         jwt_issuer=environ.get("JWT_ISSUER") or None,
         jwt_max_lifetime_seconds=jwt_max_lifetime_seconds,

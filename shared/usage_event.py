@@ -8,10 +8,8 @@ import uuid
 import pydantic
 
 
-class AcceptedUsageEvent(pydantic.BaseModel):
-    """What the edge accepted; everything the pipeline needs to bill it exactly once."""
-
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+class UsageEventFields(pydantic.BaseModel):
+    """What a usage event is about: the fields the queue message and the status record share."""
 
     id: uuid.UUID
     user_id: uuid.UUID
@@ -22,6 +20,13 @@ class AcceptedUsageEvent(pydantic.BaseModel):
     output_tokens: int
     source: str
     occurred_at: dt.datetime
+
+
+class AcceptedUsageEvent(UsageEventFields):
+    """What the edge accepted; everything the pipeline needs to bill it exactly once."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
     received_at: dt.datetime
     caller_user_id: uuid.UUID
     idempotency_key: str | None = None

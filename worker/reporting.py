@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 
 import redis
 import sqlalchemy as sa
+from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy import orm
 
 from shared import metrics, models, pipeline_status, queue
 from worker import stripe_reporting
-from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, backoff_seconds
+from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter
 
 log = logging.getLogger(__name__)
 ROWS_PER_ROUND = 500
@@ -192,7 +193,9 @@ def _report_locked(transaction: Transaction, broker: redis.Redis, meter: StripeM
     refusals = [r for r in outcomes.values() if r.outcome is Outcome.RETRY]
     if refusals:
         attempt = max(row.stripe_attempts for row in rows) + 1
-        result.refused, result.retry_in, result.more = refusals[0].error, max(0.5, backoff_seconds(attempt)), False
+        # Full jitter, so that shards refused together do not come back together.
+        backoff = get_exponential_backoff_interval(factor=1, retries=attempt, maximum=60, full_jitter=True)
+        result.refused, result.retry_in, result.more = refusals[0].error, max(0.5, backoff), False
         broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(result.retry_in * 1000))
         log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, result.retry_in, result.refused)
     return result

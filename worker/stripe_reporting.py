@@ -17,7 +17,6 @@ import datetime as dt
 import enum
 import hashlib
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -278,8 +277,3 @@ class StripeMeter:
             except stripe.StripeError as error:
                 return {e.row_id: _classify(error) for e in events}
         raise AssertionError("unreachable")
-
-
-def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
-    return random.uniform(0, min(cap, base * 2**attempt))
