@@ -166,11 +166,12 @@ def revocation_key(app_password_id: uuid.UUID) -> str:
 class Intake:
     """The writer's side: accept events within ``timeout_seconds``, honestly."""
 
-    def __init__(self, broker_url: str, timeout_seconds: float):
+    def __init__(self, broker_url: str, timeout_seconds: float, *, client: redis.Redis | None = None):
+        """``client``: one to use instead of connecting to ``broker_url`` (a test's)."""
         self._broker_url = broker_url
         self._timeout_seconds = timeout_seconds
-        self._client: redis.Redis | None = None
-        self._client_pid = 0
+        self._client = client
+        self._client_pid = os.getpid() if client is not None else 0
 
     @property
     def redis(self) -> redis.Redis:
