@@ -1,4 +1,11 @@
-"""The HTTP edge: authenticates, validates and enqueues usage events. ``create_app`` is the factory."""
+"""The HTTP edge: authenticates callers, validates usage events and appends them to the
+intake, then answers; it also serves the status, health, metrics, OpenAPI, ``/docs`` and
+Stripe webhook endpoints. ``create_app`` is the factory.
+
+It never computes a price or calls Stripe's meter API: that is the pipeline's
+(``worker``). It imports ``shared`` only, never ``worker`` or ``operator_cli``
+(``tests/test_layout.py`` checks).
+"""
 
 from __future__ import annotations
 

@@ -10,4 +10,8 @@ its error reports), ``webhooks`` (signed delivery to the event destination), ``s
 in-memory store), ``account`` (store, settings and background threads together),
 ``faults`` (fault injection and settings), ``wire`` (Stripe's wire formats), ``testing``
 (servers in threads for tests), ``__main__`` (``python -m local_stripe``).
+
+It stands for Stripe, so it imports nothing of the service, and the service's own
+packages never import it (``tests/test_layout.py`` checks); only tests, the soak, the
+benches and the local run start it.
 """

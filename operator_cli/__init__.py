@@ -1,7 +1,8 @@
 """Operator commands: ``flask --app ingest_api <command>``.
 
 The package stands beside the edge (``ingest_api``) and the pipeline (``worker``) and
-calls their functions; neither imports it. Flask finds the command groups through the
+calls their functions (the intake's, the recorder's, the reporter's): it never writes
+to Redis or Stripe by hand. Neither of them imports it (``tests/test_layout.py`` checks). Flask finds the command groups through the
 ``flask.commands`` entry points in ``setup.cfg``.
 
 Each command that creates or changes something prints its id (or token) alone on its last

@@ -1,1 +1,13 @@
-"""What the HTTP edge (``ingest_api``) and the billing pipeline (``worker``) both import."""
+"""What the HTTP edge (``ingest_api``), the billing pipeline (``worker``) and the operator
+commands (``operator_cli``) all stand on.
+
+It owns the configuration (``config``, read once, without side effects), the database
+schema and sessions (``models``, ``db``, ``migrations``), the intake stream and its one
+script (``intake``), the Celery application's task names and wake-ups (``queue``), the
+queue message (``usage_event``), metrics, structured logs, the backlog and pipeline status
+that ``/metrics`` and Flower show, and the embedded servers of the local run
+(``embedded``).
+
+It must not import ``ingest_api``, ``worker`` or ``operator_cli``: they import it
+(``tests/test_layout.py`` checks).
+"""
