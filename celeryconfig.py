@@ -4,6 +4,7 @@ The broker URL comes from shared.config (``CELERY_BROKER_URL``), like every sett
 """
 
 from shared.config import get_settings
+from shared.embedded import VAR_DIR
 
 broker_url = get_settings().broker_url
 
@@ -39,3 +40,7 @@ task_send_sent_event = True
 timezone = "UTC"
 
 # The beat schedule (the safety sweep) is set in shared.queue, beside the task names.
+# Beat keeps its state in the var directory, not the current one, so it starts from any
+# directory; its scheduler makes that directory when missing (``--schedule`` overrides).
+beat_schedule_filename = str(VAR_DIR / "celerybeat-schedule")
+beat_scheduler = "worker.celery_app:BeatScheduler"

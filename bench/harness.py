@@ -1,5 +1,5 @@
 """What the benchmarks share: a database and Redis of their own, seeded billing data,
-gunicorn processes with the project's gunicorn.conf.py, and the load tools (wrk, hey)."""
+gunicorn processes with the project's shared/gunicorn_config.py, and the load tools (wrk, hey)."""
 
 from __future__ import annotations
 
@@ -141,9 +141,9 @@ def event_body(caller: Caller, organization_index: int = 0) -> dict:
 
 @contextlib.contextmanager
 def gunicorn(env: Environment, app: str, port: int):
-    """The web process exactly as the Procfile runs it (gunicorn.conf.py), on ``port``."""
+    """The web process exactly as the Procfile runs it (shared/gunicorn_config.py), on ``port``."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
+        [sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config", app],
         env=env.env | {"PORT": str(port)}, cwd=ROOT, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.ingest [--seconds 8] [--rounds 3]
 
-All servers run with the project's gunicorn.conf.py. The maximum rate (wrk, closed loop)
+All servers run with shared/gunicorn_config.py. The maximum rate (wrk, closed loop)
 of the hello-world app, of the hello-world app that also waits for one Redis PING (the
 ceiling of anything that must hear back from Redis before answering), and of the real
 endpoint with an App Password and with a JWT (validation, catalog check, enqueue to the

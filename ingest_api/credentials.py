@@ -109,7 +109,7 @@ class JwtVerifier:
         self._hs256_only = self._public_key is None and self.jwks is None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "JwtVerifier":
+    def from_settings(cls, settings: Settings) -> JwtVerifier:
         return cls(
             settings.jwt_secret,
             audience=settings.jwt_audience,

@@ -13,8 +13,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic_core import PydanticCustomError
 from pydantic import Field
+from pydantic_core import PydanticCustomError
 
 from shared.usage_event import UsageEventFields
 

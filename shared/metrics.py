@@ -3,9 +3,9 @@ multiprocess mode: every gunicorn worker and Celery pool process writes its own 
 under ``PROMETHEUS_MULTIPROC_DIR``, and ``/metrics`` sums them.
 
 The directory must be known before the first metric exists, so it is settled here, at
-import: ``PROMETHEUS_MULTIPROC_DIR`` if set, else ``var/prometheus`` of this checkout.
-Processes sharing a host share the directory (the local run, one machine); on separate
-hosts each web process reports its host's processes.
+import: ``PROMETHEUS_MULTIPROC_DIR`` if set, else ``prometheus`` in the var directory
+(``shared.embedded.VAR_DIR``). Processes sharing a host share the directory (the local
+run, one machine); on separate hosts each web process reports its host's processes.
 """
 
 from __future__ import annotations

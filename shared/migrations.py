@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from alembic import command
 from alembic.config import Config
 
-from shared.embedded import PROJECT_ROOT
-
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    # Built here, not read from alembic.ini: the installed service has no checkout. The
+    # scripts are the installed ``migrations`` package; its env.py takes the URL from here.
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("migrations")))
     config.attributes["database_url"] = database_url
     return config
 

@@ -35,5 +35,5 @@ class AcceptedUsageEvent(UsageEventFields):
         return self.model_dump_json()
 
     @classmethod
-    def from_message(cls, message: str | bytes) -> "AcceptedUsageEvent":
+    def from_message(cls, message: str | bytes) -> AcceptedUsageEvent:
         return cls.model_validate_json(message)

@@ -41,7 +41,7 @@ from redis.retry import Retry
 
 from shared import embedded, migrations
 
-ROOT = embedded.PROJECT_ROOT
+ROOT = Path(__file__).resolve().parent.parent
 SOAK_ROOT = embedded.VAR_DIR / "soak"
 DATABASE_NAME = "agent700_soak"
 STRIPE_API_KEY = "sk_test_agent700_soak"

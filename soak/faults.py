@@ -37,7 +37,8 @@ STRIPE_SLOW_MS = 1500
 STRIPE_SLOW_SECONDS = 6
 WORKER_DOWN_SECONDS = 2
 REDIS_DOWN_SECONDS = 1.5
-# gunicorn.conf.py's graceful_timeout, plus room: the master exits once its workers have.
+# graceful_timeout of shared/gunicorn_config.py, plus room: the master exits once its
+# workers have.
 WEB_EXIT_SECONDS = 20 + 15
 FAULT_NAMES = (
     "stripe_500_burst", "worker_kill_9", "redis_restart", "stripe_429_burst",

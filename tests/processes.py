@@ -3,7 +3,7 @@
 * ``wait_until``: poll a condition with a timeout (the slow tests never sleep blindly).
 * ``WorkerProcess``: a real Celery worker with embedded beat as a subprocess in its own
   process group, killable with SIGKILL, stoppable with SIGTERM, restartable.
-* ``GunicornProcess``: the ``web`` process as the Procfile runs it (``gunicorn.conf.py``),
+* ``GunicornProcess``: the ``web`` process as the Procfile runs it (``shared/gunicorn_config.py``),
   with a chosen number of workers, on a free port.
 * ``FlowerProcess``: ``python -m worker.flower`` (the Procfile's ``flower``) on a free port.
 * ``PrivatePostgres`` / ``private_postgres_server()``: an embedded PostgreSQL of a test's
@@ -211,11 +211,11 @@ class WorkerProcess:
         return _tail(self.log_path, "worker log", lines)
 
 
-# --- the web process: gunicorn with the project's gunicorn.conf.py ---------------------------
+# --- the web process: gunicorn with the project's shared/gunicorn_config.py -----------------
 
 
 class GunicornProcess:
-    """``python -m gunicorn --config gunicorn.conf.py [--workers N] "ingest_api:create_app()"``,
+    """``python -m gunicorn --config python:shared.gunicorn_config [--workers N] "ingest_api:create_app()"``,
     as the Procfile's ``web`` runs it (``workers=None``: exactly so), on a free port (``PORT``). Standard output and
     standard error go to files of their own (``stdout_path``, ``stderr_path``)."""
 
@@ -248,7 +248,7 @@ class GunicornProcess:
         with open(self.stdout_path, "ab") as stdout, open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
+                    sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config",
                     *(["--workers", str(self.workers)] if self.workers else []), self.APP,
                 ],
                 cwd=PROJECT_ROOT,

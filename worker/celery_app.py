@@ -1,5 +1,5 @@
-"""The worker's view of the shared Celery application: the task base class and the
-per-process setup (logs, metrics, fresh connections after fork, liveness)."""
+"""The worker's view of the shared Celery application: the task base class, beat's
+scheduler and the per-process setup (logs, metrics, fresh connections after fork, liveness)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import celery
+import celery.beat
 import kombu.transport.redis
 import redis
 from celery.signals import (
@@ -75,6 +77,16 @@ class BillingTask(celery.Task):
 
 
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+
+
+class BeatScheduler(celery.beat.PersistentScheduler):
+    """Celery's own scheduler (a shelve file), which first makes its file's directory:
+    by default the var directory (celeryconfig), which the first beat of an installed
+    service may not find."""
+
+    def setup_schedule(self):
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
 
 
 def _restore_unacked_unless_gone(restore_unacked):

@@ -72,7 +72,7 @@ class ErrorReport:
         return sum(error_type.count for error_type in self.error_types)
 
     @classmethod
-    def of(cls, event) -> "ErrorReport":
+    def of(cls, event) -> ErrorReport:
         """From the full event as ``client.v2.core.events.retrieve`` gives it."""
         data = event.data
         related = getattr(event, "related_object", None)

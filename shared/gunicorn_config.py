@@ -1,4 +1,7 @@
-"""gunicorn settings for the ``web`` process.
+"""gunicorn settings for the ``web`` process: ``gunicorn --config python:shared.gunicorn_config``.
+
+It lives in ``shared``, not ``ingest_api``, because importing ``ingest_api`` imports Flask
+(and ssl) before the monkey patching below could run.
 
 gevent workers: every connection is a greenlet, so a client that sends its request
 slowly, or stalls half-way, holds a few KiB of memory and no worker. With the sync
