@@ -23,7 +23,7 @@ from typing import Any
 from flask import Response, current_app, g, jsonify, request
 
 from local_stripe.account import LocalStripe
-from local_stripe.wire import StripeError, bearer_token, decode_form
+from local_stripe.wire import StripeError, api_key, decode_form
 
 
 def current_state() -> LocalStripe:
@@ -56,7 +56,7 @@ MISSING_KEY = (
 
 def authenticate(kind: str) -> None:
     """``kind`` "secret": any ``sk_...`` key; "session": a live meter event session token."""
-    token = bearer_token(request.headers.get("Authorization"))
+    token = api_key(request.headers.get("Authorization"))
     if token is None:
         raise StripeError(401, MISSING_KEY)
     if kind == "secret":

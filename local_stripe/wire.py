@@ -1,7 +1,7 @@
 """Stripe's wire protocol, the parts this server needs: errors, ids, form and time formats.
 
 * v1 requests are form-encoded with bracket notation (``payload[value]=3``), v2 requests
-  are JSON; both authenticate with ``Authorization: Bearer <key>``.
+  are JSON; both authenticate with ``Authorization: Bearer <key>`` (or Basic, the key as user name).
 * Every error, v1 or v2, is ``{"error": {"type", "code"?, "message", "param"?}}``; the SDK
   picks its exception class from the HTTP status and ``type``.
 * v1 times are Unix seconds; v2 times are RFC 3339 strings (``2024-06-01T12:00:00.000Z``).
@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import secrets
 from collections.abc import Iterable, Mapping
@@ -68,12 +69,19 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+def api_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization`` header: ``Bearer <key>``, or Basic auth with the key
+    as the user name (``curl -u sk_test_...:``), as Stripe takes both; else None."""
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
+    if scheme.lower() == "basic" and token:
+        try:
+            token = base64.b64decode(token, validate=True).decode().partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return token or None
     return token if scheme.lower() == "bearer" and token else None
 
 
