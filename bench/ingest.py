@@ -61,7 +61,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, result in maxima.items():
         ratio = "" if name == "hello_world" else f"{result.requests_per_second / hello_rate:.0%}"
-        per_round = ", ".join(f"{r.requests_per_second / hello.requests_per_second:.0%}" for r, hello in zip(rounds[name], rounds["hello_world"]))
+        per_round = ", ".join(f"{r.requests_per_second / hello.requests_per_second:.0%}" for r, hello in zip(rounds[name], rounds["hello_world"], strict=True))
         ratio += "" if name == "hello_world" else f" (rounds: {per_round})"
         print(f"| {name} (max, wrk, median of {args.rounds}) | {result.requests_per_second:,.0f} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.non2xx} | {ratio} |")
     for name, result in paced.items():

@@ -28,7 +28,7 @@ import redis
 import sqlalchemy as sa
 
 from bench import harness
-from shared import embedded, models
+from shared import models
 
 _logs = models.UserBillableRequestLog
 
@@ -119,7 +119,7 @@ def main() -> None:
                 paced = harness.fixed_rate(f"{url}/batch", batch, authorization, rate / 100, seconds=args.seconds, connections=4)
                 load_end = time.monotonic()
                 accepted = count(engine) - before + _queued(env)
-                drained = wait_until(lambda: count(engine, _logs.status == "reported") >= before + accepted, 120)
+                drained = wait_until(lambda target=before + accepted: count(engine, _logs.status == "reported") >= target, 120)
                 lag = time.monotonic() - load_end
                 sustained.append(
                     {"offered": rate, "accepted_per_second": paced.achieved * 100, "drain_after_load_s": round(lag, 2), "drained": drained}

@@ -108,7 +108,7 @@ class ChildProcess:
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
-    def start(self, extra_args: list[str] | None = None) -> "ChildProcess":
+    def start(self, extra_args: list[str] | None = None) -> ChildProcess:
         assert not self.alive(), f"{self.name} is already running"
         self.starts += 1
         argv = [shutil.which(self.argv[0], path=self.env["PATH"]) or self.argv[0], *self.argv[1:], *(extra_args or [])]

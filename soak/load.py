@@ -106,12 +106,12 @@ class Answer:
             return None
 
 
-def unknown_outcome(answer: "Answer") -> bool:
+def unknown_outcome(answer: Answer) -> bool:
     """A 503 that says the service cannot know whether its queue took the events."""
     return answer.status == 503 and (answer.json() or {}).get("status") == "unknown"
 
 
-def unknown_ids(answer: "Answer") -> list[str]:
+def unknown_ids(answer: Answer) -> list[str]:
     body = answer.json() or {}
     if "results" in body:
         return [result["id"] for result in body["results"] if result.get("status") == "unknown"]
@@ -292,7 +292,8 @@ class LoadGenerator:
         roll = self._random.random()
         if roll < 0.68:
             event = self._plan_event(keyed=self._random.random() < KEYED_SHARE)
-            return 1, lambda credential=self._credential(): self._send_single(event, credential)
+            credential = self._credential()
+            return 1, lambda: self._send_single(event, credential)
         if roll < 0.75:
             size = self._random.randint(5, 60)
             # Every event keyed (safe to resend whole, and replayable), none, or some.
@@ -302,7 +303,8 @@ class LoadGenerator:
             invalid_bodies = [self._invalid_event_body() for _ in range(invalid_count)]
             slots = [("valid", event) for event in events] + [("invalid", body) for body in invalid_bodies]
             self._random.shuffle(slots)
-            return size, lambda credential=self._credential(): self._send_batch(slots, credential)
+            credential = self._credential()
+            return size, lambda: self._send_batch(slots, credential)
         if roll < 0.84:
             return 1, self._send_replay
         if roll < 0.86:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 import sys
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal

@@ -141,7 +141,7 @@ class WorkerProcess:
     def _env(self) -> dict[str, str]:
         return service_env(self.settings, self.stripe_url, self.extra_env)
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         assert not self.alive(), "already running"
         self.starts += 1
         # A fresh beat schedule file per start: one left by a SIGKILLed beat may be torn.
@@ -186,7 +186,7 @@ class WorkerProcess:
         self._reap_group()
         return code
 
-    def restart(self) -> "WorkerProcess":
+    def restart(self) -> WorkerProcess:
         if self.alive():
             self.terminate()
         return self.start()
@@ -240,7 +240,7 @@ class GunicornProcess:
         assert self.port is not None, "not started"
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> "GunicornProcess":
+    def start(self, timeout: float = 90) -> GunicornProcess:
         assert not self.alive(), "already running"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = embedded.free_port()
@@ -314,7 +314,7 @@ class FlowerProcess:
         assert self.port is not None, "not started"
         return f"http://127.0.0.1:{self.port}"
 
-    def launch(self) -> "FlowerProcess":
+    def launch(self) -> FlowerProcess:
         """Start it, without waiting for anything."""
         assert not self.alive(), "already running"
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -332,7 +332,7 @@ class FlowerProcess:
             )
         return self
 
-    def start(self, timeout: float = 90) -> "FlowerProcess":
+    def start(self, timeout: float = 90) -> FlowerProcess:
         """Start it and wait until it answers HTTP (any status: it wants credentials)."""
         self.launch()
 
@@ -448,7 +448,7 @@ class PrivateRedis:
             return int((self.directory / "redis.pid").read_text())
         return None
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         embedded.start_redis(self.directory, self.port, appendonly=False)
         return self
 

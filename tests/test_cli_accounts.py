@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 import redis
-import stripe as stripe_sdk
 import sqlalchemy as sa
+import stripe as stripe_sdk
 
 from shared import db, models
 from tests.test_cli import assert_refused, created_id, last_line

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from shared import db, models
-from worker.reporting import RECONCILE_ERROR
 from tests.test_cli_usage import Billing
+from worker.reporting import RECONCILE_ERROR
 from worker.stripe_reporting import MeterEvent, Outcome, StripeMeter
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -311,7 +311,7 @@ def test_when_totals_cannot_tell_which_rows_are_missing_they_are_candidates(runn
     minutes = table(result.stdout, "Minutes that differ")
     assert minutes[0][:6] == [rfc3339(minute), "700", "100", "600", "candidates:", "3"]
     assert table(result.stdout, "Candidates") == [
-        [str(row.id), rfc3339(row.occurred_at), value, "600"] for row, value in zip(rows, ("100", "200", "400"))
+        [str(row.id), rfc3339(row.occurred_at), value, "600"] for row, value in zip(rows, ("100", "200", "400"), strict=True)
     ]
     assert "Missing at Stripe" not in result.stdout
     assert "--force" in result.stdout and "usage retry --id ID --force" in result.stdout

@@ -17,9 +17,8 @@ import redis
 import sqlalchemy as sa
 
 from shared import db, intake, models, queue
-from worker.reporting import RECONCILE_ERROR
-from worker.reporting import shard_of
 from shared.usage_event import AcceptedUsageEvent
+from worker.reporting import RECONCILE_ERROR, shard_of
 
 NO_CUSTOMER_ERROR = "Organization has no Stripe customer id; set it, then `usage retry`."
 CELERY_QUEUE = queue.QUEUE

@@ -24,9 +24,8 @@ import jwt.warnings
 import pytest
 
 from shared import db, models
-from tests.conftest import OperatorCliRunner
 from tests.api.conftest import assert_error, assert_unauthorized, b64url, now
-from tests.conftest import TEST_JWT_SECRET
+from tests.conftest import TEST_JWT_SECRET, OperatorCliRunner
 
 
 def hs256(claims: dict, secret: str = TEST_JWT_SECRET, algorithm: str = "HS256") -> str:

@@ -216,8 +216,8 @@ def test_the_bearer_scheme_is_case_insensitive(billing):
 @pytest.fixture(scope="module")
 def web_process(tmp_path_factory, database_url, broker_url, stripe_server):
     """The web process exactly as the Procfile runs it (its gunicorn.conf.py, its workers)."""
-    from tests.conftest import TEST_JWT_SECRET
     from shared.config import Settings
+    from tests.conftest import TEST_JWT_SECRET
 
     settings = Settings(
         database_url=database_url, broker_url=broker_url, jwt_secret=TEST_JWT_SECRET, stripe_api_key="sk_test_x",
@@ -310,7 +310,7 @@ class Dribblers:
         self.sockets: list[socket.socket] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Dribblers":
+    def __enter__(self) -> Dribblers:
         for _ in range(self.count):
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
             if self.body:

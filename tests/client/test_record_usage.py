@@ -5,6 +5,7 @@ on every retry; retries on 503, dropped connections and timeouts, honouring
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 import socket
 import time
@@ -219,14 +220,14 @@ def test_the_waits_grow_and_stay_within_the_policy(service, connect):
     connect(retry=policy).record_usage(**event())
 
     times = [request.at for request in service.posted()]
-    waits = [later - earlier for earlier, later in zip(times, times[1:])]
+    waits = [later - earlier for earlier, later in itertools.pairwise(times)]
     # Drawn from [ceiling/2, ceiling] with ceilings 0.05, 0.1, 0.2, 0.2, 0.2.
-    for wait, ceiling in zip(waits, [0.05, 0.1, 0.2, 0.2, 0.2]):
+    for wait, ceiling in zip(waits, [0.05, 0.1, 0.2, 0.2, 0.2], strict=True):
         assert ceiling / 2 <= wait < ceiling + 0.1, waits
 
 
 def test_retry_after_as_an_http_date():
-    now = dt.datetime(2025, 1, 31, 9, 30, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2025, 1, 31, 9, 30, tzinfo=dt.UTC)
     assert retry_after_seconds("Fri, 31 Jan 2025 09:30:07 GMT", now) == 7.0
     assert retry_after_seconds("Fri, 31 Jan 2025 09:29:00 GMT", now) == 0.0
     assert retry_after_seconds("3") == 3.0
@@ -249,9 +250,9 @@ def test_get_usage_reads_money_as_decimal_and_times_as_aware_datetimes(service, 
     assert (record.id, record.status, record.input_tokens) == (accepted.id, "reported", 1200)
     assert record.service_cost == Decimal("0.000384000000000000")
     assert record.agent700_cost == Decimal("0.000768000000000001")
-    assert record.occurred_at == dt.datetime(2025, 1, 31, 9, 30, tzinfo=dt.timezone.utc)
+    assert record.occurred_at == dt.datetime(2025, 1, 31, 9, 30, tzinfo=dt.UTC)
     assert record.stripe.value == 768
-    assert record.stripe.reported_at == dt.datetime(2025, 1, 31, 9, 30, 2, 123456, tzinfo=dt.timezone.utc)
+    assert record.stripe.reported_at == dt.datetime(2025, 1, 31, 9, 30, 2, 123456, tzinfo=dt.UTC)
     assert len([r for r in service.requests if r.method == "GET"]) == 3
 
 

@@ -135,7 +135,7 @@ def test_searching_an_event_id_finds_the_tasks_that_recorded_and_reported_it(set
         return {task["name"]: task for task in tasks.values() if task["state"] == "SUCCESS"}
 
     for event_id in (ids[0], ids[17], ids[-1]):
-        tasks = wait_until(lambda: (found_ := found(event_id)).keys() >= {"billing.record", "billing.report"} and found_, 20)
+        tasks = wait_until(lambda event_id=event_id: (found_ := found(event_id)).keys() >= {"billing.record", "billing.report"} and found_, 20)
         assert event_id in tasks["billing.record"]["result"] and "recorded_ids" in tasks["billing.record"]["result"]
         assert event_id in tasks["billing.report"]["result"] and "reported_ids" in tasks["billing.report"]["result"]
 

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from shared import db, embedded, intake, migrations, models
 from shared.config import Settings
 from shared.usage_event import AcceptedUsageEvent
+
 # The real-process helpers live in tests/processes.py (tests/operations uses them too);
 # importable from here as before.
 from tests.processes import (  # noqa: F401

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 import uuid
 from decimal import Decimal
 
@@ -15,9 +14,9 @@ from shared import db, intake, models
 from shared.intake import Intake, fingerprint
 from tests.pipeline.conftest import (
     BATCH_URL,
-    URL,
     MAX_TOKENS,
     MODELS,
+    URL,
     expected_costs,
     expected_stripe_value,
     log_rows,

@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import threading
 import time
-import uuid
 
 import pytest
 import redis

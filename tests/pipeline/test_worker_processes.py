@@ -9,8 +9,8 @@ fixed sleeps, with generous timeouts: the machine is small and shared.
 from __future__ import annotations
 
 import dataclasses
-import time
 import datetime as dt
+import time
 import uuid
 
 import pytest
