@@ -178,14 +178,3 @@ class JwtVerifier:
 INVALID_TOKEN = "The access token is invalid or expired."
 NOT_FOR_THIS_SERVICE = "The access token is not meant for this service (aud)."
 NOT_FROM_THE_ISSUER = "The access token is not from the issuer this service trusts (iss)."
-
-
-def verify_jwt(token: str, secret: str) -> tuple[uuid.UUID, float]:
-    """The ``sub`` and ``exp`` (Unix seconds) of a valid HS256 token signed with
-    ``secret``; anything else raises ``InvalidCredentials``."""
-    return JwtVerifier(secret).verify(token)
-
-
-def user_id_from_jwt(token: str, secret: str) -> uuid.UUID:
-    """The ``sub`` of a valid HS256 token; anything else raises ``InvalidCredentials``."""
-    return verify_jwt(token, secret)[0]

@@ -215,7 +215,7 @@ def test_the_bearer_scheme_is_case_insensitive(billing):
 
 @pytest.fixture(scope="module")
 def web_process(tmp_path_factory, database_url, broker_url, stripe_server):
-    """The web process exactly as the Procfile runs it (its gunicorn.conf.py, its workers)."""
+    """The web process exactly as the Procfile runs it (shared/gunicorn_config.py, its workers)."""
     from shared.config import Settings
     from tests.conftest import TEST_JWT_SECRET
 

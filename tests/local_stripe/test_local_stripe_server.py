@@ -22,7 +22,7 @@ import pytest
 import requests
 import stripe as stripe_sdk
 
-from tests.local_stripe.conftest import EVENT_NAME, open_session, sdk_client, v1_event, v2_event
+from tests.local_stripe.conftest import API_KEY, EVENT_NAME, open_session, sdk_client, v1_event, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
 
@@ -118,12 +118,14 @@ def test_idempotency_key_with_other_params_is_an_idempotency_error(stripe, clien
         (v1_event(value="1234567890.123456"), "payload[value]", "meter_event_value_too_many_digits"),
         ({"payload": {"stripe_customer_id": "cus_a", "value": "1"}}, "event_name", "parameter_missing"),
         ({"event_name": EVENT_NAME}, "payload", "parameter_missing"),
-        (v1_event(timestamp=int(time.time()) - 36 * 86400), "timestamp", "timestamp_too_far_in_past"),
-        (v1_event(timestamp=int(time.time()) + 6 * 60), "timestamp", "timestamp_in_future"),
+        (lambda: v1_event(timestamp=int(time.time()) - 36 * 86400), "timestamp", "timestamp_too_far_in_past"),
+        (lambda: v1_event(timestamp=int(time.time()) + 6 * 60), "timestamp", "timestamp_in_future"),
         (v1_event(unknown="x"), "unknown", "parameter_unknown"),
     ],
 )
 def test_invalid_meter_event_is_refused_naming_the_param(stripe, client, params, param, code):
+    # A timestamp's distance from now is taken when the test runs, not when it is collected.
+    params = params() if callable(params) else params
     with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
         client.v1.billing.meter_events.create(params)
 
@@ -171,6 +173,23 @@ def test_missing_or_invalid_api_key_is_a_401(stripe):
         bad_key.v1.billing.meter_events.create(v1_event())
     assert caught.value.http_status == 401
     assert stripe.meter_events() == []
+
+
+def test_the_api_key_is_taken_by_basic_auth_too_as_stripe_takes_it(stripe):
+    # `curl -u sk_test_...:` sends the key as the Basic user name with an empty password.
+    stripe.create_customers("cus_a")
+    answer = requests.post(
+        f"{stripe.url}/v1/billing/meter_events",
+        data={"event_name": EVENT_NAME, "payload[stripe_customer_id]": "cus_a", "payload[value]": "1"},
+        auth=(API_KEY, ""),
+        timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+    assert len(stripe.meter_events()) == 1
+
+    wrong = requests.post(f"{stripe.url}/v1/billing/meter_events", data={"event_name": EVENT_NAME}, auth=("pk_test_x", ""), timeout=5)
+    assert wrong.status_code == 401
+    assert len(stripe.meter_events()) == 1
 
 
 # -- v2 meter event sessions and streams ------------------------------------------------------
