@@ -22,7 +22,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import redis
 import sqlalchemy as sa
@@ -33,9 +35,13 @@ from shared import models
 _logs = models.UserBillableRequestLog
 
 
+# The worker's and beat's logs and beat's schedule: this run's own, kept for a look afterwards.
+RUN_DIRECTORY = Path(tempfile.mkdtemp(prefix="a700-bench-pipeline-"))
+
+
 @contextlib.contextmanager
 def process(args: list[str], env: dict[str, str], log_name: str):
-    log = open(harness.ROOT / "var" / f"bench-{log_name}.log", "wb")
+    log = open(RUN_DIRECTORY / f"{log_name}.log", "wb")
     child = subprocess.Popen(args, env=env, cwd=harness.ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield child
@@ -73,9 +79,11 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
 
 def task_ceiling(env: harness.Environment, tasks: int) -> float:
     """No-op tasks per second through one worker with the project's Celery settings."""
+    # The Celery app of this process reads its settings from the environment, as the
+    # worker does: the bench's own.
+    os.environ.update(env.env)
     from shared.queue import celery_app
 
-    celery_app.conf.broker_url = env.broker_url
     with celery_app.producer_or_acquire() as producer:
         for _ in range(tasks):
             celery_app.send_task("billing.ping", producer=producer)
@@ -106,7 +114,7 @@ def main() -> None:
             worker(env.env),
             process(
                 [sys.executable, "-m", "celery", "--app", "worker", "beat", "--loglevel", "WARNING",
-                 "--schedule", str(harness.ROOT / "var" / "bench-beat-schedule")],
+                 "--schedule", str(RUN_DIRECTORY / "beat-schedule")],
                 env.env, "beat",
             ),
         ):
@@ -146,6 +154,7 @@ def main() -> None:
             }
         engine.dispose()
     print(results)
+    print(f"Worker and beat logs: {RUN_DIRECTORY}")
     _print_table(results)
 
 

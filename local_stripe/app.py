@@ -115,10 +115,8 @@ def _add_request_id(response: Response) -> Response:
 
 
 @bp.post("/v1/billing/meter_events")
-@stripe_api("secret")
-def create_meter_event() -> dict[str, Any]:
-    params = request_params()
-    reject_unknown(params, ("event_name", "payload", "identifier", "timestamp", "expand"))
+@stripe_api("secret", accepts=("event_name", "payload", "identifier", "timestamp", "expand"))
+def create_meter_event(params: dict[str, Any]) -> dict[str, Any]:
     store = current_state().store
     event = parse_event(params, via="v1", name=v1_name, now=time.time())
     verdict = judge(event, meter=store.meter_for(event.event_name), customer_exists=store.customer_exists)
@@ -130,9 +128,8 @@ def create_meter_event() -> dict[str, Any]:
 
 
 @bp.post("/v2/billing/meter_event_session")
-@stripe_api("secret")
-def create_meter_event_session() -> dict[str, Any]:
-    reject_unknown(request_params(), ())
+@stripe_api("secret", accepts=())
+def create_meter_event_session(params: dict[str, Any]) -> dict[str, Any]:
     now = time.time()
     expires_at = now + current_state().faults.session_ttl_seconds
     token = f"mes_tok_{secrets.token_urlsafe(24)}"
@@ -148,10 +145,8 @@ def create_meter_event_session() -> dict[str, Any]:
 
 
 @bp.post("/v2/billing/meter_event_stream")
-@stripe_api("session")
-def create_meter_event_stream() -> dict[str, Any]:
-    params = request_params()
-    reject_unknown(params, ("events",))
+@stripe_api("session", accepts=("events",))
+def create_meter_event_stream(params: dict[str, Any]) -> dict[str, Any]:
     events = params.get("events")
     if events is None:
         raise missing("events")
@@ -229,21 +224,14 @@ def _page(items: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict
 
 
 @bp.post("/v1/billing/meters")
-@stripe_api("secret")
-def create_meter() -> dict[str, Any]:
-    params = request_params()
-    reject_unknown(
-        params,
-        (
-            "display_name",
-            "event_name",
-            "default_aggregation",
-            "customer_mapping",
-            "value_settings",
-            "event_time_window",
-            "expand",
-        ),
-    )
+@stripe_api(
+    "secret",
+    accepts=(
+        "display_name", "event_name", "default_aggregation", "customer_mapping", "value_settings",
+        "event_time_window", "expand",
+    ),
+)
+def create_meter(params: dict[str, Any]) -> dict[str, Any]:
     for required in ("display_name", "event_name"):
         if not params.get(required):
             raise missing(required)
@@ -297,15 +285,15 @@ def change_meter_status(meter_id: str, status: str) -> dict[str, Any]:
 
 
 @bp.get("/v1/billing/meters/<meter_id>/event_summaries")
-@stripe_api("secret")
-def list_event_summaries(meter_id: str) -> dict[str, Any]:
+@stripe_api(
+    "secret",
+    accepts=(
+        "customer", "start_time", "end_time", "value_grouping_window", "limit", "starting_after", "ending_before",
+        "expand",
+    ),
+)
+def list_event_summaries(params: dict[str, Any], meter_id: str) -> dict[str, Any]:
     meter = _meter_or_404(current_state().store.meter(meter_id), meter_id)
-    params = request_params()
-    reject_unknown(
-        params,
-        ("customer", "start_time", "end_time", "value_grouping_window")
-        + ("limit", "starting_after", "ending_before", "expand"),
-    )
     customer = params.get("customer")
     if not customer:
         raise missing("customer")
@@ -336,18 +324,14 @@ def _no_such_customer(customer_id: str) -> StripeError:
 
 
 @bp.post("/v1/customers")
-@stripe_api("secret")
-def create_customer() -> dict[str, Any]:
-    params = request_params()
-    reject_unknown(params, (*CUSTOMER_FIELDS, "expand"))
+@stripe_api("secret", accepts=(*CUSTOMER_FIELDS, "expand"))
+def create_customer(params: dict[str, Any]) -> dict[str, Any]:
     return current_state().store.add_customer(new_customer(**_customer_fields(params)))
 
 
 @bp.get("/v1/customers")
-@stripe_api("secret")
-def list_customers() -> dict[str, Any]:
-    params = request_params()
-    reject_unknown(params, ("email", "limit", "starting_after", "ending_before", "expand"))
+@stripe_api("secret", accepts=("email", "limit", "starting_after", "ending_before", "expand"))
+def list_customers(params: dict[str, Any]) -> dict[str, Any]:
     return _page(current_state().store.customers(params.get("email") or None), params, "/v1/customers")
 
 
@@ -430,11 +414,9 @@ def _decode_page(params: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/v2/core/events")
-@stripe_api("secret")
-def list_core_events() -> dict[str, Any]:
+@stripe_api("secret", accepts=("types", "object_id", "created", "limit", "page"))
+def list_core_events(params: dict[str, Any]) -> dict[str, Any]:
     """Newest first, ``limit`` a page, with the next and previous pages' URLs (or null)."""
-    params = request_params()
-    reject_unknown(params, ("types", "object_id", "created", "limit", "page"))
     query = _decode_page(params) if "page" in params else _event_query(params)
     cursor = {key: query.pop(key) for key in ("after", "before") if key in query}
     events = [event for event in current_state().store.core_events() if _matches(event, query)]

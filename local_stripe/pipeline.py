@@ -23,7 +23,7 @@ from typing import Any
 from flask import Response, current_app, g, jsonify, request
 
 from local_stripe.account import LocalStripe
-from local_stripe.wire import StripeError, api_key, decode_form
+from local_stripe.wire import StripeError, api_key, decode_form, reject_unknown
 
 
 def current_state() -> LocalStripe:
@@ -93,10 +93,19 @@ def request_params() -> dict[str, Any]:
     return g.params
 
 
-def stripe_api(auth: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., Response]]:
-    """Wrap a view that returns a Stripe object (a dict) in the Stripe call pipeline."""
+def stripe_api(
+    auth: str, *, accepts: Iterable[str] | None = None
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., Response]]:
+    """Wrap a view that returns a Stripe object (a dict) in the Stripe call pipeline.
+
+    With ``accepts``, the request's parameters are refused if any is not named there, as
+    Stripe refuses an unknown parameter, and the view is given them as its first argument.
+    """
 
     def decorate(view: Callable[..., dict[str, Any]]) -> Callable[..., Response]:
+        if accepts is not None:
+            view = _given_params(view, tuple(accepts))
+
         @functools.wraps(view)
         def endpoint(**kwargs: Any) -> Response:
             try:
@@ -115,6 +124,16 @@ def stripe_api(auth: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[
         return endpoint
 
     return decorate
+
+
+def _given_params(view: Callable[..., dict[str, Any]], accepts: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
+    @functools.wraps(view)
+    def with_params(**kwargs: Any) -> dict[str, Any]:
+        params = request_params()
+        reject_unknown(params, accepts)
+        return view(params, **kwargs)
+
+    return with_params
 
 
 def _idempotent(view: Callable[..., dict[str, Any]], kwargs: dict[str, Any], key: str) -> Response:

@@ -23,17 +23,7 @@ from shared import intake
 from worker import recording
 
 intake_cli = AppGroup("intake", help="Accepted events waiting to be recorded: list the oldest, set one aside.")
-BROKER_TIMEOUT_SECONDS = 5
 _ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
-
-
-def _broker() -> redis.Redis:
-    return redis.Redis.from_url(
-        store.current_settings().broker_url,
-        socket_timeout=BROKER_TIMEOUT_SECONDS,
-        socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
-        decode_responses=True,
-    )
 
 
 def _summary(message: str | None) -> dict:
@@ -55,7 +45,7 @@ def waiting(limit: int, as_json: bool) -> None:
     entry delivered many times, older than the rest, is what holds recording up: set it
     aside with `intake set-aside --entry ENTRY --reason TEXT`.
     """
-    client = _broker()
+    client = store.broker()
     try:
         entries = intake.waiting_entries(client, limit)
         total = client.xlen(intake.STREAM)
@@ -110,7 +100,7 @@ def set_aside(entry_id: str, reason: str) -> None:
     """
     if not _ENTRY_ID.match(entry_id):
         raise click.BadParameter(f"{entry_id!r} is not a stream entry id (such as 1732870000000-0).", param_hint="'--entry'")
-    client = _broker()
+    client = store.broker()
     try:
         with store.operator_transaction() as session:
             event_id = recording.set_aside(session, client, entry_id, reason)

@@ -103,19 +103,14 @@ def show_organization(organization_id: uuid.UUID, as_json: bool) -> None:
     with store.operator_transaction() as session:
         organization = store.organization_by_id(session, organization_id)
         members = store.memberships(session, models.OrganizationMembership.organization_id == organization_id)
-    if as_json:
-        output.print_json(_organization_json(organization) | {"members": [m.as_json("organization") for m in members]})
-        return
-    output.print_fields(
-        f"Organization {organization.id}",
-        [
-            ("name", organization.name),
-            ("active", output.yes_no(organization.is_active)),
-            ("stripe customer", organization.stripe_customer_id or _NO_CUSTOMER),
-            ("created at", output.time_text(organization.created_at)),
-        ],
-    )
-    store.print_memberships(members, "organization")
+    fields = [
+        ("name", organization.name),
+        ("active", output.yes_no(organization.is_active)),
+        ("stripe customer", organization.stripe_customer_id or _NO_CUSTOMER),
+        ("created at", output.time_text(organization.created_at)),
+    ]
+    json_body = _organization_json(organization) if as_json else None
+    store.show_with_memberships(f"Organization {organization.id}", fields, json_body, members, "organization")
 
 
 @orgs_cli.command("set-stripe-customer")

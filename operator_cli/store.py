@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import click
+import redis
 import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy import orm
@@ -22,6 +23,22 @@ from shared.config import Settings
 class Activatable(Protocol):
     id: uuid.UUID
     is_active: bool
+
+
+# How long an operator command waits for Redis before it says so.
+BROKER_TIMEOUT_SECONDS = 5
+
+
+def broker() -> redis.Redis:
+    """A Redis client for one command. Text it cannot decode as UTF-8 (only a hand-made
+    entry could hold such) is shown escaped rather than failing the command."""
+    return redis.Redis.from_url(
+        current_settings().broker_url,
+        socket_timeout=BROKER_TIMEOUT_SECONDS,
+        socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
+        decode_responses=True,
+        encoding_errors="backslashreplace",
+    )
 
 
 def current_settings() -> Settings:
@@ -125,8 +142,16 @@ class Membership:
         return document | {"user_id": str(self.user_id), "email": self.email, "user_active": self.user_active}
 
 
-def print_memberships(memberships: list[Membership], seen_from: str) -> None:
-    """The ``show`` commands' table of memberships, each with its other end."""
+def show_with_memberships(
+    title: str, fields: list[tuple[str, str]], as_json: dict | None, memberships: list[Membership], seen_from: str
+) -> None:
+    """What ``users show`` and ``orgs show`` print: the fields, then a table of the
+    memberships, each with its other end; or, with ``as_json``, that object with them."""
+    if as_json is not None:
+        key = "memberships" if seen_from == "user" else "members"
+        output.print_json(as_json | {key: [m.as_json(seen_from) for m in memberships]})
+        return
+    output.print_fields(title, fields)
     if not memberships:
         click.echo("No memberships." if seen_from == "user" else "No members.")
         return

@@ -35,7 +35,6 @@ from worker.reporting import RECONCILE_ERROR, shard_of
 
 usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them.")
 
-BROKER_TIMEOUT_SECONDS = 5
 _logs = models.UserBillableRequestLog
 _rejected = models.RejectedUsageEvent
 
@@ -209,7 +208,7 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
         plan.rows = [row_id for row_id in plan.rows if row_id in changed]
         plan.reported_rows = [row_id for row_id in plan.reported_rows if row_id in changed]
         shards = {shard_of(row.organization_id) for row in redriven}
-        _wake_reporters(settings.broker_url, shards)
+        _wake_reporters(shards)
 
     for note in skipped:
         click.echo(note, err=True)
@@ -308,16 +307,9 @@ def _accepted_event(rejection: models.RejectedUsageEvent) -> AcceptedUsageEvent:
     return event
 
 
-def _broker(broker_url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        broker_url, socket_timeout=BROKER_TIMEOUT_SECONDS, socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
-        decode_responses=True,
-    )
-
-
 def _append_to_intake(settings, events: list[AcceptedUsageEvent]) -> None:
     """Queue the events again, as the API does (their "queued" status records too)."""
-    writer = Intake(settings.broker_url, BROKER_TIMEOUT_SECONDS)
+    writer = Intake(settings.broker_url, store.BROKER_TIMEOUT_SECONDS)
     try:
         if writer.redrive(events).wake_recorder:
             queue.wake_recorder()
@@ -332,10 +324,10 @@ def _append_to_intake(settings, events: list[AcceptedUsageEvent]) -> None:
         writer.close()
 
 
-def _wake_reporters(broker_url: str, shards: Iterable[int]) -> None:
+def _wake_reporters(shards: Iterable[int]) -> None:
     """Wake the shards' reporters. If the broker fails here the rows are already recorded:
     the beat sweep wakes them within seconds, so this only warns."""
-    client = _broker(broker_url)
+    client = store.broker()
     try:
         queue.wake_reporters(client, shards)
     except redis.RedisError as error:

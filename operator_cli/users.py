@@ -67,17 +67,11 @@ def show_user(user_id: uuid.UUID, as_json: bool) -> None:
     with store.operator_transaction() as session:
         user = store.user_by_id(session, user_id)
         memberships = store.memberships(session, models.OrganizationMembership.user_id == user_id)
-    if as_json:
-        output.print_json(_user_json(user) | {"memberships": [m.as_json("user") for m in memberships]})
-        return
-    output.print_fields(
-        f"User {user.id}",
-        [
-            ("email", user.email), ("active", output.yes_no(user.is_active)),
-            ("created at", output.time_text(user.created_at)),
-        ],
-    )
-    store.print_memberships(memberships, "user")
+    fields = [
+        ("email", user.email), ("active", output.yes_no(user.is_active)), ("created at", output.time_text(user.created_at)),
+    ]
+    json_body = _user_json(user) if as_json else None
+    store.show_with_memberships(f"User {user.id}", fields, json_body, memberships, "user")
 
 
 @users_cli.command("activate")

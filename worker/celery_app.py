@@ -32,6 +32,16 @@ from shared.config import Settings, get_settings
 from shared.queue import celery_app as app
 
 
+def broker_client(broker_url: str) -> redis.Redis:
+    """The pipeline's Redis client. Text that is not UTF-8 (only a hand-made stream entry
+    could hold such) is read escaped, so that the recorder keeps it aside as unreadable
+    instead of failing on it batch after batch."""
+    return redis.Redis.from_url(
+        broker_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10,
+        decode_responses=True, encoding_errors="backslashreplace",
+    )
+
+
 class BillingTask(celery.Task):
     """The base of every pipeline task: its settings, database transactions, the broker
     and Stripe come from here, one of each per worker process."""
@@ -68,10 +78,7 @@ class BillingTask(celery.Task):
             from worker.stripe_reporting import StripeMeter
 
             settings = self.settings
-            broker = redis.Redis.from_url(
-                settings.broker_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10,
-                decode_responses=True,
-            )
+            broker = broker_client(settings.broker_url)
             resources = BillingTask._per_process = (os.getpid(), broker, StripeMeter(settings, api=settings.stripe_meter_api))
         return resources
 

@@ -83,7 +83,8 @@ def record_entries(session: orm.Session, entries: list[intake.Entry], *, value_d
             # Should never happen (the edge wrote it); keep it, named by its stream entry.
             key = uuid.uuid5(uuid.NAMESPACE_URL, f"{intake.STREAM}/{entry.entry_id}")
             rejections[key] = _Rejection(
-                {"stream_entry": entry.entry_id, "message": entry.message}, f"Unreadable queue message: {error}"
+                _storable({"stream_entry": entry.entry_id, "message": entry.message}),
+                _storable(f"Unreadable queue message: {error}"),
             )
     result = record(session, events, value_decimals=value_decimals, rejections=rejections)
     result.event_ids = [event.id for event in events]

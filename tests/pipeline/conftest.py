@@ -186,7 +186,9 @@ def world(factory) -> World:
 
 
 def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True)
+    from worker.celery_app import broker_client
+
+    return broker_client(url)
 
 
 @pytest.fixture

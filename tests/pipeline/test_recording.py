@@ -9,6 +9,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+import redis
 
 from shared import db, intake, models
 from shared.intake import Intake, fingerprint
@@ -317,6 +318,33 @@ def test_an_unreadable_message_is_kept_not_dropped(settings, world, broker):
     assert list(rows_by_id(settings)) == [good.id]
     (rejection,) = rejected_rows(settings)
     assert rejection.payload["stream_entry"] == entry_id
+    assert rejection.reason.startswith("Unreadable queue message")
+    assert stream_state(settings.broker_url)["entries"] == 0
+
+
+@pytest.mark.parametrize(
+    ("message", "kept_as"),
+    [('{"source": "a\u0000b"}', '{"source": "a\\u0000b"}'), (b'{"source": "\xff"}', '{"source": "\\xff"}')],
+    ids=["nul-in-text", "not-utf-8"],
+)
+def test_an_unreadable_message_postgresql_or_utf_8_cannot_hold_is_kept_and_the_rest_recorded(
+    settings, world, broker, message, kept_as
+):
+    """A hand-made entry whose text PostgreSQL refuses (NUL) or that is not UTF-8 at all
+    is kept, written out readable, and does not hold up the events after it."""
+    intake.ensure_group(broker)
+    raw = redis.Redis.from_url(settings.broker_url)  # bytes as given, as a hand-made entry is
+    entry_id = raw.xadd(intake.STREAM, {intake.EVENT_FIELD: message}).decode()
+    raw.close()
+    good = world.event()
+    broker.xadd(intake.STREAM, {intake.EVENT_FIELD: good.to_message()})
+
+    drain(settings, broker)
+
+    assert list(rows_by_id(settings)) == [good.id]
+    (rejection,) = rejected_rows(settings)
+    assert rejection.payload["stream_entry"] == entry_id
+    assert rejection.payload["message"] == kept_as
     assert rejection.reason.startswith("Unreadable queue message")
     assert stream_state(settings.broker_url)["entries"] == 0
 
