@@ -153,3 +153,39 @@ def test_an_idle_minute_adds_only_a_few_tasks(settings, start_worker, flower_pro
     added = len(tasks) - before
     assert added <= 5, sorted(task["name"] for task in tasks.values())
     assert {task["name"] for task in tasks.values()} == {"billing.sweep"}
+
+
+def test_a_stripe_refusal_shows_as_a_retry_with_stripes_reason_and_a_failure_names_the_event(
+    settings, factory, client, stripe, start_worker, flower_process
+):
+    from tests.pipeline.conftest import make_world, status_counts
+
+    world = make_world(factory, customer_ids=["cus_flower_retry", None])
+    billed, no_customer = world.organizations
+    flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
+    stripe.set_faults(fail_next=1000, status=429)
+    start_worker(settings)
+    refused = client.post("/api/billing/external-usage", json=world.body(billed), headers=world.headers()).get_json()["id"]
+    failing = client.post("/api/billing/external-usage", json=world.body(no_customer), headers=world.headers()).get_json()["id"]
+
+    def tasks(state: str | None = None, search: str | None = None) -> list[dict]:
+        query = "&".join(f"{k}={v}" for k, v in (("state", state), ("search", search)) if v)
+        return list(flower_json(flower, f"/api/tasks?{query}").values())
+
+    retrying = wait_until(
+        lambda: [t for t in tasks("RETRY") if t["name"] == "billing.report"], SETTLE_SECONDS,
+        message=lambda: str(tasks()),
+    )
+    assert "StripeRefused" in retrying[0]["exception"] and "429" in retrying[0]["exception"], retrying[0]
+
+    failed_by = wait_until(
+        lambda: [t for t in tasks("SUCCESS", failing) if t["name"] == "billing.report"], SETTLE_SECONDS,
+        message=lambda: str(tasks()),
+    )
+    assert failing in failed_by[0]["result"] and "failed_ids" in failed_by[0]["result"]
+    assert "has no Stripe customer id" in failed_by[0]["result"]
+
+    stripe.set_faults(fail_next=0)
+    wait_until(lambda: status_counts(settings) == {"reported": 1, "failed": 1}, SETTLE_SECONDS * 3, message=lambda: str(status_counts(settings)))
+    reported_by = wait_until(lambda: [t for t in tasks("SUCCESS", refused) if t["name"] == "billing.report"], 20)
+    assert refused in reported_by[0]["result"]

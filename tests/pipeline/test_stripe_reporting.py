@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, idempotency_key
+from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, idempotency_key, unsendable
 
 SENTENCE_START = re.compile(r"[A-Z]")
 
@@ -292,3 +292,20 @@ def test_idempotency_keys_derive_from_the_row_ids_only():
     assert idempotency_key([a, b]) == idempotency_key([b, a])
     assert idempotency_key([a, b]) != idempotency_key([a])
     assert len(idempotency_key([uuid.uuid4() for _ in range(100)])) <= 255
+
+
+@pytest.mark.parametrize(
+    ("value", "sendable"),
+    [(10**15 - 1, True), (10**15, False), (-(10**15 - 1), True)],
+    ids=["15-digits", "16-digits", "15-digits-negative"],
+)
+def test_a_value_of_more_than_15_digits_is_not_sent_as_stripe_would_drop_it(value, sendable):
+    """Stripe drops a meter value of more than 15 significant digits (after accepting the
+    stream call). The integer sent is counted whole, so a value is never sent to be dropped."""
+    now = dt.datetime.now(dt.UTC)
+    problem = unsendable(MeterEvent(uuid.uuid4(), "cus_a", value, now), now)
+
+    if sendable:
+        assert problem is None
+    else:
+        assert problem == f"Its meter value {value} has more than 15 digits, which Stripe refuses; it was not sent."
