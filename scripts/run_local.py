@@ -183,8 +183,9 @@ class Supervisor:
         threading.Thread(target=self._relay, args=(name, process), daemon=True).start()
 
     def _relay(self, name: str, process: subprocess.Popen) -> None:
-        for line in process.stdout:
-            self.say(name, line.rstrip("\n"))
+        with process.stdout:  # closed at its end: a process started again has a pipe of its own
+            for line in process.stdout:
+                self.say(name, line.rstrip("\n"))
 
     def run(self) -> int:
         for name in self.commands:

@@ -132,3 +132,48 @@ def test_the_embedded_redis_wants_its_password(tmp_path):
         )
     finally:
         embedded.stop_redis(tmp_path / "var" / "redis")
+
+
+def _run_local_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_local", PROJECT_ROOT / "scripts" / "run_local.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_supervisor_gives_up_on_a_process_that_keeps_exiting_and_stops_the_rest(tmp_path, capsys):
+    """Five exits within a minute: the run stops everything and exits 1, rather than
+    restarting a process that cannot start (its output says which and why)."""
+    supervisor = _run_local_module().Supervisor(dict(os.environ))
+    marker = tmp_path / "steady-stopped"
+    supervisor.add("broken", "echo cannot start; exit 3")
+    supervisor.add("steady", f"trap 'touch {marker}; exit 0' TERM; while true; do sleep 0.1; done")
+
+    assert supervisor.run() == 1
+
+    output = capsys.readouterr().out
+    assert output.count("broken exited with code 3; starting it again") == 4
+    assert "broken exited with code 3, 5 times within a minute: stopping the run" in output
+    assert "stopping steady" in output
+    assert supervisor.processes["steady"].poll() is not None
+    wait_until(marker.exists, 5)
+
+
+def test_the_local_runs_secrets_are_generated_once_and_kept(tmp_path, monkeypatch):
+    """The Flower password (and the JWT and webhook secrets) stay the same from one
+    `make run` to the next: they are kept under var/, readable by their owner only."""
+    monkeypatch.setattr(embedded, "VAR_DIR", tmp_path)
+    for name in ("JWT_SECRET_FILE", "FLOWER_AUTH_FILE", "STRIPE_WEBHOOK_SECRET_FILE"):
+        monkeypatch.setattr(embedded, name, tmp_path / getattr(embedded, name).name)
+    secret_files = (embedded.JWT_SECRET_FILE, embedded.FLOWER_AUTH_FILE, embedded.STRIPE_WEBHOOK_SECRET_FILE)
+
+    embedded.ensure_local_secrets()
+    first = [embedded.local_secret(path) for path in secret_files]
+    embedded.ensure_local_secrets()
+
+    assert [embedded.local_secret(path) for path in secret_files] == first
+    jwt_secret, flower_auth, webhook_secret = first
+    assert re.fullmatch(r"operator:\S{12,}", flower_auth) and len(jwt_secret) >= 32 and webhook_secret.startswith("whsec_")
+    assert all((path.stat().st_mode & 0o777) == 0o600 for path in secret_files)

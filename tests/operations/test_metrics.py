@@ -220,6 +220,10 @@ def test_metrics_add_up_in_the_procfile_layout(settings, world, stripe, start_gu
         assert value(metrics, "a700_workers_alive") == 1
         assert not [name for name, _ in metrics if name.startswith("flower")]
         assert flower.alive()
+
+        # The worker gone, the web says so (A700WorkerGone), though /readyz need not.
+        _stop_gracefully(processes[0], grace=20)
+        wait_until(lambda: value(scraped(), "a700_workers_alive") == 0, 30, message=lambda: str(value(scraped(), "a700_workers_alive")))
     finally:
         for process in processes:
             _stop_gracefully(process, grace=20)
