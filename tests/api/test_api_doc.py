@@ -209,3 +209,20 @@ def test_the_doc_refers_to_nothing_outside_the_repository():
             assert (API_DOC.parent / target).exists(), target
     for path in re.findall(r"`([\w./-]+\.(?:md|py|png|txt|cfg))`", text):
         assert (REPO / path).exists(), f"docs/api.md names {path}, not in the repository"
+
+
+@pytest.mark.parametrize("document", ["README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))])
+def test_readme_and_docs_refer_to_no_file_outside_the_repository(document):
+    """A clone holds everything its reader is sent to: every relative link and named file
+    is in the repository, every anchor is a heading; web links (Stripe's docs) may go out."""
+    path = REPO / document
+    text = path.read_text()
+    slugs = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith("#"):
+            assert target[1:] in slugs, f"{document}: no heading for {target}"
+        elif not re.match(r"https?:", target):
+            file_part = target.split("#")[0]
+            assert (path.parent / file_part).resolve().is_relative_to(REPO), f"{document}: {target} is outside the repository"
+            assert (path.parent / file_part).exists(), f"{document}: {target} does not exist"
+    assert not re.search(r"\.\./shared|CONTRACT\.md|beside (this|the) repository", text), document
