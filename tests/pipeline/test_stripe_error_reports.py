@@ -114,7 +114,7 @@ def test_a_meter_deactivated_after_the_reporter_looked_fails_what_stripe_dropped
     assert_nothing_reported_that_stripe_lacks(settings, stripe)
 
 
-def test_without_a_meter_nothing_is_sent_and_the_reason_shows(settings, world, stripe):
+def test_without_a_meter_nothing_is_sent_and_the_reason_shows(settings, world, stripe, client, caplog):
     stripe.reset()  # a Stripe account where nobody ran `stripe ensure-meter`
     stripe.create_customers(world.organization.stripe_customer_id)
     event = world.event()
@@ -132,6 +132,10 @@ def test_without_a_meter_nothing_is_sent_and_the_reason_shows(settings, world, s
     assert stripe.meter_events() == stripe.meter_events("pending") == stripe.meter_events("invalid") == []
     assert pipeline_status.meter_problem(broker) == (True, done.refused)
     broker.close()
+    # What an operator sees: the gauge at 0 (A700StripeMeterNotReady) and the reason logged.
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "a700_stripe_meter_ready 0.0" in metrics.splitlines()
+    assert any("no billing meter" in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
 
 
 def test_an_event_older_than_stripes_window_is_failed_at_once_and_never_sent(webhook_settings, factory, stripe, web, start_worker):
