@@ -9,17 +9,14 @@ framing and about slow clients go through the real web process, as the Procfile 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import statistics
-import threading
-import time
 import uuid
 
 import pytest
 import requests
 
+from bench.slow_clients import Dribblers, normal_caller, p99
 from tests.api.conftest import BATCH_URL, OMIT, URL, assert_error
 from tests.processes import GunicornProcess
 
@@ -299,74 +296,16 @@ def test_deep_nesting_over_http_is_400(web_process, billing):
 # --- slow clients cannot starve normal callers ----------------------------------------------------
 
 
-class Dribblers:
-    """``count`` connections that send a request's first line, then one header line every
-    ``every`` seconds (or, with ``body=True``, valid headers and then a body byte at a
-    time): the slow or stalled clients of the issue."""
-
-    def __init__(self, port: int, count: int, every: float, *, body: bool = False, authorization: str = ""):
-        self.port, self.count, self.every, self.body, self.authorization = port, count, every, body, authorization
-        self.stop = threading.Event()
-        self.sockets: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Dribblers:
-        for _ in range(self.count):
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-            if self.body:
-                sock.sendall(
-                    f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: {self.authorization}\r\n"
-                    "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{".encode()
-                )
-            else:
-                sock.sendall(f"POST {URL} HTTP/1.1\r\nHost: x\r\n".encode())
-            self.sockets.append(sock)
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        step = 0
-        while not self.stop.wait(self.every):
-            step += 1
-            for sock in list(self.sockets):
-                with contextlib.suppress(OSError):
-                    sock.sendall(b" " if self.body else f"X-Dribble-{step}: y\r\n".encode())
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
-        for sock in self.sockets:
-            sock.close()
-
-
-def normal_callers(url: str, billing, seconds: float) -> list[float]:
-    """A caller posting a valid event every 50 ms; the latency of each answer (all 202)."""
-    latencies = []
-    with requests.Session() as session:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            response = session.post(f"{url}{URL}", json=billing.body(), headers=billing.headers(), timeout=10)
-            latencies.append(time.perf_counter() - started)
-            assert response.status_code == 202, response.text
-            health = session.get(f"{url}/healthz", timeout=10)
-            assert health.status_code == 200
-            time.sleep(0.05)
-    return latencies
-
-
-def p99(latencies: list[float]) -> float:
-    return statistics.quantiles(latencies, n=100)[98]
-
-
 @pytest.mark.slow
 def test_a_hundred_connections_dribbling_headers_for_a_minute_do_not_starve_normal_callers(web_process, billing):
     """Finding 2: with sync workers, 20 such connections left every request (``/healthz``
     too) unanswered for a minute, and gunicorn killed all its workers, twice. Longer than
     the worker timeout (30 s), so a worker that such a client held would be killed."""
     with Dribblers(web_process.port, 100, every=5):
-        latencies = normal_callers(web_process.url, billing, seconds=60)
+        calls = normal_caller(web_process.url, billing.body(), billing.headers(), seconds=60)
 
+    assert calls.failures == []
+    latencies = calls.latencies
     assert len(latencies) > 300
     assert p99(latencies) < 0.1, f"p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} requests"
     assert web_process.alive()
@@ -376,7 +315,9 @@ def test_a_hundred_connections_dribbling_headers_for_a_minute_do_not_starve_norm
 @pytest.mark.slow
 def test_authenticated_clients_stalling_mid_body_do_not_starve_normal_callers(web_process, billing):
     with Dribblers(web_process.port, 50, every=2, body=True, authorization=f"Bearer {billing.app_password}"):
-        latencies = normal_callers(web_process.url, billing, seconds=15)
+        calls = normal_caller(web_process.url, billing.body(), billing.headers(), seconds=15)
 
+    assert calls.failures == []
+    latencies = calls.latencies
     assert p99(latencies) < 0.1, f"p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} requests"
     assert all(uuid.UUID(str(event.id)) for event in billing.queued())
