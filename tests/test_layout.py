@@ -4,6 +4,8 @@ project's packages each one may import (at module level or inside a function).""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,12 @@ def imported_packages(package: str) -> set[str]:
 @pytest.mark.parametrize("package", sorted(MAY_IMPORT))
 def test_a_package_imports_only_what_it_stands_on(package):
     assert imported_packages(package) <= MAY_IMPORT[package]
+
+
+def test_the_readmes_layout_table_names_every_folder_and_only_those():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([\w.-]+)/` \|", table, re.M))
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    folders = {path.split("/")[0] for path in tracked if "/" in path and not path.startswith(".")}
+    assert listed == folders
