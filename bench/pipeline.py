@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -29,25 +26,19 @@ import sqlalchemy as sa
 
 from bench import harness
 from shared import models
+from tests.support import children
 
 _logs = models.UserBillableRequestLog
 
 
 @contextlib.contextmanager
 def process(args: list[str], env: dict[str, str], log_name: str):
-    log = open(harness.ROOT / "var" / f"bench-{log_name}.log", "wb")
-    child = subprocess.Popen(args, env=env, cwd=harness.ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    """A child in its own group logging to var/bench-LOG_NAME.log; SIGTERM, then SIGKILL to its group after 30 s."""
+    child = harness.child(log_name, args, env).start()
     try:
         yield child
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        log.close()
+        child.stop(grace=30)
 
 
 def worker(env: dict[str, str]):
@@ -62,13 +53,13 @@ def count(engine: sa.Engine, *conditions) -> int:
         return connection.scalar(sa.select(sa.func.count()).select_from(_logs).where(*conditions))
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+def holds_within(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Whether ``predicate`` held within ``timeout`` (the tests' ``wait_until``, as a yes or no)."""
+    try:
+        children.wait_until(predicate, timeout, interval=interval)
+    except children.WaitTimeout:
+        return False
+    return True
 
 
 def task_ceiling(env: harness.Environment, tasks: int) -> float:
@@ -83,9 +74,9 @@ def task_ceiling(env: harness.Environment, tasks: int) -> float:
     queue = celery_app.conf.task_default_queue
     assert broker.llen(queue) == tasks
     with worker(env.env):
-        assert wait_until(lambda: broker.llen(queue) < tasks, 60, 0.005)
+        assert holds_within(lambda: broker.llen(queue) < tasks, 60, 0.005)
         started = time.monotonic()
-        assert wait_until(lambda: broker.llen(queue) == 0, 120, 0.005)
+        assert holds_within(lambda: broker.llen(queue) == 0, 120, 0.005)
         elapsed = time.monotonic() - started
     return tasks / elapsed
 
@@ -119,7 +110,7 @@ def main() -> None:
                 paced = harness.fixed_rate(f"{url}/batch", batch, authorization, rate / 100, seconds=args.seconds, connections=4)
                 load_end = time.monotonic()
                 accepted = count(engine) - before + _queued(env)
-                drained = wait_until(lambda target=before + accepted: count(engine, _logs.status == "reported") >= target, 120)
+                drained = holds_within(lambda target=before + accepted: count(engine, _logs.status == "reported") >= target, 120)
                 lag = time.monotonic() - load_end
                 sustained.append(
                     {"offered": rate, "accepted_per_second": paced.achieved * 100, "drain_after_load_s": round(lag, 2), "drained": drained}
@@ -129,7 +120,7 @@ def main() -> None:
 
             started_at = _now(engine)
             harness.fixed_rate(url, harness.event_body(caller), authorization, 500, seconds=args.seconds, connections=8)
-            wait_until(lambda: count(engine, _logs.status != "reported") == 0, 120)
+            holds_within(lambda: count(engine, _logs.status != "reported") == 0, 120)
             with engine.connect() as connection:
                 latencies = sorted(
                     connection.scalars(
