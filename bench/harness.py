@@ -16,16 +16,14 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-import sqlalchemy as sa
 
-from shared import embedded, migrations
+from shared import embedded
 from tests.support.children import Child, http_answers
-from tests.support.servers import postgres_server_url, redis_server_url
+from tests.support.servers import migrated_database, postgres_server_url, redis_server_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "var"
@@ -49,14 +47,13 @@ class Environment:
 
 @contextlib.contextmanager
 def environment(redis_db: int = 13):
-    """A fresh database on the machine's PostgreSQL (or the embedded one), migrated."""
-    server_url = postgres_server_url()
-    name = f"a700_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    database_url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    migrations.upgrade(database_url)
+    """A fresh database on the machine's PostgreSQL, migrated, and the local Stripe server."""
+    with migrated_database(postgres_server_url(), "a700_bench_") as database_url, _services(database_url, redis_db) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def _services(database_url: str, redis_db: int):
     broker_base = redis_server_url().rsplit("/", 1)[0]
     broker_url = f"{broker_base}/{redis_db}"
     redis.Redis.from_url(broker_url).flushdb()
@@ -79,9 +76,6 @@ def environment(redis_db: int = 13):
     finally:
         stripe.stop(grace=30)
         redis.Redis.from_url(broker_url).flushdb()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def child(name: str, argv: list[str], env: dict[str, str]) -> Child:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from flask.cli import FlaskGroup
 from flask.testing import FlaskCliRunner
 
-from shared import db, embedded, migrations, models
+from shared import db, embedded, models
 from shared.config import Settings
 from tests.support import servers
 from tests.support.billing import METER_EVENT_NAME, TEST_JWT_SECRET, Factory
@@ -50,17 +50,9 @@ def postgres_server_url():
 @pytest.fixture(scope="session")
 def database_url(postgres_server_url: str):
     """A database of this run's own, migrated to head, dropped at the end."""
-    name = f"a700_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    migrations.upgrade(url)
-    yield url
-    db.engine_for(url).dispose()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    with servers.migrated_database(postgres_server_url, "a700_test_") as url:
+        yield url
+        db.engine_for(url).dispose()
 
 
 @pytest.fixture(scope="session")

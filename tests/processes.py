@@ -124,83 +124,11 @@ class WorkerProcess:
         return self.child.log_tail(lines)
 
 
-# --- the web process: gunicorn with the project's shared/gunicorn_config.py -----------------
+class _ListeningProcess:
+    """A service process of the tests listening on a free port of its own (``url``),
+    with this run's settings and the local Stripe server (``service_env``)."""
 
-
-class GunicornProcess:
-    """``python -m gunicorn --config python:shared.gunicorn_config [--workers N] "ingest_api:create_app()"``,
-    as the Procfile's ``web`` runs it (``workers=None``: exactly so), on a free port (``PORT``). Standard output and
-    standard error go to files of their own (``stdout_path``, ``stderr_path``)."""
-
-    APP = "ingest_api:create_app()"
-
-    def __init__(
-        self, settings: Settings, stripe_url: str, directory: Path, *, workers: int | None = 2,
-        extra_env: dict[str, str] | None = None,
-    ):
-        self.settings = settings
-        self.stripe_url = stripe_url
-        self.directory = directory
-        self.workers = workers
-        self.extra_env = extra_env or {}
-        self.port: int | None = None
-        self.stdout_path = directory / "gunicorn.stdout"
-        self.stderr_path = directory / "gunicorn.stderr"
-        self.child: Child | None = None
-
-    @property
-    def process(self):
-        return None if self.child is None else self.child.process
-
-    @property
-    def url(self) -> str:
-        assert self.port is not None, "not started"
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90) -> GunicornProcess:
-        assert not self.alive(), "already running"
-        self.port = embedded.free_port()
-        self.child = Child(
-            "gunicorn",
-            [
-                sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config",
-                *(["--workers", str(self.workers)] if self.workers else []), self.APP,
-            ],
-            service_env(self.settings, self.stripe_url, {"PORT": str(self.port), **self.extra_env}),
-            self.stdout_path,
-            stderr_path=self.stderr_path,
-        ).start()
-
-        def serving():
-            with contextlib.suppress(OSError):
-                return http_get(f"{self.url}/healthz", timeout=2)[0] == 200
-            return False
-
-        self.child.wait_answering(serving, timeout)
-        return self
-
-    def alive(self) -> bool:
-        return self.child is not None and self.child.alive()
-
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM to the master: gunicorn's graceful shutdown (requests in flight finish)."""
-        assert self.child is not None, "not started"
-        return self.child.terminate(timeout)
-
-    def stop(self) -> None:
-        """Clean-up: a graceful stop if it is running, then nothing of it survives."""
-        if self.child is not None:
-            self.child.stop(grace=30)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self.child.log_tail(lines) if self.child is not None else "(gunicorn not started)"
-
-
-# --- Flower ---------------------------------------------------------------------------------
-
-
-class FlowerProcess:
-    """``python -m worker.flower --port P --address 127.0.0.1`` (the Procfile's ``flower``)."""
+    NAME = ""
 
     def __init__(self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None):
         self.settings = settings
@@ -208,7 +136,6 @@ class FlowerProcess:
         self.directory = directory
         self.extra_env = extra_env or {}
         self.port: int | None = None
-        self.log_path = directory / "flower.log"
         self.child: Child | None = None
 
     @property
@@ -220,39 +147,97 @@ class FlowerProcess:
         assert self.port is not None, "not started"
         return f"http://127.0.0.1:{self.port}"
 
-    def launch(self) -> FlowerProcess:
-        """Start it, without waiting for anything."""
+    def _new_port(self) -> int:
         assert not self.alive(), "already running"
         self.port = embedded.free_port()
+        return self.port
+
+    def _launch(self, argv: list[str], log_path: Path, *, stderr_path: Path | None = None, **env: str) -> Child:
         self.child = Child(
-            "flower",
-            [sys.executable, "-m", "worker.flower", "--port", str(self.port), "--address", "127.0.0.1"],
-            service_env(self.settings, self.stripe_url, self.extra_env),
-            self.log_path,
+            self.NAME, argv, service_env(self.settings, self.stripe_url, {**env, **self.extra_env}), log_path,
+            stderr_path=stderr_path,
         ).start()
-        return self
+        return self.child
 
-    def start(self, timeout: float = 90) -> FlowerProcess:
-        """Start it and wait until it answers HTTP (any status: it wants credentials)."""
-        self.launch()
-
-        def answering():
-            with contextlib.suppress(OSError):
-                return http_get(f"{self.url}/healthcheck", timeout=2)[0] > 0
-            return False
-
-        self.child.wait_answering(answering, timeout, interval=0.2)
-        return self
+    def _answers(self, path: str, *, any_status: bool = False) -> bool:
+        with contextlib.suppress(OSError):
+            status = http_get(f"{self.url}{path}", timeout=2)[0]
+            return any_status or status == 200
+        return False
 
     def alive(self) -> bool:
         return self.child is not None and self.child.alive()
 
-    def stop(self) -> None:
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM: a graceful shutdown. Waits for the exit code."""
+        assert self.child is not None, "not started"
+        return self.child.terminate(timeout)
+
+    def stop(self, grace: float = 30) -> None:
+        """Clean-up: a graceful stop if it is running, then nothing of it survives."""
         if self.child is not None:
-            self.child.stop(grace=20)
+            self.child.stop(grace)
 
     def log_tail(self, lines: int = 60) -> str:
-        return self.child.log_tail(lines) if self.child is not None else "(flower not started)"
+        return self.child.log_tail(lines) if self.child is not None else f"({self.NAME} not started)"
+
+
+# --- the web process: gunicorn with the project's shared/gunicorn_config.py -----------------
+
+
+class GunicornProcess(_ListeningProcess):
+    """``python -m gunicorn --config python:shared.gunicorn_config [--workers N] "ingest_api:create_app()"``,
+    as the Procfile's ``web`` runs it (``workers=None``: exactly so), on a free port (``PORT``). Standard output and
+    standard error go to files of their own (``stdout_path``, ``stderr_path``)."""
+
+    NAME = "gunicorn"
+    APP = "ingest_api:create_app()"
+
+    def __init__(
+        self, settings: Settings, stripe_url: str, directory: Path, *, workers: int | None = 2,
+        extra_env: dict[str, str] | None = None,
+    ):
+        super().__init__(settings, stripe_url, directory, extra_env)
+        self.workers = workers
+        self.stdout_path = directory / "gunicorn.stdout"
+        self.stderr_path = directory / "gunicorn.stderr"
+
+    def start(self, timeout: float = 90) -> GunicornProcess:
+        port = self._new_port()
+        argv = [
+            sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config",
+            *(["--workers", str(self.workers)] if self.workers else []), self.APP,
+        ]
+        child = self._launch(argv, self.stdout_path, stderr_path=self.stderr_path, PORT=str(port))
+        child.wait_answering(lambda: self._answers("/healthz"), timeout)
+        return self
+
+
+# --- Flower ---------------------------------------------------------------------------------
+
+
+class FlowerProcess(_ListeningProcess):
+    """``python -m worker.flower --port P --address 127.0.0.1`` (the Procfile's ``flower``)."""
+
+    NAME = "flower"
+
+    def __init__(self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None):
+        super().__init__(settings, stripe_url, directory, extra_env)
+        self.log_path = directory / "flower.log"
+
+    def launch(self) -> FlowerProcess:
+        """Start it, without waiting for anything."""
+        port = self._new_port()
+        self._launch([sys.executable, "-m", "worker.flower", "--port", str(port), "--address", "127.0.0.1"], self.log_path)
+        return self
+
+    def start(self, timeout: float = 90) -> FlowerProcess:
+        """Start it and wait until it answers HTTP (any status: it wants credentials)."""
+        self.launch().child.wait_answering(lambda: self._answers("/healthcheck", any_status=True), timeout, interval=0.2)
+        return self
+
+    def stop(self, grace: float = 20) -> None:
+        super().stop(grace)
 
 
 # --- a PostgreSQL of the test's own, which it may stop and restart ---------------------------

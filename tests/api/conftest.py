@@ -130,20 +130,10 @@ def record_as_worker(settings, billing: Billing, event: AcceptedUsageEvent, **co
     """What a worker does once it has billed a queued event: commit its log row, then
     drop the "queued" status record. ``columns`` override the row's values."""
     row = log_row(
-        user_id=event.user_id,
-        organization_id=event.organization_id,
         service_id=billing.service.id,
         price=billing.price,
         agent700_cost="0.000768000000",
-        id=event.id,
-        model_name=event.model_name,
-        input_tokens=event.input_tokens,
-        output_tokens=event.output_tokens,
-        source=event.source,
-        occurred_at=event.occurred_at,
-        received_at=event.received_at,
-        caller_user_id=event.caller_user_id,
-        idempotency_key=event.idempotency_key,
+        **event.model_dump(exclude={"service_name"}),
     )
     for column, value in columns.items():
         setattr(row, column, value)
