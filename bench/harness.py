@@ -1,5 +1,9 @@
 """What the benchmarks share: a database and Redis of their own, seeded billing data,
-gunicorn processes with the project's shared/gunicorn_config.py, and the load tools (wrk, hey)."""
+gunicorn processes with the project's shared/gunicorn_config.py, and the load tools (wrk, hey).
+
+The servers are the tests' (``tests.support.servers``); every process is a
+``tests.support.children.Child`` (its own process group, logging under var/, stopped with
+its group), as the tests and the soak start theirs."""
 
 from __future__ import annotations
 
@@ -8,20 +12,21 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-import sqlalchemy as sa
+
+from shared import embedded
+from tests.support.children import Child, http_answers
+from tests.support.servers import migrated_database, postgres_server_url, redis_server_url
 
 ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "var"
 JWT_SECRET = "bench-secret-that-is-at-least-32-bytes-long"
 
 
@@ -42,19 +47,14 @@ class Environment:
 
 @contextlib.contextmanager
 def environment(redis_db: int = 13):
-    """A fresh database on the machine's PostgreSQL (or the embedded one), migrated."""
-    sys.path.insert(0, str(ROOT))
-    from shared import embedded, migrations
-    from tests.conftest import _postgres_server_url, _redis_server_url
+    """A fresh database on the machine's PostgreSQL, migrated, and the local Stripe server."""
+    with migrated_database(postgres_server_url(), "a700_bench_") as database_url, _services(database_url, redis_db) as env:
+        yield env
 
-    server_url = _postgres_server_url()
-    name = f"a700_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    database_url = sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    migrations.upgrade(database_url)
-    broker_base = _redis_server_url().rsplit("/", 1)[0]
+
+@contextlib.contextmanager
+def _services(database_url: str, redis_db: int):
+    broker_base = redis_server_url().rsplit("/", 1)[0]
     broker_url = f"{broker_base}/{redis_db}"
     redis.Redis.from_url(broker_url).flushdb()
     stripe_port = embedded.free_port()
@@ -69,21 +69,18 @@ def environment(redis_db: int = 13):
         "PYTHONPATH": str(ROOT),
     }
     env.pop("PORT", None)
-    stripe = subprocess.Popen(
-        [sys.executable, "-m", "local_stripe", "--port", str(stripe_port)], env=env, cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    stripe = child("stripe", [sys.executable, "-m", "local_stripe", "--port", str(stripe_port)], env).start()
     try:
-        wait_http(f"{stripe_url}/_local/faults")
+        stripe.wait_answering(lambda: http_answers(f"{stripe_url}/_local/faults"), 30)
         yield Environment(database_url, broker_url, env, stripe_url)
     finally:
-        os.killpg(stripe.pid, signal.SIGTERM)
-        stripe.wait(timeout=30)
+        stripe.stop(grace=30)
         redis.Redis.from_url(broker_url).flushdb()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-        del embedded
+
+
+def child(name: str, argv: list[str], env: dict[str, str]) -> Child:
+    """A process of the benchmark in its own group, logging to ``var/bench-NAME.log``."""
+    return Child(name, argv, env, LOGS / f"bench-{name}.log", cwd=ROOT)
 
 
 def flask_cli(env: Environment, *args: str) -> str:
@@ -142,32 +139,15 @@ def event_body(caller: Caller, organization_index: int = 0) -> dict:
 @contextlib.contextmanager
 def gunicorn(env: Environment, app: str, port: int):
     """The web process exactly as the Procfile runs it (shared/gunicorn_config.py), on ``port``."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config", app],
-        env=env.env | {"PORT": str(port)}, cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    web = child(
+        f"gunicorn-{port}", [sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config", app],
+        env.env | {"PORT": str(port)},
+    ).start()
     try:
-        wait_http(f"http://127.0.0.1:{port}/", expect_any=True)
+        web.wait_answering(lambda: http_answers(f"http://127.0.0.1:{port}/", any_status=True), 30)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def wait_http(url: str, timeout: float = 30, expect_any: bool = False) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except urllib.error.HTTPError:
-            if expect_any:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
+        web.stop(grace=30)
 
 
 _WRK_SCRIPT = """

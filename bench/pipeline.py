@@ -19,41 +19,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import redis
 import sqlalchemy as sa
 
 from bench import harness
 from shared import models
+from tests.support import children
 
 _logs = models.UserBillableRequestLog
 
 
-# The worker's and beat's logs and beat's schedule: this run's own, kept for a look afterwards.
-RUN_DIRECTORY = Path(tempfile.mkdtemp(prefix="a700-bench-pipeline-"))
-
-
 @contextlib.contextmanager
 def process(args: list[str], env: dict[str, str], log_name: str):
-    log = open(RUN_DIRECTORY / f"{log_name}.log", "wb")
-    child = subprocess.Popen(args, env=env, cwd=harness.ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    """A child in its own group logging to var/bench-LOG_NAME.log; SIGTERM, then SIGKILL to its group after 30 s."""
+    child = harness.child(log_name, args, env).start()
     try:
         yield child
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        log.close()
+        child.stop(grace=30)
 
 
 def worker(env: dict[str, str]):
@@ -68,13 +54,13 @@ def count(engine: sa.Engine, *conditions) -> int:
         return connection.scalar(sa.select(sa.func.count()).select_from(_logs).where(*conditions))
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+def holds_within(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Whether ``predicate`` held within ``timeout`` (the tests' ``wait_until``, as a yes or no)."""
+    try:
+        children.wait_until(predicate, timeout, interval=interval)
+    except children.WaitTimeout:
+        return False
+    return True
 
 
 def task_ceiling(env: harness.Environment, tasks: int) -> float:
@@ -91,9 +77,9 @@ def task_ceiling(env: harness.Environment, tasks: int) -> float:
     queue = celery_app.conf.task_default_queue
     assert broker.llen(queue) == tasks
     with worker(env.env):
-        assert wait_until(lambda: broker.llen(queue) < tasks, 60, 0.005)
+        assert holds_within(lambda: broker.llen(queue) < tasks, 60, 0.005)
         started = time.monotonic()
-        assert wait_until(lambda: broker.llen(queue) == 0, 120, 0.005)
+        assert holds_within(lambda: broker.llen(queue) == 0, 120, 0.005)
         elapsed = time.monotonic() - started
     return tasks / elapsed
 
@@ -114,7 +100,7 @@ def main() -> None:
             worker(env.env),
             process(
                 [sys.executable, "-m", "celery", "--app", "worker", "beat", "--loglevel", "WARNING",
-                 "--schedule", str(RUN_DIRECTORY / "beat-schedule")],
+                 "--schedule", str(harness.LOGS / "bench-beat-schedule")],
                 env.env, "beat",
             ),
         ):
@@ -127,7 +113,7 @@ def main() -> None:
                 paced = harness.fixed_rate(f"{url}/batch", batch, authorization, rate / 100, seconds=args.seconds, connections=4)
                 load_end = time.monotonic()
                 accepted = count(engine) - before + _queued(env)
-                drained = wait_until(lambda target=before + accepted: count(engine, _logs.status == "reported") >= target, 120)
+                drained = holds_within(lambda target=before + accepted: count(engine, _logs.status == "reported") >= target, 120)
                 lag = time.monotonic() - load_end
                 sustained.append(
                     {"offered": rate, "accepted_per_second": paced.achieved * 100, "drain_after_load_s": round(lag, 2), "drained": drained}
@@ -137,7 +123,7 @@ def main() -> None:
 
             started_at = _now(engine)
             harness.fixed_rate(url, harness.event_body(caller), authorization, 500, seconds=args.seconds, connections=8)
-            wait_until(lambda: count(engine, _logs.status != "reported") == 0, 120)
+            holds_within(lambda: count(engine, _logs.status != "reported") == 0, 120)
             with engine.connect() as connection:
                 latencies = sorted(
                     connection.scalars(
@@ -154,7 +140,6 @@ def main() -> None:
             }
         engine.dispose()
     print(results)
-    print(f"Worker and beat logs: {RUN_DIRECTORY}")
     _print_table(results)
 
 

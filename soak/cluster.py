@@ -12,26 +12,22 @@ keeps its data and logs under one run directory, ``var/soak/run-<time>-<pid>/``:
 * web, worker and beat, each as its ``Procfile`` line says, with only what must differ
   added (``--bind 127.0.0.1:PORT``, a beat schedule file of the run's own).
 
-Children started with ``Popen`` get SIGKILL if the soak dies (``PR_SET_PDEATHSIG``), so
-even ``kill -9`` of the soak leaves none of them behind. PostgreSQL daemonizes itself
-(pg_ctl), so it is stopped explicitly, and a later soak stops any left running by a run
-that could not (``prune_old_runs``).
+Children (``tests.support.children.Child``, as the tests' processes are) get SIGKILL if
+the soak dies (``PR_SET_PDEATHSIG``), so even ``kill -9`` of the soak leaves none of them
+behind. PostgreSQL daemonizes itself (pg_ctl), so it is stopped explicitly, and a later
+soak stops any left running by a run that could not (``prune_old_runs``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared import embedded, migrations
+from tests.support.children import Child, http_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_ROOT = embedded.VAR_DIR / "soak"
@@ -56,16 +53,6 @@ _FOREIGN_VARIABLES = (
 )
 _FOREIGN_PREFIXES = ("STRIPE_", "TEST_", "PYTEST_")
 
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_the_soak() -> None:
-    # Runs in the child between fork and exec: nothing here may take a lock or import.
-    # The signal fires when the thread that forked exits, so every Popen of a long-lived
-    # child is made from the soak's main thread.
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 def procfile_commands() -> dict[str, list[str]]:
     """The Procfile's processes: name -> argv."""
@@ -77,91 +64,11 @@ def procfile_commands() -> dict[str, list[str]]:
     return commands
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 0.1):
-    """Poll ``condition`` until it returns something truthy; RuntimeError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(interval)
-
-
-def http_answers(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
-class ChildProcess:
-    """One long-lived child in a process group of its own, logging to ``log_path``."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, extra_args: list[str] | None = None) -> ChildProcess:
-        assert not self.alive(), f"{self.name} is already running"
-        self.starts += 1
-        argv = [shutil.which(self.argv[0], path=self.env["PATH"]) or self.argv[0], *self.argv[1:], *(extra_args or [])]
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== {self.name}: start {self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
-            self.process = subprocess.Popen(
-                argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_the_soak,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def send(self, signal_number: int) -> None:
-        """A signal to the main process only (gunicorn's master passes it on to its workers)."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal_number)
-
-    def wait_exit(self, timeout: float) -> int | None:
-        assert self.process is not None
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill_group(self) -> None:
-        """SIGKILL to the whole process group (pool processes included), reaped."""
-        if self.process is None:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            self.process.poll()
-            time.sleep(0.05)
-        self.wait_exit(10)
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (a graceful stop), SIGKILL to the group after ``timeout``; nothing survives."""
-        if self.process is None:
-            return
-        self.send(signal.SIGTERM)
-        self.wait_exit(timeout)
-        self.kill_group()
+def soak_child(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Child:
+    """One long-lived child of the soak (``tests.support.children.Child``), in a process
+    group of its own, killed with SIGKILL if the soak dies. Every one is started from the
+    soak's main thread (the signal fires when the thread that forked exits)."""
+    return Child(name, argv, env, log_path, cwd=ROOT, die_with_parent=True)
 
 
 class RedisServer:
@@ -175,7 +82,7 @@ class RedisServer:
         # The settings of shared.embedded.start_redis (AOF on, no RDB snapshots,
         # noeviction: a full Redis refuses writes rather than dropping queued events),
         # with the fsync policy chosen by the caller.
-        self.child = ChildProcess(
+        self.child = soak_child(
             "redis",
             [
                 embedded.redis_server_binary(),
@@ -201,11 +108,9 @@ class RedisServer:
 
     def start(self) -> None:
         self.child.start()
-        wait_until(self._answers, 60, f"Redis on port {self.port} after start")
+        self.child.wait_answering(self._answers, 60)
 
     def _answers(self) -> bool:
-        if not self.child.alive():
-            raise RuntimeError(f"redis-server exited with {self.child.process.returncode}; see {self.child.log_path}")
         client = self.client()
         try:
             return bool(client.ping())
@@ -237,7 +142,7 @@ class RedisServer:
                 client = self.client()
                 client.shutdown()
                 client.close()
-        self.child.stop(timeout=10)
+        self.child.stop(grace=10)
 
 
 class PostgresServer:
@@ -289,11 +194,11 @@ class StripeServer:
     def __init__(self, port: int, env: dict[str, str], log_path: Path):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.child = ChildProcess("stripe", [sys.executable, "-m", "local_stripe", "--port", str(port)], env, log_path)
+        self.child = soak_child("stripe", [sys.executable, "-m", "local_stripe", "--port", str(port)], env, log_path)
 
     def start(self) -> None:
         self.child.start()
-        wait_until(lambda: http_answers(f"{self.url}/_local/faults"), 60, "the local Stripe server")
+        self.child.wait_answering(lambda: http_answers(f"{self.url}/_local/faults"), 60)
 
     def set_faults(self, **changes) -> dict:
         request = urllib.request.Request(
@@ -338,9 +243,9 @@ class Cluster:
         self.stripe = StripeServer(embedded.free_port(), base_env, self.logs / "stripe.log")
         self._base_env = base_env
         self.env: dict[str, str] = {}
-        self.web: ChildProcess | None = None
-        self.worker: ChildProcess | None = None
-        self.beat: ChildProcess | None = None
+        self.web: Child | None = None
+        self.worker: Child | None = None
+        self.beat: Child | None = None
 
     @property
     def web_url(self) -> str:
@@ -370,21 +275,16 @@ class Cluster:
     def start_processes(self) -> None:
         """web, worker and beat, as the Procfile runs them."""
         commands = procfile_commands()
-        self.web = ChildProcess("web", commands["web"] + ["--bind", f"127.0.0.1:{self.web_port}"], self.env, self.logs / "web.log")
-        self.worker = ChildProcess("worker", commands["worker"] + ["--hostname", "soak-worker@%h"], self.env, self.logs / "worker.log")
-        self.beat = ChildProcess("beat", commands["beat"], self.env, self.logs / "beat.log")
+        self.web = soak_child("web", commands["web"] + ["--bind", f"127.0.0.1:{self.web_port}"], self.env, self.logs / "web.log")
+        self.worker = soak_child("worker", commands["worker"] + ["--hostname", "soak-worker@%h"], self.env, self.logs / "worker.log")
+        self.beat = soak_child("beat", commands["beat"], self.env, self.logs / "beat.log")
         self.start_web()
         self.start_worker()
         self.start_beat()
 
     def start_web(self) -> None:
         self.web.start()
-        wait_until(self._web_answers, 90, "web /healthz after start", interval=0.05)
-
-    def _web_answers(self) -> bool:
-        if not self.web.alive():
-            raise RuntimeError(f"gunicorn exited with {self.web.process.returncode}; see {self.web.log_path}")
-        return http_answers(f"{self.web_url}/healthz")
+        self.web.wait_answering(lambda: http_answers(f"{self.web_url}/healthz"), 90, interval=0.05)
 
     def start_worker(self) -> None:
         self.worker.start()
@@ -402,8 +302,8 @@ class Cluster:
         """Stop everything that was started, in reverse order; safe after a partial start."""
         for child in (self.beat, self.worker, self.web):
             if child is not None:
-                child.stop(timeout=30)
-        self.stripe.child.stop(timeout=10)
+                child.stop(grace=30)
+        self.stripe.child.stop(grace=10)
         self.redis.stop()
         self.postgres.stop()
 

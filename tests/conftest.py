@@ -2,18 +2,15 @@
 local Stripe-compatible server, the Flask app, and small factories for billing data.
 
 Servers: the configured ones (``TEST_DATABASE_URL``/``DATABASE_URL``,
-``TEST_BROKER_URL``/``CELERY_BROKER_URL``) when reachable, else this machine's defaults
-on 127.0.0.1, else embedded ones under ``var/test``.
+``TEST_BROKER_URL``/``CELERY_BROKER_URL``) when set, else this machine's defaults on
+127.0.0.1 when reachable (``tests.support.servers``), else embedded ones under ``var/test``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import socket
 import tempfile
 import uuid
-from decimal import Decimal
 
 # Multiprocess metrics of this run (pytest and the workers it starts) in a directory of
 # its own, settled before shared.metrics is first imported.
@@ -25,39 +22,20 @@ import sqlalchemy as sa
 from flask.cli import FlaskGroup
 from flask.testing import FlaskCliRunner
 
-from shared import db, embedded, migrations, models
+from shared import db, embedded, models
 from shared.config import Settings
-
-TEST_JWT_SECRET = "test-secret-that-is-at-least-32-bytes-long!"
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
+from tests.support import servers
+from tests.support.billing import METER_EVENT_NAME, TEST_JWT_SECRET, Factory
+from tests.support.database import RolledBack
 
 TEST_SERVERS_DIR = embedded.VAR_DIR / "test"
-
-
-def _postgres_server_url() -> str | None:
-    """The configured or this machine's PostgreSQL; None if there is none to use."""
-    for name in ("TEST_DATABASE_URL", "DATABASE_URL"):
-        if os.environ.get(name):
-            url = sa.make_url(os.environ[name]).set(drivername="postgresql+psycopg2")
-            return url.set(database="postgres").render_as_string(hide_password=False)
-    if _reachable("127.0.0.1", 5432):
-        return "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    return None
 
 
 @pytest.fixture(scope="session")
 def postgres_server_url():
     """A PostgreSQL server for this run: the configured one or this machine's, else an
     embedded one under var/test that is stopped when the run ends."""
-    url = _postgres_server_url()
+    url = servers.postgres_server_url()
     if url is not None:
         yield url
         return
@@ -72,34 +50,16 @@ def postgres_server_url():
 @pytest.fixture(scope="session")
 def database_url(postgres_server_url: str):
     """A database of this run's own, migrated to head, dropped at the end."""
-    name = f"a700_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    migrations.upgrade(url)
-    yield url
-    db.engine_for(url).dispose()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
-def _redis_server_url() -> str | None:
-    """The configured or this machine's Redis; None if there is none to use."""
-    for name in ("TEST_BROKER_URL", "CELERY_BROKER_URL"):
-        if os.environ.get(name):
-            return os.environ[name]
-    if _reachable("127.0.0.1", 6379):
-        return "redis://127.0.0.1:6379/0"
-    return None
+    with servers.migrated_database(postgres_server_url, "a700_test_") as url:
+        yield url
+        db.engine_for(url).dispose()
 
 
 @pytest.fixture(scope="session")
 def redis_server_url():
     """A Redis server for this run: the configured one or this machine's, else one under
     var/test that is stopped when the run ends."""
-    url = _redis_server_url()
+    url = servers.redis_server_url()
     if url is not None:
         yield url
         return
@@ -128,9 +88,6 @@ def broker_url(redis_server_url: str):
             return
         client.close()
     pytest.fail("no free Redis logical database (1-15) for this test run")
-
-
-METER_EVENT_NAME = "agent700_cost"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -177,10 +134,49 @@ def _truncate_all(database_url: str) -> None:
         conn.exec_driver_sql(f"TRUNCATE {', '.join(tables)} CASCADE")
 
 
+@pytest.fixture(scope="session")
+def rollback_engine(database_url: str):
+    """The engine whose connections hold the tests' rolled-back transactions."""
+    engine = sa.create_engine(database_url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
-def clean_state(database_url: str, broker_url: str):
-    """Every test starts from empty tables and an empty Redis database."""
+def committed_database(database_url: str):
+    """Requested by a test (or a fixture) whose data must really be committed: read by
+    other processes (workers, gunicorn, Flower, the local run) or by threads and
+    connections that must not share one transaction (concurrent callers, a reporter racing
+    another). It starts from the empty tables every test leaves; they are emptied again
+    when it ends (after its processes are stopped: they were started after this)."""
+    yield
     _truncate_all(database_url)
+
+
+@pytest.fixture
+def database(request, database_url: str, rollback_engine):
+    """The test's database, empty at its start. By default all of the test's work is one
+    transaction rolled back at its end (``tests.support.database``): ``shared.db`` hands the
+    code under test sessions and connections inside it. With ``committed_database``
+    requested, the real engine and commits."""
+    if "committed_database" in request.fixturenames:
+        request.getfixturevalue("committed_database")
+        yield
+        return
+    transaction = RolledBack(rollback_engine, database_url)
+    engine_for, session_factory = db.engine_for, db.session_factory
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(db, "engine_for", lambda url: transaction.engine if url == database_url else engine_for(url))
+        patch.setattr(db, "session_factory", lambda url: transaction.sessions if url == database_url else session_factory(url))
+        try:
+            yield
+        finally:
+            transaction.roll_back()
+
+
+@pytest.fixture
+def clean_state(database, broker_url: str):
+    """Every test starts from empty tables (``database``) and an empty Redis database."""
     client = redis.Redis.from_url(broker_url)
     claim = client.get("agent700:test-claim")
     client.flushdb()
@@ -197,7 +193,7 @@ def settings(database_url: str, broker_url: str, stripe_server, clean_state) -> 
         stripe_api_key="sk_test_agent700_tests",
         stripe_api_base=stripe_server.url,
         stripe_meter_events_base=stripe_server.url,
-        stripe_meter_event_name="agent700_cost",
+        stripe_meter_event_name=METER_EVENT_NAME,
         stripe_value_decimals=6,
         flower_basic_auth="operator:test-password",
         port=8000,
@@ -239,97 +235,13 @@ def session(settings: Settings):
         yield session
 
 
-class Factory:
-    """Creates billing data directly in the database, committed, for tests to act on; an
-    organization's Stripe customer is created at the local Stripe server too."""
-
-    def __init__(self, settings: Settings, stripe=None):
-        self.settings = settings
-        self.stripe = stripe
-
-    def _add(self, row):
-        with db.transaction(self.settings.database_url) as session:
-            session.add(row)
-        return row
-
-    def organization(self, *, name: str | None = None, stripe_customer_id: str | None = "cus_test", active: bool = True):
-        if stripe_customer_id and self.stripe is not None:
-            self.stripe.create_customers(stripe_customer_id)
-        return self._add(
-            models.Organization(
-                name=name or f"org-{uuid.uuid4().hex[:8]}", stripe_customer_id=stripe_customer_id, is_active=active
-            )
-        )
-
-    def user(self, *, email: str | None = None, active: bool = True):
-        return self._add(models.User(email=email or f"{uuid.uuid4().hex[:8]}@example.test", is_active=active))
-
-    def membership(self, user, organization, *roles: str, active: bool = True):
-        with db.transaction(self.settings.database_url) as session:
-            role_rows = session.scalars(sa.select(models.Role).where(models.Role.name.in_(roles))).all()
-            membership = models.OrganizationMembership(
-                user_id=user.id, organization_id=organization.id, is_active=active, roles=list(role_rows)
-            )
-            session.add(membership)
-        return membership
-
-    def superadmin(self, organization=None):
-        """An active user who is superadmin in an active membership of an active organization."""
-        user = self.user()
-        self.membership(user, organization or self.organization(), models.SUPERADMIN)
-        return user
-
-    def app_password(self, user, *, name: str | None = None) -> str:
-        from ingest_api.credentials import new_app_password
-
-        secret = new_app_password()
-        self._add(
-            models.AppPassword(
-                user_id=user.id,
-                name=name or f"pw-{uuid.uuid4().hex[:6]}",
-                lookup_prefix=secret.lookup_prefix,
-                password_hash=secret.password_hash,
-            )
-        )
-        return secret.token
-
-    def jwt(self, user, ttl_seconds: int = 3600) -> str:
-        from ingest_api.credentials import mint_jwt
-
-        return mint_jwt(user.id, self.settings.jwt_secret, ttl_seconds)
-
-    def service(self, name: str = "transcription"):
-        return self._add(models.Service(name=name))
-
-    def price(
-        self,
-        model_name: str = "gpt-4o-mini",
-        *,
-        input_cost: str = "0.00000015",
-        output_cost: str = "0.0000006",
-        agent700_input_cost: str = "0.0000003",
-        agent700_output_cost: str = "0.0000012",
-        effective_from: dt.datetime | None = None,
-    ):
-        return self._add(
-            models.TextModelCost(
-                model_name=model_name,
-                input_cost_per_token=Decimal(input_cost),
-                output_cost_per_token=Decimal(output_cost),
-                agent700_input_cost_per_token=Decimal(agent700_input_cost),
-                agent700_output_cost_per_token=Decimal(agent700_output_cost),
-                effective_from=effective_from or dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
-            )
-        )
-
-
 @pytest.fixture
 def factory(settings: Settings, stripe) -> Factory:
     return Factory(settings, stripe)
 
 
 @pytest.fixture
-def start_worker(stripe, tmp_path):
+def start_worker(committed_database, stripe, tmp_path):
     """``start_worker(settings, **env)`` starts a real Celery worker with embedded beat
     (``tests.processes.WorkerProcess``); all are stopped at teardown."""
     from tests.processes import WorkerProcess

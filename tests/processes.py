@@ -1,8 +1,9 @@
-"""Real processes for the slow tests, shared by ``tests/pipeline`` and ``tests/operations``.
+"""The service's processes as the slow tests run them, shared by ``tests/pipeline``,
+``tests/operations`` and ``tests/api``; built on ``tests.support.children`` (which the soak
+and the benchmarks use too).
 
-* ``wait_until``: poll a condition with a timeout (the slow tests never sleep blindly).
-* ``WorkerProcess``: a real Celery worker with embedded beat as a subprocess in its own
-  process group, killable with SIGKILL, stoppable with SIGTERM, restartable.
+* ``WorkerProcess``: a real Celery worker with embedded beat, killable with SIGKILL,
+  stoppable with SIGTERM, restartable.
 * ``GunicornProcess``: the ``web`` process as the Procfile runs it (``shared/gunicorn_config.py``),
   with a chosen number of workers, on a free port.
 * ``FlowerProcess``: ``python -m worker.flower`` (the Procfile's ``flower``) on a free port.
@@ -11,8 +12,8 @@
 * ``PrivateRedis``: a redis-server of a test's own (``shared.embedded.start_redis``),
   which it may stop, start again on the same port, pause and resume.
 
-Every process is started in a new session (its own process group) so that its children
-(gunicorn workers, Celery pool processes, beat) can be reaped with it, whatever happened.
+Every process is a ``Child``: in a process group of its own, so that its children
+(gunicorn workers, Celery pool processes, beat) are reaped with it, whatever happened.
 """
 
 from __future__ import annotations
@@ -21,13 +22,9 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,21 +34,12 @@ import sqlalchemy as sa
 
 from shared import embedded
 from shared.config import Settings
+from tests.support.children import PROJECT_ROOT, Child, http_get, wait_until
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, *, interval: float = 0.2, message: Callable[[], str] | str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = message() if callable(message) else message
-            raise AssertionError(f"condition not met within {timeout:.0f}s: {detail}")
-        time.sleep(interval)
+__all__ = [
+    "PROJECT_ROOT", "FlowerProcess", "GunicornProcess", "PrivatePostgres", "PrivateRedis", "WorkerProcess",
+    "private_postgres_server", "service_env",
+]
 
 
 def service_env(settings: Settings, stripe_url: str, extra_env: dict[str, str | None] | None = None) -> dict[str, str]:
@@ -76,115 +64,52 @@ def service_env(settings: Settings, stripe_url: str, extra_env: dict[str, str | 
     return env
 
 
-def _tail(path: Path, title: str, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"(no {title})"
-    return f"----- {title} (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def _stop_gracefully(process: subprocess.Popen, grace: float) -> None:
-    """SIGTERM, ``grace`` seconds to exit, then SIGKILL to its group; nothing of it survives."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=30)
-    _reap_group(process.pid)
-
-
-def _reap_group(pgid: int, timeout: float = 10) -> None:
-    """SIGKILL whatever is left of a process group until nothing is."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-
-
-def http_get(url: str, *, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    """(status, body) of a GET; HTTP errors are answers too."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 # --- a real Celery worker (with embedded beat) ----------------------------------------------
 
 
 class WorkerProcess:
-    """``celery --app worker worker -B`` as a subprocess in its own process group."""
+    """``celery --app worker worker -B`` as a child in its own process group."""
 
     def __init__(
         self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None, name: str = "pipeline"
     ):
         self.name = name
         self.settings = settings
-        self.stripe_url = stripe_url
         self.directory = directory
-        self.extra_env = extra_env or {}
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
         self.log_path = directory / "worker.log"
+        self.child = Child(
+            "worker",
+            [
+                sys.executable, "-m", "celery", "--quiet", "--app", "worker", "worker", "-B",
+                "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h",
+            ],
+            service_env(settings, stripe_url, extra_env),
+            self.log_path,
+        )
 
-    def _env(self) -> dict[str, str]:
-        return service_env(self.settings, self.stripe_url, self.extra_env)
+    @property
+    def process(self):
+        return self.child.process
+
+    @property
+    def starts(self) -> int:
+        return self.child.starts
 
     def start(self) -> WorkerProcess:
-        assert not self.alive(), "already running"
-        self.starts += 1
         # A fresh beat schedule file per start: one left by a SIGKILLed beat may be torn.
-        schedule = self.directory / f"beat-schedule-{self.starts}"
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start {self.starts} =====\n".encode())
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "celery", "--quiet", "--app", "worker", "worker", "-B",
-                    "--concurrency", "2", "--loglevel", "INFO", "--schedule", str(schedule),
-                    "--hostname", f"{self.name}@%h",
-                ],
-                cwd=PROJECT_ROOT,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.child.start(["--schedule", str(self.directory / f"beat-schedule-{self.child.starts + 1}")])
         return self
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child.alive()
 
     def kill_9(self) -> None:
         """SIGKILL to the whole process group: main process, pool processes and beat."""
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self._reap_group()
+        self.child.kill_group()
 
     def terminate(self, timeout: float = 90) -> int:
         """SIGTERM to the worker: Celery's warm shutdown (running tasks finish). Waits."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_9()
-            raise AssertionError(f"the worker did not stop within {timeout}s of SIGTERM\n{self.log_tail()}") from None
-        self._reap_group()
-        return code
+        return self.child.terminate(timeout)
 
     def restart(self) -> WorkerProcess:
         if self.alive():
@@ -192,113 +117,18 @@ class WorkerProcess:
         return self.start()
 
     def stop(self) -> None:
-        """Clean-up: whatever the state, nothing of this worker survives."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=30)
-        self._reap_group()
-
-    def _reap_group(self) -> None:
-        # Pool processes or beat orphaned by the main process's death share its group.
-        assert self.process is not None
-        _reap_group(self.process.pid)
+        """Clean-up: whatever the state, nothing of this worker survives (SIGKILL)."""
+        self.child.kill_group()
 
     def log_tail(self, lines: int = 60) -> str:
-        return _tail(self.log_path, "worker log", lines)
+        return self.child.log_tail(lines)
 
 
-# --- the web process: gunicorn with the project's shared/gunicorn_config.py -----------------
+class _ListeningProcess:
+    """A service process of the tests listening on a free port of its own (``url``),
+    with this run's settings and the local Stripe server (``service_env``)."""
 
-
-class GunicornProcess:
-    """``python -m gunicorn --config python:shared.gunicorn_config [--workers N] "ingest_api:create_app()"``,
-    as the Procfile's ``web`` runs it (``workers=None``: exactly so), on a free port (``PORT``). Standard output and
-    standard error go to files of their own (``stdout_path``, ``stderr_path``)."""
-
-    APP = "ingest_api:create_app()"
-
-    def __init__(
-        self, settings: Settings, stripe_url: str, directory: Path, *, workers: int | None = 2,
-        extra_env: dict[str, str] | None = None,
-    ):
-        self.settings = settings
-        self.stripe_url = stripe_url
-        self.directory = directory
-        self.workers = workers
-        self.extra_env = extra_env or {}
-        self.port: int | None = None
-        self.process: subprocess.Popen | None = None
-        self.stdout_path = directory / "gunicorn.stdout"
-        self.stderr_path = directory / "gunicorn.stderr"
-
-    @property
-    def url(self) -> str:
-        assert self.port is not None, "not started"
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90) -> GunicornProcess:
-        assert not self.alive(), "already running"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = embedded.free_port()
-        env = service_env(self.settings, self.stripe_url, {"PORT": str(self.port), **self.extra_env})
-        with open(self.stdout_path, "ab") as stdout, open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config",
-                    *(["--workers", str(self.workers)] if self.workers else []), self.APP,
-                ],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
-
-        def serving():
-            if not self.alive():
-                raise AssertionError(f"gunicorn exited with {self.process.returncode}\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                return http_get(f"{self.url}/healthz", timeout=2)[0] == 200
-            return False
-
-        wait_until(serving, timeout, interval=0.1, message=self.log_tail)
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM to the master: gunicorn's graceful shutdown (requests in flight finish)."""
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise AssertionError(f"gunicorn did not stop within {timeout}s of SIGTERM\n{self.log_tail()}") from None
-        _reap_group(self.process.pid)
-        return code
-
-    def stop(self) -> None:
-        """Clean-up: a graceful stop if it is running, then nothing of it survives."""
-        if self.process is not None:
-            _stop_gracefully(self.process, grace=30)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return _tail(self.stderr_path, "gunicorn stderr", lines) + "\n" + _tail(self.stdout_path, "gunicorn stdout", 10)
-
-
-# --- Flower ---------------------------------------------------------------------------------
-
-
-class FlowerProcess:
-    """``python -m worker.flower --port P --address 127.0.0.1`` (the Procfile's ``flower``)."""
+    NAME = ""
 
     def __init__(self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None):
         self.settings = settings
@@ -306,55 +136,108 @@ class FlowerProcess:
         self.directory = directory
         self.extra_env = extra_env or {}
         self.port: int | None = None
-        self.process: subprocess.Popen | None = None
-        self.log_path = directory / "flower.log"
+        self.child: Child | None = None
+
+    @property
+    def process(self):
+        return None if self.child is None else self.child.process
 
     @property
     def url(self) -> str:
         assert self.port is not None, "not started"
         return f"http://127.0.0.1:{self.port}"
 
+    def _new_port(self) -> int:
+        assert not self.alive(), "already running"
+        self.port = embedded.free_port()
+        return self.port
+
+    def _launch(self, argv: list[str], log_path: Path, *, stderr_path: Path | None = None, **env: str) -> Child:
+        self.child = Child(
+            self.NAME, argv, service_env(self.settings, self.stripe_url, {**env, **self.extra_env}), log_path,
+            stderr_path=stderr_path,
+        ).start()
+        return self.child
+
+    def _answers(self, path: str, *, any_status: bool = False) -> bool:
+        with contextlib.suppress(OSError):
+            status = http_get(f"{self.url}{path}", timeout=2)[0]
+            return any_status or status == 200
+        return False
+
+    def alive(self) -> bool:
+        return self.child is not None and self.child.alive()
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM: a graceful shutdown. Waits for the exit code."""
+        assert self.child is not None, "not started"
+        return self.child.terminate(timeout)
+
+    def stop(self, grace: float = 30) -> None:
+        """Clean-up: a graceful stop if it is running, then nothing of it survives."""
+        if self.child is not None:
+            self.child.stop(grace)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.child.log_tail(lines) if self.child is not None else f"({self.NAME} not started)"
+
+
+# --- the web process: gunicorn with the project's shared/gunicorn_config.py -----------------
+
+
+class GunicornProcess(_ListeningProcess):
+    """``python -m gunicorn --config python:shared.gunicorn_config [--workers N] "ingest_api:create_app()"``,
+    as the Procfile's ``web`` runs it (``workers=None``: exactly so), on a free port (``PORT``). Standard output and
+    standard error go to files of their own (``stdout_path``, ``stderr_path``)."""
+
+    NAME = "gunicorn"
+    APP = "ingest_api:create_app()"
+
+    def __init__(
+        self, settings: Settings, stripe_url: str, directory: Path, *, workers: int | None = 2,
+        extra_env: dict[str, str] | None = None,
+    ):
+        super().__init__(settings, stripe_url, directory, extra_env)
+        self.workers = workers
+        self.stdout_path = directory / "gunicorn.stdout"
+        self.stderr_path = directory / "gunicorn.stderr"
+
+    def start(self, timeout: float = 90) -> GunicornProcess:
+        port = self._new_port()
+        argv = [
+            sys.executable, "-m", "gunicorn", "--config", "python:shared.gunicorn_config",
+            *(["--workers", str(self.workers)] if self.workers else []), self.APP,
+        ]
+        child = self._launch(argv, self.stdout_path, stderr_path=self.stderr_path, PORT=str(port))
+        child.wait_answering(lambda: self._answers("/healthz"), timeout)
+        return self
+
+
+# --- Flower ---------------------------------------------------------------------------------
+
+
+class FlowerProcess(_ListeningProcess):
+    """``python -m worker.flower --port P --address 127.0.0.1`` (the Procfile's ``flower``)."""
+
+    NAME = "flower"
+
+    def __init__(self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None):
+        super().__init__(settings, stripe_url, directory, extra_env)
+        self.log_path = directory / "flower.log"
+
     def launch(self) -> FlowerProcess:
         """Start it, without waiting for anything."""
-        assert not self.alive(), "already running"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = embedded.free_port()
-        env = service_env(self.settings, self.stripe_url, self.extra_env)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker.flower", "--port", str(self.port), "--address", "127.0.0.1"],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        port = self._new_port()
+        self._launch([sys.executable, "-m", "worker.flower", "--port", str(port), "--address", "127.0.0.1"], self.log_path)
         return self
 
     def start(self, timeout: float = 90) -> FlowerProcess:
         """Start it and wait until it answers HTTP (any status: it wants credentials)."""
-        self.launch()
-
-        def answering():
-            if not self.alive():
-                raise AssertionError(f"flower exited with {self.process.returncode}\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                return http_get(f"{self.url}/healthcheck", timeout=2)[0] > 0
-            return False
-
-        wait_until(answering, timeout, interval=0.2, message=self.log_tail)
+        self.launch().child.wait_answering(lambda: self._answers("/healthcheck", any_status=True), timeout, interval=0.2)
         return self
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop_gracefully(self.process, grace=20)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return _tail(self.log_path, "flower log", lines)
+    def stop(self, grace: float = 20) -> None:
+        super().stop(grace)
 
 
 # --- a PostgreSQL of the test's own, which it may stop and restart ---------------------------

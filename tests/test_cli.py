@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from ingest_api import credentials
 from shared import models
+from tests.support.billing import assert_refused
 
 EVERY_ROLE = ["admin", "member", "superadmin"]
 
@@ -29,16 +30,6 @@ def last_line(result) -> str:
 
 def created_id(result) -> uuid.UUID:
     return uuid.UUID(last_line(result))
-
-
-def assert_refused(result, *fragments: str) -> None:
-    """Non-zero exit, a one-line ``Error:`` naming the problem on stderr, no traceback."""
-    assert result.exit_code in (1, 2), result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
 
 
 def count(session, model) -> int:

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 import stripe as stripe_sdk
 
 from shared import db, models
-from tests.test_cli import assert_refused, created_id, last_line
-from tests.test_cli_usage import Billing
+from tests.support.billing import UsageRecords, assert_refused
+from tests.test_cli import created_id, last_line
 from worker import reporting
 from worker.stripe_reporting import StripeMeter
 
@@ -58,7 +58,7 @@ def test_set_stripe_customer_sets_it_and_prints_the_organization_id(runner, fact
 
 def test_set_stripe_customer_points_at_the_failed_rows_waiting_for_it(runner, factory, settings):
     organization = factory.organization(stripe_customer_id=None)
-    billing = Billing(factory, settings)
+    billing = UsageRecords(factory, settings)
     billing.log(organization)
     billing.log(organization)
     billing.log(factory.organization())  # another organization's
@@ -150,7 +150,7 @@ def test_the_no_customer_failure_names_the_commands_that_fix_it(runner, factory,
     """The reason the reporter writes quotes commands an operator can paste as they are
     (with a real customer id for ``cus_...``), and they do fix the row."""
     organization = factory.organization(stripe_customer_id=None)
-    row = Billing(factory, settings).log(organization, status=models.UsageStatus.RECORDED, error=None)
+    row = UsageRecords(factory, settings).log(organization, status=models.UsageStatus.RECORDED, error=None)
     with redis.Redis.from_url(settings.broker_url, decode_responses=True) as broker:
         reporting.report_round(
             lambda: db.transaction(settings.database_url), broker, StripeMeter(settings), reporting.shard_of(organization.id)

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, models
-from tests.test_cli import assert_refused, count, created_id, price_args
-from tests.test_cli_usage import Billing
+from tests.support.billing import UsageRecords, assert_refused
+from tests.test_cli import count, created_id, price_args
 
 JAN, MAR, JUN = (dt.datetime(2025, month, 1, tzinfo=dt.UTC) for month in (1, 3, 6))
 
@@ -116,7 +116,7 @@ def test_prices_retire_deletes_an_unused_row_and_says_which_applies_now(runner, 
 
 
 def test_prices_retire_refuses_a_row_events_were_priced_with(runner, factory, settings):
-    billing = Billing(factory, settings)  # its rows are priced with billing.price
+    billing = UsageRecords(factory, settings)  # its rows are priced with billing.price
     organization = factory.organization()
     for _ in range(3):
         billing.log(organization)
@@ -162,7 +162,7 @@ def test_the_foreign_key_a_racing_recording_trips_has_the_name_retire_maps(sessi
 @pytest.fixture
 def recorded(factory, settings):
     """gpt-4o-mini priced from 2020; recorded events in February, April and July 2025."""
-    billing = Billing(factory, settings)
+    billing = UsageRecords(factory, settings)
     organization = factory.organization()
     for occurred_at in (JAN + dt.timedelta(days=40), MAR + dt.timedelta(days=40), JUN + dt.timedelta(days=40)):
         billing.log(organization, status=models.UsageStatus.REPORTED, error=None, occurred_at=occurred_at)

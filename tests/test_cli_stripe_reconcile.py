@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from shared import db, models
-from tests.test_cli_usage import Billing
+from tests.support.billing import UsageRecords, assert_refused
 from worker.reporting import RECONCILE_ERROR
 from worker.stripe_reporting import MeterEvent, Outcome, StripeMeter
 
@@ -23,8 +23,8 @@ def rfc3339(value: dt.datetime) -> str:
 
 
 @pytest.fixture
-def billing(factory, settings) -> Billing:
-    return Billing(factory, settings)
+def billing(factory, settings) -> UsageRecords:
+    return UsageRecords(factory, settings)
 
 
 @pytest.fixture
@@ -50,14 +50,9 @@ def reconcile(runner, organization_id, *extra: str):
     return runner.invoke(args=["stripe", "reconcile", "--org", str(organization_id), *extra])
 
 
-def assert_error(result, *fragments: str) -> None:
+def assert_reconcile_refused(result, *fragments: str) -> None:
     """Exit 2 (1 means "different"), one ``Error:`` line on stderr, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
+    assert_refused(result, *fragments, exit_code=2)
 
 
 def test_match_when_every_reported_row_is_at_stripe(runner, factory, billing, meter):
@@ -174,20 +169,20 @@ def test_an_organization_with_nothing_anywhere_matches(runner, factory, billing,
 def test_unknown_organization(runner, stripe):
     unknown = uuid.uuid4()
 
-    assert_error(reconcile(runner, unknown, "--since", rfc3339(TODAY - DAY)), f"No organization with id {unknown}")
+    assert_reconcile_refused(reconcile(runner, unknown, "--since", rfc3339(TODAY - DAY)), f"No organization with id {unknown}")
 
 
 def test_organization_without_stripe_customer_id(runner, factory, stripe):
     organization = factory.organization(stripe_customer_id=None)
 
-    assert_error(reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY)), "has no Stripe customer id")
+    assert_reconcile_refused(reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY)), "has no Stripe customer id")
 
 
 def test_no_meter_for_the_event_name(runner, factory, stripe):
     stripe.reset()  # a Stripe account where nobody created the meter
     organization = factory.organization(stripe_customer_id="cus_no_meter")
 
-    assert_error(
+    assert_reconcile_refused(
         reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY)),
         "no billing meter for event name 'agent700_cost'",
     )
@@ -198,7 +193,7 @@ def test_stripe_failing(runner, factory, billing, meter, stripe):
     send(meter, organization, reported(billing, organization, TODAY - DAY))
     stripe.set_faults(fail_next=10, status=500)
 
-    assert_error(reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY)), "Stripe refused the request (500)")
+    assert_reconcile_refused(reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY)), "Stripe refused the request (500)")
 
 
 @pytest.mark.parametrize(
@@ -215,7 +210,7 @@ def test_stripe_failing(runner, factory, billing, meter, stripe):
 def test_bad_times(runner, factory, stripe, args, fragment):
     organization = factory.organization()
 
-    assert_error(reconcile(runner, organization.id, *args), fragment)
+    assert_reconcile_refused(reconcile(runner, organization.id, *args), fragment)
 
 
 # --- which rows differ -------------------------------------------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import stripe as stripe_sdk
 
-from tests.test_cli import assert_refused, last_line
+from tests.support.billing import assert_refused
+from tests.test_cli import last_line
 
 
 def sdk(stripe) -> stripe_sdk.StripeClient:

@@ -10,7 +10,6 @@ import base64
 import datetime as dt
 import json
 import uuid
-from decimal import Decimal
 
 import pytest
 import redis
@@ -18,9 +17,9 @@ import sqlalchemy as sa
 
 from shared import db, intake, models, queue
 from shared.usage_event import AcceptedUsageEvent
+from tests.support.billing import NO_CUSTOMER_ERROR, UsageRecords, assert_refused
 from worker.reporting import RECONCILE_ERROR, shard_of
 
-NO_CUSTOMER_ERROR = "Organization has no Stripe customer id; set it, then `usage retry`."
 CELERY_QUEUE = queue.QUEUE
 
 
@@ -31,79 +30,9 @@ def broker(settings):
     client.close()
 
 
-class Billing:
-    """Log rows and rejected events inserted directly, for the commands to act on."""
-
-    def __init__(self, factory, settings):
-        self.factory = factory
-        self.settings = settings
-        self.user = factory.user()
-        self.service = factory.service()
-        self.price = factory.price()
-
-    def log(
-        self,
-        organization,
-        *,
-        status: str = models.UsageStatus.FAILED,
-        error: str | None = NO_CUSTOMER_ERROR,
-        agent700_cost: str = "0.000123450000",
-        occurred_at: dt.datetime | None = None,
-    ) -> models.UserBillableRequestLog:
-        row_id = uuid.uuid4()
-        cost = Decimal(agent700_cost)
-        row = models.UserBillableRequestLog(
-            id=row_id,
-            user_id=self.user.id,
-            organization_id=organization.id,
-            service_id=self.service.id,
-            text_model_cost_id=self.price.id,
-            model_name=self.price.model_name,
-            input_tokens=100,
-            output_tokens=50,
-            service_cost=cost / 2,
-            agent700_cost=cost,
-            source="external_api",
-            occurred_at=occurred_at or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
-            received_at=dt.datetime.now(dt.UTC),
-            caller_user_id=self.user.id,
-            status=status,
-            stripe_identifier=str(row_id),
-            stripe_value=int(cost.scaleb(self.settings.stripe_value_decimals).to_integral_value()),
-            stripe_reported_at=dt.datetime.now(dt.UTC) if status == models.UsageStatus.REPORTED else None,
-            error=error,
-        )
-        with db.transaction(self.settings.database_url) as session:
-            session.add(row)
-        return row
-
-    def rejected(self, organization, *, reason: str = "Unknown service 'dictation'.", attempts: int = 1):
-        event = AcceptedUsageEvent(
-            id=uuid.uuid4(),
-            user_id=self.user.id,
-            organization_id=organization.id,
-            service_name="dictation",
-            model_name=self.price.model_name,
-            input_tokens=7,
-            output_tokens=3,
-            source="external_api",
-            occurred_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5),
-            received_at=dt.datetime.now(dt.UTC),
-            caller_user_id=self.user.id,
-            idempotency_key="retry-me-1",
-        )
-        with db.transaction(self.settings.database_url) as session:
-            session.add(
-                models.RejectedUsageEvent(
-                    id=event.id, payload=event.model_dump(mode="json"), reason=reason, attempts=attempts
-                )
-            )
-        return event
-
-
 @pytest.fixture
-def billing(factory, settings) -> Billing:
-    return Billing(factory, settings)
+def billing(factory, settings) -> UsageRecords:
+    return UsageRecords(factory, settings)
 
 
 def log_status(settings, row_id) -> tuple[str, str | None]:
@@ -126,15 +55,6 @@ def report_tasks(broker) -> list[int]:
 
 def intake_events(broker) -> list[AcceptedUsageEvent]:
     return [AcceptedUsageEvent.from_message(fields[intake.EVENT_FIELD]) for _, fields in broker.xrange(intake.STREAM)]
-
-
-def assert_refused(result, *fragments: str, exit_code: int = 1) -> None:
-    assert result.exit_code == exit_code, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
 
 
 # --- usage failed ------------------------------------------------------------------------
@@ -267,7 +187,7 @@ def test_retry_id_refuses_an_unknown_id(runner, billing, broker):
 
     result = runner.invoke(args=["usage", "retry", "--id", str(unknown)])
 
-    assert_refused(result, str(unknown), "No failed or rejected event")
+    assert_refused(result, str(unknown), "No failed or rejected event", exit_code=1)
     assert report_tasks(broker) == [] and intake_events(broker) == []
 
 
@@ -277,7 +197,7 @@ def test_retry_id_refuses_a_row_that_is_not_failed(runner, factory, billing, set
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
-    assert_refused(result, str(row.id), f"is {status}, not failed")
+    assert_refused(result, str(row.id), f"is {status}, not failed", exit_code=1)
     assert log_status(settings, row.id) == (status, None)
     assert report_tasks(broker) == []
 
@@ -289,7 +209,7 @@ def test_retry_id_refuses_a_resolved_rejected_event(runner, factory, billing, se
 
     result = runner.invoke(args=["usage", "retry", "--id", str(event.id)])
 
-    assert_refused(result, "already resolved")
+    assert_refused(result, "already resolved", exit_code=1)
     assert intake_events(broker) == []
 
 
@@ -298,7 +218,7 @@ def test_retry_with_one_bad_id_among_several_changes_nothing(runner, factory, bi
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--id", str(uuid.uuid4())])
 
-    assert_refused(result, "No failed or rejected event")
+    assert_refused(result, "No failed or rejected event", exit_code=1)
     assert log_status(settings, row.id) == (models.UsageStatus.FAILED, NO_CUSTOMER_ERROR)
     assert report_tasks(broker) == []
 
@@ -309,7 +229,7 @@ def test_retry_id_of_a_row_flagged_for_reconciliation_needs_force(runner, factor
 
     refused = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
-    assert_refused(refused, "flagged for reconciliation", "--force")
+    assert_refused(refused, "flagged for reconciliation", "--force", exit_code=1)
     assert log_status(settings, row.id) == (models.UsageStatus.FAILED, RECONCILE_ERROR)
     assert report_tasks(broker) == []
 
@@ -328,7 +248,7 @@ def test_retry_id_force_redrives_a_reported_row_stripe_does_not_have(runner, fac
 
     refused = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
-    assert_refused(refused, f"Event {row.id} is reported, not failed", "stripe reconcile", "--force")
+    assert_refused(refused, f"Event {row.id} is reported, not failed", "stripe reconcile", "--force", exit_code=1)
     assert log_status(settings, row.id) == (models.UsageStatus.REPORTED, None)
     assert report_tasks(broker) == []
 
@@ -361,7 +281,7 @@ def test_retry_id_force_still_refuses_a_recorded_row(runner, factory, billing, s
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--force"])
 
-    assert_refused(result, "is recorded, not failed")
+    assert_refused(result, "is recorded, not failed", exit_code=1)
     assert report_tasks(broker) == []
 
 
@@ -430,7 +350,7 @@ def test_retry_all_failed_skips_a_rejected_event_whose_message_was_unreadable(ru
     assert intake_events(broker) == []
 
     by_id = runner.invoke(args=["usage", "retry", "--id", str(unreadable_id)])
-    assert_refused(by_id, "cannot be re-driven")
+    assert_refused(by_id, "cannot be re-driven", exit_code=1)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ import redis
 import requests
 
 from shared import embedded
-from tests.conftest import TEST_JWT_SECRET
-from tests.processes import PROJECT_ROOT, _reap_group, wait_until
+from tests.support.billing import TEST_JWT_SECRET
+from tests.support.children import PROJECT_ROOT, stop_gracefully, wait_until
+from tests.support.servers import reachable
 
 
 def outward_address() -> str:
@@ -30,11 +31,7 @@ def outward_address() -> str:
 
 
 def answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+    return reachable(host, port, timeout=1)
 
 
 class LocalRun:
@@ -61,17 +58,11 @@ class LocalRun:
         return int(re.findall(rf"run +\| {name} started \(pid (\d+)\)", self.output())[-1])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        _reap_group(self.process.pid)
+        stop_gracefully(self.process, grace=60)
 
 
 @pytest.fixture
-def local_run(tmp_path, database_url, broker_url):
+def local_run(committed_database, tmp_path, database_url, broker_url):
     run = LocalRun(tmp_path, database_url, broker_url)
     yield run
     run.stop()

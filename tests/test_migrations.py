@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from shared import migrations, models
+from shared import db, migrations, models
 
 
 @pytest.fixture
@@ -69,10 +69,9 @@ def test_a_second_row_for_the_same_event_is_impossible(factory, settings):
         service_cost=0, agent700_cost=0, source="external_api", occurred_at=sa.func.now(),
         received_at=sa.func.now(), caller_user_id=user.id, status="recorded", stripe_value=0,
     )
-    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    engine = db.engine_for(settings.database_url)
     table = models.UserBillableRequestLog.__table__
     with engine.begin() as conn:
         conn.execute(table.insert().values(**row, stripe_identifier=str(row["id"])))
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(table.insert().values(**row, stripe_identifier=str(uuid.uuid4())))
-    engine.dispose()

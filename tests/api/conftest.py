@@ -1,9 +1,6 @@
-"""What the ingest endpoint's suites share: a billable world (``billing``), request
-helpers, the intake stream as the tests read it, and the shape of an error answer.
-
-The world: an active organization, an active superadmin of it (the caller), a plain
-member of it (the user the usage is attributed to), the service ``transcription``, a
-price for ``gpt-4o-mini`` effective since 2020, an App Password and a JWT of the caller.
+"""What the ingest endpoint's suites share: the billable world with a test client of the
+app (``billing``: ``tests.support.billing.build_world``, one organization, ``gpt-4o-mini``),
+request helpers, the intake stream as the tests read it, and the shape of an error answer.
 """
 
 from __future__ import annotations
@@ -12,21 +9,14 @@ import base64
 import datetime as dt
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
 
-from shared import db, intake, models
+from shared import intake, models
 from shared.usage_event import AcceptedUsageEvent
-
-URL = "/api/billing/external-usage"
-BATCH_URL = f"{URL}/batch"
-SERVICE = "transcription"
-MODEL = "gpt-4o-mini"
-
-OMIT = object()  # a body field's value meaning "leave this field out"
+from tests.support.billing import BATCH_URL, URL, World, build_world, log_row, store
 
 # "<one readable sentence>": starts with a capital, ends with a full stop, one line.
 SENTENCE = re.compile(r"[A-Z][^\n]*[.!?]")
@@ -88,33 +78,11 @@ def assert_unauthorized(response) -> dict:
 
 
 @dataclass
-class Billing:
-    client: Any
-    broker_url: str
-    organization: models.Organization
-    caller: models.User  # the superadmin who calls the API
-    user: models.User  # the member the usage is attributed to
-    service: models.Service
-    price: models.TextModelCost
-    app_password: str
-    jwt: str
+class Billing(World):
+    """The world, and a test client of the app to call the API with."""
 
-    def body(self, **changes: Any) -> dict:
-        """A valid event body; ``field=value`` overrides, ``field=OMIT`` leaves it out."""
-        body = {
-            "user_id": str(self.user.id),
-            "organization_id": str(self.organization.id),
-            "model_name": MODEL,
-            "input_tokens": 1200,
-            "output_tokens": 340,
-            "service_name": SERVICE,
-        }
-        for field, value in changes.items():
-            if value is OMIT:
-                body.pop(field, None)
-            else:
-                body[field] = value
-        return body
+    client: Any = None
+    broker_url: str = ""
 
     def headers(self, token: str | None = None, *, idempotency_key: str | None = None, **extra: str) -> dict:
         headers = {"Authorization": f"Bearer {token or self.app_password}"}
@@ -138,57 +106,38 @@ class Billing:
     def queued(self) -> list[AcceptedUsageEvent]:
         return queued_events(self.broker_url)
 
+    def assert_token_refused(self, token: str, fragment: str | None = None) -> dict:
+        """Posting with ``token`` is 401 with ``WWW-Authenticate: Bearer`` (with ``fragment``
+        in its sentence), and queues nothing."""
+        before = len(self.queued())
+        body = assert_unauthorized(self.post(token=token))
+        if fragment is not None:
+            assert fragment in body["error"], body
+        assert len(self.queued()) == before
+        return body
+
     def assert_nothing_queued(self) -> None:
         assert stream_length(self.broker_url) == 0, self.queued()
 
 
 @pytest.fixture
 def billing(client, factory, broker_url) -> Billing:
-    organization = factory.organization()
-    caller = factory.superadmin(organization)
-    user = factory.user()
-    factory.membership(user, organization, "member")
-    service = factory.service(SERVICE)
-    price = factory.price(MODEL, effective_from=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
-    return Billing(
-        client=client,
-        broker_url=broker_url,
-        organization=organization,
-        caller=caller,
-        user=user,
-        service=service,
-        price=price,
-        app_password=factory.app_password(caller, name="ingest"),
-        jwt=factory.jwt(caller),
-    )
+    world = build_world(factory, password_name="ingest")
+    return Billing(**vars(world), client=client, broker_url=broker_url)
 
 
 def record_as_worker(settings, billing: Billing, event: AcceptedUsageEvent, **columns: Any) -> models.UserBillableRequestLog:
     """What a worker does once it has billed a queued event: commit its log row, then
     drop the "queued" status record. ``columns`` override the row's values."""
-    values = dict(
-        id=event.id,
-        user_id=event.user_id,
-        organization_id=event.organization_id,
+    row = log_row(
         service_id=billing.service.id,
-        text_model_cost_id=billing.price.id,
-        model_name=event.model_name,
-        input_tokens=event.input_tokens,
-        output_tokens=event.output_tokens,
-        service_cost=Decimal("0.000384000000"),
-        agent700_cost=Decimal("0.000768000000"),
-        source=event.source,
-        occurred_at=event.occurred_at,
-        received_at=event.received_at,
-        caller_user_id=event.caller_user_id,
-        idempotency_key=event.idempotency_key,
-        status="recorded",
-        stripe_identifier=str(event.id),
-        stripe_value=768,
-    ) | columns
-    row = models.UserBillableRequestLog(**values)
-    with db.transaction(settings.database_url) as session:
-        session.add(row)
+        price=billing.price,
+        agent700_cost="0.000768000000",
+        **event.model_dump(exclude={"service_name"}),
+    )
+    for column, value in columns.items():
+        setattr(row, column, value)
+    store(settings, row)
     client = redis.Redis.from_url(billing.broker_url)
     try:
         client.delete(intake.QUEUED_KEY.format(event_id=event.id))

@@ -25,7 +25,8 @@ import pytest
 
 from shared import db, models
 from tests.api.conftest import assert_error, assert_unauthorized, b64url, now
-from tests.conftest import TEST_JWT_SECRET, OperatorCliRunner
+from tests.conftest import OperatorCliRunner
+from tests.support.billing import TEST_JWT_SECRET
 
 
 def hs256(claims: dict, secret: str = TEST_JWT_SECRET, algorithm: str = "HS256") -> str:

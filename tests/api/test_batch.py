@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from tests.api.conftest import BATCH_URL, OMIT, SENTENCE, assert_error, assert_unauthorized
+from tests.api.conftest import SENTENCE, assert_error, assert_unauthorized
+from tests.support.billing import BATCH_URL, OMIT
 
 
 def results_of(response) -> list[dict]:

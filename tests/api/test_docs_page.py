@@ -41,7 +41,7 @@ WAIT_MS = 30_000
 
 
 @pytest.fixture
-def web(settings, stripe, tmp_path):
+def web(committed_database, settings, stripe, tmp_path):
     server = GunicornProcess(settings, stripe.url, tmp_path / "web", workers=1)
     try:
         yield server.start()

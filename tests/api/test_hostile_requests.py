@@ -17,8 +17,9 @@ import pytest
 import requests
 
 from bench.slow_clients import Dribblers, normal_caller, p99
-from tests.api.conftest import BATCH_URL, OMIT, URL, assert_error
+from tests.api.conftest import assert_error
 from tests.processes import GunicornProcess
+from tests.support.billing import BATCH_URL, OMIT, URL
 
 
 def post_raw(billing, data: bytes, **headers: str):
@@ -214,7 +215,7 @@ def test_the_bearer_scheme_is_case_insensitive(billing):
 def web_process(tmp_path_factory, database_url, broker_url, stripe_server):
     """The web process exactly as the Procfile runs it (shared/gunicorn_config.py, its workers)."""
     from shared.config import Settings
-    from tests.conftest import TEST_JWT_SECRET
+    from tests.support.billing import TEST_JWT_SECRET
 
     settings = Settings(
         database_url=database_url, broker_url=broker_url, jwt_secret=TEST_JWT_SECRET, stripe_api_key="sk_test_x",
@@ -272,6 +273,7 @@ def test_a_request_the_server_itself_refuses_gets_a_json_4xx(web_process, reques
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("committed_database")  # the web process reads its data
 def test_a_declared_body_over_64_kib_is_413_without_reading_it(web_process, billing):
     request = (
         f"POST /api/billing/external-usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {billing.app_password}\r\n"
@@ -284,6 +286,7 @@ def test_a_declared_body_over_64_kib_is_413_without_reading_it(web_process, bill
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("committed_database")  # the web process reads its data
 def test_deep_nesting_over_http_is_400(web_process, billing):
     response = requests.post(
         f"{web_process.url}{URL}", data=nested(30_000), headers=billing.headers() | {"Content-Type": "application/json"},
@@ -297,6 +300,7 @@ def test_deep_nesting_over_http_is_400(web_process, billing):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("committed_database")  # the web process reads its data
 def test_a_hundred_connections_dribbling_headers_for_a_minute_do_not_starve_normal_callers(web_process, billing):
     """Finding 2: with sync workers, 20 such connections left every request (``/healthz``
     too) unanswered for a minute, and gunicorn killed all its workers, twice. Longer than
@@ -313,6 +317,7 @@ def test_a_hundred_connections_dribbling_headers_for_a_minute_do_not_starve_norm
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("committed_database")  # the web process reads its data
 def test_authenticated_clients_stalling_mid_body_do_not_starve_normal_callers(web_process, billing):
     with Dribblers(web_process.port, 50, every=2, body=True, authorization=f"Bearer {billing.app_password}"):
         calls = normal_caller(web_process.url, billing.body(), billing.headers(), seconds=15)

@@ -13,7 +13,10 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.api.conftest import URL, assert_error, record_as_worker
+import pytest
+
+from tests.api.conftest import assert_error, record_as_worker
+from tests.support.billing import URL
 
 THREADS = 20
 
@@ -122,6 +125,7 @@ def _post_at_once(billing, app, bodies: list[dict], key: str):
         return list(pool.map(post, bodies))
 
 
+@pytest.mark.usefixtures("committed_database")  # concurrent callers, each with a connection of its own
 def test_concurrent_retries_of_one_key_make_exactly_one_event(billing, app):
     responses = _post_at_once(billing, app, [billing.body()] * THREADS, "concurrent")
 
@@ -134,6 +138,7 @@ def test_concurrent_retries_of_one_key_make_exactly_one_event(billing, app):
     assert {r.headers["Location"] for r in responses} == {location(str(event.id))}
 
 
+@pytest.mark.usefixtures("committed_database")  # concurrent callers, each with a connection of its own
 def test_concurrent_different_bodies_under_one_key_make_one_event_and_409s(billing, app):
     bodies = [billing.body(input_tokens=i % 2) for i in range(THREADS)]
     responses = _post_at_once(billing, app, bodies, "concurrent-conflict")

@@ -20,7 +20,6 @@ import jwt
 import pytest
 
 from tests.api.conftest import assert_error, assert_unauthorized, b64url
-from tests.conftest import TEST_JWT_SECRET
 from tests.jwt_helpers import (
     JwksServer,
     claims_for,
@@ -32,6 +31,7 @@ from tests.jwt_helpers import (
     signed,
     unsigned,
 )
+from tests.support.billing import TEST_JWT_SECRET
 
 # How long a request may take when the JWKS endpoint does not answer: the wait for a
 # fetch (2 s), and the rest of the request.
@@ -40,15 +40,6 @@ WORST_CASE_SECONDS = 3.5
 
 def assert_accepted(response) -> None:
     assert response.status_code == 202, response.get_json()
-
-
-def assert_refused(billing, token: str, fragment: str | None = None) -> None:
-    """Posting with ``token`` is 401 (with ``fragment`` in its sentence) and queues nothing."""
-    before = len(billing.queued())
-    body = assert_unauthorized(billing.post(token=token))
-    if fragment is not None:
-        assert fragment in body["error"], body
-    assert len(billing.queued()) == before
 
 
 def assert_unavailable_answer(response) -> None:
@@ -90,7 +81,7 @@ def test_hs256_with_jwt_secret_is_still_accepted_beside_a_public_key(pem_setup):
 def test_a_token_signed_by_another_key_is_401(pem_setup):
     billing, _, algorithm = pem_setup
     other = rsa_key("b") if algorithm == "RS256" else ec_key("b")
-    assert_refused(billing, signed(claims_for(billing.caller.id), other, algorithm))
+    billing.assert_token_refused(signed(claims_for(billing.caller.id), other, algorithm))
 
 
 def test_hs256_signed_with_the_public_key_is_401(pem_setup):
@@ -98,30 +89,30 @@ def test_hs256_signed_with_the_public_key_is_401(pem_setup):
     billing, private_key, _ = pem_setup
     pem = public_pem(private_key)
     for secret in (pem.encode(), pem.strip().encode()):
-        assert_refused(billing, hs256_with_raw_key(claims_for(billing.caller.id), secret))
+        billing.assert_token_refused(hs256_with_raw_key(claims_for(billing.caller.id), secret))
 
 
 def test_alg_none_is_401_with_a_public_key(pem_setup):
     billing, _, _ = pem_setup
     claims = claims_for(billing.caller.id)
     for token in (unsigned(claims), unsigned(claims).rstrip(".")):
-        assert_refused(billing, token)
+        billing.assert_token_refused(token)
 
 
 def test_the_configured_key_under_another_algorithm_is_401(reconfigure):
     billing, _ = reconfigure(jwt_public_key=public_pem(rsa_key()))
     for algorithm in ("RS512", "PS256"):
-        assert_refused(billing, signed(claims_for(billing.caller.id), rsa_key(), algorithm))
+        billing.assert_token_refused(signed(claims_for(billing.caller.id), rsa_key(), algorithm))
     # An EC-signed token offered to an RSA key.
-    assert_refused(billing, signed(claims_for(billing.caller.id), ec_key(), "ES256"))
+    billing.assert_token_refused(signed(claims_for(billing.caller.id), ec_key(), "ES256"))
 
 
 def test_the_claims_are_checked_for_public_key_tokens_too(reconfigure):
     billing, _ = reconfigure(jwt_public_key=public_pem(rsa_key()), jwt_audience="billing")
     far = claims_for(billing.caller.id, aud="billing") | {"exp": dt.datetime(9999, 1, 1, tzinfo=dt.UTC)}
-    assert_refused(billing, signed(far, rsa_key(), "RS256"), "longer than")
-    assert_refused(billing, signed(claims_for(billing.caller.id, aud="x"), rsa_key(), "RS256"))
-    assert_refused(billing, signed(claims_for(billing.caller.id), rsa_key(), "RS256"))
+    billing.assert_token_refused(signed(far, rsa_key(), "RS256"), "longer than")
+    billing.assert_token_refused(signed(claims_for(billing.caller.id, aud="x"), rsa_key(), "RS256"))
+    billing.assert_token_refused(signed(claims_for(billing.caller.id), rsa_key(), "RS256"))
 
 
 # --- a JWKS endpoint ------------------------------------------------------------------
@@ -154,33 +145,33 @@ def test_tokens_signed_with_published_keys_are_accepted_after_one_fetch(jwks_wor
 
 def test_a_kid_pointing_nowhere_is_401_and_asks_the_endpoint_at_most_every_few_seconds(jwks_world, jwks_server):
     billing, _ = jwks_world
-    assert_refused(billing, rs256(billing, kid="nowhere"), "signing key (kid) is unknown")
+    billing.assert_token_refused(rs256(billing, kid="nowhere"), "signing key (kid) is unknown")
     assert jwks_server.requests == 1
     # Made-up kids in a row do not each cost a fetch.
     for kid in ("nowhere-2", "nowhere-3", "../../etc/passwd"):
-        assert_refused(billing, rs256(billing, kid=kid), "signing key (kid) is unknown")
+        billing.assert_token_refused(rs256(billing, kid=kid), "signing key (kid) is unknown")
     assert jwks_server.requests == 1
 
 
 def test_a_token_without_a_kid_is_401(jwks_world):
     billing, _ = jwks_world
     token = signed(claims_for(billing.caller.id), rsa_key(), "RS256")
-    assert_refused(billing, token, "names no signing key")
+    billing.assert_token_refused(token, "names no signing key")
 
 
 def test_a_published_kid_on_a_token_signed_by_another_key_is_401(jwks_world):
     billing, _ = jwks_world
-    assert_refused(billing, rs256(billing, private_key=rsa_key("b")))
+    billing.assert_token_refused(rs256(billing, private_key=rsa_key("b")))
     forged = signed(claims_for(billing.caller.id), ec_key("b"), "ES256", "ec-a")
-    assert_refused(billing, forged)
+    billing.assert_token_refused(forged)
 
 
 def test_a_key_under_the_algorithm_of_another_key_type_is_401(jwks_world):
     # The EC key's kid on an RS256 token; the RSA key's kid on an ES256 token.
     billing, _ = jwks_world
-    assert_refused(billing, rs256(billing, kid="ec-a"))
-    assert_refused(billing, signed(claims_for(billing.caller.id), ec_key(), "ES256", "rsa-a"))
-    assert_refused(billing, signed(claims_for(billing.caller.id), rsa_key(), "RS512", "rsa-a"))
+    billing.assert_token_refused(rs256(billing, kid="ec-a"))
+    billing.assert_token_refused(signed(claims_for(billing.caller.id), ec_key(), "ES256", "rsa-a"))
+    billing.assert_token_refused(signed(claims_for(billing.caller.id), rsa_key(), "RS512", "rsa-a"))
 
 
 def test_algorithm_confusion_with_a_published_key_is_401(jwks_world, jwks_server):
@@ -188,8 +179,8 @@ def test_algorithm_confusion_with_a_published_key_is_401(jwks_world, jwks_server
     claims = claims_for(billing.caller.id)
     published = json.dumps(jwks_server.keys[0]).encode()
     for secret in (public_pem(rsa_key()).encode(), published):
-        assert_refused(billing, hs256_with_raw_key(claims, secret, kid="rsa-a"))
-    assert_refused(billing, unsigned(claims, kid="rsa-a"))
+        billing.assert_token_refused(hs256_with_raw_key(claims, secret, kid="rsa-a"))
+    billing.assert_token_refused(unsigned(claims, kid="rsa-a"))
 
 
 def test_a_shared_secret_published_in_the_jwks_signs_nothing(reconfigure, jwks_server):
@@ -198,15 +189,15 @@ def test_a_shared_secret_published_in_the_jwks_signs_nothing(reconfigure, jwks_s
     jwks_server.keys.append({"kty": "oct", "k": b64url(secret), "kid": "hmac", "alg": "HS256", "use": "sig"})
     billing, _ = reconfigure(jwt_jwks_url=jwks_server.url)
     assert_accepted(billing.post(token=rs256(billing)))  # the set is fetched and in use
-    assert_refused(billing, hs256_with_raw_key(claims_for(billing.caller.id), secret, kid="hmac"))
+    billing.assert_token_refused(hs256_with_raw_key(claims_for(billing.caller.id), secret, kid="hmac"))
 
 
 def test_a_published_key_declared_for_another_algorithm_is_not_used(reconfigure, jwks_server):
     jwks_server.keys = [jwk(rsa_key(), "rsa-a"), jwk(rsa_key("b"), "rsa-512", alg="RS512")]
     billing, _ = reconfigure(jwt_jwks_url=jwks_server.url)
     assert_accepted(billing.post(token=rs256(billing)))
-    assert_refused(billing, signed(claims_for(billing.caller.id), rsa_key("b"), "RS512", "rsa-512"))
-    assert_refused(billing, rs256(billing, kid="rsa-512", private_key=rsa_key("b")), "signing key (kid) is unknown")
+    billing.assert_token_refused(signed(claims_for(billing.caller.id), rsa_key("b"), "RS512", "rsa-512"))
+    billing.assert_token_refused(rs256(billing, kid="rsa-512", private_key=rsa_key("b")), "signing key (kid) is unknown")
 
 
 def test_a_rotated_in_key_is_fetched_when_a_token_first_names_it(jwks_world, jwks_server):
@@ -216,7 +207,7 @@ def test_a_rotated_in_key_is_fetched_when_a_token_first_names_it(jwks_world, jwk
     new = rs256(billing, kid="rsa-b", private_key=rsa_key("b"))
 
     # Within a few seconds of the last fetch the endpoint is not asked again...
-    assert_refused(billing, new, "unknown")
+    billing.assert_token_refused(new, "unknown")
     assert jwks_server.requests == 1
     # ...after that, the first token naming the new kid fetches it.
     app.extensions["jwt_verifier"].jwks.refetch_seconds = 0

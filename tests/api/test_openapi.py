@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from pydantic.json_schema import models_json_schema
 
 from ingest_api import openapi, schemas
-from tests.api.conftest import BATCH_URL, OMIT, URL
+from tests.support.billing import BATCH_URL, OMIT, URL
 
 MODELS = {
     "UsageEventIn": (schemas.UsageEventIn, "validation"),

@@ -16,7 +16,8 @@ import pytest
 
 from shared import db, models
 from shared.usage_event import AcceptedUsageEvent
-from tests.api.conftest import URL, assert_error, assert_unauthorized, now, record_as_worker
+from tests.api.conftest import assert_error, assert_unauthorized, now, record_as_worker
+from tests.support.billing import URL
 
 FIELDS = {
     "id", "status", "user_id", "organization_id", "service_name", "model_name", "input_tokens", "output_tokens",

@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from tests.api.conftest import OMIT, URL, assert_error, now, rfc3339
+from tests.api.conftest import assert_error, now, rfc3339
+from tests.support.billing import OMIT, URL
 
 REQUIRED = ["user_id", "organization_id", "model_name", "input_tokens", "output_tokens", "service_name"]
 MAX_INT32 = 2_147_483_647

@@ -28,7 +28,9 @@ import sqlalchemy as sa
 
 from agent700_billing import Accepted, BatchItemResult, Client, RetryPolicy, UsageEvent
 from shared import db, embedded, models
-from tests.processes import GunicornProcess, PrivateRedis, wait_until
+from tests.processes import GunicornProcess, PrivateRedis
+from tests.support.billing import MODEL, SERVICE, build_world
+from tests.support.children import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +38,6 @@ EVENTS = 1000
 SINGLE_CALLERS = 2  # threads calling record_usage, one event per call
 SINGLE_EVENTS = 600  # the rest go through record_usage_batch, BATCH_SIZE at a time
 BATCH_SIZE = 25
-MODEL = "gpt-4o-mini"
-SERVICE = "transcription"
 SETTLE_SECONDS = 120
 
 
@@ -189,15 +189,11 @@ def test_1000_events_through_the_client_are_billed_exactly_once_across_restarts(
     settings, factory, stripe, start_worker, durable_redis, retry_log, tmp_path
 ):
     settings = settings.replace(broker_url=durable_redis.url)
-    organization = factory.organization(stripe_customer_id="cus_client_faults")
-    caller, user = factory.superadmin(organization), factory.user()
-    factory.membership(user, organization, "member")
-    factory.service(SERVICE)
-    factory.price(MODEL)
+    world = build_world(factory, customer_ids=["cus_client_faults"])
     web = SamePortWeb(settings, stripe.url, tmp_path / "web", port=embedded.free_port(), workers=2).start()
     worker = start_worker(settings)
-    client = Client(web.url, factory.app_password(caller), timeout=5, deadline=60, retry=RetryPolicy(max_backoff=1.0))
-    callers = Callers(client, user.id, organization.id)
+    client = Client(web.url, world.app_password, timeout=5, deadline=60, retry=RetryPolicy(max_backoff=1.0))
+    callers = Callers(client, world.user.id, world.organization.id)
     try:
         callers.start()
 

@@ -1,6 +1,6 @@
 """What the operations suites share: the Procfile's processes as real subprocesses
 (gunicorn, the Celery worker with beat, Flower), a Redis and a PostgreSQL a test may stop,
-a billable world with both kinds of credential, and JSON log files as the tests read them.
+the billable world (``tests.support.billing.build_world``), and JSON log files as the tests read them.
 
 Every process is stopped at teardown, whatever the test did; every wait is a bounded
 poll of a condition, never a fixed sleep.
@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from shared import db, models
+from shared import db
 from shared.config import Settings
 from tests.processes import (
     FlowerProcess,
@@ -26,18 +23,15 @@ from tests.processes import (
     PrivateRedis,
     private_postgres_server,
 )
+from tests.support.billing import World, build_world
 
-URL = "/api/billing/external-usage"
-BATCH_URL = f"{URL}/batch"
-SERVICE = "transcription"
-MODEL = "gpt-4o-mini"
 # Long enough for a process start (imports, beat's first tick) and a drain-and-report
 # round on a busy 2-core machine shared with other tests.
 SETTLE_SECONDS = 90
 
 
 @pytest.fixture
-def start_gunicorn(stripe, tmp_path):
+def start_gunicorn(committed_database, stripe, tmp_path):
     """``start_gunicorn(settings, workers=N, **env)``: the web process, serving; stopped at teardown."""
     servers: list[GunicornProcess] = []
 
@@ -52,7 +46,7 @@ def start_gunicorn(stripe, tmp_path):
 
 
 @pytest.fixture
-def flower_process(stripe, tmp_path):
+def flower_process(committed_database, stripe, tmp_path):
     """``flower_process(settings, **env)``: a FlowerProcess, not started; stopped at teardown."""
     processes: list[FlowerProcess] = []
 
@@ -95,43 +89,9 @@ def metrics_dir(tmp_path) -> Path:
 # --- a billable world -----------------------------------------------------------------------
 
 
-@dataclass
-class World:
-    settings: Settings
-    organization: models.Organization
-    caller: models.User
-    user: models.User
-    app_password: str
-    jwt: str
-
-    def body(self, **changes) -> dict:
-        body = {
-            "user_id": str(self.user.id),
-            "organization_id": str(self.organization.id),
-            "model_name": MODEL,
-            "input_tokens": 1200,
-            "output_tokens": 340,
-            "service_name": SERVICE,
-        }
-        body.update(changes)
-        return body
-
-
 @pytest.fixture
-def world(factory, settings) -> World:
-    organization = factory.organization(stripe_customer_id=f"cus_{uuid.uuid4().hex[:14]}")
-    caller = factory.superadmin(organization)
-    user = factory.user()
-    factory.membership(user, organization, "member")
-    factory.service(SERVICE)
-    factory.price(MODEL)
-    return World(settings, organization, caller, user, factory.app_password(caller), factory.jwt(caller))
-
-
-def status_counts(settings: Settings) -> dict[str, int]:
-    logs = models.UserBillableRequestLog
-    with db.transaction(settings.database_url) as session:
-        return dict(session.execute(sa.select(logs.status, sa.func.count()).group_by(logs.status)).all())
+def world(factory) -> World:
+    return build_world(factory)
 
 
 # --- HTTP against a real server -------------------------------------------------------------

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from tests.operations.conftest import SETTLE_SECONDS
-from tests.processes import http_get, wait_until
+from tests.support.billing import URL, build_world, status_counts
+from tests.support.children import http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -98,14 +99,13 @@ def queue_lengths(flower) -> dict[str, int | None]:
 
 def test_the_backlog_in_events_shows_with_no_worker_running(settings, factory, client, flower_process):
     from shared import db
-    from tests.pipeline.conftest import make_world
     from worker import recording
 
-    world = make_world(factory)
+    world = build_world(factory)
     flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
     for _ in range(7):
         assert client.post(
-            "/api/billing/external-usage", json=world.body(), headers=world.headers()
+            URL, json=world.body(), headers=world.headers()
         ).status_code == 202
     with db.transaction(settings.database_url) as session:  # three rows recorded, not reported
         recording.record(session, [world.event() for _ in range(3)], value_decimals=6)
@@ -119,14 +119,12 @@ def test_the_backlog_in_events_shows_with_no_worker_running(settings, factory, c
 
 
 def test_searching_an_event_id_finds_the_tasks_that_recorded_and_reported_it(settings, factory, client, start_worker, flower_process):
-    from tests.pipeline.conftest import make_world, status_counts
-
-    world = make_world(factory)
+    world = build_world(factory)
     flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
     start_worker(settings)
     ids = []
     for _ in range(30):
-        response = client.post("/api/billing/external-usage", json=world.body(), headers=world.headers())
+        response = client.post(URL, json=world.body(), headers=world.headers())
         ids.append(response.get_json()["id"])
     wait_until(lambda: status_counts(settings) == {"reported": 30}, SETTLE_SECONDS, message=lambda: str(status_counts(settings)))
 
@@ -158,9 +156,7 @@ def test_an_idle_minute_adds_only_a_few_tasks(settings, start_worker, flower_pro
 def test_a_stripe_refusal_shows_as_a_retry_with_stripes_reason_and_a_failure_names_the_event(
     settings, factory, client, stripe, start_worker, flower_process
 ):
-    from tests.pipeline.conftest import make_world, status_counts
-
-    world = make_world(factory, customer_ids=["cus_flower_retry", None])
+    world = build_world(factory, customer_ids=["cus_flower_retry", None])
     billed, no_customer = world.organizations
     flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
     stripe.set_faults(fail_next=1000, status=429)

@@ -20,8 +20,9 @@ import pytest
 
 from shared import structured_logging
 from shared.structured_logging import REDACTED, redact
-from tests.operations.conftest import BATCH_URL, SETTLE_SECONDS, URL, http, json_lines, status_counts
-from tests.processes import wait_until
+from tests.operations.conftest import SETTLE_SECONDS, http, json_lines
+from tests.support.billing import BATCH_URL, URL, status_counts
+from tests.support.children import wait_until
 
 HARNESS_MARKER = "===== start "
 CELERY_NOTICE = "worker: "

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest_api import create_app
 from shared import embedded, migrations
-from tests.operations.conftest import BATCH_URL, SETTLE_SECONDS, URL, http, json_lines, status_counts
-from tests.processes import http_get, wait_until
+from tests.operations.conftest import SETTLE_SECONDS, http, json_lines
+from tests.support.billing import BATCH_URL, URL, status_counts
+from tests.support.children import http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +186,8 @@ def test_metrics_add_up_in_the_procfile_layout(settings, world, stripe, start_gu
     import subprocess
     import sys
 
-    from tests.processes import PROJECT_ROOT, _stop_gracefully, service_env
+    from tests.processes import PROJECT_ROOT, service_env
+    from tests.support.children import stop_gracefully
 
     layout = {"PROMETHEUS_MULTIPROC_DIR": None, "AGENT700_VAR_DIR": str(tmp_path / "host-var")}
     web = start_gunicorn(settings, workers=2, **layout)
@@ -222,8 +224,8 @@ def test_metrics_add_up_in_the_procfile_layout(settings, world, stripe, start_gu
         assert flower.alive()
 
         # The worker gone, the web says so (A700WorkerGone), though /readyz need not.
-        _stop_gracefully(processes[0], grace=20)
+        stop_gracefully(processes[0], grace=20)
         wait_until(lambda: value(scraped(), "a700_workers_alive") == 0, 30, message=lambda: str(value(scraped(), "a700_workers_alive")))
     finally:
         for process in processes:
-            _stop_gracefully(process, grace=20)
+            stop_gracefully(process, grace=20)

@@ -1,14 +1,10 @@
 """What the pipeline's suites share.
 
-* A billable world (``world``): organizations with their own Stripe customer ids, a
-  superadmin caller with an App Password, a user the usage is attributed to, the service
-  ``transcription`` and prices for three models; ``World.event()`` builds the queue
-  message the edge would have accepted.
+* A billable world (``world``: ``tests.support.billing.build_world`` with prices for the
+  three models of ``MODELS``); ``World.event()`` builds the queue message the edge would
+  have accepted.
 * The expected costs of an event, computed here with their own exact arithmetic
   (``Fraction``), never with ``worker.pricing``.
-* ``wait_until``: poll a condition with a timeout (the slow tests never sleep blindly).
-* A real Celery worker with embedded beat as a subprocess in its own process group
-  (``start_worker``), killable with SIGKILL, stoppable with SIGTERM, restartable.
 * A private embedded PostgreSQL a test may restart (``private_postgres``).
 * ``Load``: events posted through the batch endpoint, with what each must cost, and
   ``assert_billed_exactly_once``: one row, one meter event, equal totals.
@@ -24,7 +20,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
 
 import pytest
 import redis
@@ -32,41 +27,13 @@ import sqlalchemy as sa
 
 from shared import db, embedded, intake, migrations, models
 from shared.config import Settings
-from shared.usage_event import AcceptedUsageEvent
+from tests.processes import private_postgres_server
+from tests.support.billing import BATCH_URL, PRICES, Rates, World, build_world, log_rows, status_counts
+from tests.support.children import wait_until
 
-# The real-process helpers live in tests/processes.py (tests/operations uses them too);
-# importable from here as before.
-from tests.processes import (  # noqa: F401
-    PROJECT_ROOT,
-    PrivatePostgres,
-    WorkerProcess,
-    private_postgres_server,
-    wait_until,
-)
-
-SERVICE = "transcription"
-URL = "/api/billing/external-usage"
-BATCH_URL = f"{URL}/batch"
 MAX_TOKENS = 2_147_483_647
-EPOCH = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-
-
-@dataclass(frozen=True)
-class Rates:
-    input: str
-    output: str
-    agent700_input: str
-    agent700_output: str
-
-
-# Three models: round rates, Anthropic-like rates, and rates using all 18 decimal places.
-MODELS = {
-    "gpt-4o-mini": Rates("0.00000015", "0.0000006", "0.0000003", "0.0000012"),
-    "claude-3-5-sonnet": Rates("0.000003", "0.000015", "0.0000036", "0.000018"),
-    "precise-model": Rates(
-        "0.000000000000000001", "0.123456789012345678", "0.000000000000000003", "0.987654321098765432"
-    ),
-}
+# The three models the pipeline's world has prices for.
+MODELS = PRICES
 
 
 def _as_decimal(value: Fraction) -> Decimal:
@@ -99,85 +66,9 @@ def exact_sum(values: Iterable[Decimal]) -> Decimal:
 # --- the billable world -------------------------------------------------------------------
 
 
-@dataclass
-class World:
-    settings: Settings
-    organizations: list[models.Organization]
-    caller: models.User
-    user: models.User
-    service: models.Service
-    prices: dict[str, models.TextModelCost]
-    app_password: str
-
-    @property
-    def organization(self) -> models.Organization:
-        return self.organizations[0]
-
-    def event(self, **changes: Any) -> AcceptedUsageEvent:
-        """The message the edge would queue for a valid event; ``field=value`` overrides."""
-        now = dt.datetime.now(dt.UTC)
-        fields = dict(
-            id=uuid.uuid4(),
-            user_id=self.user.id,
-            organization_id=self.organization.id,
-            service_name=SERVICE,
-            model_name="gpt-4o-mini",
-            input_tokens=1200,
-            output_tokens=340,
-            source="external_api",
-            occurred_at=now - dt.timedelta(minutes=5),
-            received_at=now,
-            caller_user_id=self.caller.id,
-            idempotency_key=None,
-        )
-        fields.update(changes)
-        return AcceptedUsageEvent(**fields)
-
-    def body(self, organization: models.Organization | None = None, **changes: Any) -> dict:
-        """A valid API body for the batch endpoint; ``field=value`` overrides."""
-        body = {
-            "user_id": str(self.user.id),
-            "organization_id": str((organization or self.organization).id),
-            "model_name": "gpt-4o-mini",
-            "input_tokens": 1200,
-            "output_tokens": 340,
-            "service_name": SERVICE,
-        }
-        body.update(changes)
-        return body
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.app_password}"}
-
-
 def make_world(factory, *, organizations: int = 1, customer_ids: Iterable[str | None] | None = None) -> World:
-    customer_ids = list(customer_ids) if customer_ids is not None else [f"cus_{uuid.uuid4().hex[:14]}" for _ in range(organizations)]
-    orgs = [factory.organization(stripe_customer_id=customer) for customer in customer_ids]
-    caller = factory.superadmin(orgs[0])
-    user = factory.user()
-    for organization in orgs:
-        factory.membership(user, organization, "member")
-    service = factory.service(SERVICE)
-    prices = {
-        model: factory.price(
-            model,
-            input_cost=rates.input,
-            output_cost=rates.output,
-            agent700_input_cost=rates.agent700_input,
-            agent700_output_cost=rates.agent700_output,
-            effective_from=EPOCH,
-        )
-        for model, rates in MODELS.items()
-    }
-    return World(
-        settings=factory.settings,
-        organizations=orgs,
-        caller=caller,
-        user=user,
-        service=service,
-        prices=prices,
-        app_password=factory.app_password(caller, name="pipeline"),
-    )
+    """The billable world with prices for the three models of ``MODELS``."""
+    return build_world(factory, organizations=organizations, customer_ids=customer_ids, prices=MODELS, password_name="pipeline")
 
 
 @pytest.fixture
@@ -202,20 +93,9 @@ def broker(settings) -> redis.Redis:
 # --- the database as the tests read it ----------------------------------------------------
 
 
-def log_rows(settings: Settings) -> list[models.UserBillableRequestLog]:
-    with db.transaction(settings.database_url) as session:
-        return list(session.scalars(sa.select(models.UserBillableRequestLog).order_by(models.UserBillableRequestLog.recorded_at)))
-
-
 def rejected_rows(settings: Settings) -> list[models.RejectedUsageEvent]:
     with db.transaction(settings.database_url) as session:
         return list(session.scalars(sa.select(models.RejectedUsageEvent)))
-
-
-def status_counts(settings: Settings) -> dict[str, int]:
-    logs = models.UserBillableRequestLog
-    with db.transaction(settings.database_url) as session:
-        return dict(session.execute(sa.select(logs.status, sa.func.count()).group_by(logs.status)).all())
 
 
 def stream_state(broker_url: str) -> dict[str, int]:
@@ -365,12 +245,6 @@ def assert_billed_exactly_once(settings: Settings, stripe, load: Load, *, timeou
     assert exact_sum(Decimal(event["value"]) for event in events) == expected_value_total
     # The totals themselves, to the last decimal: the rounding of the sum is the sum of the roundings.
     assert expected_value_total == sum(expected_stripe_value(want.agent700_cost) for want in expected.values())
-
-
-# --- a real Celery worker (with embedded beat) ----------------------------------------------
-
-
-# ``start_worker`` (a real Celery worker with embedded beat) is in tests/conftest.py.
 
 
 # --- a PostgreSQL of the test's own, which it may restart -----------------------------------

@@ -26,7 +26,9 @@ import sqlalchemy as sa
 from hypothesis import strategies as st
 
 from shared import db, models
-from tests.pipeline.conftest import BATCH_URL, URL, make_world, wait_until
+from tests.pipeline.conftest import make_world
+from tests.support.billing import BATCH_URL, URL
+from tests.support.children import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -14,16 +14,14 @@ import redis
 from shared import db, intake, models
 from shared.intake import Intake, fingerprint
 from tests.pipeline.conftest import (
-    BATCH_URL,
     MAX_TOKENS,
     MODELS,
-    URL,
     expected_costs,
     expected_stripe_value,
-    log_rows,
     rejected_rows,
     stream_state,
 )
+from tests.support.billing import BATCH_URL, URL, log_rows
 from worker import recording
 
 # "A readable reason": one sentence, capitalised, ending with a full stop.

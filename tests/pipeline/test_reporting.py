@@ -12,7 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, models, queue
-from tests.pipeline.conftest import log_rows, make_world, wait_until
+from tests.pipeline.conftest import make_world
+from tests.support.billing import log_rows
+from tests.support.children import wait_until
 from worker import recording, reporting
 from worker.stripe_reporting import StripeMeter
 
@@ -172,6 +174,7 @@ def test_a_held_shard_lock_means_busy_and_nothing_is_sent(settings, world, broke
     assert report(settings, broker, meter, shard).reported != []
 
 
+@pytest.mark.usefixtures("committed_database")  # a reporter in another thread, on a connection of its own
 def test_the_shard_lock_is_renewed_while_a_slow_report_runs(settings, world, broker, stripe, monkeypatch):
     # A lock that lives 1 s, renewed every 0.2 s, and a Stripe call that takes 2.5 s.
     monkeypatch.setattr(reporting, "LOCK_SECONDS", 1)
@@ -203,6 +206,7 @@ def test_the_shard_lock_is_renewed_while_a_slow_report_runs(settings, world, bro
     assert len(stripe.meter_events()) == 1
 
 
+@pytest.mark.usefixtures("committed_database")  # a reporter in another thread, on a connection of its own
 def test_a_hung_report_lets_its_lock_go(settings, world, broker, stripe, monkeypatch):
     monkeypatch.setattr(reporting, "LOCK_SECONDS", 1)
     monkeypatch.setattr(reporting, "LOCK_RENEW_SECONDS", 0.2)

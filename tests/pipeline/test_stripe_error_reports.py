@@ -19,7 +19,9 @@ from werkzeug.serving import make_server
 
 from ingest_api import create_app
 from shared import db, models, pipeline_status, queue
-from tests.pipeline.conftest import Load, log_rows, make_world, status_counts, wait_until
+from tests.pipeline.conftest import Load, make_world
+from tests.support.billing import log_rows, status_counts
+from tests.support.children import wait_until
 from worker import recording, reporting
 from worker.stripe_reporting import StripeMeter
 
@@ -34,7 +36,7 @@ def webhook_settings(settings):
 
 
 @pytest.fixture
-def web(webhook_settings, stripe):
+def web(committed_database, webhook_settings, stripe):
     """The web app served over HTTP (Stripe's event destination), and its test client."""
     app = create_app(webhook_settings)
     server = make_server("127.0.0.1", 0, app, threaded=True)
