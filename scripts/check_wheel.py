@@ -44,6 +44,10 @@ import redis
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
+# The checkout's own helpers (this script runs from the checkout, the service from the wheel).
+sys.path.insert(0, str(ROOT))
+from tests.support.children import procfile_commands, stop_groups  # noqa: E402
+
 RUN_LOCK = ROOT / "requirements" / "run.lock"
 # The key a test run claims its Redis logical database with (tests/conftest.py).
 REDIS_CLAIM_KEY = "agent700:test-claim"
@@ -163,21 +167,7 @@ class Resources:
     def stop_processes(self) -> list[str]:
         """SIGTERM to every process group, SIGKILL to what is left after the grace; the
         names of groups that still had a process then."""
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        survivors = []
-        for name, process in self.processes.items():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-                survivors.append(name)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
-        return survivors
+        return stop_groups(self.processes, STOP_GRACE_SECONDS)
 
     def release(self) -> list[str]:
         """Undo everything; the names of the processes SIGTERM did not stop."""
@@ -217,15 +207,6 @@ def install(wheel: Path, venv: Path) -> Path:
     python = venv / "bin" / "python"
     run([python, "-m", "pip", "install", "--quiet", "--constraint", RUN_LOCK, wheel])
     return python
-
-
-def procfile_commands() -> dict[str, list[str]]:
-    commands = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, command = line.split(":", 1)
-            commands[name.strip()] = shlex.split(command)
-    return commands
 
 
 def check(resources: Resources) -> None:

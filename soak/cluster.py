@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -36,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared import embedded, migrations
-from tests.support.children import Child, http_answers
+from tests.support.children import Child, http_answers, procfile_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_ROOT = embedded.VAR_DIR / "soak"
@@ -52,16 +51,6 @@ _FOREIGN_VARIABLES = (
     "PROMETHEUS_MULTIPROC_DIR", "AGENT700_VAR_DIR",
 )
 _FOREIGN_PREFIXES = ("STRIPE_", "TEST_", "PYTEST_")
-
-
-def procfile_commands() -> dict[str, list[str]]:
-    """The Procfile's processes: name -> argv."""
-    commands = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, command = line.split(":", 1)
-            commands[name.strip()] = shlex.split(command)
-    return commands
 
 
 def soak_child(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Child:

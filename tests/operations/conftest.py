@@ -9,6 +9,8 @@ poll of a condition, never a fixed sleep.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -133,3 +135,19 @@ def json_lines(path: Path, *, skip: tuple[str, ...] = ()) -> list[dict]:
         assert isinstance(record, dict), f"{path.name}:{number} is not a JSON object: {line!r}"
         records.append(record)
     return records
+
+
+def get_within(client, path: str, seconds: float):
+    """``GET path`` through the Flask test client, asked from a thread so that a hanging
+    answer fails the test within ``3 × seconds`` (a C call blocked on a socket would not
+    even let pytest-timeout interrupt it), and fails it too if it took ``seconds`` or more.
+    The response and how long it took."""
+    answer = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: answer.append(client.get(path)), daemon=True)
+    thread.start()
+    thread.join(seconds * 3)
+    elapsed = time.monotonic() - started
+    assert answer, f"{path} did not answer within {elapsed:.0f}s"
+    assert elapsed < seconds, f"{path} took {elapsed:.1f}s"
+    return answer[0], elapsed

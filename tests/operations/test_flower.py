@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 
 import pytest
 
+from shared import embedded
 from tests.operations.conftest import SETTLE_SECONDS
 from tests.support.billing import URL, build_world, status_counts
 from tests.support.children import http_get, wait_until
@@ -53,14 +53,6 @@ def test_flower_requires_basic_auth_and_lists_the_running_worker(settings, start
     assert flower.alive() and worker.alive()
 
 
-def _listens(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize(
     "value",
     [None, "", "operator", "operator:", ":secret", ":", "operator:pw,other"],
@@ -73,7 +65,7 @@ def test_flower_refuses_to_start_without_usable_basic_auth(settings, flower_proc
     listened = False
     deadline = time.monotonic() + SETTLE_SECONDS
     while flower.alive():
-        listened = listened or _listens(flower.port)
+        listened = listened or embedded.port_open(flower.port)
         assert time.monotonic() < deadline, f"Flower is still running without usable basic auth\n{flower.log_tail()}"
         time.sleep(0.05)
 
@@ -81,7 +73,7 @@ def test_flower_refuses_to_start_without_usable_basic_auth(settings, flower_proc
     assert flower.process.returncode != 0, output
     assert "FLOWER_BASIC_AUTH" in output and "user:password" in output, output
     assert "Traceback" not in output, output
-    assert not listened and not _listens(flower.port)
+    assert not listened and not embedded.port_open(flower.port)
 
 
 # --- what an operator sees of billing in Flower ------------------------------------------------

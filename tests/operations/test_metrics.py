@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import threading
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest_api import create_app
 from shared import embedded, migrations
-from tests.operations.conftest import SETTLE_SECONDS, http, json_lines
+from tests.operations.conftest import SETTLE_SECONDS, get_within, http, json_lines
 from tests.support.billing import BATCH_URL, URL, status_counts
 from tests.support.children import http_get, wait_until
 
@@ -127,15 +125,9 @@ def private_settings(private_postgres, settings):
 
 
 def _scrape_within(client, seconds: float) -> dict:
-    answer = []
-    started = time.monotonic()
-    thread = threading.Thread(target=lambda: answer.append(client.get("/metrics")), daemon=True)
-    thread.start()
-    thread.join(seconds * 3)
-    elapsed = time.monotonic() - started
-    assert answer and elapsed < seconds, f"/metrics took {elapsed:.1f}s"
-    assert answer[0].status_code == 200
-    return samples(answer[0].get_data(as_text=True))
+    response, _ = get_within(client, "/metrics", seconds)
+    assert response.status_code == 200
+    return samples(response.get_data(as_text=True))
 
 
 def test_a_scrape_is_bounded_and_says_so_when_postgresql_hangs(private_settings, private_postgres):

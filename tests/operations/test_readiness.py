@@ -5,12 +5,10 @@ is as bad as none)."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 from ingest_api import create_app
+from tests.operations.conftest import get_within
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +17,8 @@ BOUND_SECONDS = 5
 
 
 def readyz(client) -> tuple[int, dict, float]:
-    """One ``GET /readyz``, asked from a thread so that a hanging answer fails the test
-    (a C call blocked on a socket would not even let pytest-timeout interrupt it)."""
-    answer = []
-    started = time.monotonic()
-    thread = threading.Thread(target=lambda: answer.append(client.get("/readyz")), daemon=True)
-    thread.start()
-    thread.join(BOUND_SECONDS * 3)
-    elapsed = time.monotonic() - started
-    assert answer, f"/readyz did not answer within {elapsed:.0f}s"
-    assert elapsed < BOUND_SECONDS, f"/readyz took {elapsed:.1f}s"
-    response = answer[0]
+    """One ``GET /readyz``, bounded (``get_within``)."""
+    response, elapsed = get_within(client, "/readyz", BOUND_SECONDS)
     return response.status_code, response.get_json(), elapsed
 
 

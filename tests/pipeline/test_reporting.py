@@ -174,63 +174,58 @@ def test_a_held_shard_lock_means_busy_and_nothing_is_sent(settings, world, broke
     assert report(settings, broker, meter, shard).reported != []
 
 
+class SlowReporter:
+    """One event recorded, and a reporter of its shard in a thread of its own whose Stripe
+    call takes ``stripe_latency_ms``; the shard lock lives 1 s and is renewed every 0.2 s."""
+
+    def __init__(self, settings, world, broker, stripe, monkeypatch, *, stripe_latency_ms: int):
+        monkeypatch.setattr(reporting, "LOCK_SECONDS", 1)
+        monkeypatch.setattr(reporting, "LOCK_RENEW_SECONDS", 0.2)
+        self.settings, self.broker = settings, broker
+        self.event = world.event()
+        record(settings, [self.event])
+        self.shard = reporting.shard_of(world.organization.id)
+        self.lock_key = reporting.LOCK_KEY.format(shard=self.shard)
+        stripe.set_faults(latency_ms=stripe_latency_ms)
+        self.outcome = None
+        self.thread = threading.Thread(target=self._report)
+
+    def _report(self):
+        self.outcome = report(self.settings, self.broker, StripeMeter(self.settings, api="v1"), self.shard)
+
+    def __enter__(self) -> SlowReporter:
+        self.thread.start()
+        wait_until(lambda: self.broker.exists(self.lock_key), 10, interval=0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.thread.join(30)
+
+
 @pytest.mark.usefixtures("committed_database")  # a reporter in another thread, on a connection of its own
 def test_the_shard_lock_is_renewed_while_a_slow_report_runs(settings, world, broker, stripe, monkeypatch):
-    # A lock that lives 1 s, renewed every 0.2 s, and a Stripe call that takes 2.5 s.
-    monkeypatch.setattr(reporting, "LOCK_SECONDS", 1)
-    monkeypatch.setattr(reporting, "LOCK_RENEW_SECONDS", 0.2)
-    event = world.event()
-    record(settings, [event])
-    shard = reporting.shard_of(world.organization.id)
-    lock_key = reporting.LOCK_KEY.format(shard=shard)
-    stripe.set_faults(latency_ms=2500)
-    outcome = {}
-
-    def slow_reporter():
-        outcome["report"] = report(settings, broker, StripeMeter(settings, api="v1"), shard)
-
+    slow = SlowReporter(settings, world, broker, stripe, monkeypatch, stripe_latency_ms=2500)
     started = time.monotonic()
-    reporter = threading.Thread(target=slow_reporter)
-    reporter.start()
-    try:
-        wait_until(lambda: broker.exists(lock_key), 10, interval=0.02)
-        wait_until(lambda: time.monotonic() - started > 1.8 or not reporter.is_alive(), 10, interval=0.05)
+    with slow:
+        wait_until(lambda: time.monotonic() - started > 1.8 or not slow.thread.is_alive(), 10, interval=0.05)
         # Well past the lock's time to live, its holder is still at work and still holds it.
-        assert reporter.is_alive()
-        assert report(settings, broker, StripeMeter(settings, api="v1"), shard).busy
-    finally:
-        reporter.join(30)
+        assert slow.thread.is_alive()
+        assert report(settings, broker, StripeMeter(settings, api="v1"), slow.shard).busy
 
-    assert outcome["report"].reported == [event.id] and not outcome["report"].busy
-    assert not broker.exists(lock_key)
+    assert slow.outcome.reported == [slow.event.id] and not slow.outcome.busy
+    assert not broker.exists(slow.lock_key)
     assert len(stripe.meter_events()) == 1
 
 
 @pytest.mark.usefixtures("committed_database")  # a reporter in another thread, on a connection of its own
 def test_a_hung_report_lets_its_lock_go(settings, world, broker, stripe, monkeypatch):
-    monkeypatch.setattr(reporting, "LOCK_SECONDS", 1)
-    monkeypatch.setattr(reporting, "LOCK_RENEW_SECONDS", 0.2)
     monkeypatch.setattr(reporting, "ROUND_MAX_SECONDS", 0.5)
-    event = world.event()
-    record(settings, [event])
-    shard = reporting.shard_of(world.organization.id)
-    lock_key = reporting.LOCK_KEY.format(shard=shard)
-    stripe.set_faults(latency_ms=3000)  # one Stripe call far longer than a round may take
-    outcome = {}
+    # One Stripe call far longer than a round may take.
+    with SlowReporter(settings, world, broker, stripe, monkeypatch, stripe_latency_ms=3000) as hung:
+        wait_until(lambda: not broker.exists(hung.lock_key), 10, interval=0.02)
+        assert hung.thread.is_alive()  # the lock was let go while its holder was still stuck
 
-    def hung_reporter():
-        outcome["report"] = report(settings, broker, StripeMeter(settings, api="v1"), shard)
-
-    reporter = threading.Thread(target=hung_reporter)
-    reporter.start()
-    try:
-        wait_until(lambda: broker.exists(lock_key), 10, interval=0.02)
-        wait_until(lambda: not broker.exists(lock_key), 10, interval=0.02)
-        assert reporter.is_alive()  # the lock was let go while its holder was still stuck
-    finally:
-        reporter.join(30)
-
-    assert outcome["report"].reported == [event.id]  # its round still ended, and saved what Stripe took
+    assert hung.outcome.reported == [hung.event.id]  # its round still ended, and saved what Stripe took
     assert [row.status for row in log_rows(settings)] == ["reported"]
     assert len(stripe.meter_events()) == 1
 

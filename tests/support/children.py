@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,42 @@ def stop_gracefully(process: subprocess.Popen, grace: float) -> None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=30)
     reap_group(process.pid)
+
+
+def stop_groups(processes: Mapping[str, subprocess.Popen], grace: float) -> list[str]:
+    """SIGTERM to every process's group at once, ``grace`` seconds for all of them, then
+    SIGKILL to what is left; the names of those that had not stopped by then."""
+    for process in processes.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    survivors = [name for name, process in processes.items() if _group_alive(process.pid)]
+    for process in processes.values():
+        reap_group(process.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    return survivors
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def procfile_commands() -> dict[str, list[str]]:
+    """The Procfile's processes: name -> argv."""
+    commands = {}
+    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, command = line.split(":", 1)
+            commands[name.strip()] = shlex.split(command)
+    return commands
 
 
 def tail(path: Path, title: str, lines: int = 60) -> str:
