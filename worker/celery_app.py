@@ -47,9 +47,9 @@ class BillingTask(celery.Task):
     and Stripe come from here, one of each per worker process."""
 
     # A result names the events its task recorded or reported, so that searching an
-    # event id in Flower finds them: up to 500 ids, far above Celery's default 1,024
-    # characters of a result's repr.
-    resultrepr_maxsize = 64 * 1024
+    # event id in Flower finds them: up to 2,000 ids (about 80 kB), far above Celery's
+    # default 1,024 characters of a result's repr.
+    resultrepr_maxsize = 128 * 1024
     _per_process: tuple[int, redis.Redis, object] | None = None
 
     @property

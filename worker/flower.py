@@ -11,7 +11,7 @@ What this launcher adds to Flower as it is:
   Flower cannot count by itself) and ``billing:unreported`` (recorded, not yet reported;
   rows in PostgreSQL). Both are read when the page is, with no worker running;
 - Flower keeps the last ``FLOWER_MAX_TASKS`` tasks (default here 10,000): a task's result
-  names up to 500 event ids, so Flower's own default of 100,000 could hold gigabytes;
+  names up to 2,000 event ids, so Flower's own default of 100,000 could hold gigabytes;
 - Flower's own Prometheus metrics stay in its process: they never leak into the
   service's ``/metrics``.
 
