@@ -122,3 +122,20 @@ def test_set_aside_refuses_what_is_not_a_waiting_entry_and_writes_nothing(runner
     assert message in result.output
     assert rejected_rows(settings) == []
     assert [entry_id for entry_id, _ in broker.xrange(intake.STREAM)] == [waiting]
+
+
+def test_an_entry_that_is_not_utf_8_is_listed_and_set_aside_not_a_crash(runner, broker, settings):
+    """Only a hand-made entry could hold such bytes; the unblocking commands must still work on it."""
+    raw = redis.Redis.from_url(settings.broker_url)
+    entry_id = raw.xadd(intake.STREAM, {intake.EVENT_FIELD: b'{"source": "\xff"}'}).decode()
+    raw.close()
+
+    listing = runner.invoke(args=["intake", "waiting"])
+    assert listing.exit_code == 0, listing.output
+    assert entry_id in listing.output and "(unreadable)" in listing.output
+
+    result = runner.invoke(args=["intake", "set-aside", "--entry", entry_id, "--reason", "not UTF-8"])
+    assert result.exit_code == 0, result.output
+    (kept,) = rejected_rows(settings)
+    assert kept.payload == {"stream_entry": entry_id, "message": '{"source": "\\xff"}'}
+    assert broker.xlen(intake.STREAM) == 0
