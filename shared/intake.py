@@ -39,7 +39,8 @@ EVENT_FIELD = "event"
 # The status record an accepted-but-not-yet-recorded event is read from (GET .../{id}).
 QUEUED_KEY = "billing:queued:{event_id}"
 QUEUED_TTL_SECONDS = 7 * 24 * 3600
-# Stripe keeps idempotency keys for 24 hours; callers know that window, we use the same.
+# A claim covers a key's first 24 hours, while its event may still be in the intake;
+# once recorded, the log row keeps the key for good (ingest_api.kept_keys).
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 # How long an entry may sit unacknowledged with a consumer before another may take it.
 # A live recorder acknowledges a batch within a second or two; taking a slow one's entry

@@ -186,6 +186,9 @@ class UserBillableRequestLog(Base):
     recorded_at: orm.Mapped[dt.datetime] = _created_at()
     caller_user_id: orm.Mapped[uuid.UUID] = orm.mapped_column(sa.ForeignKey("users.id"))
     idempotency_key: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    # sha256 of the body first accepted under idempotency_key (the edge's replay check);
+    # null for rows recorded before it was kept, and for events without a key.
+    idempotency_fingerprint: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     status: orm.Mapped[str] = orm.mapped_column(sa.Text, default=UsageStatus.RECORDED)
     stripe_identifier: orm.Mapped[str] = orm.mapped_column(sa.Text, unique=True)
     stripe_value: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)

@@ -30,6 +30,9 @@ class AcceptedUsageEvent(UsageEventFields):
     received_at: dt.datetime
     caller_user_id: uuid.UUID
     idempotency_key: str | None = None
+    # The body's fingerprint under idempotency_key, kept on the log row so that a replay
+    # of the key is told apart from another body for as long as the row exists.
+    idempotency_fingerprint: str | None = None
 
     def to_message(self) -> str:
         return self.model_dump_json()

@@ -171,7 +171,7 @@ def _row(event: AcceptedUsageEvent, price: pricing.Price, service_id: uuid.UUID,
         output_tokens=event.output_tokens, service_cost=costs.service_cost, agent700_cost=costs.agent700_cost,
         source=event.source, occurred_at=event.occurred_at, received_at=event.received_at,
         caller_user_id=event.caller_user_id, idempotency_key=event.idempotency_key,
-        status=models.UsageStatus.RECORDED, stripe_identifier=str(event.id),
+        idempotency_fingerprint=event.idempotency_fingerprint, status=models.UsageStatus.RECORDED, stripe_identifier=str(event.id),
         stripe_value=pricing.stripe_value(costs.agent700_cost, value_decimals),
     )
 

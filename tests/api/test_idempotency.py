@@ -14,9 +14,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import sqlalchemy as sa
 
-from tests.api.conftest import assert_error, record_as_worker
-from tests.support.billing import URL
+from tests.api.conftest import assert_error, assert_unauthorized, record_as_worker
+from tests.conftest import OperatorCliRunner
+from tests.support.billing import URL, forget_idempotency_claims
 
 THREADS = 20
 
@@ -151,3 +153,77 @@ def test_concurrent_different_bodies_under_one_key_make_one_event_and_409s(billi
         else:
             assert_error(response, 409)
     assert Counter(r.status_code for r in responses)[202] == 1
+
+
+def test_a_replay_after_the_keys_24_hours_in_redis_is_the_same_event_not_a_new_one(billing, settings):
+    first = billing.post(idempotency_key="order-24h")
+    (event,) = billing.queued()
+    record_as_worker(settings, billing, event, status="reported")
+    forget_idempotency_claims(billing.broker_url)
+
+    again = billing.post(idempotency_key="order-24h")
+    other = billing.post(billing.body(input_tokens=99), idempotency_key="order-24h")
+
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json() == {"id": first.get_json()["id"], "status": "reported"}
+    assert again.headers["Location"] == location(first.get_json()["id"])
+    assert_error(other, 409)
+    assert len(billing.queued()) == 1
+
+
+def test_a_row_recorded_before_fingerprints_were_kept_answers_its_key_as_the_same_event(billing, settings):
+    billing.post(idempotency_key="order-old")
+    (event,) = billing.queued()
+    record_as_worker(settings, billing, event, idempotency_fingerprint=None)
+    forget_idempotency_claims(billing.broker_url)
+
+    again = billing.post(billing.body(input_tokens=3), idempotency_key="order-old")
+
+    assert again.status_code == 200 and again.get_json()["id"] == str(event.id), again.get_json()
+    assert len(billing.queued()) == 1
+
+
+def test_a_revoked_app_password_replaying_a_key_kept_in_postgresql_gets_401(billing, settings, app):
+    billing.post(idempotency_key="order-revoked")
+    (event,) = billing.queued()
+    record_as_worker(settings, billing, event)
+    forget_idempotency_claims(billing.broker_url)
+    revoke = OperatorCliRunner(app).invoke(
+        args=["app-passwords", "revoke", "--user", str(billing.caller.id), "--name", "ingest"]
+    )
+    assert revoke.exit_code == 0, revoke.output
+
+    body = assert_unauthorized(billing.post(idempotency_key="order-revoked"))
+
+    assert str(event.id) not in json.dumps(body)
+
+
+class _Queries:
+    """The SQL statements this process sends while in the block."""
+
+    def __init__(self):
+        self.statements: list[str] = []
+
+    def _count(self, conn, cursor, statement, *args) -> None:
+        # The test's rolled-back transaction brackets each block in savepoints: not queries.
+        if not statement.startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")):
+            self.statements.append(statement)
+
+    def __enter__(self):
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", self._count)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", self._count)
+
+
+def test_an_unkeyed_event_costs_no_postgresql_query_and_a_keyed_one_a_single_one(reconfigure):
+    billing, _ = reconfigure(catalog_cache_seconds=60.0)  # as in production, not the tests' 0
+    assert billing.post().status_code == 202  # warms the caller and catalog caches
+    with _Queries() as unkeyed:
+        assert billing.post().status_code == 202
+    with _Queries() as keyed:
+        assert billing.post(idempotency_key="order-q").status_code == 202
+
+    assert unkeyed.statements == []
+    assert len(keyed.statements) == 1 and "idempotency_key" in keyed.statements[0], keyed.statements

@@ -21,7 +21,7 @@ from tests.pipeline.conftest import (
     rejected_rows,
     stream_state,
 )
-from tests.support.billing import BATCH_URL, URL, log_rows
+from tests.support.billing import BATCH_URL, URL, forget_idempotency_claims, log_rows
 from worker import recording
 
 # "A readable reason": one sentence, capitalised, ending with a full stop.
@@ -371,3 +371,30 @@ def test_an_event_stuck_in_a_batch_does_not_fail_the_batch_again_and_again(setti
 
     assert len(first.recorded) == 1 and len(first.rejected) == 1
     assert second.recorded == [] and second.rejected == {}
+
+
+def test_a_keyed_event_posted_after_its_redis_claim_expired_is_answered_from_its_row(settings, world, client, broker):
+    """The key is kept for ever: once recorded, the row answers a replay of the key whose
+    24-hour claim in Redis is gone, the batch's per-event keys included."""
+    body, headers = world.body(input_tokens=5), world.headers() | {"Idempotency-Key": "job-77/turn-1"}
+    first = client.post(URL, json=body, headers=headers)
+    batch_first = client.post(BATCH_URL, json={"events": [world.body(idempotency_key="job-77/turn-2")]}, headers=world.headers())
+    drain(settings, broker)
+    forget_idempotency_claims(settings.broker_url)
+
+    replay = client.post(URL, json=body, headers=headers)
+    other_body = client.post(URL, json=world.body(input_tokens=6), headers=headers)
+    batch_replay = client.post(
+        BATCH_URL,
+        json={"events": [world.body(idempotency_key="job-77/turn-2"), world.body(idempotency_key="job-77/turn-1")]},
+        headers=world.headers(),
+    )
+
+    assert replay.status_code == 200, replay.get_json()
+    assert replay.get_json() == {"id": first.get_json()["id"], "status": "recorded"}
+    assert other_body.status_code == 409, other_body.get_json()
+    results = batch_replay.get_json()["results"]
+    assert results[0] == {"index": 0, "id": batch_first.get_json()["results"][0]["id"], "status": "duplicate"}
+    assert results[1]["status"] == "rejected" and "different body" in results[1]["error"]
+    assert stream_state(settings.broker_url)["entries"] == 0
+    assert len(rows_by_id(settings)) == 2

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 
 from shared import db, models
@@ -394,3 +395,13 @@ def assert_refused(result, *fragments: str, exit_code: int | None = None) -> Non
     assert len(error_lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
+
+
+def forget_idempotency_claims(broker_url: str) -> None:
+    """What 24 hours do to the edge's Idempotency-Key claims in Redis: they expire."""
+    client = redis.Redis.from_url(broker_url)
+    try:
+        for name in client.scan_iter(match="billing:idem:*"):
+            client.delete(name)
+    finally:
+        client.close()
