@@ -8,6 +8,9 @@
 4. the endpoint, which may hold (customer, event_name) claims (``customer_calls``);
 5. the injected latency, taken once per call (inside the claims when there are some).
 
+Each call is logged with its answer's status (``Store.calls``), so a test can count what a
+client asked for, failed calls included.
+
 Errors raised as ``StripeError`` anywhere become Stripe's JSON error answer.
 """
 
@@ -108,22 +111,28 @@ def stripe_api(
 
         @functools.wraps(view)
         def endpoint(**kwargs: Any) -> Response:
-            try:
-                failure = current_state().faults.take_failure()
-                if failure is not None:
-                    raise failure
-                authenticate(auth)
-                if request.method == "POST" and request.headers.get("Idempotency-Key"):
-                    return _idempotent(view, kwargs, request.headers["Idempotency-Key"])
-                return answer(view(**kwargs))
-            except StripeError as error:
-                return answer(error.body(), error.status, error.headers)
-            finally:
-                pause()
+            response = _run(view, kwargs, auth)
+            current_state().store.log_call(request.method, request.path, response.status_code)
+            return response
 
         return endpoint
 
     return decorate
+
+
+def _run(view: Callable[..., dict[str, Any]], kwargs: dict[str, Any], auth: str) -> Response:
+    try:
+        failure = current_state().faults.take_failure()
+        if failure is not None:
+            raise failure
+        authenticate(auth)
+        if request.method == "POST" and request.headers.get("Idempotency-Key"):
+            return _idempotent(view, kwargs, request.headers["Idempotency-Key"])
+        return answer(view(**kwargs))
+    except StripeError as error:
+        return answer(error.body(), error.status, error.headers)
+    finally:
+        pause()
 
 
 def _given_params(view: Callable[..., dict[str, Any]], accepts: tuple[str, ...]) -> Callable[..., dict[str, Any]]:

@@ -170,6 +170,7 @@ class Store:
             self._sessions: dict[str, float] = {}
             self._idempotency: dict[str, IdempotencyRecord] = {}
             self._in_flight: set[tuple[str, str]] = set()
+            self._calls: list[dict[str, Any]] = []
 
     # -- customers ------------------------------------------------------------------
 
@@ -377,6 +378,17 @@ class Store:
         """v2 events (``v2.core.event``), newest first."""
         with self._lock:
             return self._core_events[::-1]
+
+    # -- the calls answered (for tests that count what a client asked) -------------------
+
+    def log_call(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self._calls.append({"method": method, "path": path, "status": status, "at": time.time()})
+
+    def calls(self, path: str | None = None) -> list[dict[str, Any]]:
+        """The Stripe API calls answered (``path``: only those to it), oldest first."""
+        with self._lock:
+            return [call for call in self._calls if path is None or call["path"] == path]
 
     # -- concurrency rule -------------------------------------------------------------
 

@@ -103,6 +103,11 @@ class ThreadedStripeServer(_ThreadedServer):
         """The v2 events emitted (full, with ``data``), newest first."""
         return self.state.store.core_events()
 
+    def calls(self, path: str | None = None) -> list[dict[str, Any]]:
+        """The Stripe API calls answered since the last reset (``path``: only those to it),
+        oldest first: ``method``, ``path``, ``status``, ``at`` (epoch seconds)."""
+        return self.state.store.calls(path)
+
     def stop(self) -> None:
         super().stop()
         self.state.stop()

@@ -49,6 +49,22 @@ stripe_error_reports = Counter(
 # Both series exist from the start, so the first report is an increase an alert can see.
 for _type in ("v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"):
     stripe_error_reports.labels(_type)
+# Stripe event fetches and their ends (the webhook's events; docs/operations.md)
+stripe_event_fetches = Counter(
+    "a700_stripe_event_fetches_total",
+    "Fetches of a Stripe event by the worker, by result: fetched, refused (a final answer, e.g. 404), failed (retried).",
+    ["result"],
+)
+stripe_events_unhandled = Counter(
+    "a700_stripe_events_unhandled_total",
+    "Stripe events ended without handling their report, by reason: refused (Stripe's final answer), expired (not "
+    "fetched within a day).",
+    ["reason"],
+)
+for _result in ("fetched", "refused", "failed"):
+    stripe_event_fetches.labels(_result)
+for _reason in ("refused", "expired"):
+    stripe_events_unhandled.labels(_reason)
 stripe_latency = Histogram(
     "a700_stripe_request_duration_seconds",
     "Duration of calls to Stripe Billing Meters.",

@@ -13,11 +13,17 @@ pending, so under load wake-ups coalesce and cost nothing:
 
 Both flags expire, so a wake-up lost with a killed worker delays events by seconds, and
 the beat sweep (``SWEEP``, every ``SWEEP_SECONDS``) wakes whatever still waits.
+
+A Stripe event's task chain (``STRIPE_EVENT``, and its retries) holds a lease on the event
+(``start_stripe_event``, ``hold_stripe_event_lease``): the webhook and the sweep start a
+chain only when no lease is held, so there is at most one per event, and the sweep re-sends
+only an event whose chain is truly gone (its lease ran out).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable
 
 import redis
@@ -37,6 +43,20 @@ SWEEP_SECONDS = 15.0
 # running; the running reporter renews it and clears it when it stands down.
 REPORT_PENDING_KEY = "billing:report-pending:{shard}"
 REPORT_PENDING_MS = 10_000
+
+# The lease of a Stripe event's task chain: the chain's token. Taken when the chain is sent,
+# renewed by each of its tasks for as long as the task may run or wait for its retry.
+STRIPE_EVENT_LEASE_KEY = "billing:stripe-event-lease:{event_id}"
+# A task's time limit (120 s) and a minute in the queue: a lease outlives its live chain.
+STRIPE_EVENT_LEASE_MS = 180_000
+# Renew the lease if it is this chain's or nobody's (it ran out: the chain goes on); 0 if
+# another chain holds it.
+_HOLD_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 celery_app = Celery("agent700_billing")
 celery_app.config_from_object("celeryconfig")
@@ -70,3 +90,23 @@ def wake_reporters(broker: redis.Redis, shards: Iterable[int]) -> list[int]:
         if broker.set(REPORT_PENDING_KEY.format(shard=shard), 1, nx=True, px=REPORT_PENDING_MS) and send(REPORT, shard):
             woken.append(shard)
     return woken
+
+
+def start_stripe_event(broker: redis.Redis, event_id: str) -> bool:
+    """Send the event's task with a new chain's lease, unless a chain holds one; True if
+    sent. If Redis fails, nothing is sent (logged): the sweep starts the chain later."""
+    lease = uuid.uuid4().hex
+    try:
+        if not broker.set(STRIPE_EVENT_LEASE_KEY.format(event_id=event_id), lease, nx=True, px=STRIPE_EVENT_LEASE_MS):
+            return False
+    except redis.RedisError as error:
+        log.warning("could not start the task of Stripe event %s: %s", event_id, error)
+        return False
+    return send(STRIPE_EVENT, event_id, lease)
+
+
+def hold_stripe_event_lease(broker: redis.Redis, event_id: str, lease: str, milliseconds: int) -> bool:
+    """Keep the event's lease for this chain ``milliseconds`` more; False if another chain
+    holds it (this one must stop)."""
+    key = STRIPE_EVENT_LEASE_KEY.format(event_id=event_id)
+    return bool(broker.eval(_HOLD_LEASE, 1, key, lease, int(milliseconds)))

@@ -21,12 +21,18 @@ how many events of each error type it dropped and a few samples that name their
 A failed row goes back to Stripe with ``usage retry`` once its cause is fixed: Stripe
 keeps no identifier of an event it dropped, so the retry is counted once; one it did
 have (a summary that lagged) is deduplicated by its identifier.
+
+Fetching the event ends: a final answer from Stripe (404: an expired event, another
+account's, another mode's) ends it at once, unhandled; a failure that may pass (429, 5xx,
+no connection) is retried after ``retry_delay``, until the event is ``MAX_AGE`` old, when
+it is ended unhandled too. Either way the row's ``outcome`` says why, with a WARNING.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -35,7 +41,6 @@ from decimal import Decimal
 import sqlalchemy as sa
 import stripe
 from sqlalchemy import orm
-from sqlalchemy.dialects.postgresql import insert
 
 from shared import metrics, models
 from worker import stripe_reporting
@@ -47,6 +52,16 @@ WINDOW_SLACK = dt.timedelta(minutes=1)
 TIMESTAMP_CODES = frozenset({"timestamp_too_far_in_past", "timestamp_in_future"})
 VALUE_CODES = frozenset({"meter_event_value_too_many_digits", "meter_event_invalid_value"})
 MINUTE = dt.timedelta(minutes=1)
+# Retries of a fetch that may succeed later: 2 s doubling to 5 minutes (with jitter), the
+# cap well under the broker's visibility timeout (1 h), which a countdown must not reach.
+RETRY_FIRST_SECONDS = 2.0
+RETRY_MAX_SECONDS = 300.0
+# Stripe retries an unanswered delivery for 3 days; an event we cannot fetch for a day has
+# met an outage far longer than any Stripe has had: its report is given up, with a warning.
+MAX_AGE = dt.timedelta(hours=24)
+# Answers that may change while the event does not: a rate limit, a lock held (409), a key
+# an operator can fix (401, 403). Any other 4xx is Stripe's final word on the event.
+_TRANSIENT_4XX = frozenset({401, 403, 409, 429})
 _logs = models.UserBillableRequestLog
 
 
@@ -230,28 +245,50 @@ def fail_dropped(session: orm.Session, dropped: dict[uuid.UUID, str]) -> list[uu
     return failed
 
 
-def claim(session: orm.Session, report: ErrorReport) -> bool:
-    """Lock the event's record (made if the webhook's insert was lost); False if it was
-    handled already (a second delivery of its task)."""
-    session.execute(
-        insert(models.StripeEvent).values(id=report.event_id, type=report.type).on_conflict_do_nothing(index_elements=["id"])
-    )
+def claim(session: orm.Session, event_id: str) -> bool:
+    """Lock the event's record; False if it was handled already (a second delivery of
+    its task)."""
     handled_at = session.scalar(
-        sa.select(models.StripeEvent.handled_at).where(models.StripeEvent.id == report.event_id).with_for_update()
+        sa.select(models.StripeEvent.handled_at).where(models.StripeEvent.id == event_id).with_for_update()
     )
     return handled_at is None
 
 
-def handled(session: orm.Session, report: ErrorReport, outcome: str) -> None:
-    session.execute(
-        sa.update(models.StripeEvent)
-        .where(models.StripeEvent.id == report.event_id)
-        .values(handled_at=sa.func.now(), outcome=outcome)
+def handled(session: orm.Session, event_id: str, outcome: str) -> bool:
+    """Record the event's outcome; False if it was handled already."""
+    return bool(
+        session.execute(
+            sa.update(models.StripeEvent)
+            .where(models.StripeEvent.id == event_id, models.StripeEvent.handled_at.is_(None))
+            .values(handled_at=sa.func.now(), outcome=outcome)
+        ).rowcount
     )
 
 
+def is_final(error: stripe.StripeError) -> bool:
+    """Stripe's answer will not change by asking again (404 and the like)."""
+    status = error.http_status
+    return status is not None and 400 <= status < 500 and status not in _TRANSIENT_4XX
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before fetch retry ``attempt`` (0 first): exponential, capped, jittered
+    (between half and all of it, so that events failed together do not retry together)."""
+    return min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def received_at(session: orm.Session, event_id: str) -> tuple[dt.datetime | None, bool]:
+    """When the event was received (None: no record, so nothing to handle it for), and
+    whether it is handled."""
+    row = session.execute(
+        sa.select(models.StripeEvent.received_at, models.StripeEvent.handled_at).where(models.StripeEvent.id == event_id)
+    ).first()
+    return (None, False) if row is None else (row.received_at, row.handled_at is not None)
+
+
 def unhandled(session: orm.Session, older_than: dt.timedelta) -> list[str]:
-    """Events received and not yet handled after this long: their task was lost."""
+    """Events received and not yet handled after this long: their task may be lost (the
+    sweep re-sends those whose chain holds no lease)."""
     return list(
         session.scalars(
             sa.select(models.StripeEvent.id).where(

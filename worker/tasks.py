@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 
 import redis
 import sqlalchemy.exc
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 # Recorded rows not reported after this long are woken by the sweep (healthy ones are
 # reported within a second of being recorded).
 STALE_AFTER = dt.timedelta(seconds=5)
-# A Stripe event received and not handled after this long lost its task: sent again.
+# A Stripe event received and not handled after this long may have lost its task: sent
+# again if no chain holds its lease.
 STRIPE_EVENT_STALE_AFTER = dt.timedelta(seconds=30)
 _TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, redis.ConnectionError, redis.TimeoutError)
 _RETRY = dict(autoretry_for=_TRANSIENT, retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=None)
@@ -82,20 +84,45 @@ def report(self: BillingTask, shard: int) -> dict:
 
 
 @shared_task(base=BillingTask, bind=True, name=queue.STRIPE_EVENT, time_limit=120, **_RETRY)
-def stripe_event(self: BillingTask, event_id: str) -> dict:
+def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> dict:
     """Handle one of Stripe's asynchronous error reports: the reported rows Stripe dropped
-    become failed, with Stripe's reason."""
+    become failed, with Stripe's reason. One chain per event: ``lease`` is its token (a
+    task sent before leases existed takes one)."""
+    lease = lease or uuid.uuid4().hex
+    if not queue.hold_stripe_event_lease(self.broker, event_id, lease, queue.STRIPE_EVENT_LEASE_MS):
+        return {"stripe_event": event_id, "another_chain": True}
+    with self.transaction() as session:
+        received_at, already_handled = stripe_error_reports.received_at(session, event_id)
+    if already_handled:
+        return {"stripe_event": event_id, "already_handled": True}
+    if received_at is None:
+        log.warning("stripe event not received: not handled", extra={"stripe_event_id": event_id})
+        return {"stripe_event": event_id, "not_received": True}
     client = self.meter.client
     try:
-        report = stripe_error_reports.ErrorReport.of(client.v2.core.events.retrieve(event_id))
+        event = client.v2.core.events.retrieve(event_id)
     except stripe.StripeError as error:
-        raise self.retry(exc=StripeRefused(f"could not fetch Stripe event {event_id}: {error}"), countdown=30) from None
+        if stripe_error_reports.is_final(error):
+            metrics.stripe_event_fetches.labels("refused").inc()
+            return _end_unhandled(self, event_id, "refused", f"Stripe answered {error.http_status} for it ({error.user_message or error})")
+        metrics.stripe_event_fetches.labels("failed").inc()
+        age = dt.datetime.now(dt.UTC) - received_at
+        if age >= stripe_error_reports.MAX_AGE:
+            return _end_unhandled(self, event_id, "expired", f"still not fetched after {age} (last: {error.http_status or 'no answer'}: {error})")
+        countdown = stripe_error_reports.retry_delay(self.request.retries)
+        if not queue.hold_stripe_event_lease(self.broker, event_id, lease, countdown * 1000 + queue.STRIPE_EVENT_LEASE_MS):
+            return {"stripe_event": event_id, "another_chain": True}
+        raise self.retry(
+            args=[event_id, lease], exc=StripeRefused(f"could not fetch Stripe event {event_id}: {error}"), countdown=countdown
+        ) from None
+    metrics.stripe_event_fetches.labels("fetched").inc()
+    report = stripe_error_reports.ErrorReport.of(event)
     with self.transaction() as session:
-        if not stripe_error_reports.claim(session, report):
+        if not stripe_error_reports.claim(session, event_id):
             return {"stripe_event": event_id, "already_handled": True}
         dropped = stripe_error_reports.dropped_rows(session, client, report)
         failed = stripe_error_reports.fail_dropped(session, dropped)
-        stripe_error_reports.handled(session, report, f"{len(failed)} row(s) failed of {report.error_count} error(s) reported")
+        stripe_error_reports.handled(session, event_id, f"{len(failed)} row(s) failed of {report.error_count} error(s) reported")
     metrics.stripe_error_reports.labels(report.type).inc()
     log.warning(
         "stripe error report", extra={"stripe_event_id": event_id, "type": report.type, "errors": report.error_count,
@@ -110,6 +137,17 @@ def stripe_event(self: BillingTask, event_id: str) -> dict:
     }
 
 
+def _end_unhandled(self: BillingTask, event_id: str, reason: str, why: str) -> dict:
+    """End the event without its report: the rows it might name stay as they are."""
+    outcome = f"not handled: {why}; rows Stripe dropped in its window, if any, stay reported (`stripe reconcile` finds them)"
+    with self.transaction() as session:
+        ended = stripe_error_reports.handled(session, event_id, outcome)
+    if ended:
+        metrics.stripe_events_unhandled.labels(reason).inc()
+        log.warning("stripe event not handled", extra={"stripe_event_id": event_id, "reason": reason, "outcome": outcome})
+    return {"stripe_event": event_id, "unhandled": reason, "outcome": outcome}
+
+
 @shared_task(base=BillingTask, bind=True, name=queue.SWEEP, time_limit=60)
 def sweep(self: BillingTask) -> dict:
     """Wake what a killed worker or a lost wake-up left waiting; flag rows too old to resend."""
@@ -117,8 +155,7 @@ def sweep(self: BillingTask) -> dict:
         flagged = reporting.flag_for_reconciliation(session)
         shards = reporting.shards_waiting(session, STALE_AFTER)
         lost_stripe_events = stripe_error_reports.unhandled(session, STRIPE_EVENT_STALE_AFTER)
-    for event_id in lost_stripe_events:
-        queue.send(queue.STRIPE_EVENT, event_id)
+    lost_stripe_events = [event_id for event_id in lost_stripe_events if queue.start_stripe_event(self.broker, event_id)]
     shards_woken = queue.wake_reporters(
         self.broker, [shard for shard in shards if not reporting.shard_is_handled(self.broker, shard)]
     )

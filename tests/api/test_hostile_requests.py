@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from bench.slow_clients import Dribblers, normal_caller, p99
+from local_stripe.webhooks import signature_header
+from shared import models
 from tests.api.conftest import assert_error
 from tests.processes import GunicornProcess
 from tests.support.billing import BATCH_URL, OMIT, URL
@@ -206,6 +210,47 @@ def test_the_bearer_scheme_is_case_insensitive(billing):
     response = billing.client.post(URL, json=billing.body(), headers={"Authorization": f"bEaReR {billing.app_password}"})
 
     assert response.status_code == 202
+
+
+# --- Stripe's webhook: a body its signature covers that is not a thin event ---------------------
+
+WEBHOOK_SECRET = "whsec_test_hostile"
+THIN_EVENT = {"id": "evt_test_x", "object": "v2.core.event", "type": "v1.billing.meter.no_meter_found", "created": "2026-11-29T00:00:00.000Z"}
+NOT_THIN_EVENTS = {
+    "array": [1, 2],  # the SDK's parser raised AttributeError: a 500 (finding 5 of the issue)
+    "string": "x",
+    "number": 5,
+    "null": None,
+    "empty-object": {},
+    "no-id": {k: v for k, v in THIN_EVENT.items() if k != "id"},
+    "no-type": {k: v for k, v in THIN_EVENT.items() if k != "type"},
+    "id-a-number": THIN_EVENT | {"id": 5},
+    "id-a-list": THIN_EVENT | {"id": ["evt_test_x"]},
+    "id-empty": THIN_EVENT | {"id": ""},
+    "id-a-path": THIN_EVENT | {"id": "evt_test_x/../../v1/customers"},
+    "type-a-number": THIN_EVENT | {"type": 7},
+    "a-snapshot-event": THIN_EVENT | {"object": "event"},
+}
+
+
+@pytest.mark.parametrize("payload", list(NOT_THIN_EVENTS.values()), ids=list(NOT_THIN_EVENTS))
+def test_a_signed_webhook_body_that_is_not_a_thin_event_is_400_and_records_nothing(reconfigure, session, payload):
+    _, app = reconfigure(stripe_webhook_secret=WEBHOOK_SECRET)
+    body = json.dumps(payload)
+    headers = {"Content-Type": "application/json", "Stripe-Signature": signature_header(body, WEBHOOK_SECRET, int(time.time()))}
+
+    response = app.test_client().post("/api/stripe/events", data=body, headers=headers)
+
+    assert_error(response, 400)
+    assert session.scalar(sa.select(sa.func.count()).select_from(models.StripeEvent)) == 0
+
+
+def test_a_signed_webhook_nested_30000_deep_is_400(reconfigure):
+    _, app = reconfigure(stripe_webhook_secret=WEBHOOK_SECRET)
+    body = nested(30_000).decode()
+    headers = {"Content-Type": "application/json", "Stripe-Signature": signature_header(body, WEBHOOK_SECRET, int(time.time()))}
+
+    assert_error(app.test_client().post("/api/stripe/events", data=body, headers=headers), 400)
 
 
 # --- the HTTP framing, through the real web process ---------------------------------------------

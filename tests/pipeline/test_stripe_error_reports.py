@@ -15,15 +15,20 @@ import redis
 import requests
 import sqlalchemy as sa
 import stripe as stripe_sdk
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.serving import make_server
 
 from ingest_api import create_app
+from local_stripe.events import Problem
+from local_stripe.state import MeterEvent
+from local_stripe.validator import error_reports
 from shared import db, models, pipeline_status, queue
 from tests.pipeline.conftest import Load, make_world
 from tests.support.billing import log_rows, status_counts
 from tests.support.children import wait_until
-from worker import recording, reporting
-from worker.stripe_reporting import StripeMeter
+from worker import recording, reporting, tasks
+from worker.stripe_reporting import SDK_NETWORK_RETRIES, StripeMeter
 
 WEBHOOK_SECRET = "whsec_test_error_reports"
 SETTLE_SECONDS = 30
@@ -217,6 +222,155 @@ def test_a_webhook_delivered_twice_is_handled_once(webhook_settings, factory, st
     sent = [json.loads(raw) for raw in broker.lrange(queue.QUEUE, 0, -1)]
     assert [message["headers"]["task"] for message in sent].count(queue.STRIPE_EVENT) == 1
     assert world  # the webhook needs no caller: Stripe signs it
+
+
+# --- the event's task chain: it always ends, and there is one per event ---------------------------
+
+CALLS_PER_FETCH = 1 + SDK_NETWORK_RETRIES  # the SDK retries a 429 or 5xx itself
+
+
+def _deliver(client, event_id: str) -> None:
+    body, signature = _signed(_thin_event(event_id), WEBHOOK_SECRET)
+    response = client.post("/api/stripe/events", data=body, headers={"Stripe-Signature": signature})
+    assert response.status_code == 200, response.get_json()
+
+
+def _received_a_minute_ago(settings, event_id: str) -> None:
+    """So that every sweep from now on takes the event for one whose task was lost."""
+    with db.transaction(settings.database_url) as session:
+        session.execute(
+            sa.update(models.StripeEvent).where(models.StripeEvent.id == event_id)
+            .values(received_at=sa.func.now() - dt.timedelta(minutes=1))
+        )
+
+
+def _stripe_event(settings, event_id: str) -> models.StripeEvent | None:
+    with db.transaction(settings.database_url) as session:
+        return session.get(models.StripeEvent, event_id)
+
+
+def _handled(settings, event_id: str) -> models.StripeEvent | None:
+    row = _stripe_event(settings, event_id)
+    return row if row is not None and row.handled_at is not None else None
+
+
+def _fetches(stripe, event_id: str) -> list[dict]:
+    return stripe.calls(f"/v2/core/events/{event_id}")
+
+
+def _worker_counter(directory, name: str, **labels: str) -> float:
+    """A counter's value as the worker's processes wrote it into ``directory``."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return registry.get_sample_value(f"{name}_total", labels) or 0.0
+
+
+def _warnings(worker, message: str) -> list[dict]:
+    lines = [line for line in worker.log_path.read_text(errors="replace").splitlines() if line.startswith("{")]
+    return [r for r in map(json.loads, lines) if r.get("level") == "WARNING" and r.get("message") == message]
+
+
+def _swept_after(broker, moment: float) -> bool:
+    last = broker.get(pipeline_status.SWEEP_KEY)
+    return last is not None and float(last) > moment
+
+
+def test_a_webhook_for_an_event_stripe_does_not_have_ends_after_one_fetch(webhook_settings, stripe, web, broker, start_worker, tmp_path):
+    """Stripe answers 404 (an expired event, another account's, another mode's): the
+    event ends at once, unhandled, with the reason on its row, a WARNING and the metric;
+    no sweep fetches it again (before: every 30 s, and one more chain each 15 s sweep)."""
+    settings = webhook_settings
+    client, _ = web
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    worker = start_worker(settings, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+
+    _deliver(client, "evt_test_unknown")
+    _received_a_minute_ago(settings, "evt_test_unknown")
+
+    row = wait_until(lambda: _handled(settings, "evt_test_unknown"), SETTLE_SECONDS, message=worker.log_tail)
+    assert row.outcome.startswith("not handled: Stripe answered 404") and "No such event" in row.outcome
+    ended = time.time()
+    wait_until(lambda: _swept_after(broker, ended), SETTLE_SECONDS, message=worker.log_tail)  # a sweep saw it
+    assert [call["status"] for call in _fetches(stripe, "evt_test_unknown")] == [404]
+    assert _stripe_event(settings, "evt_test_unknown").outcome == row.outcome
+    (warning,) = _warnings(worker, "stripe event not handled")
+    assert (warning["stripe_event_id"], warning["reason"]) == ("evt_test_unknown", "refused")
+    assert _worker_counter(metrics_dir, "a700_stripe_events_unhandled", reason="refused") == 1
+    assert _worker_counter(metrics_dir, "a700_stripe_event_fetches", result="refused") == 1
+
+
+def _an_error_report_at_stripe(stripe) -> str:
+    """An error report Stripe made (no meter for one event, in a window with no rows of
+    ours), as its validator makes them; the event id."""
+    now = time.time()
+    dropped = MeterEvent("row-elsewhere", "agent700_cost", {}, int(now), "v2", int(now), now)
+    (report,) = error_reports([(dropped, Problem("no_meter", "No active meter was found.", ("event_name",)), None)], (now - 60, now))
+    stripe.state.store.add_core_event(report)
+    return report["id"]
+
+
+def test_a_fetch_that_fails_for_now_backs_off_then_succeeds(webhook_settings, stripe, web, start_worker):
+    settings = webhook_settings
+    client, _ = web
+    event_id = _an_error_report_at_stripe(stripe)
+    worker = start_worker(settings)
+    stripe.set_faults(fail_next=2 * CALLS_PER_FETCH, status=503)  # two fetches fail, the SDK's retries included
+
+    _deliver(client, event_id)
+
+    row = wait_until(lambda: _handled(settings, event_id), SETTLE_SECONDS, message=worker.log_tail)
+    assert row.outcome == "0 row(s) failed of 1 error(s) reported"
+    calls = _fetches(stripe, event_id)
+    assert [call["status"] for call in calls] == [503] * 2 * CALLS_PER_FETCH + [200]
+    # The task's own retries wait 2 s, then 4 s (each at least half of it, with jitter).
+    first_wait = calls[CALLS_PER_FETCH]["at"] - calls[CALLS_PER_FETCH - 1]["at"]
+    second_wait = calls[2 * CALLS_PER_FETCH]["at"] - calls[2 * CALLS_PER_FETCH - 1]["at"]
+    assert 1.0 <= first_wait < 10 and 2.0 <= second_wait < 10, (first_wait, second_wait)
+
+
+def test_a_sweep_while_the_events_chain_is_live_starts_no_second_one(webhook_settings, stripe, web, broker, start_worker):
+    """Stripe fails every call for now: the one chain backs off; the sweep, which sees the
+    event received long ago and unhandled, leaves it to that chain."""
+    settings = webhook_settings
+    client, _ = web
+    event_id = _an_error_report_at_stripe(stripe)
+    worker = start_worker(settings)
+    stripe.set_faults(fail_next=10_000, status=503)
+    _deliver(client, event_id)
+    wait_until(lambda: len(_fetches(stripe, event_id)) >= CALLS_PER_FETCH, SETTLE_SECONDS, message=worker.log_tail)
+    _received_a_minute_ago(settings, event_id)
+
+    swept = tasks.sweep.apply().get()
+
+    assert swept["stripe_events_resent"] == []
+    stripe.set_faults(fail_next=0)  # the outage is over: the one chain's next fetch succeeds
+    wait_until(lambda: _handled(settings, event_id), SETTLE_SECONDS, message=worker.log_tail)
+    time.sleep(3)  # a second chain, had one been started, would fetch within its first backoff
+    assert [call["status"] for call in _fetches(stripe, event_id)].count(200) == 1
+
+
+def test_an_event_not_fetched_within_a_day_ends_unhandled_with_a_warning(webhook_settings, stripe, web, start_worker, tmp_path):
+    settings = webhook_settings
+    client, _ = web
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    worker = start_worker(settings, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    stripe.set_faults(fail_next=10_000, status=429)
+    _deliver(client, "evt_test_outage")
+    with db.transaction(settings.database_url) as session:  # delivered a day ago, Stripe failing since
+        session.execute(
+            sa.update(models.StripeEvent).where(models.StripeEvent.id == "evt_test_outage")
+            .values(received_at=sa.func.now() - dt.timedelta(hours=24))
+        )
+
+    row = wait_until(lambda: _handled(settings, "evt_test_outage"), SETTLE_SECONDS, message=worker.log_tail)
+
+    assert row.outcome.startswith("not handled: still not fetched after 1 day") and "429" in row.outcome
+    assert len(_fetches(stripe, "evt_test_outage")) <= 2 * CALLS_PER_FETCH
+    (warning,) = _warnings(worker, "stripe event not handled")
+    assert warning["reason"] == "expired"
+    assert _worker_counter(metrics_dir, "a700_stripe_events_unhandled", reason="expired") == 1
 
 
 def test_without_a_webhook_secret_every_delivery_is_refused(settings, client):
