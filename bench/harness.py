@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,13 +174,30 @@ class MaxRate:
     errors: int
 
 
-def max_rate(url: str, body: dict, authorization: str, *, seconds: int = 10, connections: int = 16) -> MaxRate:
-    """Closed-loop load with wrk: the most requests per second the server answers."""
+# A new Idempotency-Key on every request (wrk runs one thread here), unique across runs.
+_WRK_KEYED = """
+local counter, prefix = 0, "{prefix}"
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = prefix .. "-" .. counter
+  return wrk.format()
+end
+"""
+
+
+def max_rate(
+    url: str, body: dict, authorization: str, *, seconds: int = 10, connections: int = 16, keyed: bool = False
+) -> MaxRate:
+    """Closed-loop load with wrk: the most requests per second the server answers;
+    ``keyed``: each request a new event with an Idempotency-Key of its own."""
     with tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body.json"
         body_file.write_text(json.dumps(body))
         script = Path(tmp) / "post.lua"
-        script.write_text(_WRK_SCRIPT.format(body=body_file, authorization=authorization))
+        script.write_text(
+            _WRK_SCRIPT.format(body=body_file, authorization=authorization)
+            + (_WRK_KEYED.format(prefix=uuid.uuid4().hex) if keyed else "")
+        )
         output = subprocess.run(
             ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
             check=True, capture_output=True, text=True,

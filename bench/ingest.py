@@ -39,13 +39,17 @@ def main() -> None:
                 "app_password": (url, body, f"Bearer {caller.app_password}"),
                 "jwt": (url, body, f"Bearer {caller.jwt}"),
                 "batch_of_100": (f"{url}/batch", batch, f"Bearer {caller.app_password}"),
+                # A new Idempotency-Key each request: the edge's PostgreSQL lookup of the key.
+                "app_password_keyed": (url, body, f"Bearer {caller.app_password}"),
             }
-            for target, payload, authorization in loads.values():  # warm-up: imports, pools, caches
-                harness.max_rate(target, payload, authorization, seconds=2)
+            for name, (target, payload, authorization) in loads.items():  # warm-up: imports, pools, caches
+                harness.max_rate(target, payload, authorization, seconds=2, keyed=name.endswith("_keyed"))
             rounds: dict[str, list[harness.MaxRate]] = {name: [] for name in loads}
             for _ in range(args.rounds):
                 for name, (target, payload, authorization) in loads.items():
-                    rounds[name].append(harness.max_rate(target, payload, authorization, seconds=args.seconds))
+                    rounds[name].append(
+                        harness.max_rate(target, payload, authorization, seconds=args.seconds, keyed=name.endswith("_keyed"))
+                    )
             maxima = {name: _median(results) for name, results in rounds.items()}
             half = min(maxima["app_password"].requests_per_second, maxima["jwt"].requests_per_second) / 2
             paced = {
