@@ -12,6 +12,8 @@ What this launcher adds to Flower as it is:
   rows in PostgreSQL). Both are read when the page is, with no worker running;
 - Flower keeps the last ``FLOWER_MAX_TASKS`` tasks (default here 10,000): a task's result
   names up to 2,000 event ids, so Flower's own default of 100,000 could hold gigabytes;
+- Flower's own ``/metrics`` and ``/healthcheck`` want the basic auth too: Flower routes
+  them to handlers without it, and its metrics name every worker and count its tasks;
 - Flower's own Prometheus metrics stay in its process: they never leak into the
   service's ``/metrics``.
 
@@ -103,6 +105,16 @@ def _show_backlog(settings: Settings) -> None:
     flower.views.Broker = lambda *args, **kwargs: _BacklogBroker(flower_broker(*args, **kwargs), settings)
 
 
+def _guard_metrics_and_healthcheck() -> None:
+    # Every other Flower page and API handler carries tornado's @authenticated, which makes
+    # BaseHandler.get_current_user check the basic auth; these two lack it.
+    from flower.views import monitor
+    from tornado.web import authenticated
+
+    for handler in (monitor.Metrics, monitor.Healthcheck):
+        handler.get = authenticated(handler.get)
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     if not usable_basic_auth(settings.flower_basic_auth):
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     # summed into the web's /metrics.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     _show_backlog(settings)
+    _guard_metrics_and_healthcheck()
     from shared.queue import celery_app
 
     sys.exit(celery_app.start(["flower", *tornado_argv(argv if argv is not None else sys.argv[1:])]) or 0)

@@ -53,6 +53,28 @@ def test_flower_requires_basic_auth_and_lists_the_running_worker(settings, start
     assert flower.alive() and worker.alive()
 
 
+def test_flowers_metrics_and_healthcheck_want_the_basic_auth_too(settings, start_worker, flower_process):
+    """Flower routes them without its authentication; its metrics name every worker."""
+    worker = start_worker(settings)
+    flower = flower_process(settings, FLOWER_BASIC_AUTH=CREDENTIALS).start()
+
+    for path in ("/metrics", "/healthcheck"):
+        status, body = http_get(f"{flower.url}{path}")
+        assert status == 401 and worker.name.encode() not in body, (path, body)
+        assert http_get(f"{flower.url}{path}", headers=basic("operator:wrong-password"))[0] == 401, path
+    assert http_get(f"{flower.url}/healthcheck", headers=basic(CREDENTIALS)) == (200, b"OK")
+
+    def metrics() -> bytes:
+        status, body = http_get(f"{flower.url}/metrics", headers=basic(CREDENTIALS), timeout=30)
+        assert status == 200, body
+        return body
+
+    wait_until(
+        lambda: f'worker="{worker.name}@'.encode() in metrics(), SETTLE_SECONDS, interval=1,
+        message=lambda: f"{metrics()[-2000:]!r}\n{flower.log_tail(20)}",
+    )
+
+
 @pytest.mark.parametrize(
     "value",
     [None, "", "operator", "operator:", ":secret", ":", "operator:pw,other"],
