@@ -1,9 +1,11 @@
-"""What the edge checks references against: services, priced models, users, organizations.
+"""What the edge checks references against: services, priced models, users, organizations,
+and that the user holds a membership (active or not) in the organization billed.
 
 Kept in process memory for ``CATALOG_CACHE_SECONDS`` (5 s by default) so that accepting
 an event needs no PostgreSQL round trip: a new service or price is seen by every web
-process within that time. Users and organizations are remembered once seen to exist;
-an id not (yet) known is looked up at once, so a new one is never refused.
+process within that time. Users, organizations and memberships are remembered once seen
+to exist; one not (yet) known is looked up at once, so a new one is never refused (and
+a refusal is never remembered).
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ import sqlalchemy as sa
 
 from shared import db, models
 
+_USER_ORGANIZATION_MEMBERSHIP = sa.select(
+    sa.exists().where(models.User.id == sa.bindparam("u")),
+    sa.exists().where(models.Organization.id == sa.bindparam("o")),
+    sa.exists().where(
+        models.OrganizationMembership.user_id == sa.bindparam("u"),
+        models.OrganizationMembership.organization_id == sa.bindparam("o"),
+    ),
+)
+
 
 @dataclass
 class _Snapshot:
@@ -31,7 +42,8 @@ class Catalog:
     database_url: str
     ttl_seconds: float
     _snapshot: _Snapshot | None = None
-    _known_ids: dict[tuple[str, uuid.UUID], float] = field(default_factory=dict)
+    # ("user", id), ("organization", id), ("membership", user_id, organization_id) -> until
+    _known_ids: dict[tuple, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _current(self) -> _Snapshot:
@@ -46,22 +58,28 @@ class Catalog:
                 snapshot = self._snapshot = _Snapshot(time.monotonic(), frozenset(services), dict(prices.all()))
         return snapshot
 
-    def _exist(self, wanted: set[tuple[str, uuid.UUID]]) -> set[tuple[str, uuid.UUID]]:
+    def _exist(self, pairs: set[tuple[uuid.UUID, uuid.UUID]]) -> set[tuple]:
+        """Of the (user, organization) pairs, which of their users, organizations and
+        memberships exist: ``("user", id)``, ``("organization", id)``, ``("membership",
+        user_id, organization_id)``. A pair whose membership was seen needs no query; one
+        not (yet) seen is looked up at once, so a membership added a moment ago counts."""
         now = time.monotonic()
-        missing = sorted((key for key in wanted if self._known_ids.get(key, 0) <= now), key=str)
+        missing = sorted((pair for pair in pairs if self._known_ids.get(("membership", *pair), 0) <= now), key=str)
         if missing:
-            tables = {"user": models.User, "organization": models.Organization}
             with db.engine_for(self.database_url).connect() as connection:
-                for kind, ident in missing:
-                    if connection.scalar(sa.select(sa.exists().where(tables[kind].id == ident))):
-                        self._known_ids[kind, ident] = now + max(self.ttl_seconds, 60.0)
+                for user_id, organization_id in missing:
+                    found = connection.execute(_USER_ORGANIZATION_MEMBERSHIP, {"u": user_id, "o": organization_id}).one()
+                    keys = (("user", user_id), ("organization", organization_id), ("membership", user_id, organization_id))
+                    for key, exists in zip(keys, found, strict=True):
+                        if exists:
+                            self._known_ids[key] = now + max(self.ttl_seconds, 60.0)
+        wanted = {key for u, o in pairs for key in (("user", u), ("organization", o), ("membership", u, o))}
         return {key for key in wanted if self._known_ids.get(key, 0) > now}
 
     def unknown_references(self, events) -> list[list[dict[str, str]]]:
         """For each event (its ``occurred_at`` resolved), the ``details`` of what does not exist."""
         snapshot = self._current()
-        wanted = {(kind, ident) for e in events for kind, ident in (("user", e.user_id), ("organization", e.organization_id))}
-        existing = self._exist(wanted)
+        existing = self._exist({(e.user_id, e.organization_id) for e in events})
         problems = []
         for event in events:
             details = []
@@ -76,5 +94,8 @@ class Catalog:
                 details.append({"field": "user_id", "message": "Unknown user."})
             if ("organization", event.organization_id) not in existing:
                 details.append({"field": "organization_id", "message": "Unknown organization."})
+            elif ("user", event.user_id) in existing and ("membership", event.user_id, event.organization_id) not in existing:
+                # Usage is billed to the organization its user belongs to, never across.
+                details.append({"field": "user_id", "message": "The user holds no membership in this organization."})
             problems.append(details)
         return problems

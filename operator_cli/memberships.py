@@ -51,7 +51,8 @@ def activate_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> None:
 @parameters.user_option()
 @parameters.organization_option()
 def deactivate_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> None:
-    """Deactivate a membership: it grants nothing (its roles are kept); print the membership id."""
+    """Deactivate a membership: it grants nothing (its roles are kept); print the membership id.
+    Usage of the user billed to the organization is still accepted and billed."""
     _set_active(user_id, organization_id, False)
 
 
@@ -60,6 +61,7 @@ def _set_active(user_id: uuid.UUID, organization_id: uuid.UUID, active: bool) ->
         lambda session: store.membership_of(session, user_id, organization_id, lock=True),
         active,
         f"The membership of user {user_id} in organization {organization_id}",
+        "Usage of the user billed to the organization",
     )
 
 

@@ -177,7 +177,7 @@ def clear_stripe_customer(organization_id: uuid.UUID) -> None:
 @parameters.organization_option()
 def activate_organization(organization_id: uuid.UUID) -> None:
     """Activate an organization: its members' roles count again; print its id."""
-    store.set_active(_locked(organization_id), True, f"Organization {organization_id}")
+    store.set_active(_locked(organization_id), True, f"Organization {organization_id}", "Usage billed to it")
 
 
 @orgs_cli.command("deactivate")
@@ -186,7 +186,7 @@ def deactivate_organization(organization_id: uuid.UUID) -> None:
     """Deactivate an organization: its memberships grant nothing, so callers who are
     superadmin only through it are refused; print its id. Usage billed to it is still
     recorded and reported."""
-    store.set_active(_locked(organization_id), False, f"Organization {organization_id}")
+    store.set_active(_locked(organization_id), False, f"Organization {organization_id}", "Usage billed to it")
 
 
 def _locked(organization_id: uuid.UUID):

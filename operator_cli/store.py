@@ -97,12 +97,18 @@ def membership_of(
     return membership
 
 
-def set_active(find: Callable[[orm.Session], Activatable], active: bool, described: str) -> None:
+# What deactivating means for billing, said by every command that deactivates: the flag
+# decides who may call the API, never whether usage that happened is billed.
+STILL_BILLED = "{usage} is still accepted and billed; only who may call the API changes."
+
+
+def set_active(find: Callable[[orm.Session], Activatable], active: bool, described: str, billed_as: str) -> None:
     """Set the ``is_active`` flag of the row ``find`` returns (locked), then print its id.
 
     Refused when the row already is in that state, so a script learns that its command
     changed nothing. The web processes trust a caller they verified for
-    ``AUTH_CACHE_SECONDS``: the change reaches every one of them within that time.
+    ``AUTH_CACHE_SECONDS``: the change reaches every one of them within that time. A
+    deactivation also says that the usage ``billed_as`` names is still billed.
     """
     state = "active" if active else "inactive"
     with operator_transaction() as session:
@@ -114,6 +120,8 @@ def set_active(find: Callable[[orm.Session], Activatable], active: bool, describ
         f"{described} is now {state}; web processes see it within {current_settings().auth_cache_seconds:g} s.",
         err=True,
     )
+    if not active:
+        click.echo(STILL_BILLED.format(usage=billed_as), err=True)
     click.echo(row.id)
 
 

@@ -78,15 +78,15 @@ def show_user(user_id: uuid.UUID, as_json: bool) -> None:
 @parameters.user_option()
 def activate_user(user_id: uuid.UUID) -> None:
     """Activate a user: it may call the API again (with its roles); print its id."""
-    store.set_active(_locked(user_id), True, f"User {user_id}")
+    store.set_active(_locked(user_id), True, f"User {user_id}", "Usage attributed to the user")
 
 
 @users_cli.command("deactivate")
 @parameters.user_option()
 def deactivate_user(user_id: uuid.UUID) -> None:
     """Deactivate a user: its JWTs and App Passwords are refused; print its id. Usage
-    already accepted for it is still billed."""
-    store.set_active(_locked(user_id), False, f"User {user_id}")
+    attributed to it is still accepted and billed."""
+    store.set_active(_locked(user_id), False, f"User {user_id}", "Usage attributed to the user")
 
 
 def _locked(user_id: uuid.UUID):

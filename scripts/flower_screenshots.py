@@ -72,6 +72,8 @@ def main() -> None:
     superadmin = next(u for u in users if u["email"].startswith("demo-superadmin"))
     unbilled = next((o for o in organizations if o["name"] == "No customer yet"), None)
     unbilled_id = unbilled["id"] if unbilled else flask("orgs", "create", "--name", "No customer yet")
+    # Usage is billed only to an organization its user belongs to (adding it again changes nothing).
+    flask("members", "add", "--user", superadmin["id"], "--org", unbilled_id, "--role", "member")
     body = {
         "user_id": superadmin["id"], "organization_id": demo["id"], "model_name": "gpt-4o-mini",
         "input_tokens": 1200, "output_tokens": 350, "service_name": "transcription",

@@ -75,17 +75,21 @@ for i = 0, (#KEYS - 3) / 2 - 1 do
   local queued_key, idem_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
   local earlier = false
   if idem_key ~= '' then earlier = claims[idem_key] or redis.call('GET', idem_key) end
-  if earlier then
-    results[#results + 1] = earlier
-  elseif redis.call('EXISTS', queued_key) == 1 then
-    -- This very event (its id is new per request) is queued already: an earlier attempt
-    -- of this call ran, but its reply was lost. Checked before the revocation, so the
-    -- answer to a retried call is the one the first attempt earned.
-    results[#results + 1] = 'queued'
+  local own_id = ARGV[4 + 3 * i]
+  if (earlier and string.sub(earlier, 1, #own_id + 1) == own_id .. ' ')
+      or redis.call('EXISTS', queued_key) == 1 then
+    -- This very event (its id is new per request) is queued already, or its key's claim
+    -- is its own: an earlier attempt of this call ran, but its reply was lost. Checked
+    -- before the revocation, so the answer to a retried call is the one the first
+    -- attempt earned.
+    results[#results + 1] = earlier or 'queued'
   elseif revoked then
     -- Refused atomically with the append, so revocation takes effect at once even for
-    -- a caller the web process has cached.
+    -- a caller the web process has cached; a replay of an earlier event's key too (its
+    -- id and status are the caller's no more).
     return {'revoked'}
+  elseif earlier then
+    results[#results + 1] = earlier
   else
     if idem_key ~= '' then claims[idem_key] = ARGV[4 + 3 * i] .. ' ' .. ARGV[6 + 3 * i] end
     fresh[#fresh + 1] = i

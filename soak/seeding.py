@@ -1,7 +1,7 @@
 """The billable world of a soak run, created through the operator command line.
 
 Several organizations with Stripe customer ids, a superadmin (the caller), a user the
-usage is attributed to, the service, two models' prices, an App Password and a JWT. The
+usage is attributed to (a member of every organization), the service, two models' prices, an App Password and a JWT. The
 prices are kept here as the ``Decimal`` rates the load generator computes costs from.
 """
 
@@ -119,9 +119,14 @@ def seed(env: dict[str, str], organizations: int, token_ttl_seconds: int) -> Wor
         membership = pool.submit(
             cli, "members", "add", "--user", caller_id, "--org", organizations_seeded[0].id, "--role", "superadmin"
         )
+        # Usage is billed only to an organization its user belongs to.
+        attributed_memberships = [
+            pool.submit(cli, "members", "add", "--user", attributed.result(), "--org", organization.id, "--role", "member")
+            for organization in organizations_seeded
+        ]
         app_password = pool.submit(cli, "app-passwords", "create", "--user", caller_id, "--name", "soak")
         jwt = pool.submit(cli, "tokens", "mint", "--user", caller_id, "--ttl-seconds", str(token_ttl_seconds))
-        for future in (service, *prices, membership):
+        for future in (service, *prices, membership, *attributed_memberships):
             future.result()
         return World(
             organizations=organizations_seeded,

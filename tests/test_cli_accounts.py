@@ -199,6 +199,7 @@ def test_deactivate_then_activate(runner, settings, member, group):
     assert created_id(deactivated) == row_id(member)
     assert stored(settings, model, row_id(member)).is_active is False
     assert "is now inactive" in deactivated.stderr and f"within {settings.auth_cache_seconds:g} s" in deactivated.stderr
+    assert "is still accepted and billed" in deactivated.stderr  # what deactivating means for billing
 
     activated = runner.invoke(args=[group, "activate", *args(member)])
 

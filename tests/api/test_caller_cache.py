@@ -52,6 +52,24 @@ def test_a_revoked_cached_app_password_cannot_post_a_batch(billing, app):
     assert len(billing.queued()) == 1
 
 
+@pytest.mark.parametrize("endpoint", ["single", "batch"])
+def test_a_revoked_cached_app_password_cannot_replay_its_idempotency_key(billing, app, endpoint):
+    # A replay would answer the earlier event's id and status: the caller's no more.
+    if endpoint == "single":
+        send = lambda: billing.post(idempotency_key="order-6")  # noqa: E731
+    else:
+        send = lambda: billing.post_batch([billing.body() | {"idempotency_key": "order-6"}])  # noqa: E731
+    first = send()
+    assert first.status_code in (200, 202), first.get_json()
+    assert send().status_code == 200  # a replay, while the password is live
+    _revoke(app, billing)
+
+    body = assert_unauthorized(send())
+
+    assert "id" not in body and "status" not in body and "results" not in body
+    assert len(billing.queued()) == 1
+
+
 def test_a_revoked_cached_app_password_cannot_read_an_event(billing, app):
     accepted = billing.post()
     assert billing.get(accepted.get_json()["id"]).status_code == 200

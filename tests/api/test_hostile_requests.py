@@ -182,6 +182,25 @@ def test_a_missing_field_and_an_unstorable_one_are_both_named(billing):
     assert_error(billing.post(body), 422, fields=["source", "service_name"])
 
 
+# --- references across organizations: 422 -------------------------------------------------------
+
+
+def test_usage_of_another_organizations_user_billed_to_this_one_is_422(billing, factory):
+    # The transcription job of a user of B, billed to A (finding 9 of issue 19).
+    other_organization = factory.organization()
+    user_of_other = factory.user()
+    factory.membership(user_of_other, other_organization, "member")
+    cross = billing.body(user_id=str(user_of_other.id))
+
+    assert_error(billing.post(cross), 422, fields=["user_id"])
+    response = billing.post_batch([cross, billing.body()])
+
+    assert response.status_code == 200
+    refused, accepted = response.get_json()["results"]
+    assert (refused["status"], [d["field"] for d in refused["details"]]) == ("rejected", ["user_id"])
+    assert [str(event.id) for event in billing.queued()] == [accepted["id"]]
+
+
 # --- headers ------------------------------------------------------------------------------------
 
 

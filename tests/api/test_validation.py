@@ -190,12 +190,28 @@ def test_a_model_priced_only_from_the_future_is_422_at_the_time_of_receipt(billi
     billing.assert_nothing_queued()
 
 
-def test_an_inactive_attributed_user_and_organization_still_exist(billing, factory):
-    # "must exist" is the rule; deactivation stops a caller, not the billing of past usage.
+def test_an_inactive_attributed_user_organization_and_membership_are_still_billed(billing, factory):
+    # Usage happened, so it is billed; deactivation stops a caller (auth), not the billing.
     organization = factory.organization(active=False)
     user = factory.user(active=False)
+    factory.membership(user, organization, "member", active=False)
     response = billing.post(billing.body(user_id=str(user.id), organization_id=str(organization.id)))
     assert response.status_code == 202, response.get_json()
+
+
+def test_a_user_without_a_membership_in_the_organization_is_422_naming_user_id(billing, factory):
+    outsider = factory.user()
+    body = assert_error(billing.post(billing.body(user_id=str(outsider.id))), 422, fields=["user_id"])
+    assert "membership" in body["details"][0]["message"]
+    billing.assert_nothing_queued()
+
+
+def test_a_membership_added_after_a_refusal_is_accepted_at_once(billing, factory):
+    newcomer = factory.user()
+    assert_error(billing.post(billing.body(user_id=str(newcomer.id))), 422, fields=["user_id"])
+    factory.membership(newcomer, billing.organization, "member")
+
+    assert billing.post(billing.body(user_id=str(newcomer.id))).status_code == 202
 
 
 # --- the body as a whole: 400 -----------------------------------------------------------

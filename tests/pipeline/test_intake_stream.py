@@ -101,6 +101,21 @@ def test_a_revoked_app_password_appends_nothing_but_its_earlier_call_keeps_its_a
     assert redis_client.get(intake.idempotency_key_name(CALLER, "key-2")) is None
 
 
+def test_a_revoked_app_password_cannot_replay_a_key_but_its_own_keyed_call_keeps_its_answer(stream, redis_client):
+    app_password = uuid.uuid4()
+    before = event("key-1")
+    stream.accept([(before, "fp")], app_password)
+    reader = intake.IntakeReader(redis_client, "recorder-1")
+    reader.done(reader.next_batch(10), [before.id])
+    redis_client.delete(intake.QUEUED_KEY.format(event_id=before.id))  # recorded: only its claim is left
+    stream.mark_revoked(app_password)
+
+    with pytest.raises(intake.Revoked):
+        stream.accept([(event("key-1"), "fp")], app_password)  # a replay: another request, same key
+    retried = stream.accept([(before, "fp")], app_password)  # the same call, its reply lost
+    assert retried.acceptances == [intake.Acceptance("queued", before.id)]
+
+
 def test_a_refused_append_leaves_nothing_behind(stream, redis_client):
     redis_client.set(intake.STREAM, "not a stream")
     refused = event("key-1")
