@@ -26,12 +26,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from ingest_api.auth import CallerCache
     from ingest_api.catalog import Catalog
     from ingest_api.credentials import JwtVerifier
+    from ingest_api.lookup_limits import LookupLimits
     from shared.intake import Intake
 
     settings = app.config["SETTINGS"]
     app.extensions["catalog"] = Catalog(settings.database_url, settings.catalog_cache_seconds)
     app.extensions["intake"] = Intake(settings.broker_url, settings.enqueue_timeout_seconds)
     app.extensions["caller_cache"] = CallerCache(settings.auth_cache_seconds)
+    app.extensions["lookup_limits"] = LookupLimits()
     app.extensions["jwt_verifier"] = JwtVerifier.from_settings(settings)
     errors.register(app)
     observability.register(app)

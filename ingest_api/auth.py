@@ -11,6 +11,9 @@ A caller verified against the database is remembered for ``AUTH_CACHE_SECONDS`` 
 request path needs no PostgreSQL round trip. App Password revocation stays immediate:
 ``app-passwords revoke`` also marks the password in Redis, and the publish script
 refuses a marked password atomically with the append (see ``shared.intake``).
+
+A credential that is not cached costs a query; what refused ones may cost is bounded
+(``ingest_api.lookup_limits``): past the bound, 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import cachetools
 import sqlalchemy as sa
 from flask import current_app, g, request
 
-from ingest_api import credentials, jwks
+from ingest_api import credentials, jwks, lookup_limits
 from ingest_api.errors import ApiError
 from shared import db, models
 
@@ -120,50 +123,102 @@ def bearer_token() -> str:
 
 
 def authenticate() -> Caller:
-    """The verified caller of this request, or an ``ApiError`` 401/403."""
+    """The verified caller of this request, or an ``ApiError`` 401/403 (429 while failed
+    lookups are over their bound, see ``ingest_api.lookup_limits``)."""
     token = bearer_token()
     cache: CallerCache = current_app.extensions["caller_cache"]
     # A credential verified moments ago needs neither its hash or signature checked nor
     # the database asked again.
     if (cached := cache.get(token)) is not None:
         return cached
-    database_url = current_app.config["SETTINGS"].database_url
     if credentials.is_app_password(token):
         try:
             lookup_prefix = credentials.lookup_prefix_of(token)
         except credentials.InvalidCredentials:
             raise _unauthorized("The App Password is malformed.") from None
-        with db.engine_for(database_url).connect() as connection:
-            row = connection.execute(_USER_BY_APP_PASSWORD, {"lookup_prefix": lookup_prefix}).first()
-            if row is None or not credentials.app_password_matches(token, row.password_hash):
-                raise _unauthorized("Unknown App Password.")
-            if row.revoked_at is not None:
-                raise revoked_unauthorized()
-            _touch_last_used(connection, row)
-        caller, expires_at = Caller(row.user_id, row.id), None
+        caller = _looked_up(token, lambda connection: _app_password_caller(connection, token, lookup_prefix))
+        expires_at = None
     else:
-        try:
-            user_id, expires_at = current_app.extensions["jwt_verifier"].verify(token)
-        except credentials.InvalidCredentials as error:
-            raise _unauthorized(str(error)) from None
-        except jwks.SigningKeysUnavailable as error:
-            # Not the caller's fault and not a bug: the same token may pass in a moment.
-            raise ApiError(
-                503,
-                "The keys that verify access tokens cannot be fetched right now; nothing was recorded. Retry later.",
-                headers={"Retry-After": str(error.retry_after_seconds)},
-            ) from None
-        with db.engine_for(database_url).connect() as connection:
-            row = connection.execute(_USER_BY_ID, {"user_id": user_id}).first()
-        if row is None:
-            raise _unauthorized("The access token's user does not exist.")
-        caller = Caller(user_id, None)
-    if not row.is_active:
-        raise _unauthorized("The user is inactive.")
-    if not row.is_superadmin:
-        raise ApiError(403, "The caller must be superadmin in an active membership of an active organization.")
+        user_id, expires_at = _verified_jwt(token)
+        caller = _looked_up(token, lambda connection: _jwt_caller(connection, user_id))
     cache.put(token, caller, expires_at=expires_at)
     return caller
+
+
+class _Refused(Exception):
+    """The database refused the credential: ``error`` is the answer; ``lasting`` when the
+    same credential can never pass (unknown or revoked App Password)."""
+
+    def __init__(self, error: ApiError, *, lasting: bool = False):
+        self.error = error
+        self.lasting = lasting
+
+
+def _looked_up(token: str, find) -> Caller:
+    """``find(connection)``'s caller, within the bounds on failed lookups: a lasting
+    refusal is answered from memory, and past the bound a 429 comes before any query."""
+    limits: lookup_limits.LookupLimits = current_app.extensions["lookup_limits"]
+    digest = lookup_limits.credential_digest(token)
+    if (sentence := limits.lasting_refusal(digest)) is not None:
+        raise _unauthorized(sentence)
+    try:
+        lookup = limits.admit(digest, request.remote_addr)
+    except lookup_limits.TooManyFailedLookups as limited:
+        where = " from this address" if limited.per_source else ""
+        raise ApiError(
+            429,
+            f"Too many requests with unknown or refused credentials{where}; nothing was recorded. "
+            "Retry after Retry-After seconds with a valid credential.",
+            headers={"Retry-After": str(limited.retry_after_seconds)},
+        ) from None
+    try:
+        with db.engine_for(current_app.config["SETTINGS"].database_url).connect() as connection:
+            caller = find(connection)
+    except _Refused as refused:
+        limits.failed(lookup, refused.error.message if refused.lasting else None)
+        raise refused.error from None
+    limits.succeeded(lookup)
+    return caller
+
+
+def _verified_jwt(token: str) -> tuple[uuid.UUID, float]:
+    try:
+        return current_app.extensions["jwt_verifier"].verify(token)
+    except credentials.InvalidCredentials as error:
+        raise _unauthorized(str(error)) from None
+    except jwks.SigningKeysUnavailable as error:
+        # Not the caller's fault and not a bug: the same token may pass in a moment.
+        raise ApiError(
+            503,
+            "The keys that verify access tokens cannot be fetched right now; nothing was recorded. Retry later.",
+            headers={"Retry-After": str(error.retry_after_seconds)},
+        ) from None
+
+
+def _app_password_caller(connection: sa.Connection, token: str, lookup_prefix: str) -> Caller:
+    row = connection.execute(_USER_BY_APP_PASSWORD, {"lookup_prefix": lookup_prefix}).first()
+    if row is None or not credentials.app_password_matches(token, row.password_hash):
+        raise _Refused(_unauthorized("Unknown App Password."), lasting=True)
+    if row.revoked_at is not None:
+        raise _Refused(revoked_unauthorized(), lasting=True)
+    _check_superadmin(row)
+    _touch_last_used(connection, row)
+    return Caller(row.user_id, row.id)
+
+
+def _jwt_caller(connection: sa.Connection, user_id: uuid.UUID) -> Caller:
+    row = connection.execute(_USER_BY_ID, {"user_id": user_id}).first()
+    if row is None:
+        raise _Refused(_unauthorized("The access token's user does not exist."))
+    _check_superadmin(row)
+    return Caller(user_id, None)
+
+
+def _check_superadmin(row) -> None:
+    if not row.is_active:
+        raise _Refused(_unauthorized("The user is inactive."))
+    if not row.is_superadmin:
+        raise _Refused(ApiError(403, "The caller must be superadmin in an active membership of an active organization."))
 
 
 def _touch_last_used(connection: sa.Connection, row) -> None:

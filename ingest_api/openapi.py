@@ -57,12 +57,14 @@ _REASONS = {
     413: "Body over 64 KiB.",
     415: "Content-Type is not application/json.",
     422: "Invalid or unknown fields or references; see details.",
+    429: "Too many requests with unknown or refused credentials (from this address, or from all); nothing was "
+    "recorded. Retry after Retry-After with a valid credential.",
     503: "The queue, the database, or the JWKS endpoint that verifies the token is unavailable. Retry after Retry-After.",
 }
 
 
 def _errors(*statuses: int) -> dict:
-    headers = {401: ["WWW-Authenticate"], 503: ["Retry-After"]}
+    headers = {401: ["WWW-Authenticate"], 429: ["Retry-After"], 503: ["Retry-After"]}
     return {str(s): _json("ErrorOut", _REASONS[s], headers.get(s)) for s in statuses}
 
 
@@ -127,7 +129,7 @@ def document() -> dict:
                     "responses": {
                         "202": _json("AcceptedOut", "Accepted and queued.", ["Location"]),
                         "200": _json("AcceptedOut", "An Idempotency-Key replay of an accepted event.", ["Location"]),
-                        **_errors(400, 401, 403, 409, 413, 415, 422),
+                        **_errors(400, 401, 403, 409, 413, 415, 422, 429),
                         **_unavailable_or_unknown(
                             "OutcomeUnknownOut",
                             "Plain: the queue or the database is unavailable, nothing was accepted. "
@@ -147,7 +149,7 @@ def document() -> dict:
                     "requestBody": body("BatchIn"),
                     "responses": {
                         "200": _json("BatchOut", "One result per event, in order."),
-                        **_errors(400, 401, 403, 413, 415, 422),
+                        **_errors(400, 401, 403, 413, 415, 422, 429),
                         **_unavailable_or_unknown(
                             "BatchOutcomeUnknownOut",
                             "Plain: the queue or the database is unavailable, nothing was accepted. "
@@ -167,7 +169,7 @@ def document() -> dict:
                     "parameters": [
                         {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
                     ],
-                    "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404, 503)},
+                    "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404, 429, 503)},
                 }
             },
             "/healthz": _operations_endpoint(

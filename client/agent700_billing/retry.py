@@ -23,7 +23,9 @@ from agent700_billing.errors import ApiError, DeadlineExceeded
 
 logger = logging.getLogger("agent700_billing")
 
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# 429: the service did not check the credential (wrong ones from elsewhere were over its
+# bound); the same request may pass after Retry-After.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from shared import intake, models
 from shared.usage_event import AcceptedUsageEvent
@@ -144,6 +145,26 @@ def record_as_worker(settings, billing: Billing, event: AcceptedUsageEvent, **co
     finally:
         client.close()
     return row
+
+
+# What a rolled-back test's connection adds around each of the app's blocks.
+_SCAFFOLDING = re.compile(r"(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT) \w+")
+
+
+@pytest.fixture
+def statements():
+    """The SQL statements the app sends from now on (without the savepoints a rolled-back
+    test wraps them in). Listened for on every engine: the test's database is reached
+    through its one connection, not through the engine ``shared.db.engine_for`` makes."""
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if not _SCAFFOLDING.fullmatch(statement):
+            sent.append(statement)
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", record)
+    yield sent
+    sa.event.remove(sa.Engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

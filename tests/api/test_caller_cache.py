@@ -10,20 +10,6 @@ from tests.api.conftest import assert_unauthorized
 from tests.conftest import OperatorCliRunner
 
 
-@pytest.fixture
-def statements(settings):
-    """The SQL statements the app sends from now on."""
-    sent: list[str] = []
-    engine = db.engine_for(settings.database_url)
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        sent.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    yield sent
-    sa.event.remove(engine, "before_cursor_execute", record)
-
-
 @pytest.mark.parametrize("credential", ["app_password", "jwt"])
 def test_a_cached_caller_is_accepted_without_touching_postgresql(billing, app, statements, credential):
     token = getattr(billing, credential)

@@ -19,6 +19,8 @@ import requests
 import sqlalchemy as sa
 
 from bench.slow_clients import Dribblers, normal_caller, p99
+from ingest_api import lookup_limits
+from ingest_api.credentials import new_app_password
 from local_stripe.webhooks import signature_header
 from shared import models
 from tests.api.conftest import assert_error
@@ -270,6 +272,59 @@ def test_a_signed_webhook_nested_30000_deep_is_400(reconfigure):
     headers = {"Content-Type": "application/json", "Stripe-Signature": signature_header(body, WEBHOOK_SECRET, int(time.time()))}
 
     assert_error(app.test_client().post("/api/stripe/events", data=body, headers=headers), 400)
+# --- wrong credentials in bulk cannot load the database ---------------------------------------
+
+
+def _post_from(billing, address: str, token: str):
+    return billing.client.post(
+        URL, json=billing.body(), headers={"Authorization": f"Bearer {token}"}, environ_base={"REMOTE_ADDR": address}
+    )
+
+
+def _wrong_app_password() -> str:
+    return new_app_password().token  # well-formed, never stored
+
+
+def test_a_burst_of_new_wrong_app_passwords_from_one_address_costs_a_bounded_number_of_queries(
+    billing, factory, statements
+):
+    # Finding 11 of issue 19: 300 wrong App Passwords were 300 PostgreSQL lookups.
+    started = time.monotonic()
+    answers = [_post_from(billing, "10.0.0.66", _wrong_app_password()) for _ in range(300)]
+    elapsed = time.monotonic() - started
+
+    assert len(statements) <= lookup_limits.PER_SOURCE_BURST + elapsed * lookup_limits.PER_SOURCE_PER_SECOND + 1
+    assert [a.status_code for a in answers[: lookup_limits.PER_SOURCE_BURST]] == [401] * lookup_limits.PER_SOURCE_BURST
+    limited = answers[-1]
+    assert_error(limited, 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+    # Another address, with a credential this process never saw: not refused.
+    newcomer = factory.app_password(billing.caller, name="newcomer")
+    assert _post_from(billing, "10.0.0.7", newcomer).status_code == 202
+    assert len(billing.queued()) == 1
+
+
+def test_the_same_wrong_app_password_sent_300_times_is_one_query_and_always_401(billing, statements):
+    wrong = _wrong_app_password()
+
+    answers = [_post_from(billing, "10.0.0.66", wrong) for _ in range(300)]
+
+    assert {a.status_code for a in answers} == {401}
+    assert len(statements) == 1
+
+
+def test_a_burst_from_many_addresses_is_bounded_and_a_caller_at_work_is_not_refused(billing, app, statements):
+    app.extensions["caller_cache"].ttl_seconds = 0  # every request of the caller is looked up
+    assert billing.post().status_code == 202
+    statements.clear()
+
+    started = time.monotonic()
+    answers = [_post_from(billing, f"10.1.{n // 250}.{n % 250}", _wrong_app_password()) for n in range(400)]
+    elapsed = time.monotonic() - started
+
+    assert len(statements) <= lookup_limits.OVERALL_BURST + elapsed * lookup_limits.OVERALL_PER_SECOND + 1
+    assert answers[-1].status_code == 429
+    assert billing.post().status_code == 202  # verified before the burst: still looked up
 
 
 # --- the HTTP framing, through the real web process ---------------------------------------------

@@ -56,7 +56,8 @@ def test_the_document_is_openapi_3_1_with_every_operation(document):
     assert document["security"] == [{"bearer": []}]
     record = document["paths"][URL]["post"]
     assert record["requestBody"]["content"]["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="UsageEventIn")}
-    assert set(record["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "415", "422", "503"}
+    assert set(record["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "415", "422", "429", "503"}
+    assert "Retry-After" in record["responses"]["429"]["headers"]
     assert "Location" in record["responses"]["202"]["headers"]
     assert "WWW-Authenticate" in record["responses"]["401"]["headers"]
     assert "Retry-After" in record["responses"]["503"]["headers"]
