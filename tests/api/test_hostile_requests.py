@@ -272,6 +272,8 @@ def test_a_signed_webhook_nested_30000_deep_is_400(reconfigure):
     headers = {"Content-Type": "application/json", "Stripe-Signature": signature_header(body, WEBHOOK_SECRET, int(time.time()))}
 
     assert_error(app.test_client().post("/api/stripe/events", data=body, headers=headers), 400)
+
+
 # --- wrong credentials in bulk cannot load the database ---------------------------------------
 
 
