@@ -86,8 +86,9 @@ def document() -> dict:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "Same caller, same key, same body: the same event, billed once. 1 to 255 printable ASCII.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+        "description": "Same caller, same key, same body: the same event, billed once. "
+        f"{schemas.IDEMPOTENCY_KEY_RULE}.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": schemas.IDEMPOTENCY_KEY_PATTERN},
     }
     body = lambda name: {"required": True, "content": {"application/json": {"schema": _ref(name)}}}  # noqa: E731
     return {
@@ -146,6 +147,8 @@ def document() -> dict:
                     "operationId": "recordUsageBatch",
                     "tags": ["usage"],
                     "summary": "Record up to 100 usage events, each judged on its own.",
+                    "description": "Each event carries its own `idempotency_key`; an Idempotency-Key header is "
+                    "refused with a 422 (field `Idempotency-Key`), since a key for the whole batch would not be used.",
                     "requestBody": body("BatchIn"),
                     "responses": {
                         "200": _json("BatchOut", "One result per event, in order."),

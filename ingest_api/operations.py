@@ -141,12 +141,13 @@ def _broker_gauges(settings) -> dict:
             "intake_last_read_age": pipeline_status.intake_last_read_age(broker, now),
             "meter": pipeline_status.meter_problem(broker),
             "last_sweep_age": pipeline_status.last_sweep_age(broker, now),
+            "aging_out": backlog.accepted_aging_out(broker, dt.datetime.fromtimestamp(now, dt.UTC)),
         }
 
 
-def _database_gauges(settings) -> tuple[float | None, int, int]:
+def _database_gauges(settings) -> tuple[float | None, int, int, int]:
     """(age of the oldest recorded-but-unreported row or None, events waiting for an
-    operator, rows recorded and not yet reported)."""
+    operator, rows recorded and not yet reported, of those the ones ageing out)."""
     logs = models.UserBillableRequestLog
     with db.engine_for(settings.database_url).connect() as connection:
         connection.execute(sa.text(f"SET LOCAL statement_timeout = {READINESS_TIMEOUT_SECONDS * 1000}"))
@@ -157,8 +158,9 @@ def _database_gauges(settings) -> tuple[float | None, int, int]:
             sa.select(sa.func.count()).where(logs.status == models.UsageStatus.FAILED)
         ) + connection.scalar(sa.select(sa.func.count()).where(models.RejectedUsageEvent.resolved_at.is_(None)))
         unreported = backlog.recorded_not_reported(connection)
+        aging_out = backlog.recorded_aging_out(connection, dt.datetime.now(dt.UTC))
     age = (dt.datetime.now(dt.UTC) - oldest_received).total_seconds() if oldest_received is not None else None
-    return age, failed, unreported
+    return age, failed, unreported, aging_out
 
 
 class PipelineCollector:
@@ -211,6 +213,13 @@ class PipelineCollector:
         last_read = GaugeMetricFamily(
             "a700_intake_last_read_age_seconds", "Seconds since a worker last read the intake (absent if none ever did)."
         )
+        aging_out = GaugeMetricFamily(
+            "a700_events_aging_out",
+            "Events not yet reported that will be too old for Stripe (35 days less 5 minutes) within 12 hours, by "
+            "stage: accepted (in the intake; of the oldest 10,000 entries that waited 11 h 55 min or more, the only "
+            "ones that can be) and recorded (rows not yet reported).",
+            labels=["stage"],
+        )
         settings = self.settings
         answers = _bounded(
             {
@@ -240,13 +249,17 @@ class PipelineCollector:
             looked, problem = broker_answer["meter"]
             if looked:
                 meter_ready.add_metric([], 0 if problem else 1)
+            aging_out.add_metric(["accepted"], broker_answer["aging_out"])
         if database_ok:
             failed.add_metric([], database_answer[1])
             unreported.add_metric([], database_answer[2])
+            aging_out.add_metric(["recorded"], database_answer[3])
         if broker_ok and database_ok:
             ages = [age for age in (broker_answer["oldest_waiting_age"], database_answer[0]) if age is not None]
             oldest.add_metric([], max(ages, default=0.0))
-        yield from (depth, unreported, oldest, intake_oldest, failed, workers, last_read, last_sweep, meter_ready, up)
+        yield from (
+            depth, unreported, oldest, intake_oldest, aging_out, failed, workers, last_read, last_sweep, meter_ready, up
+        )
 
 
 @blueprint.get("/metrics")

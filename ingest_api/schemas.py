@@ -16,12 +16,17 @@ import pydantic
 from pydantic import Field
 from pydantic_core import PydanticCustomError
 
+from shared import billing_window
 from shared.usage_event import UsageEventFields
 
 MAX_TOKENS = 2_147_483_647
-MAX_EVENT_AGE = dt.timedelta(days=35)
-MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 MAX_BATCH_EVENTS = 100
+_ACCEPTED_DAYS = billing_window.MAX_ACCEPTED_AGE.days
+_ACCEPTED_LEAD_MINUTES = billing_window.MAX_ACCEPTED_LEAD.seconds // 60
+# PostgreSQL's timestamptz refuses an offset of 16 hours or more ("time zone displacement
+# out of range"), although RFC 3339 and pydantic allow up to 23:59; an event the edge took
+# with one could never be stored.
+MAX_UTC_OFFSET = dt.timedelta(hours=15, minutes=59)
 
 
 def _json_string(value: Any) -> Any:
@@ -33,6 +38,12 @@ def _json_string(value: Any) -> Any:
 
 # RFC 3339 section 5.6 date-time: seconds and an offset required, "T" and "Z" in either case.
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def _storable_offset(moment: dt.datetime) -> dt.datetime:
+    if abs(moment.utcoffset()) > MAX_UTC_OFFSET:
+        raise PydanticCustomError("utc_offset_range", "Must have a UTC offset between -15:59 and +15:59")
+    return moment
 
 
 def _rfc3339_string(value: Any) -> Any:
@@ -69,7 +80,12 @@ def _storable(text: str) -> str:
 
 
 UuidString = Annotated[uuid.UUID, pydantic.Strict(False), pydantic.BeforeValidator(_json_string)]
-Rfc3339Time = Annotated[pydantic.AwareDatetime, pydantic.Strict(False), pydantic.BeforeValidator(_rfc3339_string)]
+Rfc3339Time = Annotated[
+    pydantic.AwareDatetime,
+    pydantic.Strict(False),
+    pydantic.BeforeValidator(_rfc3339_string),
+    pydantic.AfterValidator(_storable_offset),
+]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 StorableText = pydantic.AfterValidator(_storable)
 Name = Annotated[str, Field(min_length=1, max_length=200), StorableText]
@@ -91,8 +107,9 @@ class UsageEventIn(pydantic.BaseModel):
     )
     occurred_at: Rfc3339Time | None = Field(
         default=None,
-        description="When the usage happened (RFC 3339, with offset); at most 35 days old and "
-        "5 minutes ahead. Defaults to the time of receipt.",
+        description=f"When the usage happened (RFC 3339, with a UTC offset between -15:59 and +15:59); at most "
+        f"{_ACCEPTED_DAYS} days old (Stripe counts up to 35: the day between is the pipeline's margin) and "
+        f"{_ACCEPTED_LEAD_MINUTES} minutes ahead of the time of receipt. Defaults to the time of receipt.",
     )
 
     @pydantic.field_validator("occurred_at")
@@ -101,17 +118,45 @@ class UsageEventIn(pydantic.BaseModel):
         if occurred_at is None:
             return None
         now = (info.context or {}).get("received_at") or dt.datetime.now(dt.UTC)
-        if occurred_at < now - MAX_EVENT_AGE:
-            raise ValueError("Must be at most 35 days old")
-        if occurred_at > now + MAX_CLOCK_SKEW:
-            raise ValueError("Must be at most 5 minutes in the future")
+        if occurred_at < now - billing_window.MAX_ACCEPTED_AGE:
+            raise ValueError(f"Must be at most {_ACCEPTED_DAYS} days old")
+        if occurred_at > now + billing_window.MAX_ACCEPTED_LEAD:
+            raise ValueError(f"Must be at most {_ACCEPTED_LEAD_MINUTES} minutes in the future")
         return occurred_at
+
+
+# An idempotency key, the header's and a batch event's alike. HTTP servers strip the
+# spaces around a header's value (a header "K " arrives as "K"), so a key that begins or
+# ends with one would mean another key in a body than in a header: such keys are refused.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
+IDEMPOTENCY_KEY_RULE = "Must be 1 to 255 printable ASCII characters (U+0020 to U+007E) that neither begin nor end with a space"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def valid_idempotency_key(key: str) -> bool:
+    return _IDEMPOTENCY_KEY.fullmatch(key) is not None
+
+
+def _idempotency_key(key: str) -> str:
+    if not valid_idempotency_key(key):
+        raise PydanticCustomError("idempotency_key_format", IDEMPOTENCY_KEY_RULE)
+    return key
+
+
+IdempotencyKey = Annotated[
+    str,
+    pydantic.AfterValidator(_idempotency_key),
+    pydantic.WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN}),
+]
 
 
 class BatchEventIn(UsageEventIn):
     """One event of a batch; it may carry its own idempotency key."""
 
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")] | None = None
+    idempotency_key: IdempotencyKey | None = Field(
+        default=None,
+        description=f"This event's Idempotency-Key. {IDEMPOTENCY_KEY_RULE}.",
+    )
 
 
 # Each item is validated on its own later (a bad one is rejected, not the batch), so the

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import uuid
 
 import pydantic
@@ -18,13 +17,20 @@ from ingest_api.auth import revoked_unauthorized, superadmin_required
 from ingest_api.catalog import Catalog
 from ingest_api.errors import ApiError
 from ingest_api.kept_keys import KeptKey, kept_keys
-from ingest_api.schemas import BatchEventIn, BatchIn, UsageEventIn, UsageEventOut, error_details
+from ingest_api.schemas import (
+    IDEMPOTENCY_KEY_RULE,
+    BatchEventIn,
+    BatchIn,
+    UsageEventIn,
+    UsageEventOut,
+    error_details,
+    valid_idempotency_key,
+)
 from shared import db, metrics, models, queue
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable, Revoked, fingerprint
 from shared.usage_event import AcceptedUsageEvent
 
 blueprint = Blueprint("usage", __name__, url_prefix="/api/billing/external-usage")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 RETRY_AFTER_SECONDS = "2"
 
 
@@ -55,9 +61,23 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
 
+# Python refuses to convert an integer of more than 4,300 digits (a guard against
+# quadratic conversion), which would make a number too big for any field a 400 "not
+# JSON". No field takes one of even 20 digits, so a longer integer is kept as a stand-in
+# of its sign that is just as far out of range: the field it is in gets its 422.
+_OUT_OF_RANGE_DIGITS = 20
+_OUT_OF_RANGE = 10**_OUT_OF_RANGE_DIGITS
+
+
+def _json_int(digits: str) -> int:
+    if len(digits) <= _OUT_OF_RANGE_DIGITS:
+        return int(digits)
+    return -_OUT_OF_RANGE if digits.startswith("-") else _OUT_OF_RANGE
+
+
 # No NaN/Infinity, which Python's parser allows but JSON does not. Built once: json.loads
 # with an argument builds a new decoder on every call.
-_JSON_DECODER = json.JSONDecoder(parse_constant=_not_json)
+_JSON_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_int=_json_int)
 
 
 def _json_bytes() -> bytes:
@@ -82,14 +102,30 @@ def _json_object(raw: bytes) -> dict:
 
 
 def _idempotency_key() -> str | None:
+    # The server has stripped the value's surrounding spaces already; a key that is only
+    # spaces arrives empty, and is refused.
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+    if key is not None and not valid_idempotency_key(key):
         raise ApiError(
             422,
             "The Idempotency-Key header is invalid.",
-            details=[{"field": "Idempotency-Key", "message": "Must be 1 to 255 printable ASCII characters."}],
+            details=[{"field": "Idempotency-Key", "message": f"{IDEMPOTENCY_KEY_RULE}."}],
         )
     return key
+
+
+def _no_idempotency_key_header() -> None:
+    """A batch's keys are its events' own: a header key would be ignored, and a retried
+    batch billed twice."""
+    if "Idempotency-Key" in request.headers:
+        raise ApiError(
+            422,
+            "The batch endpoint takes no Idempotency-Key header.",
+            details=[{
+                "field": "Idempotency-Key",
+                "message": "Not used for a batch: give each event its own idempotency_key in the body.",
+            }],
+        )
 
 
 def _validated(model: type[UsageEventIn], body: dict, received_at: dt.datetime) -> UsageEventIn:
@@ -257,6 +293,7 @@ def _refuse_if_revoked() -> None:
 @superadmin_required
 def record_usage_batch():
     received_at = dt.datetime.now(dt.UTC)
+    _no_idempotency_key_header()
     try:
         batch = BatchIn.model_validate(_json_object(_json_bytes()))
     except pydantic.ValidationError as error:

@@ -239,6 +239,11 @@ def check(resources: Resources) -> None:
         "DATABASE_URL": resources.create_database(),
         "CELERY_BROKER_URL": resources.claim_redis_database(),
         "JWT_SECRET": secrets.token_urlsafe(48),
+        # Required outside the local default run; nothing here reports to Stripe, and
+        # should anything try, it reaches a loopback port nobody listens on.
+        "STRIPE_API_KEY": "sk_test_wheel_check",
+        "STRIPE_API_BASE": f"http://127.0.0.1:{free_port()}",
+        "STRIPE_METER_EVENTS_BASE": f"http://127.0.0.1:{free_port()}",
         "FLOWER_BASIC_AUTH": flower_auth,
         "HOST": "127.0.0.1",
         "PORT": str(web_port),

@@ -32,7 +32,7 @@ from collections import deque
 from pathlib import Path
 
 from shared import embedded, migrations
-from shared.config import LOCAL_STRIPE_API_KEY, get_settings
+from shared.config import LOCAL_STRIPE_API_KEY, LOCAL_STRIPE_URL, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_HOST = "127.0.0.1"
@@ -60,6 +60,7 @@ def child_environment(settings) -> dict[str, str]:
         DATABASE_URL=settings.database_url,
         CELERY_BROKER_URL=settings.broker_url,
         JWT_SECRET=settings.jwt_secret,
+        STRIPE_API_KEY=settings.stripe_api_key,
         STRIPE_API_BASE=settings.stripe_api_base,
         STRIPE_METER_EVENTS_BASE=settings.stripe_meter_events_base,
         FLOWER_BASIC_AUTH=settings.flower_basic_auth or "",
@@ -227,6 +228,13 @@ def main() -> int:
         embedded.start_postgres()
         embedded.start_redis_default()
         embedded.ensure_local_secrets()
+    if not os.environ.get("STRIPE_API_KEY"):
+        # The local run bills into its own Stripe server unless given a key, whichever
+        # PostgreSQL and Redis it uses (outside the local default run the settings would
+        # refuse a missing key).
+        os.environ["STRIPE_API_KEY"] = LOCAL_STRIPE_API_KEY
+        for name in ("STRIPE_API_BASE", "STRIPE_METER_EVENTS_BASE"):
+            os.environ[name] = os.environ.get(name) or LOCAL_STRIPE_URL
     settings = get_settings()
     migrations.upgrade(settings.database_url)
     # A fresh run counts from zero: files of earlier runs' processes would be summed in.

@@ -4,7 +4,7 @@ The names are fixed by the contract. When ``DATABASE_URL`` and ``CELERY_BROKER_U
 both unset this is "the local default run": the embedded PostgreSQL and Redis under
 ``var/`` (which ``make run`` starts; reading the settings only finds them), the JWT
 secret and Flower password it generated there, and the project's local
-Stripe-compatible server.
+Stripe-compatible server. Outside it, ``JWT_SECRET`` and ``STRIPE_API_KEY`` must be set.
 """
 
 from __future__ import annotations
@@ -123,8 +123,15 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         if broker_url is None:
             raise ConfigurationError("CELERY_BROKER_URL is not set and no embedded Redis runs under var/ (make run starts one)")
 
+    # Like JWT_SECRET: outside the local default run, a missing key would quietly send
+    # every meter event to a local Stripe server nobody runs, instead of refusing to start.
     stripe_api_key = environ.get("STRIPE_API_KEY") or None
     if stripe_api_key is None:
+        if not local_default_run:
+            raise ConfigurationError(
+                "STRIPE_API_KEY is not set; it is required unless DATABASE_URL and "
+                "CELERY_BROKER_URL are both unset (the local default run)"
+            )
         stripe_api_key = LOCAL_STRIPE_API_KEY
         default_api_base = default_events_base = LOCAL_STRIPE_URL
     else:

@@ -494,3 +494,18 @@ def waiting_entries(broker: redis.Redis, limit: int) -> list[WaitingEntry]:
 def entry(broker: redis.Redis, entry_id: str) -> Entry | None:
     found = broker.xrange(STREAM, min=entry_id, max=entry_id)
     return Entry(found[0][0], found[0][1].get(EVENT_FIELD)) if found else None
+
+
+def events_appended_before(broker: redis.Redis, appended_before: float, limit: int) -> list[AcceptedUsageEvent]:
+    """The events of the oldest ``limit`` entries appended before ``appended_before``
+    (Unix seconds). An entry that is not an event is left out (``intake set-aside`` is
+    for it)."""
+    events = []
+    for _, fields in broker.xrange(STREAM, max=str(int(appended_before * 1000)), count=limit):
+        # Read with or without decode_responses (the metrics' client reads bytes).
+        message = fields.get(EVENT_FIELD, fields.get(EVENT_FIELD.encode()))
+        try:
+            events.append(AcceptedUsageEvent.from_message(message))
+        except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            continue
+    return events

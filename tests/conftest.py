@@ -94,12 +94,17 @@ def broker_url(redis_server_url: str):
 def process_settings(database_url: str, broker_url: str):
     """This process's own settings (``get_settings()``: what the shared Celery app sends
     wake-ups with) point at this run's servers, as a deployed process's environment does."""
-    from shared.config import get_settings
+    from shared.config import LOCAL_STRIPE_API_KEY, LOCAL_STRIPE_URL, get_settings
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DATABASE_URL", database_url)
         patch.setenv("CELERY_BROKER_URL", broker_url)
         patch.setenv("JWT_SECRET", TEST_JWT_SECRET)
+        # Required with the URLs set; the local Stripe server's address, as it was when
+        # the key could be left out.
+        patch.setenv("STRIPE_API_KEY", LOCAL_STRIPE_API_KEY)
+        patch.setenv("STRIPE_API_BASE", LOCAL_STRIPE_URL)
+        patch.setenv("STRIPE_METER_EVENTS_BASE", LOCAL_STRIPE_URL)
         get_settings.cache_clear()
         yield
     get_settings.cache_clear()

@@ -34,6 +34,7 @@ REQUIRED_ALERTS = {
     "A700CallersTurnedAway",
     "A700IntakeBacklogGrowing",
     "A700PoisonEventInIntake",
+    "A700EventsAgingOut",
     "A700MetricsAbsent",
 }
 

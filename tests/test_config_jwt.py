@@ -14,6 +14,7 @@ BASE = {
     "DATABASE_URL": "postgresql://db.example/billing",
     "CELERY_BROKER_URL": "redis://redis.example:6379/0",
     "JWT_SECRET": TEST_JWT_SECRET,
+    "STRIPE_API_KEY": "sk_test_config",
 }
 
 

@@ -23,19 +23,17 @@ from dataclasses import dataclass
 
 import stripe
 
-from shared import metrics
+from shared import billing_window, metrics
 from shared.config import Settings
 from shared.stripe_client import stripe_client
 
 log = logging.getLogger(__name__)
 STREAM_MAX_EVENTS = 100
-# What Stripe counts (Billing Meters): an event at most 35 days older and 5 minutes newer
-# than its receipt, a value of at most 15 digits (changelog 2026-04-22.dahlia). The v2
-# stream takes anything and drops what breaks these rules later, so they are checked
-# here, before sending, with a margin for the time the event spends in transit.
-MAX_EVENT_AGE = dt.timedelta(days=35)
-MAX_EVENT_LEAD = dt.timedelta(minutes=5)
-SEND_MARGIN = dt.timedelta(minutes=5)
+# What Stripe counts (Billing Meters): an event within the billing window (at most 35
+# days older and 5 minutes newer than its receipt, shared/billing_window.py), a value of
+# at most 15 digits (changelog 2026-04-22.dahlia). The v2 stream takes anything and drops
+# what breaks these rules later, so they are checked here, before sending, with a margin
+# for the time the event spends in transit.
 MAX_VALUE_DIGITS = 15
 # How long a process trusts what it found of the billing meter.
 METER_CHECK_SECONDS = 30
@@ -72,12 +70,12 @@ class Result:
 
 def unsendable(event: MeterEvent, now: dt.datetime) -> str | None:
     """Why Stripe would drop this event if it were sent now; None if it would count it."""
-    if event.occurred_at < now - MAX_EVENT_AGE + SEND_MARGIN:
+    if event.occurred_at < now - billing_window.MAX_SENT_AGE:
         return (
             f"Too old for Stripe: it occurred at {event.occurred_at.isoformat()}, and Stripe counts no meter event "
             f"older than 35 days at receipt (now {now.isoformat(timespec='seconds')}); it was not sent."
         )
-    if event.occurred_at > now + MAX_EVENT_LEAD:
+    if event.occurred_at > now + billing_window.STRIPE_MAX_LEAD:
         return (
             f"Too far ahead for Stripe: it occurred at {event.occurred_at.isoformat()}, more than 5 minutes after "
             f"now ({now.isoformat(timespec='seconds')}); it was not sent."

@@ -9,6 +9,7 @@ framing and about slow clients go through the real web process, as the Procfile 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import time
@@ -23,7 +24,7 @@ from ingest_api import lookup_limits
 from ingest_api.credentials import new_app_password
 from local_stripe.webhooks import signature_header
 from shared import models
-from tests.api.conftest import assert_error
+from tests.api.conftest import assert_error, record_as_worker, rfc3339
 from tests.processes import GunicornProcess
 from tests.support.billing import BATCH_URL, OMIT, URL
 
@@ -146,14 +147,40 @@ def test_a_field_nested_a_few_hundred_deep_is_422(billing):
     assert_error(post_raw(billing, data), 422, fields=["source"])
 
 
-def test_a_number_of_5000_digits_is_a_4xx(billing):
-    data = json.dumps(billing.body(input_tokens=1)).replace('"input_tokens": 1', '"input_tokens": ' + "9" * 5000).encode()
+# Python converts no integer of more than 4,300 digits (json raises ValueError): such a
+# number was a 400 "not valid UTF-8 JSON" (finding 10 of issue 19), where it is valid JSON
+# out of the field's range.
+FIVE_THOUSAND_DIGITS = {"positive": "9" * 5000, "negative": "-" + "9" * 5000}
+OUT_OF_RANGE = {"positive": "less than or equal to 2147483647", "negative": "greater than or equal to 0"}
 
-    response = post_raw(billing, data)
 
-    assert response.status_code in (400, 422), response.get_json()
-    assert_error(response, response.status_code)
+def with_number(body: dict, field: str, digits: str) -> str:
+    """``body`` as JSON with ``field``'s value written as ``digits``."""
+    return json.dumps(body | {field: "NUMBER"}).replace('"NUMBER"', digits)
+
+
+@pytest.mark.parametrize("field", ["input_tokens", "output_tokens"])
+@pytest.mark.parametrize("sign", list(FIVE_THOUSAND_DIGITS))
+def test_a_token_count_of_5000_digits_is_422_naming_it(billing, field, sign):
+    response = post_raw(billing, with_number(billing.body(), field, FIVE_THOUSAND_DIGITS[sign]).encode())
+
+    body = assert_error(response, 422, fields=[field])
+    assert OUT_OF_RANGE[sign] in body["details"][0]["message"], body
     billing.assert_nothing_queued()
+
+
+@pytest.mark.parametrize("field", ["input_tokens", "output_tokens"])
+def test_a_token_count_of_5000_digits_in_a_batch_rejects_only_that_event(billing, field):
+    events = [json.dumps(billing.body()), with_number(billing.body(), field, "9" * 5000), json.dumps(billing.body())]
+    response = billing.client.post(
+        BATCH_URL, data=f'{{"events": [{", ".join(events)}]}}'.encode(), headers=billing.headers() | {"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 200, response.get_json()
+    first, second, third = response.get_json()["results"]
+    assert (first["status"], third["status"]) == ("queued", "queued")
+    assert (second["status"], [d["field"] for d in second["details"]]) == ("rejected", [field])
+    assert len(billing.queued()) == 2
 
 
 def test_five_thousand_unknown_fields_are_one_422(billing):
@@ -203,7 +230,97 @@ def test_usage_of_another_organizations_user_billed_to_this_one_is_422(billing, 
     assert [str(event.id) for event in billing.queued()] == [accepted["id"]]
 
 
+# --- occurred_at: what PostgreSQL can store, and what Stripe will still count ------------------
+
+
+def an_hour_ago_at(offset: dt.timedelta) -> str:
+    """An hour ago, as RFC 3339 in the UTC offset ``offset``."""
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).astimezone(dt.timezone(offset)).isoformat(timespec="seconds")
+
+
+def postgresql_stores(database_url: str, timestamp: str) -> bool:
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT CAST(:t AS timestamptz)"), {"t": timestamp})
+        return True
+    except sa.exc.DataError:
+        return False
+    finally:
+        engine.dispose()
+
+
+OFFSETS = {
+    "+15:59": dt.timedelta(hours=15, minutes=59),
+    "-15:59": -dt.timedelta(hours=15, minutes=59),
+    "+16:00": dt.timedelta(hours=16),
+    "-16:00": -dt.timedelta(hours=16),
+    "+23:59": dt.timedelta(hours=23, minutes=59),
+    "-23:59": -dt.timedelta(hours=23, minutes=59),
+}
+
+
+@pytest.mark.parametrize("offset", list(OFFSETS.values()), ids=list(OFFSETS))
+def test_the_edge_refuses_exactly_the_utc_offsets_postgresql_cannot_store(billing, settings, database_url, offset):
+    """``2026-12-08T04:07:34+16:00`` was a 202, then failed: "time zone displacement out of
+    range" (finding 1 of issue 19). PostgreSQL's timestamptz takes offsets up to 15:59."""
+    occurred_at = an_hour_ago_at(offset)
+    storable = postgresql_stores(database_url, occurred_at)
+    assert storable == (abs(offset) < dt.timedelta(hours=16)), occurred_at
+
+    single = billing.post(billing.body(occurred_at=occurred_at))
+    (in_batch,) = billing.post_batch([billing.body(occurred_at=occurred_at)]).get_json()["results"]
+
+    if storable:
+        assert single.status_code == 202 and in_batch["status"] == "queued", (single.get_json(), in_batch)
+        for event in billing.queued():
+            record_as_worker(settings, billing, event)  # and PostgreSQL stores it
+    else:
+        body = assert_error(single, 422, fields=["occurred_at"])
+        assert "-15:59 and +15:59" in body["details"][0]["message"], body
+        assert in_batch["status"] == "rejected" and [d["field"] for d in in_batch["details"]] == ["occurred_at"]
+        billing.assert_nothing_queued()
+
+
+def test_an_event_35_days_old_less_seconds_is_422_not_accepted_to_fail_later(billing):
+    """Accepted by the edge's 35 days, it failed "Too old for Stripe" at the reporter, whose
+    limit is 35 days less 5 minutes (finding 2 of issue 19). The edge takes 34 days: the
+    day between is the pipeline's margin."""
+    occurred_at = rfc3339(dt.datetime.now(dt.UTC) - dt.timedelta(days=35) + dt.timedelta(seconds=10))
+
+    body = assert_error(billing.post(billing.body(occurred_at=occurred_at)), 422, fields=["occurred_at"])
+    assert body["details"][0]["message"] == "Must be at most 34 days old.", body
+    (result,) = billing.post_batch([billing.body(occurred_at=occurred_at)]).get_json()["results"]
+    assert result["status"] == "rejected" and [d["field"] for d in result["details"]] == ["occurred_at"]
+    billing.assert_nothing_queued()
+
+
 # --- headers ------------------------------------------------------------------------------------
+
+
+def test_a_batch_with_an_idempotency_key_header_is_422_pointing_to_idempotency_key(billing):
+    """The header was ignored on the batch endpoint, so a retried batch was billed twice
+    (finding 7 of issue 19)."""
+    response = billing.client.post(
+        BATCH_URL, json={"events": [billing.body()]}, headers=billing.headers(idempotency_key="batch-1")
+    )
+
+    body = assert_error(response, 422, fields=["Idempotency-Key"])
+    assert "idempotency_key" in body["details"][0]["message"], body
+    billing.assert_nothing_queued()
+
+
+@pytest.mark.parametrize("key", ["K ", " K", " "], ids=["trailing-space", "leading-space", "a-space"])
+def test_a_key_with_a_space_at_either_end_is_refused_on_both_endpoints(billing, key):
+    """HTTP strips the spaces around a header's value, so "K " was K in a header and "K "
+    in a batch (finding 7 of issue 19): no key begins or ends with a space."""
+    body = assert_error(billing.post(idempotency_key=key), 422, fields=["Idempotency-Key"])
+    assert "neither begin nor end with a space" in body["details"][0]["message"], body
+    (result,) = billing.post_batch([billing.body() | {"idempotency_key": key}]).get_json()["results"]
+    assert result["status"] == "rejected" and [d["field"] for d in result["details"]] == ["idempotency_key"]
+    assert "neither begin nor end with a space" in result["details"][0]["message"], result
+    billing.assert_nothing_queued()
+
 
 
 @pytest.mark.parametrize(
@@ -415,6 +532,22 @@ def test_deep_nesting_over_http_is_400(web_process, billing):
     )
 
     assert response.status_code == 400 and response.json()["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("committed_database")  # the web process reads its data
+def test_a_header_key_and_a_batch_key_of_the_same_text_are_the_same_key(web_process, billing):
+    """The server strips a header's surrounding spaces: "K " sent is K received, and K is
+    the batch's "K" (a batch's "K " is refused, above)."""
+    body = billing.body()
+    single = requests.post(f"{web_process.url}{URL}", json=body, headers=billing.headers(idempotency_key="call-7 "), timeout=10)
+    assert single.status_code == 202, single.text
+
+    batch = requests.post(
+        f"{web_process.url}{BATCH_URL}", json={"events": [body | {"idempotency_key": "call-7"}]}, headers=billing.headers(), timeout=10
+    )
+
+    assert batch.json()["results"] == [{"index": 0, "id": single.json()["id"], "status": "duplicate"}], batch.text
 
 
 # --- slow clients cannot starve normal callers ----------------------------------------------------

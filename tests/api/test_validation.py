@@ -82,7 +82,7 @@ INVALID_FIELDS = [
     ("source-empty", {"source": ""}, ["source"]),
     ("source-65-chars", {"source": "s" * 65}, ["source"]),
     ("source-number", {"source": 1}, ["source"]),
-    # occurred_at: RFC 3339 with an offset, within [-35 days, +5 minutes]
+    # occurred_at: RFC 3339 with an offset PostgreSQL can store, within [-34 days, +5 minutes]
     ("occurred_at-naive", {"occurred_at": now().replace(tzinfo=None).isoformat(timespec="seconds")}, ["occurred_at"]),
     ("occurred_at-words", {"occurred_at": "yesterday"}, ["occurred_at"]),
     ("occurred_at-date-only", {"occurred_at": now().date().isoformat()}, ["occurred_at"]),
@@ -93,6 +93,7 @@ INVALID_FIELDS = [
     ("occurred_at-hour-25", {"occurred_at": now().strftime("%Y-%m-%dT25:%M:%SZ")}, ["occurred_at"]),
     ("occurred_at-number", {"occurred_at": int(time.time())}, ["occurred_at"]),
     ("occurred_at-36-days-old", {"occurred_at": lambda: rfc3339(now() - dt.timedelta(days=36))}, ["occurred_at"]),
+    ("occurred_at-a-minute-over-34-days-old", {"occurred_at": lambda: rfc3339(now() - dt.timedelta(days=34, minutes=1))}, ["occurred_at"]),
     ("occurred_at-6-minutes-ahead", {"occurred_at": lambda: rfc3339(now() + dt.timedelta(minutes=6))}, ["occurred_at"]),
     # nothing but the table's fields
     ("unknown-field", {"agent_id": str(uuid.uuid4())}, ["agent_id"]),
@@ -118,7 +119,7 @@ VALID_FIELDS = [
     ("tokens-zero", {"input_tokens": 0, "output_tokens": 0}),
     ("source-1-char", {"source": "s"}),
     ("source-64-chars", {"source": "s" * 64}),
-    ("occurred_at-34-days-old", {"occurred_at": lambda: rfc3339(now() - dt.timedelta(days=34))}),
+    ("occurred_at-a-minute-under-34-days-old", {"occurred_at": lambda: rfc3339(now() - dt.timedelta(days=34) + dt.timedelta(minutes=1))}),
     ("occurred_at-4-minutes-ahead", {"occurred_at": lambda: rfc3339(now() + dt.timedelta(minutes=4))}),
     ("occurred_at-other-offset", {"occurred_at": (now() - dt.timedelta(hours=3)).astimezone(dt.timezone(dt.timedelta(hours=5, minutes=30))).isoformat()}),
     ("occurred_at-fraction", {"occurred_at": (now() - dt.timedelta(seconds=30)).isoformat(timespec="microseconds")}),
@@ -350,13 +351,13 @@ def test_a_chunked_body_of_64_kib_is_accepted(billing):
     assert len(billing.queued()) == 1
 
 
-# --- Idempotency-Key header: 1 to 255 printable ASCII -----------------------------------
+# --- Idempotency-Key header: 1 to 255 printable ASCII, no space at either end ---------
 
 
 @pytest.mark.parametrize(
     "key",
-    ["", "k" * 256, "cl\u00e9", "a\x01b", "a\x7fb", "tab\there", "\x00"],
-    ids=["empty", "256-chars", "non-ascii", "control", "del", "tab", "nul"],
+    ["", "k" * 256, "cl\u00e9", "a\x01b", "a\x7fb", "tab\there", "\x00", " ", "k ", " k"],
+    ids=["empty", "256-chars", "non-ascii", "control", "del", "tab", "nul", "a-space", "trailing-space", "leading-space"],
 )
 def test_an_invalid_idempotency_key_is_422(billing, key):
     response = billing.post(idempotency_key=key)
@@ -364,7 +365,9 @@ def test_an_invalid_idempotency_key_is_422(billing, key):
     billing.assert_nothing_queued()
 
 
-@pytest.mark.parametrize("key", ["k", "k" * 255, "a ~!\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}"], ids=["1", "255", "punctuation"])
+@pytest.mark.parametrize(
+    "key", ["k", "k" * 255, "a ~!\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}", "call 8812 / turn 3"], ids=["1", "255", "punctuation", "inner-spaces"]
+)
 def test_a_valid_idempotency_key_is_accepted(billing, key):
     response = billing.post(idempotency_key=key)
     assert response.status_code == 202, response.get_json()

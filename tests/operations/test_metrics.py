@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import datetime as dt
+import time
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest_api import create_app
-from shared import embedded, migrations
+from shared import embedded, intake, migrations, models
 from tests.operations.conftest import SETTLE_SECONDS, get_within, http, json_lines
-from tests.support.billing import BATCH_URL, URL, status_counts
+from tests.support.billing import BATCH_URL, URL, log_row, status_counts, store
 from tests.support.children import http_get, wait_until
 
 pytestmark = pytest.mark.slow
@@ -114,6 +117,50 @@ def test_oldest_unreported_age_grows_while_no_worker_runs(settings, world, clien
     )
     assert value(first, "a700_queue_depth", queue="billing:intake") == 2
     assert value(first, "a700_oldest_unreported_event_age_seconds") >= 0
+
+
+def test_events_about_to_be_too_old_for_stripe_are_counted_before_they_are(settings, world, client):
+    """An event near the end of the window that waits in our pipeline (an outage) would
+    fail "Too old for Stripe" without a warning (finding 2 of issue 19). The reporter sends
+    nothing older than 35 days less 5 minutes; the gauge counts what gets there within 12 h."""
+    now = dt.datetime.now(dt.UTC)
+    within_12_hours, with_13_hours_left = now - dt.timedelta(days=34, hours=12), now - dt.timedelta(days=34, hours=11)
+    store(settings, *[
+        log_row(
+            user_id=world.user.id, organization_id=world.organization.id, service_id=world.service.id, price=world.price,
+            status=status, occurred_at=occurred_at,
+        )
+        for status, occurred_at in [
+            (models.UsageStatus.RECORDED, within_12_hours),
+            (models.UsageStatus.RECORDED, with_13_hours_left),
+            (models.UsageStatus.REPORTED, within_12_hours),
+        ]
+    ])
+    # Intake entries accepted 20 hours ago (a recorder outage): one about to age out, one
+    # of an event of the day, and one that is no event at all.
+    appended_ms = int((time.time() - 20 * 3600) * 1000)
+    broker = redis.Redis.from_url(settings.broker_url)
+    try:
+        for sequence, message in enumerate(
+            [world.event(occurred_at=within_12_hours).to_message(), world.event(occurred_at=now).to_message(), b"\xff not json"]
+        ):
+            broker.xadd(intake.STREAM, {intake.EVENT_FIELD: message}, id=f"{appended_ms}-{sequence}")
+    finally:
+        broker.close()
+
+    scraped = samples(client.get("/metrics").get_data(as_text=True))
+
+    assert value(scraped, "a700_events_aging_out", stage="accepted") == 1
+    assert value(scraped, "a700_events_aging_out", stage="recorded") == 1
+
+
+def test_healthy_nothing_is_aging_out(world, client):
+    assert client.post(URL, json=world.body(), headers={"Authorization": f"Bearer {world.jwt}"}).status_code == 202
+
+    scraped = samples(client.get("/metrics").get_data(as_text=True))
+
+    assert value(scraped, "a700_events_aging_out", stage="accepted") == 0
+    assert value(scraped, "a700_events_aging_out", stage="recorded") == 0
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from shared import billing_window
 from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, idempotency_key, unsendable
 
 SENTENCE_START = re.compile(r"[A-Z]")
@@ -309,3 +310,16 @@ def test_a_value_of_more_than_15_digits_is_not_sent_as_stripe_would_drop_it(valu
         assert problem is None
     else:
         assert problem == f"Its meter value {value} has more than 15 digits, which Stripe refuses; it was not sent."
+
+
+def test_an_event_the_edge_accepts_at_its_oldest_is_still_sent_for_a_day_less_the_transit_margin():
+    """The edge took 35 days, the reporter sends up to 35 days less 5 minutes: the last
+    minutes of the window were accepted only to fail (finding 2 of issue 19). Now the
+    edge's limit is a day inside the reporter's."""
+    received_at = dt.datetime.now(dt.UTC)
+    oldest = MeterEvent(uuid.uuid4(), "cus_a", 1, received_at - billing_window.MAX_ACCEPTED_AGE)
+    margin = billing_window.PIPELINE_MARGIN - billing_window.SEND_MARGIN
+    assert margin == dt.timedelta(hours=23, minutes=55)
+
+    assert unsendable(oldest, received_at + margin - dt.timedelta(seconds=1)) is None
+    assert unsendable(oldest, received_at + margin + dt.timedelta(seconds=1)).startswith("Too old for Stripe")
