@@ -27,8 +27,8 @@ def recorded_not_reported(connection: sa.Connection) -> int:
 
 # The most intake entries one scrape reads for the ageing-out count. Healthy, no entry
 # waits long enough to be read at all; after an outage of the recorder of more than
-# 11 h 55 min, the oldest 10,000 (about 3 MiB from Redis, tens of milliseconds) are
-# counted, and the count is a lower bound.
+# 11 h 55 min, the oldest 10,000 are counted (4.5 MB from Redis, 0.11 s to read and
+# parse here: 29 ms XRANGE, 81 ms validating), and the count is a lower bound.
 AGING_OUT_SCAN_LIMIT = 10_000
 
 
