@@ -2,8 +2,8 @@
 to the one algorithm its type allows (``shared.jwt_keys``).
 
 The request path does no network call while the token's key is known: a dict lookup and
-a clock read. Fetches run in a thread of their own, one at a time, at most every
-``refetch_seconds``, so an endpoint that is down or slow costs a request at most
+a clock read. Fetches run in a thread of their own, one started at most every
+``refetch_seconds`` and shared by every request waiting for it, so an endpoint that is down or slow costs a request at most
 ``timeout_seconds`` of waiting, however many requests arrive together:
 
 - key known, set younger than ``fresh_seconds``: used.
@@ -14,6 +14,15 @@ a clock read. Fetches run in a thread of their own, one at a time, at most every
   request waits for that fetch. A set fetched successfully that lacks the key:
   ``UnknownSigningKey`` (401). No set, a failed fetch or one still running after
   ``timeout_seconds``: ``SigningKeysUnavailable`` (503; a retry may succeed).
+
+A request joins the fetch in flight only while that fetch is younger than
+``timeout_seconds``. One older has outlived the wait of every request that joined it (an
+endpoint that hung, or trickles bytes); once ``refetch_seconds`` have passed since it
+started, the next request starts a fresh fetch instead, so the first request after the
+endpoint recovers is answered. The overdue fetch is left to end by itself; whatever it
+brings back later never replaces what a fetch started after it found. At most
+``MAX_FETCHES_AT_ONCE`` run at a time, and one more a minute (``GIVE_UP_SECONDS``) past
+that, so an endpoint that trickles bytes for ever cannot pile up threads.
 
 PyJWT's ``PyJWKClient`` does the fetching and parsing (no redirects; http and https
 only); its own caches are off, because they fetch under a lock in the request that
@@ -42,6 +51,11 @@ STALE_SECONDS = 3600.0
 # Fewest seconds between two fetches: tokens naming made-up kids cannot make this
 # process hammer the endpoint, and a failed fetch is retried this much later.
 REFETCH_SECONDS = 5.0
+# Fetches running at once: the one requests wait on, and overdue ones not yet ended
+# (PyJWKClient's timeout bounds each read, not the whole answer).
+MAX_FETCHES_AT_ONCE = 3
+# Past that, a fetch starts only once the last has run this long.
+GIVE_UP_SECONDS = 60.0
 
 
 class SigningKeysUnavailable(Exception):
@@ -55,6 +69,19 @@ class UnknownSigningKey(Exception):
     """The JWKS endpoint, just asked, does not publish the token's ``kid``."""
 
 
+class _Fetch:
+    """One fetch of the set: when it started and, once ``done``, whether it ``succeeded``."""
+
+    def __init__(self, serial: int):
+        self.serial = serial
+        self.started_at = time.monotonic()
+        self.done = threading.Event()
+        self.succeeded: bool | None = None
+
+    def age(self) -> float:
+        return time.monotonic() - self.started_at
+
+
 class JwksKeys:
     def __init__(self, url: str):
         self.url = url
@@ -62,13 +89,14 @@ class JwksKeys:
         self.fresh_seconds = FRESH_SECONDS
         self.stale_seconds = STALE_SECONDS
         self.refetch_seconds = REFETCH_SECONDS
+        self.give_up_seconds = GIVE_UP_SECONDS
         self._client = jwt.PyJWKClient(url, cache_jwk_set=False, cache_keys=False, timeout=TIMEOUT_SECONDS)
         self._lock = threading.Lock()
         self._keys: dict[str, tuple[object, str]] = {}
         self._fetched_at: float | None = None  # monotonic time of the last good fetch
-        self._attempted_at: float | None = None  # ... the last fetch started
-        self._failing = False  # whether the last finished fetch failed
-        self._in_flight: threading.Event | None = None
+        self._keys_serial = 0  # serial of the fetch that found ``_keys``
+        self._latest: _Fetch | None = None  # the fetch started last
+        self._running = 0  # fetches started and not yet done
 
     def key(self, kid: str) -> tuple[object, str]:
         """The public key named ``kid`` and the algorithm it is pinned to."""
@@ -80,39 +108,44 @@ class JwksKeys:
             if age < self.stale_seconds:
                 self._start_fetch()
                 return entry
-        done = self._start_fetch()
-        if done is not None:
-            done.wait(self.timeout_seconds)
+        fetch = self._start_fetch() or self._latest
+        if fetch is not None:
+            fetch.done.wait(self.timeout_seconds)
+        # Read before the keys: a fetch that succeeded has already stored what it found.
+        succeeded = fetch is not None and fetch.succeeded
         entry = self._keys.get(kid)
         if entry is not None and self._age() < self.stale_seconds:
             return entry
-        settled = done is None or done.is_set()
-        if entry is None and settled and self._fetched_at is not None and not self._failing:
+        if entry is None and succeeded:
             raise UnknownSigningKey(kid)
         raise SigningKeysUnavailable()
 
     def _age(self) -> float:
         return float("inf") if self._fetched_at is None else time.monotonic() - self._fetched_at
 
-    def _start_fetch(self) -> threading.Event | None:
-        """The fetch now running (a new one if none runs and the last started at least
-        ``refetch_seconds`` ago), or None."""
+    def _start_fetch(self) -> _Fetch | None:
+        """The fetch to wait for: the one in flight while younger than ``timeout_seconds``,
+        else a new one if the last started at least ``refetch_seconds`` ago (and fewer
+        than ``MAX_FETCHES_AT_ONCE`` run, or it started ``give_up_seconds`` ago), else the
+        one in flight, overdue, or None."""
         with self._lock:
-            now = time.monotonic()
-            if self._attempted_at is not None and now - self._attempted_at < self.refetch_seconds:
-                return self._in_flight
-            # A fetch still running after a minute (an endpoint trickling bytes) is given up on.
-            if self._in_flight is not None and now - self._attempted_at < 30 * self.timeout_seconds:
-                return self._in_flight
-            self._attempted_at = now
-            done = self._in_flight = threading.Event()
-        threading.Thread(target=self._fetch, args=(done,), name="jwks-fetch", daemon=True).start()
-        return done
+            latest = self._latest
+            in_flight = latest if latest is not None and not latest.done.is_set() else None
+            if in_flight is not None and in_flight.age() < self.timeout_seconds:
+                return in_flight
+            if latest is not None:
+                crowded = self._running >= MAX_FETCHES_AT_ONCE and latest.age() < self.give_up_seconds
+                if crowded or latest.age() < self.refetch_seconds:
+                    return in_flight
+            fetch = self._latest = _Fetch(latest.serial + 1 if latest is not None else 1)
+            self._running += 1
+        threading.Thread(target=self._fetch, args=(fetch,), name="jwks-fetch", daemon=True).start()
+        return fetch
 
-    def _fetch(self, done: threading.Event) -> None:
+    def _fetch(self, fetch: _Fetch) -> None:
+        keys, succeeded = {}, False
         try:
             self._client.timeout = self.timeout_seconds
-            keys = {}
             for jwk in self._client.get_signing_keys():  # use "sig" or unstated, with a kid
                 algorithm = jwt_keys.pinned_algorithm(jwk.key)
                 # A key the endpoint declares for another algorithm than its type's is skipped.
@@ -121,17 +154,14 @@ class JwksKeys:
             if not keys:
                 # More likely a broken endpoint than every key withdrawn: keep the last set.
                 raise jwt.PyJWKClientError("the JWKS holds no RS256 or ES256 signing key")
+            succeeded = True
         except Exception as error:  # noqa: BLE001 -- any failure (network, HTTP, JSON, keys) is one to report and retry
             log.warning("JWKS fetch from %s failed: %s", self.url, error)
-            with self._lock:
-                self._failing = True
-        else:
-            with self._lock:
-                self._keys = keys
-                self._fetched_at = time.monotonic()
-                self._failing = False
         finally:
             with self._lock:
-                if self._in_flight is done:
-                    self._in_flight = None
-            done.set()
+                # An overdue fetch ending after a later one found a set does not bring back older keys.
+                if succeeded and fetch.serial > self._keys_serial:
+                    self._keys, self._fetched_at, self._keys_serial = keys, time.monotonic(), fetch.serial
+                fetch.succeeded = succeeded
+                self._running -= 1
+            fetch.done.set()

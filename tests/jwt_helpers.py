@@ -1,8 +1,8 @@
 """Keys, tokens and a real JWKS endpoint for the JWT tests.
 
 The JWKS endpoint is an HTTP server on 127.0.0.1 in a thread of the test process; a
-test changes what it publishes and how it misbehaves (an error status, a slow answer,
-something that is not a key set) and counts how often it was asked.
+test changes what it publishes and how it misbehaves (an error status, an answer that
+never ends, something that is not a key set) and counts how often it was asked.
 """
 
 from __future__ import annotations
@@ -83,22 +83,35 @@ def claims_for(user_id, *, ttl: dt.timedelta = dt.timedelta(minutes=10), **extra
 
 
 class JwksServer:
-    """A JWKS endpoint at ``url``. ``keys`` is what it publishes; ``status`` (200),
-    ``delay_seconds`` (0) and ``body`` (None: the key set) shape its answer."""
+    """A JWKS endpoint at ``url``. ``keys`` is what it publishes; ``status`` (200) and
+    ``body`` (None: the key set) shape its answer; ``requests`` counts the requests.
+
+    ``stall()``: a request arriving from then on gets the status line, the headers and then
+    one byte of the body every 0.1 s, never all of it: to the fetcher, an endpoint that
+    answers too slowly to finish, without ever letting a socket read time out.
+    ``recover()``: requests arriving from then on are answered at once, while the stalled
+    ones go on trickling until ``end_stalled()`` (or ``stop()``) drops them mid-body."""
+
+    TRICKLE_SECONDS = 0.1
 
     def __init__(self):
         self.keys: list[dict] = []
         self.status = 200
-        self.delay_seconds = 0.0
         self.body: bytes | None = None
         self.requests = 0
-        self._stopping = threading.Event()
+        self._arrived = threading.Condition()
+        self._stall: threading.Event | None = None  # while stalled: set when the stalled requests end
+        self._stalls: list[threading.Event] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                server.requests += 1
-                if server.delay_seconds and server._stopping.wait(server.delay_seconds):
+                with server._arrived:
+                    server.requests += 1
+                    stall = server._stall
+                    server._arrived.notify_all()
+                if stall is not None:
+                    self.trickle(stall)
                     return
                 body = server.body if server.body is not None else json.dumps({"keys": server.keys}).encode()
                 self.send_response(server.status)
@@ -106,6 +119,17 @@ class JwksServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def trickle(self, stall: threading.Event) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                try:
+                    while not stall.wait(server.TRICKLE_SECONDS):
+                        self.wfile.write(b" ")  # whitespace: JSON, and never the end of it
+                except OSError:  # the fetcher gave up
+                    pass
 
             def log_message(self, format, *args):
                 pass
@@ -116,7 +140,25 @@ class JwksServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="jwks-server", daemon=True)
         self._thread.start()
 
+    def stall(self) -> None:
+        with self._arrived:
+            self._stall = threading.Event()
+            self._stalls.append(self._stall)
+
+    def recover(self) -> None:
+        with self._arrived:
+            self._stall = None
+
+    def end_stalled(self) -> None:
+        for stall in self._stalls:
+            stall.set()
+
+    def wait_for_requests(self, count: int, timeout: float = 10) -> None:
+        """Until ``count`` requests have arrived in all."""
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: self.requests >= count, timeout), f"{self.requests} requests, not {count}"
+
     def stop(self) -> None:
-        self._stopping.set()
+        self.end_stalled()
         self._httpd.shutdown()
         self._httpd.server_close()

@@ -19,6 +19,7 @@ import time
 import jwt
 import pytest
 
+from ingest_api.jwks import MAX_FETCHES_AT_ONCE
 from tests.api.conftest import assert_error, assert_unauthorized, b64url
 from tests.jwt_helpers import (
     JwksServer,
@@ -229,6 +230,13 @@ def test_a_verified_jwks_caller_is_served_from_memory(jwks_world, jwks_server):
 # --- the JWKS endpoint unavailable: 503 in bounded time, never a 500 ------------------
 
 
+def wait_for_the_fetches_to_end() -> None:
+    """Until every JWKS fetch thread of this process has ended."""
+    for fetch in [thread for thread in threading.enumerate() if thread.name == "jwks-fetch"]:
+        fetch.join(10)
+        assert not fetch.is_alive()
+
+
 def timed_post(billing, token):
     started = time.monotonic()
     response = billing.post(token=token)
@@ -258,7 +266,7 @@ def test_an_endpoint_answering_no_usable_key_set_gives_503(jwks_world, jwks_serv
 
 def test_a_slow_endpoint_gives_503_within_the_timeout_even_to_many_requests_at_once(jwks_world, jwks_server):
     billing, app = jwks_world
-    jwks_server.delay_seconds = 30
+    jwks_server.stall()
     results = []
 
     def post():  # each thread with a client of its own
@@ -277,10 +285,54 @@ def test_a_slow_endpoint_gives_503_within_the_timeout_even_to_many_requests_at_o
     billing.assert_nothing_queued()
     assert jwks_server.requests == 1  # one fetch at a time, shared by everyone waiting
 
-    # Once the endpoint answers again, so does the service.
-    jwks_server.delay_seconds = 0
+    # Once the endpoint answers again, so does the service, though that fetch still trickles.
+    jwks_server.recover()
     app.extensions["jwt_verifier"].jwks.refetch_seconds = 0
     assert_accepted(billing.post(token=rs256(billing)))
+
+
+def test_the_first_request_after_the_endpoint_recovers_is_answered_while_the_old_fetch_still_hangs(jwks_world, jwks_server):
+    """A fetch older than a request's wait is not joined: the next request fetches anew
+    (here at once: no pause between fetches). What the old fetch brings back later,
+    a failure here, changes nothing."""
+    billing, app = jwks_world
+    keys = app.extensions["jwt_verifier"].jwks
+    keys.refetch_seconds = 0
+    jwks_server.stall()
+    assert_keys_unavailable(billing, rs256(billing))  # waited its 2 s on the fetch, which goes on
+
+    jwks_server.recover()
+    response, seconds = timed_post(billing, rs256(billing))
+    assert_accepted(response)
+    assert seconds < 1
+    assert jwks_server.requests == 2
+
+    jwks_server.end_stalled()
+    wait_for_the_fetches_to_end()  # the old fetch, failing
+    keys.refetch_seconds = 60
+    app.extensions["caller_cache"].ttl_seconds = 0  # each token's key looked up again
+    assert_accepted(billing.post(token=rs256(billing)))
+    billing.assert_token_refused(rs256(billing, kid="rsa-z"), "unknown")  # 401: the set fetched last lacks it
+    assert jwks_server.requests == 2
+
+
+def test_an_endpoint_that_trickles_holds_at_most_a_few_fetches_at_once(jwks_world, jwks_server):
+    billing, app = jwks_world
+    keys = app.extensions["jwt_verifier"].jwks
+    keys.refetch_seconds = 0
+    keys.timeout_seconds = 0.5  # each request waits that long; the trickle never lets a read time out
+    jwks_server.stall()
+    for _ in range(MAX_FETCHES_AT_ONCE + 2):
+        assert_keys_unavailable(billing, rs256(billing))
+    assert jwks_server.requests == MAX_FETCHES_AT_ONCE
+
+    # Past that many, one more starts only once the last has run for a minute.
+    jwks_server.recover()
+    assert_keys_unavailable(billing, rs256(billing))
+    assert jwks_server.requests == MAX_FETCHES_AT_ONCE
+    keys.give_up_seconds = 0
+    assert_accepted(billing.post(token=rs256(billing)))
+    assert jwks_server.requests == MAX_FETCHES_AT_ONCE + 1
 
 
 def test_a_failed_fetch_is_retried_only_after_a_few_seconds(jwks_world, jwks_server):
@@ -299,16 +351,14 @@ def test_known_keys_keep_verifying_while_the_endpoint_is_down_for_a_while(jwks_w
     app.extensions["caller_cache"].ttl_seconds = 0
     assert_accepted(billing.post(token=rs256(billing)))
     keys = app.extensions["jwt_verifier"].jwks
-    jwks_server.delay_seconds = 30  # as slow as it gets
+    jwks_server.stall()  # as slow as it gets
     keys.fresh_seconds = keys.refetch_seconds = 0  # the set is due for a refresh
 
     # Served from the last keys, without waiting for the refresh under way.
     response, seconds = timed_post(billing, rs256(billing))
     assert_accepted(response)
     assert seconds < 1
-    deadline = time.monotonic() + 1  # the refresh, in its own thread, reaches the endpoint
-    while jwks_server.requests < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    jwks_server.wait_for_requests(2)  # the refresh, in its own thread, reaches the endpoint
     assert jwks_server.requests == 2
 
     # Past the stale limit, the old keys are no longer trusted.
