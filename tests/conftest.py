@@ -253,10 +253,12 @@ def start_worker(committed_database, stripe, tmp_path):
 
     workers: list[WorkerProcess] = []
 
-    def start(settings: Settings, **extra_env: str) -> WorkerProcess:
+    def start(settings: Settings, *, concurrency: int = 2, **extra_env: str) -> WorkerProcess:
         directory = tmp_path / f"worker-{len(workers)}"
         directory.mkdir()
-        worker = WorkerProcess(settings, stripe.url, directory, extra_env, name=f"worker{len(workers)}")
+        worker = WorkerProcess(
+            settings, stripe.url, directory, extra_env, name=f"worker{len(workers)}", concurrency=concurrency
+        )
         workers.append(worker)
         return worker.start()
 

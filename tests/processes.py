@@ -71,7 +71,8 @@ class WorkerProcess:
     """``celery --app worker worker -B`` as a child in its own process group."""
 
     def __init__(
-        self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None, name: str = "pipeline"
+        self, settings: Settings, stripe_url: str, directory: Path, extra_env: dict[str, str] | None = None, name: str = "pipeline",
+        concurrency: int = 2,
     ):
         self.name = name
         self.settings = settings
@@ -81,7 +82,7 @@ class WorkerProcess:
             "worker",
             [
                 sys.executable, "-m", "celery", "--quiet", "--app", "worker", "worker", "-B",
-                "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h",
+                "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"{name}@%h",
             ],
             service_env(settings, stripe_url, extra_env),
             self.log_path,
