@@ -27,13 +27,13 @@ from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.dialects.postgresql import insert
 
 from ingest_api.errors import ApiError
-from shared import db, models, queue
+from shared import db, models, queue, stripe_meter
 
 blueprint = Blueprint("stripe_events", __name__)
 log = logging.getLogger(__name__)
 # The events that can mean a reported row was dropped; any other (a destination ping)
 # is acknowledged and ignored.
-HANDLED_TYPES = frozenset({"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"})
+HANDLED_TYPES = frozenset(stripe_meter.ERROR_REPORT_TYPES)
 # Stripe's ids are letters, digits and underscores (evt_test_...); the worker puts the id in
 # a URL path, so nothing else is taken.
 EVENT_ID = re.compile(r"[A-Za-z0-9_]{1,255}")

@@ -20,7 +20,7 @@ from flask.cli import AppGroup
 
 from operator_cli import output, parameters, store
 from shared import intake
-from worker import recording
+from worker.set_aside import set_aside_entry
 
 intake_cli = AppGroup("intake", help="Accepted events waiting to be recorded: list the oldest, set one aside.")
 _ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
@@ -103,7 +103,7 @@ def set_aside(entry_id: str, reason: str) -> None:
     client = store.broker()
     try:
         with store.operator_transaction() as session:
-            event_id = recording.set_aside(session, client, entry_id, reason)
+            event_id = set_aside_entry(session, client, entry_id, reason)
         # Only after the commit: the entry leaves the intake once it is kept elsewhere.
         intake.remove(client, [entry_id], [event_id])
     except LookupError as error:

@@ -37,9 +37,8 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from operator_cli import output, parameters, store, stripe_setup
-from shared import models
+from shared import models, stripe_meter
 from shared.stripe_client import stripe_client
-from worker.reporting import RECONCILE_ERROR
 
 stripe_cli = AppGroup(
     "stripe", help="Stripe Billing: set up the billing meter, and check what was reported against what Stripe counted."
@@ -52,7 +51,6 @@ DAY = dt.timedelta(days=1)
 HOUR = dt.timedelta(hours=1)
 MINUTE = dt.timedelta(minutes=1)
 _GROUPING = {DAY: "day", HOUR: "hour"}
-PAGE_SIZE = 100
 # Summary requests the drill-down below the day totals may make, so a long outage (a
 # whole month missing at Stripe) ends in a narrower-window hint, not hours of requests.
 MAX_DRILL_DOWN_REQUESTS = 300
@@ -128,64 +126,98 @@ def reconcile(organization_id: uuid.UUID, since: dt.datetime, until: dt.datetime
     could not be made. Stripe's summaries may lag new events by a few minutes.
     """
     with _exit_code(EXIT_ERROR):
-        until_given = until is not None
-        since, until = _window(since, until)
-        settings = store.current_settings()
-        with store.operator_transaction() as session:
-            organization = store.organization_by_id(session, organization_id)
-            if not organization.stripe_customer_id:
-                raise click.ClickException(
-                    f"Organization {organization_id} has no Stripe customer id; nothing of it can be at Stripe."
-                )
-            database_days = _database_totals(session, organization_id, since, until, "day")
-            pending = _pending_counts(session, organization_id, since, until)
-            left_out = None if until_given else _rows_from(session, organization_id, until)
-        client = stripe_client(settings)
-        meter = _meter(client, settings.stripe_meter_event_name)
-        summaries = Summaries(client, meter.id, organization.stripe_customer_id)
-        pieces = _pieces(since, until, DAY)
-        stripe_days = summaries.by(pieces, DAY)
+        comparison = _compare_days(organization_id, since, until)
+    _print_totals(comparison)
+    differing = [day for day in comparison.days if day.difference]
+    if differing:
+        click.echo("Days that differ (UTC):")
+        _print_periods("DAY", differing, lambda day: str(day.start.date()))
+        _print_findings(_drill_down(organization_id, comparison.summaries, differing))
+    if comparison.difference == 0 and not differing:
+        click.echo("MATCH")
+        return
+    click.echo(f"DIFFERENT by {_number(comparison.difference)}")
+    click.get_current_context().exit(EXIT_DIFFERENT)
 
-    days = [
-        Period(start, end, database_days.get(start, 0), stripe_days.get(start, Decimal(0))) for start, end in pieces
-    ]
-    database_total = sum(day.database for day in days)
-    stripe_total = sum((day.stripe for day in days), Decimal(0))
-    difference = database_total - stripe_total
-    decimals = settings.stripe_value_decimals
 
+@dataclass
+class Comparison:
+    """The window's day totals on both sides, and what was left out of them."""
+
+    organization: models.Organization
+    meter: object
+    event_name: str
+    decimals: int
+    since: dt.datetime
+    until: dt.datetime
+    days: list[Period]
+    pending: dict[str, int]  # rows not compared: recorded, failed, of them unreconciled
+    left_out: int | None  # rows after an --until not given (None when it was)
+    summaries: Summaries
+
+    @property
+    def database_total(self) -> int:
+        return sum(day.database for day in self.days)
+
+    @property
+    def stripe_total(self) -> Decimal:
+        return sum((day.stripe for day in self.days), Decimal(0))
+
+    @property
+    def difference(self) -> Decimal:
+        return self.database_total - self.stripe_total
+
+
+def _compare_days(organization_id: uuid.UUID, since: dt.datetime, until: dt.datetime | None) -> Comparison:
+    until_given = until is not None
+    since, until = _window(since, until)
+    settings = store.current_settings()
+    with store.operator_transaction() as session:
+        organization = store.organization_by_id(session, organization_id)
+        if not organization.stripe_customer_id:
+            raise click.ClickException(
+                f"Organization {organization_id} has no Stripe customer id; nothing of it can be at Stripe."
+            )
+        database_days = _database_totals(session, organization_id, since, until, "day")
+        pending = _pending_counts(session, organization_id, since, until)
+        left_out = None if until_given else _rows_from(session, organization_id, until)
+    client = stripe_client(settings)
+    meter = _meter(client, settings.stripe_meter_event_name)
+    summaries = Summaries(client, meter.id, organization.stripe_customer_id)
+    pieces = _pieces(since, until, DAY)
+    stripe_days = summaries.by(pieces, DAY)
+    days = [Period(start, end, database_days.get(start, 0), stripe_days.get(start, Decimal(0))) for start, end in pieces]
+    return Comparison(
+        organization, meter, settings.stripe_meter_event_name, settings.stripe_value_decimals, since, until, days,
+        pending, left_out, summaries,
+    )
+
+
+def _print_totals(comparison: Comparison) -> None:
+    organization, decimals, until = comparison.organization, comparison.decimals, comparison.until
     click.echo(
         f"Organization {organization.id} ({organization.name}), Stripe customer {organization.stripe_customer_id}, "
-        f"meter {meter.id} ({settings.stripe_meter_event_name})"
+        f"meter {comparison.meter.id} ({comparison.event_name})"
     )
     click.echo(
-        f"Window compared: occurred_at from {_time(since)} (inclusive) to {_time(until)} (exclusive); "
+        f"Window compared: occurred_at from {_time(comparison.since)} (inclusive) to {_time(until)} (exclusive); "
         f"meter unit = USD x 10^{decimals}"
     )
-    if left_out is not None:
+    if comparison.left_out is not None:
         newest = (
-            f"{left_out} row(s) of this organization occurred at or after it and are left out (give a later --until "
-            "once Stripe has them)" if left_out else "no row of this organization occurred after it"
+            f"{comparison.left_out} row(s) of this organization occurred at or after it and are left out (give a later "
+            "--until once Stripe has them)" if comparison.left_out else "no row of this organization occurred after it"
         )
         click.echo(f"--until was not given: it is the start of the current minute, {_time(until)}; {newest}.")
+    database_total, stripe_total = comparison.database_total, comparison.stripe_total
     click.echo(f"Database total (reported): {_number(database_total)} ({_usd(database_total, decimals)} USD)")
     click.echo(f"Stripe total:              {_number(stripe_total)} ({_usd(stripe_total, decimals)} USD)")
-    click.echo(f"Difference (database - Stripe): {_number(difference)}")
+    click.echo(f"Difference (database - Stripe): {_number(comparison.difference)}")
+    pending = comparison.pending
     click.echo(
         f"Not compared: {pending['recorded']} row(s) still recorded (not yet reported), {pending['failed']} failed "
         f"({pending['unreconciled']} of them flagged for reconciliation)."
     )
-    differing = [day for day in days if day.difference]
-    if differing:
-        click.echo("Days that differ (UTC):")
-        _print_periods("DAY", differing, lambda day: str(day.start.date()))
-        findings = _drill_down(organization_id, summaries, differing)
-        _print_findings(findings)
-    if difference == 0 and not differing:
-        click.echo("MATCH")
-        return
-    click.echo(f"DIFFERENT by {_number(difference)}")
-    click.get_current_context().exit(EXIT_DIFFERENT)
 
 
 @contextlib.contextmanager
@@ -279,7 +311,7 @@ def _pending_counts(session, organization_id: uuid.UUID, since: dt.datetime, unt
             sa.func.count().filter(_logs.status == models.UsageStatus.RECORDED).label("recorded"),
             sa.func.count().filter(_logs.status == models.UsageStatus.FAILED).label("failed"),
             sa.func.count()
-            .filter(_logs.status == models.UsageStatus.FAILED, _logs.error == RECONCILE_ERROR)
+            .filter(_logs.status == models.UsageStatus.FAILED, _logs.needs_reconciliation)
             .label("unreconciled"),
         ).where(_logs.organization_id == organization_id, _logs.occurred_at >= since, _logs.occurred_at < until)
     ).one()
@@ -301,13 +333,14 @@ def _rows_from(session, organization_id: uuid.UUID, moment: dt.datetime) -> int:
 def _meter(client: stripe.StripeClient, event_name: str):
     """The meter counting ``event_name``: the active one, else an inactive one (its history)."""
     try:
-        meters = [m for m in client.v1.billing.meters.list({"limit": PAGE_SIZE}).auto_paging_iter()
-                  if m.event_name == event_name]
+        meter = stripe_meter.select_meter(
+            client.v1.billing.meters.list({"limit": stripe_meter.PAGE_SIZE}).auto_paging_iter(), event_name
+        )
     except stripe.StripeError as error:
         raise _stripe_failed(error) from None
-    if not meters:
+    if meter is None:
         raise click.ClickException(f"Stripe has no billing meter for event name {event_name!r}.")
-    return next((m for m in meters if m.status == "active"), meters[0])
+    return meter
 
 
 class _OutOfRequests(Exception):
@@ -324,7 +357,7 @@ class Summaries:
 
     def total(self, start: dt.datetime, end: dt.datetime) -> Decimal:
         """What Stripe counts in [start, end) (minute boundaries), in one request."""
-        return sum((_value(s) for s in self._list(start, end)), Decimal(0))
+        return sum((stripe_meter.summary_value(s) for s in self._list(start, end)), Decimal(0))
 
     def by(self, pieces: list[tuple[dt.datetime, dt.datetime]], unit: dt.timedelta) -> dict[dt.datetime, Decimal]:
         """Stripe's totals of ``_pieces(..., unit)``, keyed by piece start: the whole units in
@@ -335,7 +368,7 @@ class Summaries:
             # Whole pieces are contiguous (only the first and last can be partial).
             for summary in self._list(whole[0][0], whole[-1][1], _GROUPING[unit]):
                 start = dt.datetime.fromtimestamp(summary.start_time, dt.UTC)
-                totals[start] = totals.get(start, Decimal(0)) + _value(summary)
+                totals[start] = totals.get(start, Decimal(0)) + stripe_meter.summary_value(summary)
         for start, end in pieces:
             if end - start != unit:
                 totals[start] = self.total(start, end)
@@ -345,23 +378,10 @@ class Summaries:
         if self.budget is not None and self.requests >= self.budget:
             raise _OutOfRequests
         self.requests += 1
-        params = {
-            "customer": self.customer,
-            "start_time": int(start.timestamp()),
-            "end_time": int(end.timestamp()),
-            "limit": PAGE_SIZE,
-        }
-        if grouping:
-            params["value_grouping_window"] = grouping
         try:
-            return list(self.client.v1.billing.meters.event_summaries.list(self.meter_id, params).auto_paging_iter())
+            return stripe_meter.list_summaries(self.client, self.meter_id, self.customer, start, end, grouping)
         except stripe.StripeError as error:
             raise _stripe_failed(error) from None
-
-
-def _value(summary) -> Decimal:
-    # A JSON number (a float in the SDK): via its text, so no binary fraction creeps in.
-    return Decimal(str(summary.aggregated_value))
 
 
 def _stripe_failed(error: stripe.StripeError) -> click.ClickException:
@@ -430,12 +450,8 @@ def _judged(period: Period, rows: list) -> Minute:
     """Which of a minute's reported rows Stripe lacks, when that can be told from totals."""
     if period.difference < 0:
         return Minute(period, rows)
-    if period.stripe == 0:  # the difference is all of its rows
-        return Minute(period, rows, missing=rows)
-    exact = [row for row in rows if row.stripe_value == period.difference]
-    if len(exact) == 1:
-        return Minute(period, rows, missing=exact)
-    return Minute(period, rows, candidates=rows)
+    lacking, certain = stripe_meter.rows_stripe_lacks(rows, period.difference)
+    return Minute(period, rows, missing=lacking) if certain else Minute(period, rows, candidates=lacking)
 
 
 def _gaps(start: dt.datetime, end: dt.datetime, taken: set[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:

@@ -4,7 +4,7 @@ Stripe counts a meter event only for an active meter of its ``event_name``; the 
 takes events for no meter at all and drops them later. So before the first event, the
 meter must exist as the service sends to it: event name ``STRIPE_METER_EVENT_NAME``, the
 sum of ``payload.value`` per customer mapped from ``payload.stripe_customer_id``. The
-reporters check the same (``worker.stripe_reporting.meter_setup_problem``) and send
+reporters check the same (``shared.stripe_meter.setup_problem``) and send
 nothing while it is missing or set up otherwise.
 """
 
@@ -15,8 +15,8 @@ import stripe
 from flask.cli import with_appcontext
 
 from operator_cli import store
+from shared import stripe_meter
 from shared.stripe_client import stripe_client
-from worker import stripe_reporting
 
 
 @click.command("ensure-meter")
@@ -35,15 +35,15 @@ def ensure_meter(check: bool) -> None:
     event_name = settings.stripe_meter_event_name
     try:
         meters = client.v1.billing.meters.list({"limit": 100}).auto_paging_iter()
-        meter, problem = stripe_reporting.meter_setup_problem(meters, event_name)
+        meter, problem = stripe_meter.setup_problem(meters, event_name)
         if meter is None and not check:
             meter = client.v1.billing.meters.create(
                 {
                     "display_name": f"Agent700 usage ({event_name}, USD x 10^{settings.stripe_value_decimals})",
                     "event_name": event_name,
-                    "default_aggregation": {"formula": stripe_reporting.METER_FORMULA},
-                    "customer_mapping": {"type": "by_id", "event_payload_key": stripe_reporting.CUSTOMER_KEY},
-                    "value_settings": {"event_payload_key": stripe_reporting.VALUE_KEY},
+                    "default_aggregation": {"formula": stripe_meter.FORMULA},
+                    "customer_mapping": {"type": "by_id", "event_payload_key": stripe_meter.CUSTOMER_KEY},
+                    "value_settings": {"event_payload_key": stripe_meter.VALUE_KEY},
                 }
             )
             click.echo(f"Created billing meter {meter.id} for event name {event_name!r}.", err=True)

@@ -28,10 +28,10 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from operator_cli import output, store
-from shared import models, queue
+from shared import models, queue, usage_rows
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable
 from shared.usage_event import AcceptedUsageEvent
-from worker.reporting import RECONCILE_ERROR, shard_of
+from worker.reporting import shard_of
 
 usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them.")
 
@@ -40,6 +40,16 @@ _rejected = models.RejectedUsageEvent
 
 
 # --- usage failed ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FailedListing:
+    failed: list  # failed log rows
+    rejected: list  # unresolved rejected events
+
+    @property
+    def unreconciled(self) -> int:
+        return sum(row.needs_reconciliation for row in self.failed)
 
 
 @usage_cli.command("failed")
@@ -52,47 +62,55 @@ def list_failed(as_json: bool) -> None:
     `usage retry`.
     """
     with store.operator_transaction() as session:
-        failed = session.execute(
-            sa.select(
-                _logs.id, _logs.organization_id, models.Organization.name.label("organization_name"),
-                _logs.occurred_at, _logs.agent700_cost, _logs.stripe_attempts, _logs.error,
-            )
-            .join(models.Organization, models.Organization.id == _logs.organization_id)
-            .where(_logs.status == models.UsageStatus.FAILED)
-            .order_by(_logs.recorded_at, _logs.id)
-        ).all()
-        rejected = session.execute(
-            sa.select(_rejected.id, _rejected.reason, _rejected.attempts, _rejected.rejected_at)
-            .where(_rejected.resolved_at.is_(None))
-            .order_by(_rejected.rejected_at, _rejected.id)
-        ).all()
-
+        listing = _failed_listing(session)
     if as_json:
-        document = {
-            "failed": [
-                {
-                    "id": str(row.id),
-                    "organization_id": str(row.organization_id),
-                    "organization_name": row.organization_name,
-                    "occurred_at": output.time_text(row.occurred_at),
-                    "agent700_cost": str(row.agent700_cost),
-                    "stripe_attempts": row.stripe_attempts,
-                    "error": row.error,
-                    "needs_reconciliation": row.error == RECONCILE_ERROR,
-                }
-                for row in failed
-            ],
-            "rejected": [
-                {
-                    "id": str(row.id), "reason": row.reason, "attempts": row.attempts,
-                    "rejected_at": output.time_text(row.rejected_at),
-                }
-                for row in rejected
-            ],
-        }
-        output.print_json(document)
-        return
+        _print_failed_json(listing)
+    else:
+        _print_failed_tables(listing)
 
+
+def _failed_listing(session: orm.Session) -> _FailedListing:
+    failed = session.execute(
+        sa.select(
+            _logs.id, _logs.organization_id, models.Organization.name.label("organization_name"),
+            _logs.occurred_at, _logs.agent700_cost, _logs.stripe_attempts, _logs.error, _logs.needs_reconciliation,
+        )
+        .join(models.Organization, models.Organization.id == _logs.organization_id)
+        .where(_logs.status == models.UsageStatus.FAILED)
+        .order_by(_logs.recorded_at, _logs.id)
+    ).all()
+    rejected = session.execute(
+        sa.select(_rejected.id, _rejected.reason, _rejected.attempts, _rejected.rejected_at)
+        .where(_rejected.resolved_at.is_(None))
+        .order_by(_rejected.rejected_at, _rejected.id)
+    ).all()
+    return _FailedListing(failed, rejected)
+
+
+def _print_failed_json(listing: _FailedListing) -> None:
+    output.print_json({
+        "failed": [
+            {
+                "id": str(row.id),
+                "organization_id": str(row.organization_id),
+                "organization_name": row.organization_name,
+                "occurred_at": output.time_text(row.occurred_at),
+                "agent700_cost": str(row.agent700_cost),
+                "stripe_attempts": row.stripe_attempts,
+                "error": row.error,
+                "needs_reconciliation": row.needs_reconciliation,
+            }
+            for row in listing.failed
+        ],
+        "rejected": [
+            {"id": str(row.id), "reason": row.reason, "attempts": row.attempts, "rejected_at": output.time_text(row.rejected_at)}
+            for row in listing.rejected
+        ],
+    })
+
+
+def _print_failed_tables(listing: _FailedListing) -> None:
+    failed, rejected = listing.failed, listing.rejected
     if not failed and not rejected:
         click.echo("No failed events.")
         return
@@ -101,10 +119,7 @@ def list_failed(as_json: bool) -> None:
         output.print_table(
             ["ID", "ORGANIZATION", "OCCURRED_AT", "AGENT700_COST", "ERROR"],
             [
-                [
-                    str(row.id), str(row.organization_id), output.time_text(row.occurred_at), str(row.agent700_cost),
-                    row.error or "",
-                ]
+                [str(row.id), str(row.organization_id), output.time_text(row.occurred_at), str(row.agent700_cost), row.error or ""]
                 for row in failed
             ],
         )
@@ -116,10 +131,9 @@ def list_failed(as_json: bool) -> None:
             ["ID", "REJECTED_AT", "ATTEMPTS", "REASON"],
             [[str(row.id), output.time_text(row.rejected_at), str(row.attempts), row.reason] for row in rejected],
         )
-    unreconciled = sum(row.error == RECONCILE_ERROR for row in failed)
-    if unreconciled:
+    if listing.unreconciled:
         click.echo(
-            f"\n{unreconciled} row(s) need `stripe reconcile` before a retry: "
+            f"\n{listing.unreconciled} row(s) need `stripe reconcile` before a retry: "
             "`usage retry --all-failed` skips them unless --include-unreconciled is given.",
         )
 
@@ -167,6 +181,18 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
     Standard output is one line: the re-driven ids, space-separated (a summary goes to
     standard error).
     """
+    _check_retry_options(event_ids, all_failed, include_unreconciled, force)
+    settings = store.current_settings()
+    with store.operator_transaction() as session:
+        if all_failed:
+            plan, skipped = _plan_all_failed(session, include_unreconciled)
+        else:
+            plan, skipped = _plan_by_id(session, list(dict.fromkeys(event_ids)), force), []
+    shards = _apply_retry(settings, plan)
+    _print_retry(plan, skipped, shards)
+
+
+def _check_retry_options(event_ids, all_failed: bool, include_unreconciled: bool, force: bool) -> None:
     if bool(event_ids) == all_failed:
         raise click.UsageError("Give either --id (one or more) or --all-failed.")
     if force and not event_ids:
@@ -174,42 +200,26 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
     if include_unreconciled and not all_failed:
         raise click.UsageError("--include-unreconciled goes with --all-failed; with --id use --force.")
 
-    settings = store.current_settings()
-    with store.operator_transaction() as session:
-        if all_failed:
-            plan, skipped = _plan_all_failed(session, include_unreconciled)
-        else:
-            plan, skipped = _plan_by_id(session, list(dict.fromkeys(event_ids)), force), []
 
+def _apply_retry(settings, plan: _RetryPlan) -> set[int]:
+    """Re-drive what the plan holds; trims it to the rows that moved (a concurrent retry,
+    or a row changed meanwhile, is not re-driven twice). The shards woken."""
     # Events first: if the broker is unreachable, nothing has changed yet.
     if plan.events:
         _append_to_intake(settings, plan.events)
-    shards: set[int] = set()
-    if plan.rows or plan.reported_rows:
-        with store.operator_transaction() as session:
-            redriven = session.execute(
-                sa.update(_logs)
-                # Still in the state planned: a concurrent retry (or a row changed meanwhile)
-                # is not re-driven twice.
-                .where(
-                    sa.or_(
-                        sa.and_(_logs.id.in_(plan.rows), _logs.status == models.UsageStatus.FAILED),
-                        sa.and_(_logs.id.in_(plan.reported_rows), _logs.status == models.UsageStatus.REPORTED),
-                    )
-                )
-                # recorded_at restarts the clock the sweeper judges by, so this new attempt
-                # gets its own 24-hour window instead of being flagged again at once.
-                .values(
-                    status=models.UsageStatus.RECORDED, error=None, recorded_at=sa.func.now(), stripe_reported_at=None
-                )
-                .returning(_logs.id, _logs.organization_id)
-            ).all()
-        changed = {row.id for row in redriven}
-        plan.rows = [row_id for row_id in plan.rows if row_id in changed]
-        plan.reported_rows = [row_id for row_id in plan.reported_rows if row_id in changed]
-        shards = {shard_of(row.organization_id) for row in redriven}
-        _wake_reporters(shards)
+    if not (plan.rows or plan.reported_rows):
+        return set()
+    with store.operator_transaction() as session:
+        redriven = usage_rows.redrive(session, plan.rows, plan.reported_rows)
+    changed = {row.id for row in redriven}
+    plan.rows = [row_id for row_id in plan.rows if row_id in changed]
+    plan.reported_rows = [row_id for row_id in plan.reported_rows if row_id in changed]
+    shards = {shard_of(row.organization_id) for row in redriven}
+    _wake_reporters(shards)
+    return shards
 
+
+def _print_retry(plan: _RetryPlan, skipped: list[str], shards: set[int]) -> None:
     for note in skipped:
         click.echo(note, err=True)
     redriven_ids = [*map(str, plan.rows), *map(str, plan.reported_rows), *(str(event.id) for event in plan.events)]
@@ -233,7 +243,7 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
 def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -> _RetryPlan:
     """Every id must be re-drivable, or nothing is done: the first problem is the error."""
     logs = {row.id: row for row in session.execute(
-        sa.select(_logs.id, _logs.status, _logs.error).where(_logs.id.in_(event_ids))
+        sa.select(_logs.id, _logs.status, _logs.needs_reconciliation).where(_logs.id.in_(event_ids))
     )}
     rejected = {row.id: row for row in session.scalars(sa.select(_rejected).where(_rejected.id.in_(event_ids)))}
     plan = _RetryPlan(rows=[], events=[])
@@ -250,7 +260,7 @@ def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -
                 )
             if log_row.status != models.UsageStatus.FAILED:
                 raise click.ClickException(f"Event {event_id} is {log_row.status}, not failed; there is nothing to retry.")
-            if log_row.error == RECONCILE_ERROR and not force:
+            if log_row.needs_reconciliation and not force:
                 raise click.ClickException(
                     f"Event {event_id} is flagged for reconciliation (too old for Stripe to deduplicate); "
                     "run `stripe reconcile` for its organization, then retry it with --force."
@@ -268,10 +278,12 @@ def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -
 
 def _plan_all_failed(session: orm.Session, include_unreconciled: bool) -> tuple[_RetryPlan, list[str]]:
     failed = session.execute(
-        sa.select(_logs.id, _logs.error).where(_logs.status == models.UsageStatus.FAILED).order_by(_logs.recorded_at)
+        sa.select(_logs.id, _logs.needs_reconciliation)
+        .where(_logs.status == models.UsageStatus.FAILED)
+        .order_by(_logs.recorded_at)
     ).all()
-    unreconciled = [row.id for row in failed if row.error == RECONCILE_ERROR]
-    rows = [row.id for row in failed if include_unreconciled or row.error != RECONCILE_ERROR]
+    unreconciled = [row.id for row in failed if row.needs_reconciliation]
+    rows = [row.id for row in failed if include_unreconciled or not row.needs_reconciliation]
     skipped = []
     if unreconciled and not include_unreconciled:
         skipped.append(

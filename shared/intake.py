@@ -11,7 +11,7 @@ Every reader and writer of the stream goes through this module:
   worker killed mid-batch loses nothing: another claims its entries after
   ``CLAIM_IDLE_MS``.
 - ``waiting_entries`` and ``remove`` are what an operator uses to see the oldest
-  entries and to set one aside (``worker.recording.set_aside``).
+  entries and to set one aside (``worker.set_aside``).
 
 A publish has a hard time bound and an honest outcome: ``QueueUnavailable`` when Redis
 certainly did not take the events (nothing was accepted), ``OutcomeUnknown`` when the

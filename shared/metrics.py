@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from shared import stripe_meter
 from shared.embedded import VAR_DIR
 
 MULTIPROC_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus")))
@@ -47,7 +48,7 @@ stripe_error_reports = Counter(
     "a700_stripe_error_reports_total", "Stripe's asynchronous error reports handled, by event type.", ["type"]
 )
 # Both series exist from the start, so the first report is an increase an alert can see.
-for _type in ("v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"):
+for _type in stripe_meter.ERROR_REPORT_TYPES:
     stripe_error_reports.labels(_type)
 # Stripe event fetches and their ends (the webhook's events; docs/operations.md)
 stripe_event_fetches = Counter(

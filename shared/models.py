@@ -158,6 +158,8 @@ class TextModelCost(Base):
 
 
 class UsageStatus(enum.StrEnum):
+    """A log row's state; its moves are ``shared.usage_rows``'s."""
+
     RECORDED = "recorded"  # costed and written; not yet confirmed by Stripe
     REPORTED = "reported"  # Stripe accepted the meter event
     FAILED = "failed"  # Stripe cannot take it as it is; see ``error``
@@ -195,6 +197,9 @@ class UserBillableRequestLog(Base):
     stripe_attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0, server_default="0")
     stripe_reported_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
     error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    # Failed because it was not reported within Stripe's identifier window: Stripe may have
+    # it, so it is re-sent only after `stripe reconcile` (shared/usage_rows.py).
+    needs_reconciliation: orm.Mapped[bool] = orm.mapped_column(default=False, server_default=sa.false())
 
     __table_args__ = (
         sa.CheckConstraint("input_tokens >= 0 AND output_tokens >= 0", name="tokens_not_negative"),

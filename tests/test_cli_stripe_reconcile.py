@@ -10,9 +10,10 @@ import uuid
 import pytest
 
 from shared import db, models
+from shared.operator_messages import RECONCILE_FIRST
+from shared.stripe_meter import MeterEvent
 from tests.support.billing import UsageRecords, assert_refused
-from worker.reporting import RECONCILE_ERROR
-from worker.stripe_reporting import MeterEvent, Outcome, StripeMeter
+from worker.stripe_reporting import Outcome, StripeMeter
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 DAY = dt.timedelta(days=1)
@@ -66,7 +67,7 @@ def test_match_when_every_reported_row_is_at_stripe(runner, factory, billing, me
     # Not reported yet: counted, not compared.
     billing.log(organization, status=models.UsageStatus.RECORDED, error=None, occurred_at=TODAY - DAY)
     billing.log(organization, occurred_at=TODAY - DAY)
-    billing.log(organization, error=RECONCILE_ERROR, occurred_at=TODAY - DAY)
+    billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, occurred_at=TODAY - DAY)
     # Another organization's usage is not this one's.
     other = factory.organization(stripe_customer_id="cus_other")
     send(meter, other, reported(billing, other, TODAY - DAY + dt.timedelta(hours=1)))
@@ -116,7 +117,7 @@ def test_an_event_at_stripe_that_the_database_does_not_count_as_reported(runner,
     """The lost-answer case: Stripe took it, the row was flagged for reconciliation."""
     organization = factory.organization(stripe_customer_id="cus_lost_answer")
     send(meter, organization, reported(billing, organization, TODAY - DAY + dt.timedelta(hours=3)))
-    flagged = billing.log(organization, error=RECONCILE_ERROR, agent700_cost="0.000007", occurred_at=TODAY - DAY)
+    flagged = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="0.000007", occurred_at=TODAY - DAY)
     send(meter, organization, flagged)
 
     result = reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY), "--until", rfc3339(TODAY))
@@ -341,7 +342,7 @@ def test_events_at_stripe_the_database_does_not_have_are_shown_as_their_minutes(
 def test_a_failed_row_stripe_took_is_shown_where_stripe_counts_more(runner, factory, billing, meter):
     """The lost-answer case again, followed down to its minute: the row is named there."""
     organization = factory.organization(stripe_customer_id="cus_lost_answer_minute")
-    flagged = billing.log(organization, error=RECONCILE_ERROR, agent700_cost="0.000007",
+    flagged = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="0.000007",
                           occurred_at=YESTERDAY + dt.timedelta(hours=5, minutes=9, seconds=1))
     send(meter, organization, flagged)
 

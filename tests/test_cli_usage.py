@@ -16,9 +16,10 @@ import redis
 import sqlalchemy as sa
 
 from shared import db, intake, models, queue
+from shared.operator_messages import RECONCILE_FIRST
 from shared.usage_event import AcceptedUsageEvent
 from tests.support.billing import NO_CUSTOMER_ERROR, UsageRecords, assert_refused
-from worker.reporting import RECONCILE_ERROR, shard_of
+from worker.reporting import shard_of
 
 CELERY_QUEUE = queue.QUEUE
 
@@ -85,7 +86,7 @@ def test_failed_lists_failed_rows_and_unresolved_rejected_events_with_their_reas
 
 def test_failed_json_for_scripts(runner, factory, billing):
     organization = factory.organization(name="Acme")
-    failed = billing.log(organization, error=RECONCILE_ERROR, agent700_cost="1.5")
+    failed = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="1.5")
     rejected = billing.rejected(organization, reason="No price for model 'x'.", attempts=2)
     resolved = billing.rejected(organization)
     with db.transaction(billing.settings.database_url) as session:
@@ -103,7 +104,7 @@ def test_failed_json_for_scripts(runner, factory, billing):
             "occurred_at": failed.occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
             "agent700_cost": "1.500000000000000000",
             "stripe_attempts": 0,
-            "error": RECONCILE_ERROR,
+            "error": RECONCILE_FIRST,
             "needs_reconciliation": True,
         }
     ]
@@ -225,12 +226,12 @@ def test_retry_with_one_bad_id_among_several_changes_nothing(runner, factory, bi
 
 def test_retry_id_of_a_row_flagged_for_reconciliation_needs_force(runner, factory, billing, settings, broker):
     organization = factory.organization()
-    row = billing.log(organization, error=RECONCILE_ERROR)
+    row = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True)
 
     refused = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
     assert_refused(refused, "flagged for reconciliation", "--force", exit_code=1)
-    assert log_status(settings, row.id) == (models.UsageStatus.FAILED, RECONCILE_ERROR)
+    assert log_status(settings, row.id) == (models.UsageStatus.FAILED, RECONCILE_FIRST)
     assert report_tasks(broker) == []
 
     forced = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--force"])
@@ -293,7 +294,7 @@ def test_retry_all_failed_redrives_every_failure_but_rows_flagged_for_reconcilia
 ):
     organizations = [factory.organization() for _ in range(6)]
     rows = [billing.log(organization) for organization in organizations]
-    flagged = billing.log(organizations[0], error=RECONCILE_ERROR)
+    flagged = billing.log(organizations[0], error=RECONCILE_FIRST, needs_reconciliation=True)
     reported = billing.log(organizations[1], status=models.UsageStatus.REPORTED, error=None)
     events = [billing.rejected(organizations[2]), billing.rejected(organizations[3])]
 
@@ -304,7 +305,7 @@ def test_retry_all_failed_redrives_every_failure_but_rows_flagged_for_reconcilia
     assert f"Re-driven: {len(rows) + len(events)} event(s)" in result.stderr
     assert "Skipped 1 row(s) flagged for reconciliation" in result.stderr and str(flagged.id) in result.stderr
     assert all(log_status(settings, r.id) == (models.UsageStatus.RECORDED, None) for r in rows)
-    assert log_status(settings, flagged.id) == (models.UsageStatus.FAILED, RECONCILE_ERROR)
+    assert log_status(settings, flagged.id) == (models.UsageStatus.FAILED, RECONCILE_FIRST)
     assert log_status(settings, reported.id) == (models.UsageStatus.REPORTED, None)
     # One task per shard, however many rows and organizations share it.
     assert report_tasks(broker) == sorted({shard_of(o.id) for o in organizations})
@@ -313,7 +314,7 @@ def test_retry_all_failed_redrives_every_failure_but_rows_flagged_for_reconcilia
 
 def test_retry_all_failed_include_unreconciled_takes_the_flagged_rows_too(runner, factory, billing, settings, broker):
     organization = factory.organization()
-    flagged = billing.log(organization, error=RECONCILE_ERROR)
+    flagged = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True)
 
     result = runner.invoke(args=["usage", "retry", "--all-failed", "--include-unreconciled"])
 
@@ -321,6 +322,22 @@ def test_retry_all_failed_include_unreconciled_takes_the_flagged_rows_too(runner
     assert result.stdout.splitlines()[-1] == str(flagged.id)
     assert log_status(settings, flagged.id) == (models.UsageStatus.RECORDED, None)
     assert report_tasks(broker) == [shard_of(organization.id)]
+
+
+def test_the_reconciliation_flag_not_the_error_text_decides_what_a_retry_skips(runner, factory, billing, settings):
+    """Rewording the reason changes nothing of what a row means: the flag is a column."""
+    organization = factory.organization()
+    flagged = billing.log(organization, error="Reworded: reconcile this one first.", needs_reconciliation=True)
+    same_text_not_flagged = billing.log(organization, error=RECONCILE_FIRST)
+
+    result = runner.invoke(args=["usage", "retry", "--all-failed"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == str(same_text_not_flagged.id)
+    assert "Skipped 1 row(s) flagged for reconciliation" in result.stderr and str(flagged.id) in result.stderr
+    assert log_status(settings, flagged.id) == (models.UsageStatus.FAILED, "Reworded: reconcile this one first.")
+    listing = runner.invoke(args=["usage", "failed", "--json"])
+    assert [row["needs_reconciliation"] for row in json.loads(listing.stdout)["failed"]] == [True]
 
 
 def test_retry_all_failed_with_nothing_failed(runner, factory, billing, broker):

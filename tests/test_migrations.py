@@ -75,3 +75,57 @@ def test_a_second_row_for_the_same_event_is_impossible(factory, settings):
         conn.execute(table.insert().values(**row, stripe_identifier=str(row["id"])))
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(table.insert().values(**row, stripe_identifier=str(uuid.uuid4())))
+
+
+# Revision 0004's upgrade flags the rows the service flagged until then by their error
+# text. Frozen here as the service wrote it, not imported: old rows' text cannot change.
+FLAGGED_UNTIL_0003 = (
+    "Not reported within Stripe's 24-hour identifier window; run `stripe reconcile` for its "
+    "organization before retrying, so it cannot be counted twice."
+)
+
+
+def test_rows_flagged_for_reconciliation_before_0004_keep_their_meaning(empty_database):
+    migrations.upgrade(empty_database, "0003")
+    engine = sa.create_engine(empty_database, poolclass=sa.pool.NullPool)
+    rows = {
+        "flagged": ("failed", FLAGGED_UNTIL_0003),
+        "failed otherwise": ("failed", "Organization has no Stripe customer id."),
+        "reported": ("reported", None),
+        "recorded with the text by chance": ("recorded", FLAGGED_UNTIL_0003),
+    }
+    ids = {name: uuid.uuid4() for name in rows}
+    with engine.begin() as conn:
+        organization, user, service, price = (uuid.uuid4() for _ in range(4))
+        conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES (:id, 'Acme')"), {"id": organization})
+        conn.execute(sa.text("INSERT INTO users (id, email) VALUES (:id, 'a@example.com')"), {"id": user})
+        conn.execute(sa.text("INSERT INTO services (id, name) VALUES (:id, 'transcription')"), {"id": service})
+        conn.execute(
+            sa.text(
+                "INSERT INTO text_model_costs (id, model_name, input_cost_per_token, output_cost_per_token, "
+                "agent700_input_cost_per_token, agent700_output_cost_per_token, effective_from) "
+                "VALUES (:id, 'gpt-4o', 0, 0, 0, 0, now())"
+            ),
+            {"id": price},
+        )
+        for name, (status, error) in rows.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO user_billable_request_logs (id, user_id, organization_id, service_id, "
+                    "text_model_cost_id, model_name, input_tokens, output_tokens, service_cost, agent700_cost, source, "
+                    "occurred_at, received_at, caller_user_id, status, stripe_identifier, stripe_value, error) "
+                    "VALUES (:id, :user, :org, :service, :price, 'gpt-4o', 1, 1, 0, 0, 'test', now(), now(), :user, "
+                    ":status, :id, 0, :error)"
+                ),
+                {"id": ids[name], "user": user, "org": organization, "service": service, "price": price,
+                 "status": status, "error": error},
+            )
+
+    migrations.upgrade(empty_database, "0004")
+
+    with engine.connect() as conn:
+        flags = dict(conn.execute(sa.text("SELECT id, needs_reconciliation FROM user_billable_request_logs")).all())
+    engine.dispose()
+    assert {name: flags[row_id] for name, row_id in ids.items()} == {
+        "flagged": True, "failed otherwise": False, "reported": False, "recorded with the text by chance": False,
+    }

@@ -29,7 +29,7 @@ class Price:
     agent700_output_cost_per_token: Decimal
 
     @classmethod
-    def of(cls, row) -> Price:
+    def from_row(cls, row) -> Price:
         """The rates of a ``text_model_costs`` row."""
         return cls(
             row.id, row.model_name, row.effective_from, row.input_cost_per_token, row.output_cost_per_token,

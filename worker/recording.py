@@ -14,20 +14,18 @@ its batch is recorded. A broken connection fails the whole batch, which is read 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import pydantic
-import redis
 import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import insert
 
-from shared import intake, models
+from shared import intake, models, usage_rows
 from shared.usage_event import AcceptedUsageEvent
-from worker import pricing
+from worker import pricing, rejected_events
+from worker.rejected_events import Rejection
 
 log = logging.getLogger(__name__)
 # Entries a record task takes at most. Under load a batch's rows wake their shards'
@@ -36,7 +34,6 @@ log = logging.getLogger(__name__)
 # after the load); at 2,000, in 0.6 s (BENCHMARKS.md). Idle or light, a batch is whatever waits.
 BATCH_SIZE = 2000
 _logs = models.UserBillableRequestLog.__table__
-_rejected = models.RejectedUsageEvent.__table__
 
 
 @dataclass
@@ -45,12 +42,6 @@ class Recording:
     rejected: dict[uuid.UUID, str] = field(default_factory=dict)
     organizations: set[uuid.UUID] = field(default_factory=set)  # of newly recorded rows
     event_ids: list[uuid.UUID] = field(default_factory=list)  # every readable event of the batch
-
-
-@dataclass(frozen=True)
-class _Rejection:
-    payload: dict[str, Any]
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -72,44 +63,41 @@ def record_next_batch(transaction, reader: intake.IntakeReader, *, value_decimal
         return 0, Recording()
     reader.keep_awake()
     with transaction() as session:
-        result = record_entries(session, entries, value_decimals=value_decimals)
+        result = write_entries(session, entries, value_decimals=value_decimals)
     reader.done(entries, result.event_ids)
     return len(entries), result
 
 
-def record_entries(session: orm.Session, entries: list[intake.Entry], *, value_decimals: int) -> Recording:
-    """Record a batch as read from the intake (unreadable entries are kept as rejected)."""
+def write_entries(session: orm.Session, entries: list[intake.Entry], *, value_decimals: int) -> Recording:
+    """Write the rows of a batch as read from the intake (unreadable entries are kept as rejected)."""
     events, rejections = [], {}
     for entry in entries:
         try:
             events.append(AcceptedUsageEvent.from_message(entry.message or ""))
         except pydantic.ValidationError as error:
             # Should never happen (the edge wrote it); keep it, named by its stream entry.
-            key = uuid.uuid5(uuid.NAMESPACE_URL, f"{intake.STREAM}/{entry.entry_id}")
-            rejections[key] = _Rejection(
-                _storable({"stream_entry": entry.entry_id, "message": entry.message}),
-                _storable(f"Unreadable queue message: {error}"),
-            )
-    result = record(session, events, value_decimals=value_decimals, rejections=rejections)
+            rejections[rejected_events.entry_key(entry)] = Rejection.of_entry(entry, f"Unreadable queue message: {error}")
+    result = write_rows(session, events, value_decimals=value_decimals, rejections=rejections)
     result.event_ids = [event.id for event in events]
     return result
 
 
-def record(
+def write_rows(
     session: orm.Session,
     events: list[AcceptedUsageEvent],
     *,
     value_decimals: int,
-    rejections: dict[uuid.UUID, _Rejection] | None = None,
+    rejections: dict[uuid.UUID, Rejection] | None = None,
 ) -> Recording:
-    """Cost and write the events in the session's transaction; keep those that cannot be billed."""
+    """Cost the events and write their log rows in the session's transaction; keep those
+    that cannot be billed as rejected."""
     rejections = dict(rejections or {})
     by_id = {event.id: event for event in events}
-    catalog = _load(session, events)
-    rows = _judge(events, catalog, value_decimals, rejections)
+    catalog = _read_catalog(session, events)
+    rows = _costed_rows(events, catalog, value_decimals, rejections)
     inserted = _insert(session, rows, by_id, rejections)
     _explain_not_inserted(session, [row for row in rows if row["id"] not in inserted], by_id, rejections)
-    _keep(session, rejections, resolved=inserted)
+    rejected_events.save(session, rejections, resolved=inserted)
     result = Recording(
         recorded=[row["id"] for row in rows if row["id"] in inserted],
         rejected={key: rejection.reason for key, rejection in rejections.items()},
@@ -120,7 +108,7 @@ def record(
     return result
 
 
-def _load(session: orm.Session, events: list[AcceptedUsageEvent]) -> _Catalog:
+def _read_catalog(session: orm.Session, events: list[AcceptedUsageEvent]) -> _Catalog:
     services = session.execute(
         sa.select(models.Service.name, models.Service.id).where(models.Service.name.in_({e.service_name for e in events}))
     )
@@ -131,7 +119,7 @@ def _load(session: orm.Session, events: list[AcceptedUsageEvent]) -> _Catalog:
     organization_ids = {e.organization_id for e in events}
     return _Catalog(
         services=dict(services.all()),
-        prices=pricing.PriceBook([pricing.Price.of(row) for row in prices]),
+        prices=pricing.PriceBook([pricing.Price.from_row(row) for row in prices]),
         users=set(session.scalars(sa.select(models.User.id).where(models.User.id.in_(user_ids)))),
         organizations=set(
             session.scalars(sa.select(models.Organization.id).where(models.Organization.id.in_(organization_ids)))
@@ -139,8 +127,8 @@ def _load(session: orm.Session, events: list[AcceptedUsageEvent]) -> _Catalog:
     )
 
 
-def _judge(
-    events: list[AcceptedUsageEvent], catalog: _Catalog, value_decimals: int, rejections: dict[uuid.UUID, _Rejection]
+def _costed_rows(
+    events: list[AcceptedUsageEvent], catalog: _Catalog, value_decimals: int, rejections: dict[uuid.UUID, Rejection]
 ) -> list[dict]:
     """The log rows of the billable events; a rejection for each of the others."""
     rows = []
@@ -154,12 +142,12 @@ def _judge(
             else None
         )
         if reason:
-            rejections[event.id] = _rejection(event, reason)
+            rejections[event.id] = Rejection.of_event(event, reason)
             continue
         try:
             rows.append(_row(event, price, catalog.services[event.service_name], value_decimals))
         except Exception as error:  # noqa: BLE001 - one event's arithmetic must not stop its batch
-            rejections[event.id] = _rejection(event, f"Could not be priced: {error}.")
+            rejections[event.id] = Rejection.of_event(event, f"Could not be priced: {error}.")
     return rows
 
 
@@ -171,7 +159,7 @@ def _row(event: AcceptedUsageEvent, price: pricing.Price, service_id: uuid.UUID,
         output_tokens=event.output_tokens, service_cost=costs.service_cost, agent700_cost=costs.agent700_cost,
         source=event.source, occurred_at=event.occurred_at, received_at=event.received_at,
         caller_user_id=event.caller_user_id, idempotency_key=event.idempotency_key,
-        idempotency_fingerprint=event.idempotency_fingerprint, status=models.UsageStatus.RECORDED, stripe_identifier=str(event.id),
+        idempotency_fingerprint=event.idempotency_fingerprint, status=usage_rows.INITIAL, stripe_identifier=str(event.id),
         stripe_value=pricing.stripe_value(costs.agent700_cost, value_decimals),
     )
 
@@ -189,7 +177,7 @@ def _is_data_error(error: Exception) -> bool:
 
 
 def _insert(
-    session: orm.Session, rows: list[dict], events: dict[uuid.UUID, AcceptedUsageEvent], rejections: dict[uuid.UUID, _Rejection]
+    session: orm.Session, rows: list[dict], events: dict[uuid.UUID, AcceptedUsageEvent], rejections: dict[uuid.UUID, Rejection]
 ) -> set[uuid.UUID]:
     """Insert the rows in one statement; if one of them cannot be stored, each on its own,
     keeping the ones refused. The ids actually inserted (not already there)."""
@@ -214,12 +202,12 @@ def _insert(
             if not _is_data_error(error):
                 raise
             reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-            rejections[row["id"]] = _rejection(events[row["id"]], f"Could not be stored: {reason}")
+            rejections[row["id"]] = Rejection.of_event(events[row["id"]], f"Could not be stored: {reason}")
     return inserted
 
 
 def _explain_not_inserted(
-    session: orm.Session, rows: list[dict], events: dict[uuid.UUID, AcceptedUsageEvent], rejections: dict[uuid.UUID, _Rejection]
+    session: orm.Session, rows: list[dict], events: dict[uuid.UUID, AcceptedUsageEvent], rejections: dict[uuid.UUID, Rejection]
 ) -> None:
     """A row not inserted is either a redelivery (its id is there: fine) or the same
     caller's Idempotency-Key on a second event (a retry the edge could not match, e.g.
@@ -241,66 +229,8 @@ def _explain_not_inserted(
     }
     for row in by_key:
         original = originals.get((row["caller_user_id"], row["idempotency_key"]))
-        rejections[row["id"]] = _rejection(
+        rejections[row["id"]] = Rejection.of_event(
             events[row["id"]], f"Duplicate of event {original}: same caller and Idempotency-Key; billed once there."
         )
 
 
-def _keep(session: orm.Session, rejections: dict[uuid.UUID, _Rejection], *, resolved: set[uuid.UUID]) -> None:
-    """Resolve earlier rejections of events now recorded (a re-drive); upsert the new ones."""
-    if resolved:
-        session.execute(sa.update(_rejected).where(_rejected.c.id.in_(resolved)).values(resolved_at=sa.func.now()))
-    if not rejections:
-        return
-    statement = insert(_rejected).values(
-        [{"id": key, "payload": rejection.payload, "reason": rejection.reason} for key, rejection in rejections.items()]
-    )
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[_rejected.c.id],
-            set_={
-                "payload": statement.excluded.payload,
-                "reason": statement.excluded.reason,
-                "attempts": _rejected.c.attempts + 1,
-                "rejected_at": sa.func.now(),
-                "resolved_at": None,
-            },
-        )
-    )
-
-
-def _rejection(event: AcceptedUsageEvent, reason: str) -> _Rejection:
-    return _Rejection(_storable(event.model_dump(mode="json")), _storable(reason))
-
-
-# NUL and lone surrogates: what PostgreSQL's text and jsonb cannot hold.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _storable(value: Any) -> Any:
-    """A JSON value PostgreSQL stores: NUL and lone surrogates in its strings written out
-    as the text ``\\uXXXX``, so a refused event is kept, readable, with its reason."""
-    if isinstance(value, str):
-        return _UNSTORABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
-    if isinstance(value, dict):
-        return {_storable(key): _storable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_storable(item) for item in value]
-    return value
-
-
-def set_aside(session: orm.Session, broker: redis.Redis, entry_id: str, reason: str) -> uuid.UUID:
-    """Keep an intake entry as a rejected event with the operator's reason (in the
-    session's transaction); the caller removes the entry from the stream after the commit.
-    Its id: the event's, or one derived from the entry if its message is unreadable."""
-    entry = intake.entry(broker, entry_id)
-    if entry is None:
-        raise LookupError(f"No intake entry {entry_id}.")
-    try:
-        event = AcceptedUsageEvent.from_message(entry.message or "")
-        key, payload = event.id, event.model_dump(mode="json")
-    except pydantic.ValidationError:
-        key = uuid.uuid5(uuid.NAMESPACE_URL, f"{intake.STREAM}/{entry.entry_id}")
-        payload = {"stream_entry": entry.entry_id, "message": entry.message}
-    _keep(session, {key: _Rejection(_storable(payload), _storable(f"Set aside by an operator: {reason}"))}, resolved=set())
-    return key

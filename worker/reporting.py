@@ -14,7 +14,7 @@ stands down and then looks once more for rows, so none committed meanwhile is le
 A worker may die at any moment (``kill -9``), so neither the lock nor the flag outlives
 its owner for long: both live seconds and are renewed by a heartbeat thread while the
 reporter runs. A dead reporter's shard is free again within ``LOCK_SECONDS``; the beat
-sweep (``shards_waiting``) wakes a shard whose rows still wait after that.
+sweep (``worker.sweep``) wakes a shard whose rows still wait after that.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import sqlalchemy as sa
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy import orm
 
-from shared import metrics, models, pipeline_status, queue
-from worker import stripe_reporting
-from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter
+from shared import models, operator_messages, pipeline_status, queue, stripe_meter, usage_rows
+from shared.stripe_meter import MeterEvent
+from worker.stripe_reporting import Outcome, Result, StripeMeter
 
 log = logging.getLogger(__name__)
 ROWS_PER_ROUND = 500
@@ -51,19 +51,7 @@ BACKOFF_KEY = "billing:report-backoff:{shard}"
 # While a shard backs off, its pending flag outlives the backoff by this much: the
 # reporter's own retry comes first; if it died with its worker, wake-ups resume then.
 BACKOFF_PENDING_MARGIN_SECONDS = 2
-# Stripe deduplicates identifiers for 24 hours. A row still unreported near that age is
-# not re-sent blindly (a lost answer could have been a success): it is flagged instead.
-IDENTIFIER_WINDOW = dt.timedelta(hours=23)
-RECONCILE_ERROR = (
-    "Not reported within Stripe's 24-hour identifier window; run `stripe reconcile` for its "
-    "organization before retrying, so it cannot be counted twice."
-)
 REPORT_SHARDS = 8
-NO_CUSTOMER_ERROR = (
-    "Organization {organization_id} has no Stripe customer id; set it with `flask --app ingest_api "
-    "orgs set-stripe-customer --org {organization_id} --stripe-customer-id cus_...`, then "
-    "`flask --app ingest_api usage retry --all-failed`."
-)
 
 _logs = models.UserBillableRequestLog
 Transaction = Callable[[], contextlib.AbstractContextManager[orm.Session]]
@@ -234,8 +222,8 @@ def _outcomes(meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
     for row in rows:
         event = MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at)
         reason = (
-            NO_CUSTOMER_ERROR.format(organization_id=row.organization_id) if not row.stripe_customer_id
-            else stripe_reporting.unsendable(event, now)
+            operator_messages.no_stripe_customer(row.organization_id) if not row.stripe_customer_id
+            else stripe_meter.unsendable(event, now)
         )
         if reason:
             outcomes[row.id] = Result(Outcome.FAILED, reason)
@@ -250,53 +238,11 @@ def _outcomes(meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
 
 
 def _save_outcomes(session: orm.Session, outcomes: dict[uuid.UUID, Result]) -> None:
-    reported = [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED]
-    retrying = {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.RETRY}
-    failed = [{"id": i, "status": models.UsageStatus.FAILED, "error": r.error} for i, r in outcomes.items() if r.outcome is Outcome.FAILED]
-    if reported:
-        session.execute(
-            sa.update(_logs)
-            .where(_logs.id.in_(reported))
-            .values(
-                status=models.UsageStatus.REPORTED, stripe_reported_at=sa.func.now(),
-                stripe_attempts=_logs.stripe_attempts + 1, error=None,
-            )
-        )
+    usage_rows.mark_reported(session, [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED])
+    retrying = [i for i, r in outcomes.items() if r.outcome is Outcome.RETRY]
     if retrying:
-        session.execute(
-            sa.update(_logs)
-            .where(_logs.id.in_(retrying))
-            .values(stripe_attempts=_logs.stripe_attempts + 1, error="Last attempt: " + next(iter(retrying.values())))
-        )
-    if failed:
-        session.execute(sa.update(_logs), failed)
-    metrics.events_reported.inc(len(reported))
-    metrics.events_failed.inc(len(failed))
-    if reported:
-        log.info("usage events reported to Stripe", extra={"event_ids": [str(i) for i in reported]})
-    for row in failed:
-        log.warning("usage event failed", extra={"event_id": str(row["id"]), "reason": row["error"]})
-
-
-def flag_for_reconciliation(session: orm.Session) -> int:
-    """Rows recorded but unreported for longer than Stripe remembers identifiers: failed, flagged."""
-    return session.execute(
-        sa.update(_logs)
-        .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - IDENTIFIER_WINDOW)
-        .values(status=models.UsageStatus.FAILED, error=RECONCILE_ERROR)
-    ).rowcount
-
-
-def shards_waiting(session: orm.Session, older_than: dt.timedelta) -> set[int]:
-    """Shards holding rows recorded but not reported for longer than ``older_than``."""
-    organizations = session.scalars(
-        # select().distinct(), not distinct(column): the latter is SQLAlchemy's unary
-        # DISTINCT, meant for aggregates, and warns on every sweep.
-        sa.select(_logs.organization_id)
-        .distinct()
-        .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - older_than)
-    )
-    return {shard_of(organization) for organization in organizations}
+        usage_rows.note_attempt(session, retrying, outcomes[retrying[0]].error)
+    usage_rows.fail(session, {i: r.error for i, r in outcomes.items() if r.outcome is Outcome.FAILED})
 
 
 def shard_is_handled(broker: redis.Redis, shard: int) -> bool:

@@ -42,16 +42,14 @@ import sqlalchemy as sa
 import stripe
 from sqlalchemy import orm
 
-from shared import metrics, models
-from worker import stripe_reporting
+from shared import models, operator_messages, stripe_meter
+from shared.stripe_meter import TIMESTAMP_CODES, VALUE_CODES
 
 log = logging.getLogger(__name__)
 # A row's stripe_reported_at follows Stripe's receipt by the call's duration; a minute
 # either side of the validation window covers that and the clocks' difference.
 WINDOW_SLACK = dt.timedelta(minutes=1)
-TIMESTAMP_CODES = frozenset({"timestamp_too_far_in_past", "timestamp_in_future"})
-VALUE_CODES = frozenset({"meter_event_value_too_many_digits", "meter_event_invalid_value"})
-MINUTE = dt.timedelta(minutes=1)
+MINUTE = stripe_meter.MINUTE
 # Retries of a fetch that may succeed later: 2 s doubling to 5 minutes (with jitter), the
 # cap well under the broker's visibility timeout (1 h), which a countdown must not reach.
 RETRY_FIRST_SECONDS = 2.0
@@ -87,7 +85,7 @@ class ErrorReport:
         return sum(error_type.count for error_type in self.error_types)
 
     @classmethod
-    def of(cls, event) -> ErrorReport:
+    def from_event(cls, event) -> ErrorReport:
         """From the full event as ``client.v2.core.events.retrieve`` gives it."""
         data = event.data
         related = getattr(event, "related_object", None)
@@ -95,8 +93,8 @@ class ErrorReport:
             event_id=event.id,
             type=event.type,
             meter_id=getattr(related, "id", None) or None,
-            start=_time(data.validation_start),
-            end=_time(data.validation_end),
+            start=stripe_meter.parse_time(data.validation_start),
+            end=stripe_meter.parse_time(data.validation_end),
             summary=getattr(data, "developer_message_summary", "") or "",
             error_types=[
                 ErrorType(
@@ -107,12 +105,6 @@ class ErrorReport:
                 for error_type in data.reason.error_types
             ],
         )
-
-
-def _time(value) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value
-    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def dropped_rows(session: orm.Session, client: stripe.StripeClient, report: ErrorReport) -> dict[uuid.UUID, str]:
@@ -138,7 +130,7 @@ def dropped_rows(session: orm.Session, client: stripe.StripeClient, report: Erro
             if identifier in by_id:
                 drop(by_id[identifier], error_type.code, message)
     rest = [row for row in rows if row.id not in dropped]
-    if report.type == "v1.billing.meter.no_meter_found" or "no_meter" in codes:
+    if report.type == stripe_meter.NO_METER_FOUND or "no_meter" in codes:
         # No meter at all: nothing of the window could be counted. (An inactive meter's
         # events of before it was deactivated were; those are told apart by its summaries.)
         for row in rest:
@@ -158,8 +150,8 @@ def dropped_rows(session: orm.Session, client: stripe.StripeClient, report: Erro
                 drop(row, "meter_event_customer_not_found", f"No such customer: '{row.stripe_customer_id}'")
     if codes & (TIMESTAMP_CODES | VALUE_CODES):
         for row in rest:
-            event = stripe_reporting.MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at)
-            if (problem := stripe_reporting.unsendable(event, row.stripe_reported_at)) is not None:
+            event = stripe_meter.MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at)
+            if (problem := stripe_meter.unsendable(event, row.stripe_reported_at)) is not None:
                 drop(row, next(iter(codes & (TIMESTAMP_CODES | VALUE_CODES))), problem)
     if len(dropped) < report.error_count and report.meter_id:
         code = report.error_types[0].code if len(report.error_types) == 1 else "summaries"
@@ -170,10 +162,7 @@ def dropped_rows(session: orm.Session, client: stripe.StripeClient, report: Erro
 
 
 def _reason(report: ErrorReport, code: str, message: str) -> str:
-    return (
-        f"Stripe dropped this meter event after accepting it ({code}: {message.rstrip('.')}; "
-        f"error report {report.event_id}). Fix the cause, then `usage retry`."
-    )
+    return operator_messages.dropped_by_stripe(code, message, report.event_id)
 
 
 def _customer_exists(client: stripe.StripeClient, customer_id: str) -> bool:
@@ -195,16 +184,7 @@ def _lacking_in_summaries(
         groups[row.stripe_customer_id, row.occurred_at.astimezone(dt.UTC).replace(second=0, microsecond=0)].append(row)
     lacking: dict[uuid.UUID, str] = {}
     for (customer, minute), group in groups.items():
-        at_stripe = sum(
-            (
-                Decimal(str(summary.aggregated_value))
-                for summary in client.v1.billing.meters.event_summaries.list(
-                    meter_id,
-                    {"customer": customer, "start_time": int(minute.timestamp()), "end_time": int((minute + MINUTE).timestamp())},
-                ).auto_paging_iter()
-            ),
-            Decimal(0),
-        )
+        at_stripe = stripe_meter.counted(client, meter_id, customer, minute, minute + MINUTE)
         here = session.scalar(
             sa.select(sa.func.coalesce(sa.func.sum(_logs.stripe_value), 0))
             .join(models.Organization, models.Organization.id == _logs.organization_id)
@@ -219,30 +199,13 @@ def _lacking_in_summaries(
         missing = Decimal(here) - at_stripe
         if missing <= 0:
             continue
-        exactly = [row for row in group if row.stripe_value == missing]
-        which = exactly[:1] if len(exactly) == 1 and sum(r.stripe_value for r in group) != missing else group
+        which, _ = stripe_meter.rows_stripe_lacks(group, missing)
         for row in which:
             lacking[row.id] = (
                 f"Stripe's summary for {customer} at {minute.isoformat()} lacks {missing} of the {here} reported"
                 + ("" if which is not group or len(group) == 1 else "; which of the minute's events is not known, so all are retried")
             )
     return lacking
-
-
-def fail_dropped(session: orm.Session, dropped: dict[uuid.UUID, str]) -> list[uuid.UUID]:
-    """Mark the rows failed with their reasons (rows no longer reported are left alone)."""
-    failed = []
-    for row_id, reason in dropped.items():
-        changed = session.execute(
-            sa.update(_logs)
-            .where(_logs.id == row_id, _logs.status == models.UsageStatus.REPORTED)
-            .values(status=models.UsageStatus.FAILED, error=reason)
-        ).rowcount
-        if changed:
-            failed.append(row_id)
-            log.warning("usage event failed", extra={"event_id": str(row_id), "reason": reason})
-    metrics.events_failed.inc(len(failed))
-    return failed
 
 
 def claim(session: orm.Session, event_id: str) -> bool:
@@ -284,15 +247,3 @@ def received_at(session: orm.Session, event_id: str) -> tuple[dt.datetime | None
         sa.select(models.StripeEvent.received_at, models.StripeEvent.handled_at).where(models.StripeEvent.id == event_id)
     ).first()
     return (None, False) if row is None else (row.received_at, row.handled_at is not None)
-
-
-def unhandled(session: orm.Session, older_than: dt.timedelta) -> list[str]:
-    """Events received and not yet handled after this long: their task may be lost (the
-    sweep re-sends those whose chain holds no lease)."""
-    return list(
-        session.scalars(
-            sa.select(models.StripeEvent.id).where(
-                models.StripeEvent.handled_at.is_(None), models.StripeEvent.received_at < sa.func.now() - older_than
-            )
-        )
-    )

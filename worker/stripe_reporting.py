@@ -9,6 +9,9 @@ Two paths, chosen by ``STRIPE_METER_API``:
 - ``v2`` (default): the meter event stream, up to 100 events per call, authenticated by
   a meter event session token that lives 15 minutes and is renewed before it expires.
 - ``v1``: one ``POST /v1/billing/meter_events`` per event.
+
+What an event may hold and how the meter must be set up are ``shared.stripe_meter``'s
+rules; the client (its retries and timeout) is ``shared.stripe_client``'s.
 """
 
 from __future__ import annotations
@@ -23,28 +26,14 @@ from dataclasses import dataclass
 
 import stripe
 
-from shared import billing_window, metrics
+from shared import metrics, stripe_meter
 from shared.config import Settings
 from shared.stripe_client import stripe_client
+from shared.stripe_meter import MeterEvent
 
 log = logging.getLogger(__name__)
-STREAM_MAX_EVENTS = 100
-# What Stripe counts (Billing Meters): an event within the billing window (at most 35
-# days older and 5 minutes newer than its receipt, shared/billing_window.py), a value of
-# at most 15 digits (changelog 2026-04-22.dahlia). The v2 stream takes anything and drops
-# what breaks these rules later, so they are checked here, before sending, with a margin
-# for the time the event spends in transit.
-MAX_VALUE_DIGITS = 15
 # How long a process trusts what it found of the billing meter.
 METER_CHECK_SECONDS = 30
-# The meter as the service needs it: the sum of ``payload.value`` per ``payload.stripe_customer_id``.
-METER_FORMULA = "sum"
-CUSTOMER_KEY = "stripe_customer_id"
-VALUE_KEY = "value"
-# The SDK retries connection errors, 409 and 5xx itself (with backoff and jitter, and
-# whenever Stripe sends Stripe-Should-Retry: true), reusing the same Idempotency-Key.
-SDK_NETWORK_RETRIES = 2
-HTTP_TIMEOUT_SECONDS = 10
 SESSION_RENEW_MARGIN = dt.timedelta(minutes=1)
 
 
@@ -55,55 +44,9 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True)
-class MeterEvent:
-    row_id: uuid.UUID
-    stripe_customer_id: str
-    value: int
-    occurred_at: dt.datetime
-
-
-@dataclass(frozen=True)
 class Result:
     outcome: Outcome
     error: str | None = None
-
-
-def unsendable(event: MeterEvent, now: dt.datetime) -> str | None:
-    """Why Stripe would drop this event if it were sent now; None if it would count it."""
-    if event.occurred_at < now - billing_window.MAX_SENT_AGE:
-        return (
-            f"Too old for Stripe: it occurred at {event.occurred_at.isoformat()}, and Stripe counts no meter event "
-            f"older than 35 days at receipt (now {now.isoformat(timespec='seconds')}); it was not sent."
-        )
-    if event.occurred_at > now + billing_window.STRIPE_MAX_LEAD:
-        return (
-            f"Too far ahead for Stripe: it occurred at {event.occurred_at.isoformat()}, more than 5 minutes after "
-            f"now ({now.isoformat(timespec='seconds')}); it was not sent."
-        )
-    if len(str(abs(event.value))) > MAX_VALUE_DIGITS:
-        return f"Its meter value {event.value} has more than {MAX_VALUE_DIGITS} digits, which Stripe refuses; it was not sent."
-    return None
-
-
-def meter_setup_problem(meters, event_name: str):
-    """(the meter counting ``event_name``, or None; why it cannot count this service's
-    events as they are sent, or None when it can)."""
-    named = [meter for meter in meters if meter.event_name == event_name]
-    meter = next((m for m in named if m.status == "active"), named[0] if named else None)
-    if meter is None:
-        return None, f"Stripe has no billing meter for event name {event_name!r}; create it with `stripe ensure-meter`."
-    if meter.status != "active":
-        return meter, f"Stripe's billing meter {meter.id} for {event_name!r} is {meter.status}; reactivate it in Stripe."
-    wrong = []
-    if meter.default_aggregation.formula != METER_FORMULA:
-        wrong.append(f"aggregation {meter.default_aggregation.formula!r} (needs {METER_FORMULA!r})")
-    if meter.customer_mapping.event_payload_key != CUSTOMER_KEY:
-        wrong.append(f"customer key {meter.customer_mapping.event_payload_key!r} (needs {CUSTOMER_KEY!r})")
-    if meter.value_settings.event_payload_key != VALUE_KEY:
-        wrong.append(f"value key {meter.value_settings.event_payload_key!r} (needs {VALUE_KEY!r})")
-    if wrong:
-        return meter, f"Stripe's billing meter {meter.id} for {event_name!r} is set up otherwise: {', '.join(wrong)}."
-    return meter, None
 
 
 def idempotency_key(row_ids: list[uuid.UUID]) -> str:
@@ -136,28 +79,11 @@ def _classify(error: stripe.StripeError) -> Result:
     return Result(Outcome.FAILED, f"Stripe refused the meter event ({status}): {error.user_message or error}")
 
 
-def _session_expiry(value: object) -> dt.datetime:
-    """A meter event session's ``expires_at`` as an aware datetime.
-
-    The v2 API sends it as an RFC 3339 string (``2025-01-31T09:45:00.000Z``), and the SDK
-    hands that string over as it is: comparing it with a datetime would raise on the
-    second call and stop every report after a process's first one.
-    """
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(value, dt.UTC)
-    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00").replace("z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
 class StripeMeter:
     def __init__(self, settings: Settings, api: str = "v2"):
         self.event_name = settings.stripe_meter_event_name
         self.api = api
-        self.client = stripe_client(
-            settings, max_network_retries=SDK_NETWORK_RETRIES, timeout_seconds=HTTP_TIMEOUT_SECONDS
-        )
+        self.client = stripe_client(settings)
         self._session_token: str | None = None
         self._session_expires_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._meter_problem: str | None = None
@@ -170,8 +96,8 @@ class StripeMeter:
         now = time.monotonic()
         if now >= self._meter_checked_until:
             try:
-                meters = self._observed("v1_meters", [], self.client.v1.billing.meters.list, {"limit": 100})
-                _, self._meter_problem = meter_setup_problem(meters.auto_paging_iter(), self.event_name)
+                meters = self._observed("v1_meters", [], self.client.v1.billing.meters.list, {"limit": stripe_meter.PAGE_SIZE})
+                _, self._meter_problem = stripe_meter.setup_problem(meters.auto_paging_iter(), self.event_name)
                 self._meter_checked_until = now + METER_CHECK_SECONDS
             except stripe.StripeError as error:
                 log.warning("could not look at Stripe's billing meters: %s", error)
@@ -200,8 +126,8 @@ class StripeMeter:
         """Send the events; the outcome of each. Stops at the first transient refusal."""
         results: dict[uuid.UUID, Result] = {}
         send = self._send_stream if self.api == "v2" else self._send_each
-        for start in range(0, len(events), STREAM_MAX_EVENTS):
-            chunk = events[start : start + STREAM_MAX_EVENTS]
+        for start in range(0, len(events), stripe_meter.STREAM_MAX_EVENTS):
+            chunk = events[start : start + stripe_meter.STREAM_MAX_EVENTS]
             results |= send(chunk)
             if any(r.outcome is Outcome.RETRY for r in results.values()):
                 retry = next(r for r in results.values() if r.outcome is Outcome.RETRY)
@@ -237,7 +163,8 @@ class StripeMeter:
         if self._session_token is None or now >= self._session_expires_at - SESSION_RENEW_MARGIN:
             session = self._observed("v2_session", [], self.client.v2.billing.meter_event_session.create)
             self._session_token = session.authentication_token
-            self._session_expires_at = _session_expiry(session.expires_at)
+            # The v2 API sends expires_at as RFC 3339 text, which the SDK hands over as it is.
+            self._session_expires_at = stripe_meter.parse_time(session.expires_at)
         return self._session_token
 
     def _send_stream(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:

@@ -15,8 +15,8 @@ import sqlalchemy.exc
 import stripe
 from celery import shared_task
 
-from shared import intake, metrics, pipeline_status, queue
-from worker import recording, reporting, stripe_error_reports
+from shared import intake, metrics, operator_messages, pipeline_status, queue, usage_rows
+from worker import recording, reporting, stripe_error_reports, sweep_queries
 from worker.celery_app import BillingTask
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class StripeRefused(Exception):
 
 
 @shared_task(base=BillingTask, bind=True, name=queue.RECORD, time_limit=120, **_RETRY)
-def record(self: BillingTask) -> dict:
+def record_intake_batch(self: BillingTask) -> dict:
     """Record one batch from the intake; wake the reporters of what was recorded."""
     reader = intake.IntakeReader(self.broker)
     count, result = recording.record_next_batch(
@@ -63,23 +63,23 @@ def record(self: BillingTask) -> dict:
 @shared_task(base=BillingTask, bind=True, name=queue.REPORT, time_limit=reporting.ROUND_MAX_SECONDS + 30, **_RETRY)
 def report(self: BillingTask, shard: int) -> dict:
     """Report one round of a shard's recorded rows to Stripe; one reporter per shard."""
-    done = reporting.report_round(self.transaction, self.broker, self.meter, shard)
-    if done.busy:
+    round_ = reporting.report_round(self.transaction, self.broker, self.meter, shard)
+    if round_.busy:
         return {"shard": shard, "busy": True}
-    if done.retry_in is not None and not done.reported and not done.failed:
+    if round_.retry_in is not None and not round_.reported and not round_.failed:
         # Nothing taken this time: a retry, with Stripe's reason, as Flower shows it.
-        raise self.retry(exc=StripeRefused(done.refused or "backing off after a refusal"), countdown=done.retry_in)
-    if done.retry_in is not None:
-        self.apply_async(args=[shard], countdown=done.retry_in)
-    elif done.more:
+        raise self.retry(exc=StripeRefused(round_.refused or "backing off after a refusal"), countdown=round_.retry_in)
+    if round_.retry_in is not None:
+        self.apply_async(args=[shard], countdown=round_.retry_in)
+    elif round_.more:
         self.apply_async(args=[shard])
     return {
         "shard": shard,
-        "reported": len(done.reported),
-        "failed": len(done.failed),
-        "reported_ids": [str(i) for i in done.reported],
-        "failed_ids": {str(i): reason for i, reason in done.failed.items()},
-        **({"refused": done.refused, "retry_in": round(done.retry_in, 1)} if done.retry_in is not None else {}),
+        "reported": len(round_.reported),
+        "failed": len(round_.failed),
+        "reported_ids": [str(i) for i in round_.reported],
+        "failed_ids": {str(i): reason for i, reason in round_.failed.items()},
+        **({"refused": round_.refused, "retry_in": round(round_.retry_in, 1)} if round_.retry_in is not None else {}),
     }
 
 
@@ -116,12 +116,12 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
             args=[event_id, lease], exc=StripeRefused(f"could not fetch Stripe event {event_id}: {error}"), countdown=countdown
         ) from None
     metrics.stripe_event_fetches.labels("fetched").inc()
-    report = stripe_error_reports.ErrorReport.of(event)
+    report = stripe_error_reports.ErrorReport.from_event(event)
     with self.transaction() as session:
         if not stripe_error_reports.claim(session, event_id):
             return {"stripe_event": event_id, "already_handled": True}
         dropped = stripe_error_reports.dropped_rows(session, client, report)
-        failed = stripe_error_reports.fail_dropped(session, dropped)
+        failed = usage_rows.fail_dropped(session, dropped)
         stripe_error_reports.handled(session, event_id, f"{len(failed)} row(s) failed of {report.error_count} error(s) reported")
     metrics.stripe_error_reports.labels(report.type).inc()
     log.warning(
@@ -139,7 +139,7 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
 
 def _end_unhandled(self: BillingTask, event_id: str, reason: str, why: str) -> dict:
     """End the event without its report: the rows it might name stay as they are."""
-    outcome = f"not handled: {why}; rows Stripe dropped in its window, if any, stay reported (`stripe reconcile` finds them)"
+    outcome = operator_messages.stripe_event_unhandled(why)
     with self.transaction() as session:
         ended = stripe_error_reports.handled(session, event_id, outcome)
     if ended:
@@ -152,9 +152,9 @@ def _end_unhandled(self: BillingTask, event_id: str, reason: str, why: str) -> d
 def sweep(self: BillingTask) -> dict:
     """Wake what a killed worker or a lost wake-up left waiting; flag rows too old to resend."""
     with self.transaction() as session:
-        flagged = reporting.flag_for_reconciliation(session)
-        shards = reporting.shards_waiting(session, STALE_AFTER)
-        lost_stripe_events = stripe_error_reports.unhandled(session, STRIPE_EVENT_STALE_AFTER)
+        flagged = usage_rows.flag_for_reconciliation(session)
+        shards = sweep_queries.shards_waiting(session, STALE_AFTER)
+        lost_stripe_events = sweep_queries.stripe_events_unhandled(session, STRIPE_EVENT_STALE_AFTER)
     lost_stripe_events = [event_id for event_id in lost_stripe_events if queue.start_stripe_event(self.broker, event_id)]
     shards_woken = queue.wake_reporters(
         self.broker, [shard for shard in shards if not reporting.shard_is_handled(self.broker, shard)]

@@ -122,7 +122,7 @@ def test_the_backlog_in_events_shows_with_no_worker_running(settings, factory, c
             URL, json=world.body(), headers=world.headers()
         ).status_code == 202
     with db.transaction(settings.database_url) as session:  # three rows recorded, not reported
-        recording.record(session, [world.event() for _ in range(3)], value_decimals=6)
+        recording.write_rows(session, [world.event() for _ in range(3)], value_decimals=6)
 
     expected = {"billing": 1, "billing:intake (accepted, not recorded)": 7, "billing:unreported (recorded, not reported)": 3}
     # ("billing" holds the one record task the first event's wake-up sent.)

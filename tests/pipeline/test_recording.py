@@ -30,7 +30,7 @@ SENTENCE = re.compile(r"[A-Z][^\n]*\.")
 
 def record(settings, events) -> recording.Recording:
     with db.transaction(settings.database_url) as session:
-        return recording.record(session, events, value_decimals=settings.stripe_value_decimals)
+        return recording.write_rows(session, events, value_decimals=settings.stripe_value_decimals)
 
 
 def drain(settings, broker) -> recording.Recording:

@@ -11,11 +11,11 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from shared import db, models, queue
+from shared import db, models, operator_messages, queue, usage_rows
 from tests.pipeline.conftest import make_world
 from tests.support.billing import log_rows
 from tests.support.children import wait_until
-from worker import recording, reporting
+from worker import recording, reporting, sweep_queries
 from worker.stripe_reporting import StripeMeter
 
 _logs = models.UserBillableRequestLog
@@ -39,7 +39,7 @@ def organization_in_shard(factory, shard: int, **kwargs) -> models.Organization:
 
 def record(settings, events) -> None:
     with db.transaction(settings.database_url) as session:
-        result = recording.record(session, events, value_decimals=settings.stripe_value_decimals)
+        result = recording.write_rows(session, events, value_decimals=settings.stripe_value_decimals)
     assert sorted(result.recorded) == sorted(e.id for e in events) and not result.rejected
 
 
@@ -344,7 +344,7 @@ def test_flag_for_reconciliation_flags_rows_unreported_for_23_hours(settings, wo
     assert flag_for_reconciliation(settings) == 1
 
     stored = rows(settings)
-    assert (stored[stale.id].status, stored[stale.id].error) == ("failed", reporting.RECONCILE_ERROR)
+    assert (stored[stale.id].status, stored[stale.id].error) == ("failed", operator_messages.RECONCILE_FIRST)
     assert (stored[fresh.id].status, stored[fresh.id].error) == ("recorded", None)
     assert stored[reported_long_ago.id].status == "reported"
     assert flag_for_reconciliation(settings) == 0
@@ -352,7 +352,7 @@ def test_flag_for_reconciliation_flags_rows_unreported_for_23_hours(settings, wo
 
 def flag_for_reconciliation(settings) -> int:
     with db.transaction(settings.database_url) as session:
-        return reporting.flag_for_reconciliation(session)
+        return usage_rows.flag_for_reconciliation(session)
 
 
 def test_shards_with_rows_waiting(settings, world):
@@ -361,5 +361,5 @@ def test_shards_with_rows_waiting(settings, world):
     set_recorded_at(settings, event.id, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
 
     with db.transaction(settings.database_url) as session:
-        assert reporting.shards_waiting(session, dt.timedelta(minutes=1)) == {reporting.shard_of(world.organization.id)}
-        assert reporting.shards_waiting(session, dt.timedelta(minutes=10)) == set()
+        assert sweep_queries.shards_waiting(session, dt.timedelta(minutes=1)) == {reporting.shard_of(world.organization.id)}
+        assert sweep_queries.shards_waiting(session, dt.timedelta(minutes=10)) == set()

@@ -24,11 +24,12 @@ from local_stripe.events import Problem
 from local_stripe.state import MeterEvent
 from local_stripe.validator import error_reports
 from shared import db, models, pipeline_status, queue
+from shared.stripe_client import DEFAULT_NETWORK_RETRIES as SDK_NETWORK_RETRIES
 from tests.pipeline.conftest import Load, make_world
 from tests.support.billing import log_rows, status_counts
 from tests.support.children import wait_until
 from worker import recording, reporting, tasks
-from worker.stripe_reporting import SDK_NETWORK_RETRIES, StripeMeter
+from worker.stripe_reporting import StripeMeter
 
 WEBHOOK_SECRET = "whsec_test_error_reports"
 SETTLE_SECONDS = 30
@@ -137,7 +138,7 @@ def test_without_a_meter_nothing_is_sent_and_the_reason_shows(settings, world, s
     stripe.create_customers(world.organization.stripe_customer_id)
     event = world.event()
     with db.transaction(settings.database_url) as session:
-        recording.record(session, [event], value_decimals=6)
+        recording.write_rows(session, [event], value_decimals=6)
     broker = redis.Redis.from_url(settings.broker_url, decode_responses=True)
 
     done = reporting.report_round(
@@ -162,7 +163,7 @@ def test_an_event_older_than_stripes_window_is_failed_at_once_and_never_sent(web
     world = make_world(factory, organizations=1)
     old = world.event(occurred_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=35, minutes=1))
     with db.transaction(settings.database_url) as session:
-        recording.record(session, [old], value_decimals=6)
+        recording.write_rows(session, [old], value_decimals=6)
     start_worker(settings)  # its start-up sweep wakes the reporter of the waiting row
 
     wait_until(lambda: status_counts(settings).get("failed") == 1, SETTLE_SECONDS, message=lambda: str(status_counts(settings)))

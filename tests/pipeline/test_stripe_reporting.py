@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from shared import billing_window
-from worker.stripe_reporting import MeterEvent, Outcome, Result, StripeMeter, idempotency_key, unsendable
+from shared.stripe_meter import MeterEvent, unsendable
+from worker.stripe_reporting import Outcome, Result, StripeMeter, idempotency_key
 
 SENTENCE_START = re.compile(r"[A-Z]")
 

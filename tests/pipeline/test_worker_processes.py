@@ -16,11 +16,11 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from shared import db, intake, models
+from shared import db, intake, models, operator_messages
 from tests.pipeline.conftest import Load, assert_billed_exactly_once, make_world, redis_client
 from tests.support.billing import Factory, log_rows, status_counts
 from tests.support.children import wait_until
-from worker import recording, reporting
+from worker import recording
 
 pytestmark = pytest.mark.slow
 
@@ -217,7 +217,7 @@ def test_the_sweeper_redrives_rows_left_unreported_and_flags_those_too_old(setti
     stale = [world.event(organization_id=org.id) for org in world.organizations for _ in range(3)]
     too_old = world.event()
     with db.transaction(settings.database_url) as session:
-        result = recording.record(session, [*stale, too_old], value_decimals=settings.stripe_value_decimals)
+        result = recording.write_rows(session, [*stale, too_old], value_decimals=settings.stripe_value_decimals)
     assert len(result.recorded) == 7
     with db.transaction(settings.database_url) as session:
         logs = models.UserBillableRequestLog
@@ -230,7 +230,7 @@ def test_the_sweeper_redrives_rows_left_unreported_and_flags_those_too_old(setti
     # A worker sweeps when it starts (and beat every 15 s).
     wait_until(lambda: rows_reported(settings) == len(stale), SETTLE_SECONDS, message=lambda: counts(settings) + worker.log_tail())
     rows = {row.id: row for row in log_rows(settings)}
-    assert (rows[too_old.id].status, rows[too_old.id].error) == ("failed", reporting.RECONCILE_ERROR)
+    assert (rows[too_old.id].status, rows[too_old.id].error) == ("failed", operator_messages.RECONCILE_FIRST)
     assert sorted(item["identifier"] for item in stripe.meter_events()) == sorted(str(e.id) for e in stale)
 
 

@@ -322,6 +322,7 @@ class UsageRecords:
         error: str | None = NO_CUSTOMER_ERROR,
         agent700_cost: str = "0.000123450000",
         occurred_at: dt.datetime | None = None,
+        needs_reconciliation: bool = False,
     ) -> models.UserBillableRequestLog:
         row = log_row(
             user_id=self.user.id,
@@ -332,6 +333,7 @@ class UsageRecords:
             status=status,
             stripe_value_decimals=self.settings.stripe_value_decimals,
             error=error,
+            needs_reconciliation=needs_reconciliation,
             **({"occurred_at": occurred_at} if occurred_at else {}),
         )
         store(self.settings, row)
