@@ -2,8 +2,8 @@
 
 An accepted event is read from its queued copy in the intake while no recorder has
 written it, then from its log row, or from its rejected event if the recorder refused it.
-The answer is the record as JSON; the route (``ingest_api.usage``) turns "no such event"
-and "the intake did not answer" into HTTP.
+The answer is the status record as JSON; the route (``ingest_api.usage``) turns "no such
+event" and "the intake did not answer" into HTTP answers.
 """
 
 from __future__ import annotations
