@@ -79,18 +79,114 @@ def _operations_endpoint(operation_id: str, summary: str, responses: dict) -> di
     return {"get": {"operationId": operation_id, "tags": ["operations"], "summary": summary, "security": [], "responses": responses}}
 
 
+_IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Same caller, same key, same body: the same event, billed once. "
+    f"{schemas.IDEMPOTENCY_KEY_RULE}.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": schemas.IDEMPOTENCY_KEY_PATTERN},
+}
+
+
+def _request_body(name: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _usage_paths() -> dict:
+    """The usage endpoints: accept one event, accept a batch, read an event's status."""
+    return {
+        "/api/billing/external-usage": {
+            "post": {
+                "operationId": "recordUsage",
+                "tags": ["usage"],
+                "summary": "Record one usage event for billing.",
+                "parameters": [_IDEMPOTENCY_KEY_PARAMETER],
+                "requestBody": _request_body("UsageEventIn"),
+                "responses": {
+                    "202": _json("AcceptedOut", "Accepted and queued.", ["Location"]),
+                    "200": _json("AcceptedOut", "An Idempotency-Key replay of an accepted event.", ["Location"]),
+                    **_errors(400, 401, 403, 409, 413, 415, 422, 429),
+                    **_unavailable_or_unknown(
+                        "OutcomeUnknownOut",
+                        "Plain: the queue or the database is unavailable, nothing was accepted. "
+                        'With "status": "unknown": the queue\'s reply was lost, the event `id` may or may not be '
+                        "accepted (Location names its status). Either way retry after Retry-After with the same "
+                        "Idempotency-Key.",
+                        ["Retry-After", "Location"],
+                    ),
+                },
+            }
+        },
+        "/api/billing/external-usage/batch": {
+            "post": {
+                "operationId": "recordUsageBatch",
+                "tags": ["usage"],
+                "summary": "Record up to 100 usage events, each judged on its own.",
+                "description": "Each event carries its own `idempotency_key`; an Idempotency-Key header is "
+                "refused with a 422 (field `Idempotency-Key`), since a key for the whole batch would not be used.",
+                "requestBody": _request_body("BatchIn"),
+                "responses": {
+                    "200": _json("BatchOut", "One result per event, in order."),
+                    **_errors(400, 401, 403, 413, 415, 422, 429),
+                    **_unavailable_or_unknown(
+                        "BatchOutcomeUnknownOut",
+                        "Plain: the queue or the database is unavailable, nothing was accepted. "
+                        'With "status": "unknown": the queue\'s reply was lost; each result is `unknown` (its `id` '
+                        "may or may not be accepted) or `rejected`. Either way retry after Retry-After with the same "
+                        "idempotency_key per event.",
+                        ["Retry-After"],
+                    ),
+                },
+            }
+        },
+        "/api/billing/external-usage/{event_id}": {
+            "get": {
+                "operationId": "getUsage",
+                "tags": ["usage"],
+                "summary": "The status of one event.",
+                "parameters": [
+                    {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+                ],
+                "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404, 429, 503)},
+            }
+        },
+    }
+
+
+def _operations_paths() -> dict:
+    """The operations endpoints, which take no credential."""
+    return {
+        "/healthz": _operations_endpoint(
+            "healthz", "Liveness: 200 while the web process serves.", {"200": _json("HealthOut", "Serving.")}
+        ),
+        "/readyz": _operations_endpoint(
+            "readyz",
+            "Readiness: PostgreSQL and Redis both answered within 2 s.",
+            {
+                "200": _json("ReadinessOut", "Ready."),
+                "503": _json("ReadinessOut", "Not ready; `failing` names what did not answer."),
+            },
+        ),
+        "/metrics": _operations_endpoint(
+            "metrics",
+            "Prometheus metrics of this host's web and worker processes.",
+            {"200": _response({"type": "string"}, "Prometheus text exposition format.", media_type="text/plain")},
+        ),
+        "/openapi.json": _operations_endpoint(
+            "openapi", "This document.", {"200": _response({"type": "object"}, "The OpenAPI 3.1 document.")}
+        ),
+        "/docs": _operations_endpoint(
+            "docs",
+            "The interactive reference rendered from this document.",
+            {"200": _response({"type": "string"}, "An HTML page.", media_type="text/html")},
+        ),
+    }
+
+
 @functools.cache
 def document() -> dict:
     _, definitions = models_json_schema(_MODELS, ref_template="#/components/schemas/{model}")
-    idempotency_key = {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": False,
-        "description": "Same caller, same key, same body: the same event, billed once. "
-        f"{schemas.IDEMPOTENCY_KEY_RULE}.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": schemas.IDEMPOTENCY_KEY_PATTERN},
-    }
-    body = lambda name: {"required": True, "content": {"application/json": {"schema": _ref(name)}}}  # noqa: E731
     return {
         "openapi": "3.1.0",
         "info": {
@@ -119,89 +215,8 @@ def document() -> dict:
             },
         },
         "security": [{"bearer": []}],
-        "paths": {
-            "/api/billing/external-usage": {
-                "post": {
-                    "operationId": "recordUsage",
-                    "tags": ["usage"],
-                    "summary": "Record one usage event for billing.",
-                    "parameters": [idempotency_key],
-                    "requestBody": body("UsageEventIn"),
-                    "responses": {
-                        "202": _json("AcceptedOut", "Accepted and queued.", ["Location"]),
-                        "200": _json("AcceptedOut", "An Idempotency-Key replay of an accepted event.", ["Location"]),
-                        **_errors(400, 401, 403, 409, 413, 415, 422, 429),
-                        **_unavailable_or_unknown(
-                            "OutcomeUnknownOut",
-                            "Plain: the queue or the database is unavailable, nothing was accepted. "
-                            'With "status": "unknown": the queue\'s reply was lost, the event `id` may or may not be '
-                            "accepted (Location names its status). Either way retry after Retry-After with the same "
-                            "Idempotency-Key.",
-                            ["Retry-After", "Location"],
-                        ),
-                    },
-                }
-            },
-            "/api/billing/external-usage/batch": {
-                "post": {
-                    "operationId": "recordUsageBatch",
-                    "tags": ["usage"],
-                    "summary": "Record up to 100 usage events, each judged on its own.",
-                    "description": "Each event carries its own `idempotency_key`; an Idempotency-Key header is "
-                    "refused with a 422 (field `Idempotency-Key`), since a key for the whole batch would not be used.",
-                    "requestBody": body("BatchIn"),
-                    "responses": {
-                        "200": _json("BatchOut", "One result per event, in order."),
-                        **_errors(400, 401, 403, 413, 415, 422, 429),
-                        **_unavailable_or_unknown(
-                            "BatchOutcomeUnknownOut",
-                            "Plain: the queue or the database is unavailable, nothing was accepted. "
-                            'With "status": "unknown": the queue\'s reply was lost; each result is `unknown` (its `id` '
-                            "may or may not be accepted) or `rejected`. Either way retry after Retry-After with the same "
-                            "idempotency_key per event.",
-                            ["Retry-After"],
-                        ),
-                    },
-                }
-            },
-            "/api/billing/external-usage/{event_id}": {
-                "get": {
-                    "operationId": "getUsage",
-                    "tags": ["usage"],
-                    "summary": "The status of one event.",
-                    "parameters": [
-                        {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-                    ],
-                    "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404, 429, 503)},
-                }
-            },
-            "/healthz": _operations_endpoint(
-                "healthz", "Liveness: 200 while the web process serves.", {"200": _json("HealthOut", "Serving.")}
-            ),
-            "/readyz": _operations_endpoint(
-                "readyz",
-                "Readiness: PostgreSQL and Redis both answered within 2 s.",
-                {
-                    "200": _json("ReadinessOut", "Ready."),
-                    "503": _json("ReadinessOut", "Not ready; `failing` names what did not answer."),
-                },
-            ),
-            "/metrics": _operations_endpoint(
-                "metrics",
-                "Prometheus metrics of this host's web and worker processes.",
-                {"200": _response({"type": "string"}, "Prometheus text exposition format.", media_type="text/plain")},
-            ),
-            "/openapi.json": _operations_endpoint(
-                "openapi", "This document.", {"200": _response({"type": "object"}, "The OpenAPI 3.1 document.")}
-            ),
-            "/docs": _operations_endpoint(
-                "docs",
-                "The interactive reference rendered from this document.",
-                {"200": _response({"type": "string"}, "An HTML page.", media_type="text/html")},
-            ),
-        },
+        "paths": {**_usage_paths(), **_operations_paths()},
     }
-
 
 @blueprint.get("/openapi.json")
 def openapi_json():

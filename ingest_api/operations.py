@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import redis
 import sqlalchemy as sa
@@ -145,9 +146,15 @@ def _broker_gauges(settings) -> dict:
         }
 
 
-def _database_gauges(settings) -> tuple[float | None, int, int, int]:
-    """(age of the oldest recorded-but-unreported row or None, events waiting for an
-    operator, rows recorded and not yet reported, of those the ones ageing out)."""
+class _DatabaseGauges(NamedTuple):
+    oldest_unreported_age: float | None  # of the oldest recorded-but-unreported row
+    failed: int  # events waiting for an operator
+    unreported: int  # rows recorded and not yet reported
+    aging_out: int  # of those, the ones ageing out
+
+
+def _database_gauges(settings) -> _DatabaseGauges:
+    """What PostgreSQL says of the pipeline: the rows not yet reported, the failed events."""
     logs = models.UserBillableRequestLog
     with db.engine_for(settings.database_url).connect() as connection:
         connection.execute(sa.text(f"SET LOCAL statement_timeout = {READINESS_TIMEOUT_SECONDS * 1000}"))
@@ -160,7 +167,78 @@ def _database_gauges(settings) -> tuple[float | None, int, int, int]:
         unreported = backlog.recorded_not_reported(connection)
         aging_out = backlog.recorded_aging_out(connection, dt.datetime.now(dt.UTC))
     age = (dt.datetime.now(dt.UTC) - oldest_received).total_seconds() if oldest_received is not None else None
-    return age, failed, unreported, aging_out
+    return _DatabaseGauges(age, failed, unreported, aging_out)
+
+
+def _gauge_families() -> dict[str, GaugeMetricFamily]:
+    """The collector's gauges, empty, in the order /metrics lists them."""
+    return {
+        "depth": GaugeMetricFamily(
+            "a700_queue_depth",
+            "Entries waiting, by queue: billing:intake (events accepted, not yet recorded) and billing (Celery tasks).",
+            labels=["queue"],
+        ),
+        "unreported": GaugeMetricFamily(
+            "a700_unreported_events", "Rows recorded and not yet reported to Stripe (status recorded)."
+        ),
+        "oldest": GaugeMetricFamily(
+            "a700_oldest_unreported_event_age_seconds",
+            "Seconds since the oldest accepted event that Stripe has not confirmed was accepted.",
+        ),
+        "intake_oldest": GaugeMetricFamily(
+            "a700_intake_oldest_entry_age_seconds",
+            "Seconds the oldest entry of the intake (accepted, not recorded) has waited; absent when it is empty.",
+        ),
+        "aging_out": GaugeMetricFamily(
+            "a700_events_aging_out",
+            "Events not yet reported that will be too old for Stripe (35 days less 5 minutes) within 12 hours, by "
+            "stage: accepted (in the intake; of the oldest 10,000 entries that waited 11 h 55 min or more, the only "
+            "ones that can be) and recorded (rows not yet reported).",
+            labels=["stage"],
+        ),
+        "failed": GaugeMetricFamily(
+            "a700_failed_events", "Events waiting for an operator: failed rows and unresolved rejected events."
+        ),
+        "workers": GaugeMetricFamily(
+            "a700_workers_alive", "Celery workers that said they are alive in the last 15 seconds."
+        ),
+        "last_read": GaugeMetricFamily(
+            "a700_intake_last_read_age_seconds", "Seconds since a worker last read the intake (absent if none ever did)."
+        ),
+        "last_sweep": GaugeMetricFamily(
+            "a700_last_sweep_age_seconds", "Seconds since beat's safety sweep last ran (every 15 s); absent if never."
+        ),
+        "meter_ready": GaugeMetricFamily(
+            "a700_stripe_meter_ready",
+            "1 if the reporters last found Stripe's billing meter able to count events, 0 if not (the reason is in "
+            "the worker's log); absent if no reporter looked in the last 5 minutes.",
+        ),
+        "up": GaugeMetricFamily(
+            "a700_dependency_up", "1 if the dependency answered the scrape's queries in time, else 0.", labels=["dependency"]
+        ),
+    }
+
+
+def _add_broker_samples(gauges: dict[str, GaugeMetricFamily], answer: dict) -> None:
+    for name, length in answer["depths"].items():
+        gauges["depth"].add_metric([name], length)
+    gauges["workers"].add_metric([], answer["workers_alive"])
+    if answer["intake_last_read_age"] is not None:
+        gauges["last_read"].add_metric([], answer["intake_last_read_age"])
+    if answer["oldest_waiting_age"] is not None:
+        gauges["intake_oldest"].add_metric([], answer["oldest_waiting_age"])
+    if answer["last_sweep_age"] is not None:
+        gauges["last_sweep"].add_metric([], answer["last_sweep_age"])
+    looked, problem = answer["meter"]
+    if looked:
+        gauges["meter_ready"].add_metric([], 0 if problem else 1)
+    gauges["aging_out"].add_metric(["accepted"], answer["aging_out"])
+
+
+def _add_database_samples(gauges: dict[str, GaugeMetricFamily], answer: _DatabaseGauges) -> None:
+    gauges["failed"].add_metric([], answer.failed)
+    gauges["unreported"].add_metric([], answer.unreported)
+    gauges["aging_out"].add_metric(["recorded"], answer.aging_out)
 
 
 class PipelineCollector:
@@ -177,49 +255,24 @@ class PipelineCollector:
         self.settings = settings
 
     def collect(self):
-        depth = GaugeMetricFamily(
-            "a700_queue_depth",
-            "Entries waiting, by queue: billing:intake (events accepted, not yet recorded) and billing (Celery tasks).",
-            labels=["queue"],
-        )
-        oldest = GaugeMetricFamily(
-            "a700_oldest_unreported_event_age_seconds",
-            "Seconds since the oldest accepted event that Stripe has not confirmed was accepted.",
-        )
-        failed = GaugeMetricFamily(
-            "a700_failed_events", "Events waiting for an operator: failed rows and unresolved rejected events."
-        )
-        up = GaugeMetricFamily(
-            "a700_dependency_up", "1 if the dependency answered the scrape's queries in time, else 0.", labels=["dependency"]
-        )
-        unreported = GaugeMetricFamily(
-            "a700_unreported_events", "Rows recorded and not yet reported to Stripe (status recorded)."
-        )
-        workers = GaugeMetricFamily(
-            "a700_workers_alive", "Celery workers that said they are alive in the last 15 seconds."
-        )
-        intake_oldest = GaugeMetricFamily(
-            "a700_intake_oldest_entry_age_seconds",
-            "Seconds the oldest entry of the intake (accepted, not recorded) has waited; absent when it is empty.",
-        )
-        last_sweep = GaugeMetricFamily(
-            "a700_last_sweep_age_seconds", "Seconds since beat's safety sweep last ran (every 15 s); absent if never."
-        )
-        meter_ready = GaugeMetricFamily(
-            "a700_stripe_meter_ready",
-            "1 if the reporters last found Stripe's billing meter able to count events, 0 if not (the reason is in "
-            "the worker's log); absent if no reporter looked in the last 5 minutes.",
-        )
-        last_read = GaugeMetricFamily(
-            "a700_intake_last_read_age_seconds", "Seconds since a worker last read the intake (absent if none ever did)."
-        )
-        aging_out = GaugeMetricFamily(
-            "a700_events_aging_out",
-            "Events not yet reported that will be too old for Stripe (35 days less 5 minutes) within 12 hours, by "
-            "stage: accepted (in the intake; of the oldest 10,000 entries that waited 11 h 55 min or more, the only "
-            "ones that can be) and recorded (rows not yet reported).",
-            labels=["stage"],
-        )
+        gauges = _gauge_families()
+        broker_answer, database_answer = self._read_sources()
+        gauges["up"].add_metric(["broker"], 1 if broker_answer is not None else 0)
+        gauges["up"].add_metric(["database"], 1 if database_answer is not None else 0)
+        if broker_answer is not None:
+            _add_broker_samples(gauges, broker_answer)
+        if database_answer is not None:
+            _add_database_samples(gauges, database_answer)
+        if broker_answer is not None and database_answer is not None:
+            ages = [
+                age for age in (broker_answer["oldest_waiting_age"], database_answer.oldest_unreported_age)
+                if age is not None
+            ]
+            gauges["oldest"].add_metric([], max(ages, default=0.0))
+        yield from gauges.values()
+
+    def _read_sources(self) -> tuple[dict | None, _DatabaseGauges | None]:
+        """What the broker and the database answered in time; None for one that did not."""
         settings = self.settings
         answers = _bounded(
             {
@@ -229,37 +282,13 @@ class PipelineCollector:
             CHECK_DEADLINE_SECONDS,
         )
         broker_answer, database_answer = answers.get("broker"), answers.get("database")
-        broker_ok, database_ok = isinstance(broker_answer, dict), isinstance(database_answer, tuple)
-        if not broker_ok:
+        if not isinstance(broker_answer, dict):
             log.warning("metrics: the broker did not answer", extra={"error": repr(broker_answer)})
-        if not database_ok:
+            broker_answer = None
+        if not isinstance(database_answer, _DatabaseGauges):
             log.warning("metrics: the database did not answer", extra={"error": repr(database_answer)})
-        up.add_metric(["broker"], 1 if broker_ok else 0)
-        up.add_metric(["database"], 1 if database_ok else 0)
-        if broker_ok:
-            for name, length in broker_answer["depths"].items():
-                depth.add_metric([name], length)
-            workers.add_metric([], broker_answer["workers_alive"])
-            if broker_answer["intake_last_read_age"] is not None:
-                last_read.add_metric([], broker_answer["intake_last_read_age"])
-            if broker_answer["oldest_waiting_age"] is not None:
-                intake_oldest.add_metric([], broker_answer["oldest_waiting_age"])
-            if broker_answer["last_sweep_age"] is not None:
-                last_sweep.add_metric([], broker_answer["last_sweep_age"])
-            looked, problem = broker_answer["meter"]
-            if looked:
-                meter_ready.add_metric([], 0 if problem else 1)
-            aging_out.add_metric(["accepted"], broker_answer["aging_out"])
-        if database_ok:
-            failed.add_metric([], database_answer[1])
-            unreported.add_metric([], database_answer[2])
-            aging_out.add_metric(["recorded"], database_answer[3])
-        if broker_ok and database_ok:
-            ages = [age for age in (broker_answer["oldest_waiting_age"], database_answer[0]) if age is not None]
-            oldest.add_metric([], max(ages, default=0.0))
-        yield from (
-            depth, unreported, oldest, intake_oldest, aging_out, failed, workers, last_read, last_sweep, meter_ready, up
-        )
+            database_answer = None
+        return broker_answer, database_answer
 
 
 @blueprint.get("/metrics")

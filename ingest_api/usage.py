@@ -1,4 +1,5 @@
-"""The usage API: record one event, a batch of events, and read an event's status."""
+"""The usage API's routes: accept one event, accept a batch of events, and answer an
+event's status (read by ``ingest_api.event_status``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import uuid
 
 import pydantic
-import sqlalchemy as sa
+import redis
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
@@ -16,17 +17,17 @@ from ingest_api import MAX_BODY_BYTES
 from ingest_api.auth import revoked_unauthorized, superadmin_required
 from ingest_api.catalog import Catalog
 from ingest_api.errors import ApiError
+from ingest_api.event_status import event_status
 from ingest_api.kept_keys import KeptKey, kept_keys
 from ingest_api.schemas import (
     IDEMPOTENCY_KEY_RULE,
     BatchEventIn,
     BatchIn,
     UsageEventIn,
-    UsageEventOut,
     error_details,
     valid_idempotency_key,
 )
-from shared import db, metrics, models, queue
+from shared import metrics, queue, revocation_marks
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable, Revoked, fingerprint
 from shared.usage_event import AcceptedUsageEvent
 
@@ -38,7 +39,7 @@ def catalog() -> Catalog:
     return current_app.extensions["catalog"]
 
 
-def intake() -> Intake:
+def current_intake() -> Intake:
     return current_app.extensions["intake"]
 
 
@@ -183,7 +184,7 @@ def _unavailable(message: str) -> ApiError:
     return ApiError(503, message, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
-class OutcomeUnknownError(ApiError):
+class OutcomeUnknownAnswer(ApiError):
     """503 for a publish whose reply was lost: the events may or may not be accepted.
     The body names the ids attempted and what the caller should do."""
 
@@ -212,7 +213,7 @@ class OutcomeUnknownError(ApiError):
 def _queue(pairs) -> list:
     """Accept the (event, fingerprint) pairs; wake the recorder if the intake was idle."""
     try:
-        accepted = intake().accept(pairs, g.caller.app_password_id)
+        accepted = current_intake().accept(pairs, g.caller.app_password_id)
     except Revoked:
         raise revoked_unauthorized() from None
     except QueueUnavailable:
@@ -230,9 +231,11 @@ def _queue(pairs) -> list:
     return acceptances
 
 
-@blueprint.post("")
+# The endpoint names are kept from when these routes were called record_usage: they are
+# the route label of the request metrics and log lines.
+@blueprint.post("", endpoint="record_usage")
 @superadmin_required
-def record_usage():
+def accept_usage():
     received_at = dt.datetime.now(dt.UTC)
     idempotency_key = _idempotency_key()
     raw = _json_bytes()
@@ -253,11 +256,11 @@ def record_usage():
     try:
         (outcome,) = _queue([(event, body_fingerprint)])
     except OutcomeUnknown:
-        raise OutcomeUnknownError([event.id]) from None
+        raise OutcomeUnknownAnswer([event.id]) from None
     if outcome.status == "conflict":
         raise ApiError(409, "This Idempotency-Key was already used with a different body.")
     if outcome.status == "duplicate":
-        return _event_answer(200, str(outcome.event_id), _status_record(outcome.event_id)["status"])
+        return _event_answer(200, str(outcome.event_id), _event_status(outcome.event_id)["status"])
     return _event_answer(202, str(outcome.event_id), "queued")
 
 
@@ -282,16 +285,16 @@ def _kept_keys(keys: list[str]) -> dict[str, KeptKey]:
 
 def _refuse_if_revoked() -> None:
     try:
-        revoked = intake().is_revoked(g.caller.app_password_id)
-    except QueueUnavailable:
+        revoked = revocation_marks.is_revoked(current_intake().redis, g.caller.app_password_id)
+    except redis.RedisError:
         raise _unavailable("The billing queue is unavailable. Retry later.") from None
     if revoked:
         raise revoked_unauthorized()
 
 
-@blueprint.post("/batch")
+@blueprint.post("/batch", endpoint="record_usage_batch")
 @superadmin_required
-def record_usage_batch():
+def accept_usage_batch():
     received_at = dt.datetime.now(dt.UTC)
     _no_idempotency_key_header()
     try:
@@ -330,7 +333,7 @@ def record_usage_batch():
         except OutcomeUnknown:
             for index, event, _ in queueable:
                 results[index] = {"index": index, "id": str(event.id), "status": "unknown"}
-            raise OutcomeUnknownError([event.id for _, event, _ in queueable], results) from None
+            raise OutcomeUnknownAnswer([event.id for _, event, _ in queueable], results) from None
         for (index, _, _), outcome in zip(queueable, outcomes, strict=True):
             if outcome.status == "conflict":
                 results[index] = _rejected(index, "This idempotency_key was already used with a different body.", None)
@@ -351,60 +354,15 @@ def _rejected(index: int, message: str, details: list | None) -> dict:
 def usage_status(event_id: uuid.UUID):
     if g.caller.app_password_id is not None:
         _refuse_if_revoked()
-    return jsonify(_status_record(event_id))
+    return jsonify(_event_status(event_id))
 
 
-def _status_record(event_id: uuid.UUID) -> dict:
-    # The broker first: once a worker records an event it commits the row before it
-    # deletes the queued record, so "not queued" here means the row is visible below.
+def _event_status(event_id: uuid.UUID) -> dict:
+    """The event's status record, or the 404 or 503 that answers for it."""
     try:
-        queued = intake().queued_event(event_id)
-        broker_answered = True
+        status = event_status(current_intake(), current_app.config["SETTINGS"].database_url, event_id)
     except QueueUnavailable:
-        # Not "unknown" yet: an accepted event no worker has recorded is only there.
-        queued, broker_answered = None, False
-    if queued is not None:
-        return _record(queued, "queued", None, None, None, None, None)
-    settings = current_app.config["SETTINGS"]
-    with db.transaction(settings.database_url) as session:
-        row = session.execute(
-            sa.select(models.UserBillableRequestLog, models.Service.name)
-            .outerjoin(models.Service, models.Service.id == models.UserBillableRequestLog.service_id)
-            .where(models.UserBillableRequestLog.id == event_id)
-        ).first()
-        if row is not None:
-            log, service_name = row
-            event = AcceptedUsageEvent(
-                id=log.id, user_id=log.user_id, organization_id=log.organization_id, service_name=service_name,
-                model_name=log.model_name, input_tokens=log.input_tokens, output_tokens=log.output_tokens,
-                source=log.source, occurred_at=log.occurred_at, received_at=log.received_at,
-                caller_user_id=log.caller_user_id, idempotency_key=log.idempotency_key,
-            )
-            return _record(
-                event, log.status, log.service_cost, log.agent700_cost, log.stripe_value,
-                log.stripe_reported_at, log.error,
-            )
-        rejected = session.get(models.RejectedUsageEvent, event_id)
-        if rejected is not None:
-            return _record(AcceptedUsageEvent.model_validate(rejected.payload), "failed", None, None, None, None, rejected.reason)
-    if not broker_answered:
-        raise _unavailable("The billing queue is unavailable, so this event's status is unknown. Retry later.")
-    raise ApiError(404, "No usage event with this id.")
-
-
-def _record(event: AcceptedUsageEvent, status, service_cost, agent700_cost, stripe_value, reported_at, error) -> dict:
-    record = UsageEventOut(
-        **event.model_dump(include=set(UsageEventOut.model_fields)),
-        status=status,
-        service_cost=_decimal_string(service_cost),
-        agent700_cost=_decimal_string(agent700_cost),
-        stripe={"identifier": str(event.id), "value": stripe_value, "reported_at": reported_at},
-        error=error,
-    )
-    return record.model_dump(mode="json")
-
-
-def _decimal_string(amount) -> str | None:
-    # Fixed-point always: str(Decimal) switches to exponent notation for small amounts
-    # ("1.50000000000E-7", "0E-18"), which is not the contract's decimal string.
-    return None if amount is None else format(amount, "f")
+        raise _unavailable("The billing queue is unavailable, so this event's status is unknown. Retry later.") from None
+    if status is None:
+        raise ApiError(404, "No usage event with this id.")
+    return status

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 import click
+import redis
 import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
@@ -16,8 +17,8 @@ from sqlalchemy import orm
 
 from ingest_api import credentials
 from operator_cli import output, parameters, store
-from shared import models
-from shared.intake import Intake, QueueUnavailable
+from shared import models, revocation_marks
+from shared.intake import Intake
 
 app_passwords_cli = AppGroup("app-passwords", help="App Passwords: revocable API credentials.")
 
@@ -121,8 +122,8 @@ def mark_revoked_in_broker(app_password_id: uuid.UUID) -> None:
     revocation is refused from the very next request, cached or not."""
     settings = current_app.config["SETTINGS"]
     try:
-        Intake(settings.broker_url, settings.enqueue_timeout_seconds).mark_revoked(app_password_id)
-    except QueueUnavailable:
+        revocation_marks.mark_revoked(Intake(settings.broker_url, settings.enqueue_timeout_seconds).redis, app_password_id)
+    except redis.RedisError:
         click.echo(
             f"Warning: Redis did not answer; web processes that cached this App Password accept it for up to "
             f"{settings.auth_cache_seconds:g} more seconds.",

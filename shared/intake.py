@@ -3,9 +3,10 @@
 Every reader and writer of the stream goes through this module:
 
 - ``Intake.accept`` (the edge, and the operator's re-drive) runs one Lua script that
-  does everything that makes an event accepted, atomically: claim the Idempotency-Key,
-  append the event, write its "queued" status record, and say whether a recorder must
-  be woken (the first event into an idle intake). All of it happens or none of it.
+  does everything that makes an event accepted, atomically: refuse a revoked App
+  Password (its mark, ``shared.revocation_marks``), claim the Idempotency-Key, append the
+  event, write its queued copy, and say whether a recorder must be woken (the first
+  event into an idle intake). All of it happens or none of it.
 - ``IntakeReader`` (the recorder) reads batches through a consumer group; ``done``
   acknowledges and deletes them, only after the rows they produced were committed, so a
   worker killed mid-batch loses nothing: another claims its entries after
@@ -31,12 +32,14 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.revocation_marks import revocation_key
 from shared.usage_event import AcceptedUsageEvent
 
 STREAM = "billing:intake"
 GROUP = "billing-recorders"
 EVENT_FIELD = "event"
-# The status record an accepted-but-not-yet-recorded event is read from (GET .../{id}).
+# An event's queued copy: its message, kept from its acceptance until its row is
+# committed, so GET .../{id} can answer "queued" for an event no recorder has written yet.
 QUEUED_KEY = "billing:queued:{event_id}"
 QUEUED_TTL_SECONDS = 7 * 24 * 3600
 # A claim covers a key's first 24 hours, while its event may still be in the intake;
@@ -52,14 +55,10 @@ CLAIM_IDLE_MS = 5_000
 # a new one (the beat sweep covers an intake that gets no new event).
 RECORDER_WANTED_KEY = "billing:recorder-wanted"
 RECORDER_WANTED_MS = 10_000
-# An App Password revocation mark outlives every web process's cached copy of the
-# caller; after that the database (revoked_at) refuses it anyway.
-REVOCATION_KEY = "billing:revoked-app-password:{app_password_id}"
-REVOCATION_MARK_SECONDS = 24 * 3600
 
 _ACCEPT = """
 -- KEYS: stream, the caller's App Password revocation mark ('' for a JWT), the
---       recorder-wanted flag, then per event: its queued-status key, its idempotency
+--       recorder-wanted flag, then per event: its queued-copy key, its idempotency
 --       key ('' if none)
 -- ARGV: queued ttl, idempotency ttl, recorder-wanted ttl (ms), then per event: id,
 --       message, body fingerprint
@@ -69,7 +68,7 @@ local results, fresh, claims = {}, {}, {}
 local revoked = KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1
 -- Redis does not undo a script's earlier writes when a later command fails. So first
 -- decide (reads only), then append every new event (XADD is the command that can fail,
--- e.g. when the stream key holds another type), and only then write the status records
+-- e.g. when the stream key holds another type), and only then write the queued copies
 -- and idempotency claims (SET cannot fail): a refused append leaves nothing behind.
 for i = 0, (#KEYS - 3) / 2 - 1 do
   local queued_key, idem_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
@@ -164,10 +163,6 @@ def idempotency_key_name(caller_user_id: uuid.UUID, key: str) -> str:
     return f"billing:idem:{caller_user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
-def revocation_key(app_password_id: uuid.UUID) -> str:
-    return REVOCATION_KEY.format(app_password_id=app_password_id)
-
-
 class Intake:
     """The writer's side: accept events within ``timeout_seconds``, honestly."""
 
@@ -260,7 +255,7 @@ class Intake:
         answered "unavailable": nothing was accepted. Once a command was sent and its
         reply lost, the outcome is open, and Redis is asked again until the full bound:
         repeating the script is always safe (it recognises its own events, by their
-        queued records and claims), so the first answer Redis gives settles it.
+        queued copies and claims), so the first answer Redis gives settles it.
         """
         started = time.monotonic()
         deadline = started + self._timeout_seconds
@@ -325,20 +320,8 @@ class Intake:
                 raise _NotSent() from error
         return self._evalsha_once(keys, args, deadline)
 
-    def mark_revoked(self, app_password_id: uuid.UUID) -> None:
-        try:
-            self.redis.set(revocation_key(app_password_id), 1, ex=REVOCATION_MARK_SECONDS)
-        except redis.RedisError as error:
-            raise QueueUnavailable(str(error)) from error
-
-    def is_revoked(self, app_password_id: uuid.UUID) -> bool:
-        try:
-            return bool(self.redis.exists(revocation_key(app_password_id)))
-        except redis.RedisError as error:
-            raise QueueUnavailable(str(error)) from error
-
     def queued_event(self, event_id: uuid.UUID) -> AcceptedUsageEvent | None:
-        """The event if it is accepted and no worker has recorded it yet."""
+        """The event, from its queued copy, if it is accepted and no worker has recorded it yet."""
         try:
             message = self.redis.get(QUEUED_KEY.format(event_id=event_id))
         except redis.RedisError as error:
@@ -400,7 +383,7 @@ class IntakeReader:
         return [(entry_id, fields) for entry_id, fields in entries if fields]
 
     def done(self, entries: Sequence[Entry], event_ids: Sequence[uuid.UUID]) -> None:
-        """Acknowledge committed entries, drop them from the stream, clear their queued records."""
+        """Acknowledge committed entries, drop them from the stream, delete their queued copies."""
         remove(self.broker, [entry.entry_id for entry in entries], event_ids)
 
     def keep_awake(self) -> None:
@@ -441,7 +424,7 @@ def recorder_needed(broker: redis.Redis) -> bool:
 
 
 def remove(broker: redis.Redis, entry_ids: Sequence[str], event_ids: Sequence[uuid.UUID] = ()) -> None:
-    """Acknowledge and delete entries, and clear the queued records of their events."""
+    """Acknowledge and delete entries, and the queued copies of their events."""
     if not entry_ids:
         return
     with broker.pipeline(transaction=True) as pipe:

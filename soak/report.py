@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import decimal
 import json
 import time
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 
 from shared import intake
 from soak.load import EXACT, Ledger, PlannedEvent
-from soak.seeding import World
+from soak.seeding import Organization, World
 
 # How often the drain is looked at, and for how many looks in a row it must be settled.
 DRAIN_POLL_SECONDS = 1.0
@@ -120,104 +121,146 @@ def _by_kind(counter: collections.Counter) -> dict:
     return table
 
 
-def reconcile(database_url: str, stripe_events: list[dict], ledger: Ledger, world: World, decimals: int) -> dict:
-    rows = _rows(database_url)
-    accepted = dict(ledger.accepted)
+@dataclasses.dataclass(frozen=True)
+class _Findings:
+    """What the ledger, the database's rows and Stripe's meter events say of each other."""
 
+    rows: dict[str, sa.Row]
+    ambiguous_accepted: dict[str, PlannedEvent]  # sent without a key, answer lost, found in the rows
+    phantom_ids: list[str]  # rows no client was answered for
+    expected: dict[str, PlannedEvent]  # every event that must be billed, by id
+    lost_without_row: list[str]
+    lost_without_meter_event: list[str]
+    not_reported: list[str]
+    duplicate_rows: int
+    duplicate_meter_events: int
+    meter_events_without_row: list[str]
+    cost_mismatches: list[str]
+    value_mismatches: list[str]
+
+    @property
+    def lost(self) -> int:
+        return len(self.lost_without_row) + len(set(self.lost_without_meter_event) | set(self.not_reported))
+
+
+def reconcile(database_url: str, stripe_events: list[dict], ledger: Ledger, world: World, decimals: int) -> dict:
+    found = _compare(_rows(database_url), stripe_events, ledger)
+    organizations = [
+        _organization_totals(organization, found, stripe_events, decimals) for organization in world.organizations
+    ]
+    return _summary(found, stripe_events, ledger, organizations)
+
+
+def _compare(rows: dict[str, sa.Row], stripe_events: list[dict], ledger: Ledger) -> _Findings:
+    accepted = dict(ledger.accepted)
     # Rows the ledger does not know: an event sent without a key whose answer was lost
     # (matched by content: accepted after all), or a row nobody was told about.
     unknown_ids = rows.keys() - accepted.keys()
     ambiguous_accepted = {i: ledger.ambiguous[_content(rows[i])] for i in unknown_ids if _content(rows[i]) in ledger.ambiguous}
-    phantom_ids = sorted(unknown_ids - ambiguous_accepted.keys())
     expected: dict[str, PlannedEvent] = accepted | ambiguous_accepted
 
     stripe_by_identifier: dict[str, list[dict]] = collections.defaultdict(list)
     for event in stripe_events:
         stripe_by_identifier[event["identifier"]].append(event)
 
-    lost_without_row = sorted(i for i in accepted if i not in rows)
-    lost_without_meter_event = sorted(i for i in expected if i in rows and i not in stripe_by_identifier)
-    not_reported = sorted(i for i in expected if i in rows and rows[i].status != "reported")
     content_counts = collections.Counter(_content(row) for row in rows.values())
-    duplicate_rows = sum(count - 1 for count in content_counts.values() if count > 1)
-    duplicate_meter_events = sum(len(events) - 1 for events in stripe_by_identifier.values() if len(events) > 1)
-    meter_events_without_row = sorted(i for i in stripe_by_identifier if i not in rows)
+    return _Findings(
+        rows=rows,
+        ambiguous_accepted=ambiguous_accepted,
+        phantom_ids=sorted(unknown_ids - ambiguous_accepted.keys()),
+        expected=expected,
+        lost_without_row=sorted(i for i in accepted if i not in rows),
+        lost_without_meter_event=sorted(i for i in expected if i in rows and i not in stripe_by_identifier),
+        not_reported=sorted(i for i in expected if i in rows and rows[i].status != "reported"),
+        duplicate_rows=sum(count - 1 for count in content_counts.values() if count > 1),
+        duplicate_meter_events=sum(len(events) - 1 for events in stripe_by_identifier.values() if len(events) > 1),
+        meter_events_without_row=sorted(i for i in stripe_by_identifier if i not in rows),
+        cost_mismatches=[i for i, event in expected.items() if i in rows and rows[i].agent700_cost != event.agent700_cost],
+        value_mismatches=[
+            i for i, event in expected.items()
+            if i in rows and (rows[i].stripe_value != event.stripe_value
+                              or any(int(Decimal(e["value"])) != event.stripe_value for e in stripe_by_identifier.get(i, [])))
+        ],
+    )
 
-    cost_mismatches = [i for i, event in expected.items() if i in rows and rows[i].agent700_cost != event.agent700_cost]
-    value_mismatches = [
-        i for i, event in expected.items()
-        if i in rows and (rows[i].stripe_value != event.stripe_value
-                          or any(int(Decimal(e["value"])) != event.stripe_value for e in stripe_by_identifier.get(i, [])))
-    ]
 
-    organizations = []
-    for organization in world.organizations:
-        org_rows = [row for row in rows.values() if row.organization_id == organization.id]
-        org_expected = [event for event in expected.values() if event.organization_id == organization.id]
-        org_meter_events = [e for e in stripe_events if e["customer"] == organization.stripe_customer_id]
-        totals = {
-            "organization_id": organization.id,
-            "stripe_customer_id": organization.stripe_customer_id,
-            "events_expected": len(org_expected),
-            "rows": len(org_rows),
-            "stripe_meter_events": len(org_meter_events),
-            "agent700_cost_database": exact_sum(row.agent700_cost for row in org_rows),
-            "agent700_cost_load_generator": exact_sum(event.agent700_cost for event in org_expected),
-            "stripe_value_sum_stripe": sum(int(Decimal(e["value"])) for e in org_meter_events),
-            "stripe_value_sum_database": sum(row.stripe_value for row in org_rows),
-            "stripe_value_sum_load_generator": sum(event.stripe_value for event in org_expected),
-        }
-        totals["equal"] = (
-            totals["agent700_cost_database"] == totals["agent700_cost_load_generator"]
-            and totals["stripe_value_sum_stripe"] == totals["stripe_value_sum_database"] == totals["stripe_value_sum_load_generator"]
-        )
-        # The same totals in dollars, to the unit of STRIPE_VALUE_DECIMALS, for reading.
-        unit = Decimal(1).scaleb(-decimals)
-        totals["agent700_cost_stripe_usd"] = Decimal(totals["stripe_value_sum_stripe"]).scaleb(-decimals, context=EXACT)
-        totals["agent700_cost_database_rounded_usd"] = totals["agent700_cost_database"].quantize(unit, rounding=decimal.ROUND_HALF_EVEN)
-        organizations.append(totals)
+def _organization_totals(organization: Organization, found: _Findings, stripe_events: list[dict], decimals: int) -> dict:
+    """One organization's totals in the database, at Stripe and in the ledger, and whether they agree."""
+    org_rows = [row for row in found.rows.values() if row.organization_id == organization.id]
+    org_expected = [event for event in found.expected.values() if event.organization_id == organization.id]
+    org_meter_events = [e for e in stripe_events if e["customer"] == organization.stripe_customer_id]
+    totals = {
+        "organization_id": organization.id,
+        "stripe_customer_id": organization.stripe_customer_id,
+        "events_expected": len(org_expected),
+        "rows": len(org_rows),
+        "stripe_meter_events": len(org_meter_events),
+        "agent700_cost_database": exact_sum(row.agent700_cost for row in org_rows),
+        "agent700_cost_load_generator": exact_sum(event.agent700_cost for event in org_expected),
+        "stripe_value_sum_stripe": sum(int(Decimal(e["value"])) for e in org_meter_events),
+        "stripe_value_sum_database": sum(row.stripe_value for row in org_rows),
+        "stripe_value_sum_load_generator": sum(event.stripe_value for event in org_expected),
+    }
+    totals["equal"] = (
+        totals["agent700_cost_database"] == totals["agent700_cost_load_generator"]
+        and totals["stripe_value_sum_stripe"] == totals["stripe_value_sum_database"] == totals["stripe_value_sum_load_generator"]
+    )
+    # The same totals in dollars, to the unit of STRIPE_VALUE_DECIMALS, for reading.
+    unit = Decimal(1).scaleb(-decimals)
+    totals["agent700_cost_stripe_usd"] = Decimal(totals["stripe_value_sum_stripe"]).scaleb(-decimals, context=EXACT)
+    totals["agent700_cost_database_rounded_usd"] = totals["agent700_cost_database"].quantize(unit, rounding=decimal.ROUND_HALF_EVEN)
+    return totals
 
-    latencies = [
-        (row.stripe_reported_at - row.received_at).total_seconds()
-        for row in rows.values() if row.stripe_reported_at is not None
-    ]
-    status_counts = collections.Counter(row.status for row in rows.values())
-    failed_errors = collections.Counter(row.error for row in rows.values() if row.status == "failed")
 
-    lost = len(lost_without_row) + len(set(lost_without_meter_event) | set(not_reported))
-    duplicates = duplicate_rows + duplicate_meter_events + len(ledger.idempotency_mismatches)
+def _duplicates(found: _Findings, ledger: Ledger) -> int:
+    return found.duplicate_rows + found.duplicate_meter_events + len(ledger.idempotency_mismatches)
+
+
+def _problems(found: _Findings, ledger: Ledger, organizations: list[dict]) -> list[str]:
+    """One sentence per way the run failed; none if it passed."""
+    failed_errors = collections.Counter(row.error for row in found.rows.values() if row.status == "failed")
     problems = []
-    if lost:
+    if found.lost:
         problems.append(
-            f"lost: {len(lost_without_row)} accepted without a row (e.g. {lost_without_row[:EXAMPLES_SHOWN]}), "
-            f"{len(lost_without_meter_event)} without a Stripe meter event (e.g. {lost_without_meter_event[:EXAMPLES_SHOWN]}), "
-            f"{len(not_reported)} not reported (e.g. {not_reported[:EXAMPLES_SHOWN]}; failures: {dict(failed_errors)})"
+            f"lost: {len(found.lost_without_row)} accepted without a row (e.g. {found.lost_without_row[:EXAMPLES_SHOWN]}), "
+            f"{len(found.lost_without_meter_event)} without a Stripe meter event (e.g. {found.lost_without_meter_event[:EXAMPLES_SHOWN]}), "
+            f"{len(found.not_reported)} not reported (e.g. {found.not_reported[:EXAMPLES_SHOWN]}; failures: {dict(failed_errors)})"
         )
-    if duplicates:
+    if _duplicates(found, ledger):
         problems.append(
-            f"duplicated: {duplicate_rows} rows of an event already recorded, {duplicate_meter_events} repeated meter events, "
+            f"duplicated: {found.duplicate_rows} rows of an event already recorded, {found.duplicate_meter_events} repeated meter events, "
             f"{len(ledger.idempotency_mismatches)} Idempotency-Key answers naming another id "
             f"(e.g. {ledger.idempotency_mismatches[:EXAMPLES_SHOWN]})"
         )
-    if phantom_ids or meter_events_without_row:
+    if found.phantom_ids or found.meter_events_without_row:
         problems.append(
-            f"unexpected: {len(phantom_ids)} rows no client was answered for (e.g. {phantom_ids[:EXAMPLES_SHOWN]}), "
-            f"{len(meter_events_without_row)} meter events without a row"
+            f"unexpected: {len(found.phantom_ids)} rows no client was answered for (e.g. {found.phantom_ids[:EXAMPLES_SHOWN]}), "
+            f"{len(found.meter_events_without_row)} meter events without a row"
         )
-    if cost_mismatches or value_mismatches or not all(o["equal"] for o in organizations):
+    if found.cost_mismatches or found.value_mismatches or not all(o["equal"] for o in organizations):
         problems.append(
-            f"unequal: {len(cost_mismatches)} rows with another agent700_cost, {len(value_mismatches)} with another "
+            f"unequal: {len(found.cost_mismatches)} rows with another agent700_cost, {len(found.value_mismatches)} with another "
             f"Stripe value; organizations unequal: {[o['organization_id'] for o in organizations if not o['equal']]}"
         )
     if ledger.invalid_accepted:
         problems.append(f"invalid requests accepted: {ledger.invalid_accepted[:EXAMPLES_SHOWN]}")
     if ledger.crashes:
         problems.append(f"the load generator failed: {ledger.crashes[0]}")
-    if not accepted:
+    if not ledger.accepted:
         problems.append("no event was accepted: the run proves nothing")
     if ledger.unexpected_answers:
         problems.append(f"unexpected answers: {len(ledger.unexpected_answers)} (e.g. {ledger.unexpected_answers[:EXAMPLES_SHOWN]})")
+    return problems
 
+
+def _summary(found: _Findings, stripe_events: list[dict], ledger: Ledger, organizations: list[dict]) -> dict:
+    """The reconciliation's part of the report."""
+    rows = found.rows
+    latencies = [
+        (row.stripe_reported_at - row.received_at).total_seconds()
+        for row in rows.values() if row.stripe_reported_at is not None
+    ]
+    status_counts = collections.Counter(row.status for row in rows.values())
     return {
         "requests": {
             "attempts_by_kind_and_outcome": _by_kind(ledger.attempts),
@@ -227,10 +270,10 @@ def reconcile(database_url: str, stripe_events: list[dict], ledger: Ledger, worl
         },
         "events": {
             "sent": ledger.events_sent,
-            "accepted": len(accepted),
+            "accepted": len(ledger.accepted),
             # Sent without a key, connection lost before the answer: fate known only from the database.
             "ambiguous_without_key": len(ledger.ambiguous),
-            "ambiguous_found_accepted": len(ambiguous_accepted),
+            "ambiguous_found_accepted": len(found.ambiguous_accepted),
             # Keyed events whose first answer was lost although the service had accepted them.
             "keyed_answers_lost_after_acceptance": ledger.answers_lost_after_acceptance,
             "unknown_outcome_answers": ledger.unknown_outcomes,
@@ -241,27 +284,27 @@ def reconcile(database_url: str, stripe_events: list[dict], ledger: Ledger, worl
             "stripe_meter_events": len(stripe_events),
         },
         "lost": {
-            "total": lost,
-            "accepted_without_row": len(lost_without_row),
-            "without_stripe_meter_event": len(lost_without_meter_event),
-            "not_reported": len(not_reported),
+            "total": found.lost,
+            "accepted_without_row": len(found.lost_without_row),
+            "without_stripe_meter_event": len(found.lost_without_meter_event),
+            "not_reported": len(found.not_reported),
         },
         "duplicates": {
-            "total": duplicates,
-            "rows_for_the_same_event": duplicate_rows,
-            "stripe_meter_events_for_the_same_row": duplicate_meter_events,
+            "total": _duplicates(found, ledger),
+            "rows_for_the_same_event": found.duplicate_rows,
+            "stripe_meter_events_for_the_same_row": found.duplicate_meter_events,
             "idempotency_key_answered_another_id": len(ledger.idempotency_mismatches),
         },
         "unexpected": {
-            "rows_no_client_was_answered_for": len(phantom_ids),
-            "stripe_meter_events_without_row": len(meter_events_without_row),
+            "rows_no_client_was_answered_for": len(found.phantom_ids),
+            "stripe_meter_events_without_row": len(found.meter_events_without_row),
             "invalid_requests_accepted": len(ledger.invalid_accepted),
             "unexpected_answers": len(ledger.unexpected_answers),
         },
-        "unequal": {"agent700_cost_rows": len(cost_mismatches), "stripe_value_rows": len(value_mismatches)},
+        "unequal": {"agent700_cost_rows": len(found.cost_mismatches), "stripe_value_rows": len(found.value_mismatches)},
         "organizations": organizations,
         "latency_seconds_acceptance_to_report": percentiles(latencies),
-        "problems": problems,
+        "problems": _problems(found, ledger, organizations),
     }
 
 
@@ -290,7 +333,13 @@ def write(report: dict, paths: list[Path]) -> None:
 def render(report: dict) -> str:
     """The report for a human, as printed at the end of the run."""
     lines = ["", "=" * 30 + " soak reconciliation report " + "=" * 30]
-    lines.append(f"command: {report['command']}")
+    lines += _run_lines(report) + _event_lines(report) + _total_lines(report) + _result_lines(report)
+    return "\n".join(lines)
+
+
+def _run_lines(report: dict) -> list[str]:
+    """The command, the load, the faults injected and the requests sent."""
+    lines = [f"command: {report['command']}"]
     lines.append(
         f"load: {report['load']['seconds']:.0f} s at {report['load']['rate']:.0f} events/s offered "
         f"({report['load']['concurrency']} senders); Redis appendfsync {report['settings']['appendfsync']}; "
@@ -306,30 +355,35 @@ def render(report: dict) -> str:
     for kind, outcomes in requests["attempts_by_kind_and_outcome"].items():
         lines.append(f"  {kind:<14} " + ", ".join(f"{outcome}: {count}" for outcome, count in outcomes.items()))
     lines.append("  all            " + ", ".join(f"{o}: {c}" for o, c in sorted(requests["attempts_by_outcome"].items())))
+    return lines
+
+
+def _event_lines(report: dict) -> list[str]:
+    """What became of the events, answers lost included."""
     events = report["events"]
-    lines.append(
+    resolved = events["unknown_outcomes_resolved"]
+    return [
         f"events: sent {events['sent']}, accepted {events['accepted']}, rows recorded {events['rows_recorded']} "
-        f"{events['rows_by_status']}, reported {events['reported']}, Stripe meter events {events['stripe_meter_events']}"
-    )
-    lines.append(
+        f"{events['rows_by_status']}, reported {events['reported']}, Stripe meter events {events['stripe_meter_events']}",
         f"answers lost in transit: {events['ambiguous_without_key']} events sent without a key (not retried), of which "
         f"{events['ambiguous_found_accepted']} were in fact accepted; {events['keyed_answers_lost_after_acceptance']} "
-        "keyed events accepted whose answer was lost (the retry got the original id)"
-    )
-    resolved = events["unknown_outcomes_resolved"]
-    lines.append(
+        "keyed events accepted whose answer was lost (the retry got the original id)",
         f"unknown outcomes (503 naming the ids, the queue's reply lost): {events['unknown_outcome_answers']} events; "
         f"resolved through the status endpoint: {resolved.get('accepted', 0)} accepted, "
-        f"{resolved.get('not accepted', 0)} not accepted, {resolved.get('unresolved', 0)} unresolved"
-    )
-    lines.append(
+        f"{resolved.get('not accepted', 0)} not accepted, {resolved.get('unresolved', 0)} unresolved",
         "reporter rounds refused by Stripe (after the SDK's retries) for a second concurrent call for a customer: "
-        f"{report['stripe_one_call_per_customer_refusals']}"
-    )
-    lines.append(f"lost: {report['lost']['total']}  {report['lost']}")
-    lines.append(f"duplicates: {report['duplicates']['total']}  {report['duplicates']}")
-    lines.append(f"unexpected: {report['unexpected']}   unequal: {report['unequal']}")
-    lines.append("agent700_cost per organization (database = load generator; Stripe values = database = load generator):")
+        f"{report['stripe_one_call_per_customer_refusals']}",
+    ]
+
+
+def _total_lines(report: dict) -> list[str]:
+    """Lost, duplicated, unequal, and each organization's totals."""
+    lines = [
+        f"lost: {report['lost']['total']}  {report['lost']}",
+        f"duplicates: {report['duplicates']['total']}  {report['duplicates']}",
+        f"unexpected: {report['unexpected']}   unequal: {report['unequal']}",
+        "agent700_cost per organization (database = load generator; Stripe values = database = load generator):",
+    ]
     for org in report["organizations"]:
         lines.append(
             f"  {org['stripe_customer_id']}  events {org['events_expected']:>6}  db {format(org['agent700_cost_database'], 'f')}"
@@ -338,15 +392,19 @@ def render(report: dict) -> str:
             f" / generator {org['stripe_value_sum_load_generator']} (1e-{report['settings']['stripe_value_decimals']} USD)"
             f"  {'equal' if org['equal'] else 'UNEQUAL'}"
         )
+    return lines
+
+
+def _result_lines(report: dict) -> list[str]:
+    """The latencies, the verdict and its problems, and where the report is."""
     latency = report["latency_seconds_acceptance_to_report"]
-    lines.append(
+    http = report["requests"]["request_latency_ms"]
+    lines = [
         "latency acceptance -> reported to Stripe (s): "
-        + ", ".join(f"{k} {v}" for k, v in latency.items() if k != "count") + f"  (n={latency['count']})"
-    )
-    http = requests["request_latency_ms"]
-    lines.append("HTTP answer time (ms): " + ", ".join(f"{k} {v}" for k, v in http.items() if k != "count"))
-    lines.append("RESULT: " + ("PASSED: 0 lost, 0 duplicated, totals equal" if report["passed"] else "FAILED"))
-    for problem in report["problems"]:
-        lines.append(f"  - {problem}")
+        + ", ".join(f"{k} {v}" for k, v in latency.items() if k != "count") + f"  (n={latency['count']})",
+        "HTTP answer time (ms): " + ", ".join(f"{k} {v}" for k, v in http.items() if k != "count"),
+        "RESULT: " + ("PASSED: 0 lost, 0 duplicated, totals equal" if report["passed"] else "FAILED"),
+    ]
+    lines += [f"  - {problem}" for problem in report["problems"]]
     lines.append(f"report: {report['report_paths'][0]}")
-    return "\n".join(lines)
+    return lines

@@ -10,7 +10,7 @@ import uuid
 import fakeredis
 import pytest
 
-from shared import intake
+from shared import intake, revocation_marks
 from shared.usage_event import AcceptedUsageEvent
 
 CALLER = uuid.uuid4()
@@ -92,7 +92,7 @@ def test_a_revoked_app_password_appends_nothing_but_its_earlier_call_keeps_its_a
     app_password = uuid.uuid4()
     before = event()
     stream.accept([(before, "fp")], app_password)
-    stream.mark_revoked(app_password)
+    revocation_marks.mark_revoked(redis_client, app_password)
 
     with pytest.raises(intake.Revoked):
         stream.accept([(event("key-2"), "fp")], app_password)
@@ -108,7 +108,7 @@ def test_a_revoked_app_password_cannot_replay_a_key_but_its_own_keyed_call_keeps
     reader = intake.IntakeReader(redis_client, "recorder-1")
     reader.done(reader.next_batch(10), [before.id])
     redis_client.delete(intake.QUEUED_KEY.format(event_id=before.id))  # recorded: only its claim is left
-    stream.mark_revoked(app_password)
+    revocation_marks.mark_revoked(redis_client, app_password)
 
     with pytest.raises(intake.Revoked):
         stream.accept([(event("key-1"), "fp")], app_password)  # a replay: another request, same key
