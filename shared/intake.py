@@ -382,7 +382,7 @@ class IntakeReader:
             self.broker.xack(STREAM, GROUP, *stale)
         return [(entry_id, fields) for entry_id, fields in entries if fields]
 
-    def done(self, entries: Sequence[Entry], event_ids: Sequence[uuid.UUID]) -> None:
+    def acknowledge(self, entries: Sequence[Entry], event_ids: Sequence[uuid.UUID]) -> None:
         """Acknowledge committed entries, drop them from the stream, delete their queued copies."""
         remove(self.broker, [entry.entry_id for entry in entries], event_ids)
 

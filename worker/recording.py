@@ -64,7 +64,7 @@ def record_next_batch(transaction, reader: intake.IntakeReader, *, value_decimal
     reader.keep_awake()
     with transaction() as session:
         result = write_entries(session, entries, value_decimals=value_decimals)
-    reader.done(entries, result.event_ids)
+    reader.acknowledge(entries, result.event_ids)
     return len(entries), result
 
 

@@ -106,7 +106,7 @@ def test_a_revoked_app_password_cannot_replay_a_key_but_its_own_keyed_call_keeps
     before = event("key-1")
     stream.accept([(before, "fp")], app_password)
     reader = intake.IntakeReader(redis_client, "recorder-1")
-    reader.done(reader.next_batch(10), [before.id])
+    reader.acknowledge(reader.next_batch(10), [before.id])
     redis_client.delete(intake.QUEUED_KEY.format(event_id=before.id))  # recorded: only its claim is left
     revocation_marks.mark_revoked(redis_client, app_password)
 
@@ -132,7 +132,7 @@ def test_a_redrive_appends_the_event_again_with_its_id_whatever_its_key(stream, 
     original = event("key-1")
     stream.accept([(original, "fp")])
     reader = intake.IntakeReader(redis_client, "recorder-1")
-    reader.done(reader.next_batch(10), [original.id])
+    reader.acknowledge(reader.next_batch(10), [original.id])
 
     assert stream.redrive([original]).acceptances == [intake.Acceptance("queued", original.id)]
     assert queued_ids(redis_client) == [original.id]
@@ -145,7 +145,7 @@ def test_a_recorder_reads_its_own_unacknowledged_entries_first_and_done_removes_
 
     first = reader.next_batch(2)
     assert [e.entry_id for e in reader.next_batch(2)] == [e.entry_id for e in first]  # not acknowledged yet
-    reader.done(first, [events[0].id, events[1].id])
+    reader.acknowledge(first, [events[0].id, events[1].id])
 
     assert [AcceptedUsageEvent.from_message(e.message).id for e in reader.next_batch(2)] == [events[2].id]
     assert stream.queued_event(events[0].id) is None and stream.queued_event(events[2].id) == events[2]
