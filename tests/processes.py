@@ -1,5 +1,5 @@
-"""The service's processes as the slow tests run them, shared by ``tests/pipeline``,
-``tests/operations`` and ``tests/api``; built on ``tests.support.children`` (which the soak
+"""The service's processes as the slow tests run them, shared by ``tests/worker``,
+``tests/operations`` and ``tests/ingest_api``; built on ``tests.support.children`` (which the soak
 and the benchmarks use too).
 
 * ``WorkerProcess``: a real Celery worker with embedded beat, killable with SIGKILL,

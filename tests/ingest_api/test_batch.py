@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.api.conftest import SENTENCE, assert_error, assert_unauthorized
+from tests.ingest_api.conftest import SENTENCE, assert_error, assert_unauthorized
 from tests.support.billing import BATCH_URL, OMIT
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import stripe as stripe_sdk
 
+from tests.operator_cli.test_contract_commands import last_line
 from tests.support.billing import assert_refused
-from tests.test_cli import last_line
 
 
 def sdk(stripe) -> stripe_sdk.StripeClient:

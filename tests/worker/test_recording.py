@@ -13,7 +13,8 @@ import redis
 
 from shared import db, intake, models
 from shared.intake import Intake, fingerprint
-from tests.pipeline.conftest import (
+from tests.support.billing import BATCH_URL, URL, forget_idempotency_claims, log_rows
+from tests.worker.conftest import (
     MAX_TOKENS,
     MODELS,
     expected_costs,
@@ -21,7 +22,6 @@ from tests.pipeline.conftest import (
     rejected_rows,
     stream_state,
 )
-from tests.support.billing import BATCH_URL, URL, forget_idempotency_claims, log_rows
 from worker import recording
 
 # "A readable reason": one sentence, capitalised, ending with a full stop.

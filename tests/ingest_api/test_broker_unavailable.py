@@ -18,7 +18,7 @@ import redis
 
 from ingest_api import create_app
 from shared import intake
-from tests.api.conftest import assert_error
+from tests.ingest_api.conftest import assert_error
 from tests.support.billing import BATCH_URL, URL
 
 BOUND_SECONDS = 2.0  # "within about 2 seconds"

@@ -24,7 +24,7 @@ from ingest_api import lookup_limits
 from ingest_api.credentials import new_app_password
 from local_stripe.webhooks import signature_header
 from shared import models
-from tests.api.conftest import assert_error, record_as_worker, rfc3339
+from tests.ingest_api.conftest import assert_error, record_as_worker, rfc3339
 from tests.processes import GunicornProcess
 from tests.support.billing import BATCH_URL, OMIT, URL
 

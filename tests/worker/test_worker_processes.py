@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, intake, models
-from tests.pipeline.conftest import Load, assert_billed_exactly_once, make_world, redis_client
 from tests.support.billing import Factory, log_rows, status_counts
 from tests.support.children import wait_until
+from tests.worker.conftest import Load, assert_billed_exactly_once, make_world, redis_client
 from worker import recording, reporting
 
 pytestmark = pytest.mark.slow

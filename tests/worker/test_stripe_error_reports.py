@@ -24,9 +24,9 @@ from local_stripe.events import Problem
 from local_stripe.state import MeterEvent
 from local_stripe.validator import error_reports
 from shared import db, models, pipeline_status, queue
-from tests.pipeline.conftest import Load, make_world
 from tests.support.billing import log_rows, status_counts
 from tests.support.children import wait_until
+from tests.worker.conftest import Load, make_world
 from worker import recording, reporting, tasks
 from worker.stripe_reporting import SDK_NETWORK_RETRIES, StripeMeter
 

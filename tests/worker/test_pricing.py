@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.pipeline.conftest import MAX_TOKENS, MODELS
 from tests.support.billing import Rates
+from tests.worker.conftest import MAX_TOKENS, MODELS
 from worker import pricing
 
 

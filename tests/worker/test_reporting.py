@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, models, queue
-from tests.pipeline.conftest import make_world
 from tests.support.billing import log_rows
 from tests.support.children import wait_until
+from tests.worker.conftest import make_world
 from worker import recording, reporting
 from worker.stripe_reporting import StripeMeter
 

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import sqlalchemy as sa
 
-from tests.api.conftest import assert_error, assert_unauthorized, record_as_worker
 from tests.conftest import OperatorCliRunner
+from tests.ingest_api.conftest import assert_error, assert_unauthorized, record_as_worker
 from tests.support.billing import URL, forget_idempotency_claims
 
 THREADS = 20

@@ -20,7 +20,7 @@ import jwt
 import pytest
 
 from ingest_api.jwks import MAX_FETCHES_AT_ONCE
-from tests.api.conftest import assert_error, assert_unauthorized, b64url
+from tests.ingest_api.conftest import assert_error, assert_unauthorized, b64url
 from tests.jwt_helpers import (
     JwksServer,
     claims_for,

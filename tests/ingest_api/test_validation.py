@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.api.conftest import assert_error, now, rfc3339
+from tests.ingest_api.conftest import assert_error, now, rfc3339
 from tests.support.billing import OMIT, URL
 
 REQUIRED = ["user_id", "organization_id", "model_name", "input_tokens", "output_tokens", "service_name"]

@@ -1,6 +1,6 @@
 """The intake stream's rules, checked against fakeredis (which runs the accept script's
 Lua through lupa): fast, no server. What a real Redis adds (lost replies, restarts) is
-in tests/api/test_broker_unavailable.py and the soak."""
+in tests/ingest_api/test_broker_unavailable.py and the soak."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 
 from shared import db, models
 from shared.usage_event import AcceptedUsageEvent
-from tests.api.conftest import assert_error, assert_unauthorized, now, record_as_worker
+from tests.ingest_api.conftest import assert_error, assert_unauthorized, now, record_as_worker
 from tests.support.billing import URL
 
 FIELDS = {

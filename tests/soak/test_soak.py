@@ -18,7 +18,7 @@ import pytest
 
 from soak.faults import FAULT_NAMES
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOAD_SECONDS = 45
 # Start and seeding (~20 s), the load, and a drain that may wait out Stripe backoffs
 # (capped at 60 s) and the sweeper (every 30 s, for rows stale after 60 s).

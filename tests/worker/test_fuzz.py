@@ -29,9 +29,9 @@ import sqlalchemy as sa
 from hypothesis import strategies as st
 
 from shared import billing_window, db, models
-from tests.pipeline.conftest import make_world
 from tests.support.billing import BATCH_URL, URL
 from tests.support.children import wait_until
+from tests.worker.conftest import make_world
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ import jwt.warnings
 import pytest
 
 from shared import db, models
-from tests.api.conftest import assert_error, assert_unauthorized, b64url, now
 from tests.conftest import OperatorCliRunner
+from tests.ingest_api.conftest import assert_error, assert_unauthorized, b64url, now
 from tests.support.billing import TEST_JWT_SECRET
 
 
