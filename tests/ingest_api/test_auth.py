@@ -24,9 +24,11 @@ import jwt.warnings
 import pytest
 
 from shared import db, models
-from tests.conftest import OperatorCliRunner
-from tests.ingest_api.conftest import assert_error, assert_unauthorized, b64url, now
 from tests.support.billing import TEST_JWT_SECRET
+from tests.support.error_answers import assert_error, assert_unauthorized
+from tests.support.jwt_tokens import b64url
+from tests.support.operator_commands import OperatorCliRunner
+from tests.support.timestamps import now
 
 
 def hs256(claims: dict, secret: str = TEST_JWT_SECRET, algorithm: str = "HS256") -> str:

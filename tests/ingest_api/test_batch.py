@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from tests.ingest_api.conftest import SENTENCE, assert_error, assert_unauthorized
 from tests.support.billing import BATCH_URL, OMIT
+from tests.support.error_answers import SENTENCE, assert_error, assert_unauthorized
 
 
 def results_of(response) -> list[dict]:

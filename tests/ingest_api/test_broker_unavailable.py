@@ -18,8 +18,8 @@ import redis
 
 from ingest_api import create_app
 from shared import intake
-from tests.ingest_api.conftest import assert_error
 from tests.support.billing import BATCH_URL, URL
+from tests.support.error_answers import assert_error
 
 BOUND_SECONDS = 2.0  # "within about 2 seconds"
 

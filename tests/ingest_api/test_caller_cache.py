@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db
-from tests.conftest import OperatorCliRunner
-from tests.ingest_api.conftest import assert_unauthorized
+from tests.support.error_answers import assert_unauthorized
+from tests.support.operator_commands import OperatorCliRunner
 
 
 @pytest.mark.parametrize("credential", ["app_password", "jwt"])

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from ingest_api import openapi
-from tests.processes import GunicornProcess
+from tests.support.service_processes import GunicornProcess
 
 pytestmark = pytest.mark.slow
 

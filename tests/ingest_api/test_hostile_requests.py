@@ -24,9 +24,11 @@ from ingest_api import lookup_limits
 from ingest_api.credentials import new_app_password
 from local_stripe.webhooks import signature_header
 from shared import models
-from tests.ingest_api.conftest import assert_error, record_as_worker, rfc3339
-from tests.processes import GunicornProcess
+from tests.support.api_caller import record_as_worker
 from tests.support.billing import BATCH_URL, OMIT, URL
+from tests.support.error_answers import assert_error
+from tests.support.service_processes import GunicornProcess
+from tests.support.timestamps import rfc3339
 
 
 def post_raw(billing, data: bytes, **headers: str):

@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import OperatorCliRunner
-from tests.ingest_api.conftest import assert_error, assert_unauthorized, record_as_worker
+from tests.support.api_caller import record_as_worker
 from tests.support.billing import URL, forget_idempotency_claims
+from tests.support.error_answers import assert_error, assert_unauthorized
+from tests.support.operator_commands import OperatorCliRunner
 
 THREADS = 20
 

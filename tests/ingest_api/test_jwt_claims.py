@@ -11,9 +11,9 @@ import time
 import jwt
 import pytest
 
-from tests.conftest import OperatorCliRunner
-from tests.jwt_helpers import claims_for, hs256_with_raw_key
 from tests.support.billing import TEST_JWT_SECRET
+from tests.support.jwt_tokens import claims_for, hs256_with_raw_key
+from tests.support.operator_commands import OperatorCliRunner
 
 DAY = 86400
 

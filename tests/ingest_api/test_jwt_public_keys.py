@@ -20,9 +20,11 @@ import jwt
 import pytest
 
 from ingest_api.jwks import MAX_FETCHES_AT_ONCE
-from tests.ingest_api.conftest import assert_error, assert_unauthorized, b64url
-from tests.jwt_helpers import (
+from tests.support.billing import TEST_JWT_SECRET
+from tests.support.error_answers import assert_error, assert_unauthorized
+from tests.support.jwt_tokens import (
     JwksServer,
+    b64url,
     claims_for,
     ec_key,
     hs256_with_raw_key,
@@ -32,7 +34,6 @@ from tests.jwt_helpers import (
     signed,
     unsigned,
 )
-from tests.support.billing import TEST_JWT_SECRET
 
 # How long a request may take when the JWKS endpoint does not answer: the wait for a
 # fetch (2 s), and the rest of the request.

@@ -16,8 +16,10 @@ import pytest
 
 from shared import db, models
 from shared.usage_event import AcceptedUsageEvent
-from tests.ingest_api.conftest import assert_error, assert_unauthorized, now, record_as_worker
+from tests.support.api_caller import record_as_worker
 from tests.support.billing import URL
+from tests.support.error_answers import assert_error, assert_unauthorized
+from tests.support.timestamps import now
 
 FIELDS = {
     "id", "status", "user_id", "organization_id", "service_name", "model_name", "input_tokens", "output_tokens",

@@ -15,8 +15,9 @@ import uuid
 
 import pytest
 
-from tests.ingest_api.conftest import assert_error, now, rfc3339
 from tests.support.billing import OMIT, URL
+from tests.support.error_answers import assert_error
+from tests.support.timestamps import now, rfc3339
 
 REQUIRED = ["user_id", "organization_id", "model_name", "input_tokens", "output_tokens", "service_name"]
 MAX_INT32 = 2_147_483_647

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 import stripe as stripe_sdk
 
 from shared import db, models
-from tests.operator_cli.test_contract_commands import created_id, last_line
-from tests.support.billing import UsageRecords, assert_refused
+from tests.support.billing import UsageRecords
+from tests.support.operator_commands import assert_refused, created_id, last_line
 from worker import reporting
 from worker.stripe_reporting import StripeMeter
 

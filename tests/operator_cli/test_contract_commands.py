@@ -18,22 +18,15 @@ import sqlalchemy as sa
 
 from ingest_api import credentials
 from shared import models
-from tests.support.billing import assert_refused
+from tests.support.operator_commands import assert_refused, count, created_id, last_line, price_args
 
 EVERY_ROLE = ["admin", "member", "superadmin"]
 
 
-def last_line(result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.stdout.splitlines()[-1]
 
 
-def created_id(result) -> uuid.UUID:
-    return uuid.UUID(last_line(result))
 
 
-def count(session, model) -> int:
-    return session.scalar(sa.select(sa.func.count()).select_from(model))
 
 
 # --- orgs create ------------------------------------------------------------------------
@@ -359,17 +352,8 @@ def test_services_add_refuses_a_duplicate_name(runner, factory, session):
 
 # --- prices set -------------------------------------------------------------------------
 
-RATES = {
-    "--input-per-token": "0.00000015",
-    "--output-per-token": "0.0000006",
-    "--agent700-input-per-token": "0.000000300000000001",
-    "--agent700-output-per-token": "0.0000012",
-}
 
 
-def price_args(model: str = "gpt-4o-mini", **overrides: str) -> list[str]:
-    rates = {**RATES, **{f"--{name.replace('_', '-')}": value for name, value in overrides.items()}}
-    return ["prices", "set", "--model", model, *[part for option in rates.items() for part in option]]
 
 
 def test_prices_set_stores_the_exact_decimals(runner, session):

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from shared import db, intake, models
 from shared.usage_event import AcceptedUsageEvent
-from tests.operator_cli.test_contract_commands import last_line
+from tests.support.operator_commands import last_line
 
 
 @pytest.fixture

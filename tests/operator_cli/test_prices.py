@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, models
-from tests.operator_cli.test_contract_commands import count, created_id, price_args
-from tests.support.billing import UsageRecords, assert_refused
+from tests.support.billing import UsageRecords
+from tests.support.operator_commands import assert_refused, count, created_id, price_args
 
 JAN, MAR, JUN = (dt.datetime(2025, month, 1, tzinfo=dt.UTC) for month in (1, 3, 6))
 

@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from shared import db, models
-from tests.support.billing import UsageRecords, assert_refused
+from tests.support.billing import UsageRecords
+from tests.support.operator_commands import assert_refused
 from worker.reporting import RECONCILE_ERROR
 from worker.stripe_reporting import MeterEvent, Outcome, StripeMeter
 

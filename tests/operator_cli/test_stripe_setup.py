@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import stripe as stripe_sdk
 
-from tests.operator_cli.test_contract_commands import last_line
-from tests.support.billing import assert_refused
+from tests.support.operator_commands import assert_refused, last_line
 
 
 def sdk(stripe) -> stripe_sdk.StripeClient:

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from shared import db, intake, models, queue
 from shared.usage_event import AcceptedUsageEvent
-from tests.support.billing import NO_CUSTOMER_ERROR, UsageRecords, assert_refused
+from tests.support.billing import NO_CUSTOMER_ERROR, UsageRecords
+from tests.support.operator_commands import assert_refused
 from worker.reporting import RECONCILE_ERROR, shard_of
 
 CELERY_QUEUE = queue.QUEUE

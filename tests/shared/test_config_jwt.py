@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.config import ConfigurationError, load_settings
-from tests.jwt_helpers import ec_key, private_pem, public_pem, rsa_key
 from tests.support.billing import TEST_JWT_SECRET
+from tests.support.jwt_tokens import ec_key, private_pem, public_pem, rsa_key
 
 BASE = {
     "DATABASE_URL": "postgresql://db.example/billing",

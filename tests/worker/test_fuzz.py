@@ -29,9 +29,8 @@ import sqlalchemy as sa
 from hypothesis import strategies as st
 
 from shared import billing_window, db, models
-from tests.support.billing import BATCH_URL, URL
+from tests.support.billing import BATCH_URL, URL, build_world_with_every_price
 from tests.support.children import wait_until
-from tests.worker.conftest import make_world
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +114,7 @@ def raw_bodies() -> st.SearchStrategy[bytes]:
 
 
 def test_no_body_stops_billing(settings, factory, client, stripe, start_worker):
-    world = make_world(factory, organizations=2)
+    world = build_world_with_every_price(factory, organizations=2)
     worker = start_worker(settings)
     headers = world.headers()
     accepted: set[uuid.UUID] = set()

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.support.billing import Rates
-from tests.worker.conftest import MAX_TOKENS, MODELS
+from tests.support.billing import PRICES, Rates
+from tests.support.expected_bills import MAX_TOKENS
 from worker import pricing
 
 
@@ -30,7 +30,7 @@ def price(rates: Rates, model: str = "m", effective_from: dt.datetime | None = N
 
 
 # (model, input tokens, output tokens) -> service_cost, agent700_cost, Stripe value (micro-dollars).
-# Worked out by hand from the rates in MODELS (tokens × rate, digit by digit).
+# Worked out by hand from the rates in PRICES (tokens × rate, digit by digit).
 HAND_COMPUTED = [
     ("gpt-4o-mini", 0, 0, "0", "0", 0),
     ("gpt-4o-mini", 1, 0, "0.00000015", "0.0000003", 0),
@@ -64,7 +64,7 @@ HAND_COMPUTED = [
 
 @pytest.mark.parametrize(("model", "input_tokens", "output_tokens", "service_cost", "agent700_cost", "value"), HAND_COMPUTED)
 def test_costs_are_exact_to_the_last_decimal(model, input_tokens, output_tokens, service_cost, agent700_cost, value):
-    costs = pricing.costs(price(MODELS[model]), input_tokens, output_tokens)
+    costs = pricing.costs(price(PRICES[model]), input_tokens, output_tokens)
 
     assert costs.service_cost == Decimal(service_cost)
     assert costs.agent700_cost == Decimal(agent700_cost)
@@ -76,7 +76,7 @@ def test_costs_are_exact_to_the_last_decimal(model, input_tokens, output_tokens,
 
 
 def test_costs_do_not_depend_on_the_callers_decimal_context():
-    rates = MODELS["precise-model"]
+    rates = PRICES["precise-model"]
     with decimal.localcontext(decimal.Context(prec=6, rounding=decimal.ROUND_DOWN)):
         costs = pricing.costs(price(rates), MAX_TOKENS, MAX_TOKENS)
         value = pricing.stripe_value(costs.agent700_cost, 6)
@@ -168,9 +168,9 @@ TICK = dt.timedelta(microseconds=1)
 
 @pytest.fixture
 def book():
-    first = price(MODELS["gpt-4o-mini"], "gpt-4o-mini", T0, id="first")
-    second = price(MODELS["claude-3-5-sonnet"], "gpt-4o-mini", T1, id="second")
-    other = price(MODELS["precise-model"], "other", T1, id="other")
+    first = price(PRICES["gpt-4o-mini"], "gpt-4o-mini", T0, id="first")
+    second = price(PRICES["claude-3-5-sonnet"], "gpt-4o-mini", T1, id="second")
+    other = price(PRICES["precise-model"], "other", T1, id="other")
     # Deliberately out of order: the book sorts by effective_from.
     return pricing.PriceBook([second, other, first])
 
@@ -205,7 +205,7 @@ def test_price_in_effect_for_an_unknown_model_is_none(book):
 )
 def test_price_in_effect_matches_a_linear_scan(starts, at):
     moment = lambda seconds: T0 + dt.timedelta(seconds=seconds)  # noqa: E731
-    rows = [price(MODELS["gpt-4o-mini"], "m", moment(s), id=s) for s in starts]
+    rows = [price(PRICES["gpt-4o-mini"], "m", moment(s), id=s) for s in starts]
     found = pricing.PriceBook(rows).in_effect("m", moment(at))
     candidates = [s for s in starts if s <= at]
     assert (found.id if found else None) == (max(candidates) if candidates else None)

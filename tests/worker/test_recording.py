@@ -13,15 +13,9 @@ import redis
 
 from shared import db, intake, models
 from shared.intake import Intake, fingerprint
-from tests.support.billing import BATCH_URL, URL, forget_idempotency_claims, log_rows
-from tests.worker.conftest import (
-    MAX_TOKENS,
-    MODELS,
-    expected_costs,
-    expected_stripe_value,
-    rejected_rows,
-    stream_state,
-)
+from tests.support.billing import BATCH_URL, PRICES, URL, forget_idempotency_claims, log_rows
+from tests.support.expected_bills import MAX_TOKENS, expected_costs, expected_stripe_value, rejected_rows
+from tests.support.intake_stream import stream_state
 from worker import recording
 
 # "A readable reason": one sentence, capitalised, ending with a full stop.
@@ -63,7 +57,7 @@ def test_record_writes_one_row_with_exact_costs(settings, world):
     assert result.recorded == [event.id] and result.rejected == {}
     assert result.organizations == {world.organization.id}
     (row,) = log_rows(settings)
-    service_cost, agent700_cost = expected_costs(MODELS["precise-model"], MAX_TOKENS, 1200)
+    service_cost, agent700_cost = expected_costs(PRICES["precise-model"], MAX_TOKENS, 1200)
     assert row.id == event.id
     assert (row.service_cost, row.agent700_cost) == (service_cost, agent700_cost)
     assert row.stripe_value == expected_stripe_value(agent700_cost)
@@ -79,7 +73,7 @@ def test_record_writes_one_row_with_exact_costs(settings, world):
     assert rejected_rows(settings) == []
 
 
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model", list(PRICES))
 @pytest.mark.parametrize(("input_tokens", "output_tokens"), [(0, 0), (1, 0), (0, 1), (MAX_TOKENS, MAX_TOKENS)])
 def test_recorded_costs_survive_postgresql_to_the_last_decimal(settings, world, model, input_tokens, output_tokens):
     event = world.event(model_name=model, input_tokens=input_tokens, output_tokens=output_tokens)
@@ -87,7 +81,7 @@ def test_recorded_costs_survive_postgresql_to_the_last_decimal(settings, world, 
     record(settings, [event])
 
     (row,) = log_rows(settings)
-    service_cost, agent700_cost = expected_costs(MODELS[model], input_tokens, output_tokens)
+    service_cost, agent700_cost = expected_costs(PRICES[model], input_tokens, output_tokens)
     assert (row.service_cost, row.agent700_cost, row.stripe_value) == (
         service_cost, agent700_cost, expected_stripe_value(agent700_cost),
     )
@@ -227,13 +221,13 @@ def test_drain_records_what_the_web_queued_and_clears_the_stream(settings, world
     rows = rows_by_id(settings)
     assert set(rows) == {e.id for e in events}
     for event in events:
-        assert rows[event.id].agent700_cost == expected_costs(MODELS["gpt-4o-mini"], event.input_tokens, event.output_tokens)[1]
+        assert rows[event.id].agent700_cost == expected_costs(PRICES["gpt-4o-mini"], event.input_tokens, event.output_tokens)[1]
     # acknowledged, deleted from the stream, and the "queued" status records gone
     assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
 
 
 def test_drain_records_events_posted_through_the_batch_endpoint(settings, world, client, broker):
-    bodies = [world.body(model_name=model, input_tokens=7, output_tokens=11) for model in MODELS for _ in range(3)]
+    bodies = [world.body(model_name=model, input_tokens=7, output_tokens=11) for model in PRICES for _ in range(3)]
     response = client.post(BATCH_URL, json={"events": bodies}, headers=world.headers())
     ids = [uuid.UUID(r["id"]) for r in response.get_json()["results"]]
     assert len(ids) == 9
@@ -243,7 +237,7 @@ def test_drain_records_events_posted_through_the_batch_endpoint(settings, world,
     rows = rows_by_id(settings)
     assert set(rows) == set(ids)
     for event_id, body in zip(ids, bodies, strict=True):
-        assert rows[event_id].agent700_cost == expected_costs(MODELS[body["model_name"]], 7, 11)[1]
+        assert rows[event_id].agent700_cost == expected_costs(PRICES[body["model_name"]], 7, 11)[1]
     assert stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
     # What the API reports afterwards comes from the row.
     status = client.get(f"/api/billing/external-usage/{ids[0]}", headers=world.headers()).get_json()

@@ -12,9 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, models, queue
-from tests.support.billing import log_rows
+from tests.support.billing import build_world_with_every_price, log_rows
 from tests.support.children import wait_until
-from tests.worker.conftest import make_world
 from worker import recording, reporting
 from worker.stripe_reporting import StripeMeter
 
@@ -87,7 +86,7 @@ def test_recorded_rows_become_reported(settings, world, broker, meter, stripe):
 
 
 def test_a_shard_reports_only_its_own_organizations(settings, factory, broker, meter, stripe):
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     shard = reporting.shard_of(world.organization.id)
     elsewhere = organization_in_shard(factory, (shard + 1) % reporting.REPORT_SHARDS, stripe_customer_id="cus_elsewhere")
     mine = world.event()
@@ -113,7 +112,7 @@ def test_more_rows_than_one_round(settings, world, broker, meter, stripe, monkey
 
 
 def test_an_organization_without_a_stripe_customer_id_fails_its_rows_with_a_reason(settings, factory, broker, meter, stripe):
-    world = make_world(factory, customer_ids=[None])
+    world = build_world_with_every_price(factory, customer_ids=[None])
     event = world.event()
     record(settings, [event])
 
@@ -130,7 +129,7 @@ def test_an_organization_without_a_stripe_customer_id_fails_its_rows_with_a_reas
 
 
 def test_a_permanent_stripe_refusal_fails_only_that_row(settings, factory, broker, meter, stripe):
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     bad = organization_in_shard(factory, reporting.shard_of(world.organization.id), stripe_customer_id="")
     good_event, bad_event = world.event(), world.event(organization_id=bad.id)
     record(settings, [good_event, bad_event])
@@ -146,7 +145,7 @@ def test_a_permanent_stripe_refusal_fails_only_that_row(settings, factory, broke
 
 
 def test_an_event_too_old_for_stripe_is_failed_with_the_reason_and_never_sent(settings, factory, broker, meter, stripe):
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     event = world.event(occurred_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=36))  # beyond Stripe's 35 days
     record(settings, [event])
 

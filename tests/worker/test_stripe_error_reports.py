@@ -24,9 +24,9 @@ from local_stripe.events import Problem
 from local_stripe.state import MeterEvent
 from local_stripe.validator import error_reports
 from shared import db, models, pipeline_status, queue
-from tests.support.billing import log_rows, status_counts
+from tests.support.billing import build_world_with_every_price, log_rows, status_counts
 from tests.support.children import wait_until
-from tests.worker.conftest import Load, make_world
+from tests.support.expected_bills import Load
 from worker import recording, reporting, tasks
 from worker.stripe_reporting import SDK_NETWORK_RETRIES, StripeMeter
 
@@ -73,7 +73,7 @@ def test_an_unknown_customer_fails_only_its_events_with_stripes_reason(webhook_s
     the good ones stay reported, the others end failed within seconds."""
     settings = webhook_settings
     client, _ = web
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     ghost = factory.organization(stripe_customer_id=None)
     with db.transaction(settings.database_url) as session:  # an id Stripe never had (set behind the CLI's back)
         session.execute(sa.update(models.Organization).where(models.Organization.id == ghost.id).values(stripe_customer_id="cus_ghost"))
@@ -102,7 +102,7 @@ def test_an_unknown_customer_fails_only_its_events_with_stripes_reason(webhook_s
 def test_a_meter_deactivated_after_the_reporter_looked_fails_what_stripe_dropped(webhook_settings, factory, stripe, web, start_worker):
     settings = webhook_settings
     client, _ = web
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     # One pool process: the one that reported the first rows is the one that still trusts
     # the meter it found. With two, the other may look for the first time after the
     # deactivation, rightly send nothing, and leave the rows recorded instead.
@@ -159,7 +159,7 @@ def test_without_a_meter_nothing_is_sent_and_the_reason_shows(settings, world, s
 def test_an_event_older_than_stripes_window_is_failed_at_once_and_never_sent(webhook_settings, factory, stripe, web, start_worker):
     """Accepted 35 days ago and stuck since (a long outage): Stripe would drop it."""
     settings = webhook_settings
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     old = world.event(occurred_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=35, minutes=1))
     with db.transaction(settings.database_url) as session:
         recording.record(session, [old], value_decimals=6)
@@ -213,7 +213,7 @@ def test_a_forged_or_stale_webhook_is_400_and_changes_nothing(webhook_settings, 
 
 def test_a_webhook_delivered_twice_is_handled_once(webhook_settings, factory, stripe, web, broker):
     client, url = web
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     body, signature = _signed(_thin_event("evt_test_twice"), WEBHOOK_SECRET)
 
     first = requests.post(f"{url}/api/stripe/events", data=body, headers={"Stripe-Signature": signature}, timeout=10)

@@ -17,9 +17,10 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, intake, models
-from tests.support.billing import Factory, log_rows, status_counts
+from tests.support.billing import Factory, build_world_with_every_price, log_rows, status_counts
 from tests.support.children import wait_until
-from tests.worker.conftest import Load, assert_billed_exactly_once, make_world, redis_client
+from tests.support.expected_bills import Load, assert_billed_exactly_once
+from tests.support.intake_stream import redis_client
 from worker import recording, reporting
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def rows_reported(settings) -> int:
 
 @pytest.mark.parametrize("meter_api", ["v2", "v1"])
 def test_500_events_are_each_reported_exactly_once(settings, factory, client, stripe, start_worker, meter_api):
-    world = make_world(factory, organizations=3)
+    world = build_world_with_every_price(factory, organizations=3)
     load = Load(world)
     worker = start_worker(settings, STRIPE_METER_API=meter_api)
 
@@ -56,7 +57,7 @@ def test_500_events_are_each_reported_exactly_once(settings, factory, client, st
 
 
 def test_two_workers_racing_still_bill_each_event_once(settings, factory, client, stripe, start_worker):
-    world = make_world(factory, organizations=4)
+    world = build_world_with_every_price(factory, organizations=4)
     load = Load(world, seed=22)
     stripe.set_faults(one_call_per_customer=True)
     # Two workers, each with its own beat: twice the drains, racing on the same stream and shards.
@@ -71,7 +72,7 @@ def test_two_workers_racing_still_bill_each_event_once(settings, factory, client
 
 
 def test_kill_9_of_the_worker_mid_run_then_restart(settings, factory, client, stripe, start_worker):
-    world = make_world(factory, organizations=3)
+    world = build_world_with_every_price(factory, organizations=3)
     load = Load(world, seed=9)
     # Slow Stripe calls, so that the kill lands while reports are in flight.
     stripe.set_faults(latency_ms=150)
@@ -106,7 +107,7 @@ RECOVERY_BOUND_SECONDS = 20
 
 
 def test_kill_9_mid_run_then_a_new_worker_reports_everything_within_the_bound(settings, factory, client, stripe, start_worker):
-    world = make_world(factory, organizations=3)
+    world = build_world_with_every_price(factory, organizations=3)
     load = Load(world, seed=19)
     stripe.set_faults(latency_ms=150)
     worker = start_worker(settings)
@@ -127,7 +128,7 @@ def test_kill_9_while_stripe_refuses_then_a_new_worker_reports_everything_within
 ):
     """The killed worker held the shards' Stripe retries (Celery countdowns) in its memory;
     the new one finds the rows through its start-up sweep and the shard flags expiring."""
-    world = make_world(factory, organizations=3)
+    world = build_world_with_every_price(factory, organizations=3)
     load = Load(world, seed=29)
     stripe.set_faults(status=429, fail_next=100_000)
     worker = start_worker(settings)
@@ -149,7 +150,7 @@ def test_kill_9_while_stripe_refuses_then_a_new_worker_reports_everything_within
 
 
 def test_sigterm_to_the_worker_mid_run_then_restart(settings, factory, client, stripe, start_worker):
-    world = make_world(factory, organizations=3)
+    world = build_world_with_every_price(factory, organizations=3)
     load = Load(world, seed=15)
     stripe.set_faults(latency_ms=150)
     worker = start_worker(settings)
@@ -170,7 +171,7 @@ def test_sigterm_to_the_worker_mid_run_then_restart(settings, factory, client, s
 
 
 def test_stripe_500_then_429_bursts_with_one_call_per_customer(settings, factory, client, stripe, start_worker):
-    world = make_world(factory, organizations=4)
+    world = build_world_with_every_price(factory, organizations=4)
     load = Load(world, seed=500)
     stripe.set_faults(one_call_per_customer=True, latency_ms=20, fail_next=8, status=500)
     worker = start_worker(settings)
@@ -191,7 +192,7 @@ def test_postgresql_restarted_mid_run(private_settings, private_postgres, stripe
 
     settings = private_settings
     factory = Factory(settings, stripe)
-    world = make_world(factory, organizations=3)
+    world = build_world_with_every_price(factory, organizations=3)
     client = create_app(settings).test_client()
     load = Load(world, seed=5432)
     stripe.set_faults(latency_ms=100)
@@ -213,7 +214,7 @@ def test_postgresql_restarted_mid_run(private_settings, private_postgres, stripe
 
 def test_the_sweeper_redrives_rows_left_unreported_and_flags_those_too_old(settings, factory, stripe, start_worker):
     # Rows a worker recorded and then died before waking a reporter: nothing will wake one.
-    world = make_world(factory, organizations=2)
+    world = build_world_with_every_price(factory, organizations=2)
     stale = [world.event(organization_id=org.id) for org in world.organizations for _ in range(3)]
     too_old = world.event()
     with db.transaction(settings.database_url) as session:
@@ -235,7 +236,7 @@ def test_the_sweeper_redrives_rows_left_unreported_and_flags_those_too_old(setti
 
 
 def test_the_same_message_delivered_twice_is_one_row_and_one_meter_event(settings, factory, client, stripe, start_worker):
-    world = make_world(factory, organizations=1)
+    world = build_world_with_every_price(factory, organizations=1)
     load = Load(world, seed=2)
     load.post(client, 20)
     broker = redis_client(settings.broker_url)
@@ -262,7 +263,7 @@ def test_the_same_message_delivered_twice_is_one_row_and_one_meter_event(setting
 
 
 def test_an_organization_without_a_stripe_customer_id_is_failed_then_retried_once(settings, factory, client, runner, stripe, start_worker):
-    world = make_world(factory, customer_ids=["cus_has_one", None])
+    world = build_world_with_every_price(factory, customer_ids=["cus_has_one", None])
     with_customer, without = world.organizations
     load = Load(world, seed=7)
     worker = start_worker(settings)

@@ -37,9 +37,14 @@ from shared.config import Settings
 from tests.support.children import PROJECT_ROOT, Child, http_get, wait_until
 
 __all__ = [
-    "PROJECT_ROOT", "FlowerProcess", "GunicornProcess", "PrivatePostgres", "PrivateRedis", "WorkerProcess",
+    "PROJECT_ROOT", "SETTLE_SECONDS", "FlowerProcess", "GunicornProcess", "PrivatePostgres", "PrivateRedis", "WorkerProcess",
     "private_postgres_server", "service_env",
 ]
+
+
+# Long enough for a process start (imports, beat's first tick) and a drain-and-report
+# round on a busy 2-core machine shared with other tests.
+SETTLE_SECONDS = 90
 
 
 def service_env(settings: Settings, stripe_url: str, extra_env: dict[str, str | None] | None = None) -> dict[str, str]:
