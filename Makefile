@@ -45,7 +45,7 @@ wheel-check: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/python scripts/run_local.py
 
-# promtool checks and unit-tests the alerting rules (tests/test_alert_rules.py). When it is
+# promtool checks and unit-tests the alerting rules (tests/deploy/test_alert_rules.py). When it is
 # missing, Debian's `prometheus` package (which has it) is installed; that needs root. If it
 # cannot be, this says so and the rules' tests fail naming it. (Under systemd the package
 # also enables a Prometheus server: `systemctl disable --now prometheus` if unwanted.)

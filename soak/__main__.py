@@ -12,7 +12,7 @@ running the accept script's XADD+SET, SIGKILL while ``aof_pending_bio_fsync`` wa
 ``SHUTDOWN`` loses nothing with either (the AOF is written and fsynced before exit).
 The window is narrow (a fraction of a millisecond per second on this disk), so a soak
 alone rarely hits it: 57 SIGKILLs under load with ``--appendfsync everysec`` lost
-nothing; ``tests/test_embedded_redis.py`` aims the kill at it instead. ``always`` costs
+nothing; ``tests/shared/test_embedded_redis.py`` aims the kill at it instead. ``always`` costs
 one fsync per event-loop round, shared by every write of that round: 0.30 ms instead of
 0.13 ms per script call for one client, and no loss of throughput with five (11.6k
 calls/s against 9.4k), far above what the web processes can send.

@@ -19,14 +19,13 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="a700-
 import pytest
 import redis
 import sqlalchemy as sa
-from flask.cli import FlaskGroup
-from flask.testing import FlaskCliRunner
 
 from shared import db, embedded, models
 from shared.config import Settings
 from tests.support import servers
 from tests.support.billing import METER_EVENT_NAME, TEST_JWT_SECRET, Factory
 from tests.support.database import RolledBack
+from tests.support.operator_commands import OperatorCliRunner
 
 TEST_SERVERS_DIR = embedded.VAR_DIR / "test"
 
@@ -220,12 +219,6 @@ def client(app):
     return app.test_client()
 
 
-class OperatorCliRunner(FlaskCliRunner):
-    """Runs ``flask --app ingest_api <command>`` in-process: the operator commands come
-    from the ``flask.commands`` entry points, as the ``flask`` command loads them."""
-
-    def invoke(self, cli=None, args=None, **kwargs):
-        return super().invoke(cli or FlaskGroup(create_app=lambda: self.app), args, **kwargs)
 
 
 @pytest.fixture
@@ -249,7 +242,7 @@ def factory(settings: Settings, stripe) -> Factory:
 def start_worker(committed_database, stripe, tmp_path):
     """``start_worker(settings, **env)`` starts a real Celery worker with embedded beat
     (``tests.processes.WorkerProcess``); all are stopped at teardown."""
-    from tests.processes import WorkerProcess
+    from tests.support.service_processes import WorkerProcess
 
     workers: list[WorkerProcess] = []
 

@@ -28,9 +28,9 @@ import sqlalchemy as sa
 
 from agent700_billing import Accepted, BatchItemResult, Client, RetryPolicy, UsageEvent
 from shared import db, embedded, models
-from tests.processes import GunicornProcess, PrivateRedis
 from tests.support.billing import MODEL, SERVICE, build_world
 from tests.support.children import wait_until
+from tests.support.service_processes import GunicornProcess, PrivateRedis
 
 pytestmark = pytest.mark.slow
 

@@ -1,21 +1,15 @@
-"""Shared helpers for the local Stripe server's tests, which drive it through the real
-``stripe`` SDK (imported as ``stripe_sdk``; ``stripe`` is the server fixture, reset per test).
-
-``account`` sets the server up as the billing service expects Stripe to be: a sum meter
-for ``EVENT_NAME`` and the customers ``CUSTOMERS``.
+"""The local Stripe server's fixtures, for tests that drive it through the real ``stripe`` SDK
+(``tests.support.stripe_sdk``): ``stripe``, the server reset per test; ``client``;
+``account``, the server set up as the billing service expects Stripe to be (a sum meter
+for ``EVENT_NAME`` and the customers ``CUSTOMERS``); ``streamer``, a v2 stream client.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-
 import pytest
 import stripe as stripe_sdk
 
-API_KEY = "sk_test_local_stripe_tests"
-EVENT_NAME = "agent700_cost"
-CUSTOMERS = ("cus_a", "cus_b")
+from tests.support.stripe_sdk import CUSTOMERS, EVENT_NAME, open_session, sdk_client
 
 
 @pytest.fixture
@@ -30,32 +24,14 @@ def stripe(stripe_server):
     stripe_server.reset()
 
 
-def sdk_client(server, api_key: str = API_KEY, **options) -> stripe_sdk.StripeClient:
-    options.setdefault("max_network_retries", 0)
-    return stripe_sdk.StripeClient(api_key, base_addresses={"api": server.url, "meter_events": server.url}, **options)
 
 
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def v1_event(customer: str = "cus_a", value: str = "1.5", **fields) -> dict:
-    return {
-        "event_name": EVENT_NAME,
-        "payload": {"stripe_customer_id": customer, "value": value},
-        "identifier": f"id-{uuid.uuid4()}",
-        **fields,
-    }
 
 
-def v2_event(customer: str = "cus_a", value: str = "1", **fields) -> dict:
-    return {**v1_event(customer, value), "timestamp": rfc3339(dt.datetime.now(dt.UTC)), **fields}
 
 
-def open_session(server, client: stripe_sdk.StripeClient):
-    """(a client authenticated by a new session's token, the session), as Stripe's docs do it."""
-    session = client.v2.billing.meter_event_session.create()
-    return sdk_client(server, api_key=session.authentication_token), session
 
 
 @pytest.fixture

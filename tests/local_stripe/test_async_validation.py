@@ -15,7 +15,7 @@ import requests
 import stripe as stripe_sdk
 
 from local_stripe.testing import serve_in_thread
-from tests.local_stripe.conftest import open_session, rfc3339, sdk_client, v1_event, v2_event
+from tests.support.stripe_sdk import open_session, rfc3339_millis, sdk_client, v1_event, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
 
@@ -36,7 +36,7 @@ def invalid(stripe) -> list[tuple[str, str]]:
 
 
 def at(**offset) -> str:
-    return rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(**offset))
+    return rfc3339_millis(dt.datetime.now(dt.UTC) + dt.timedelta(**offset))
 
 
 @pytest.mark.parametrize(

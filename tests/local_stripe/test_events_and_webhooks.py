@@ -12,7 +12,7 @@ import requests
 import stripe as stripe_sdk
 
 from local_stripe.testing import receive_webhooks
-from tests.local_stripe.conftest import API_KEY, sdk_client, v2_event
+from tests.support.stripe_sdk import API_KEY, sdk_client, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 import stripe as stripe_sdk
 
-from tests.local_stripe.conftest import API_KEY, EVENT_NAME, open_session, sdk_client, v1_event, v2_event
+from tests.support.stripe_sdk import API_KEY, EVENT_NAME, open_session, sdk_client, v1_event, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
 

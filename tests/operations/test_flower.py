@@ -11,9 +11,9 @@ import time
 import pytest
 
 from shared import embedded
-from tests.operations.conftest import SETTLE_SECONDS
 from tests.support.billing import URL, build_world, status_counts
 from tests.support.children import http_get, wait_until
+from tests.support.service_processes import SETTLE_SECONDS
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ingest_api import create_app
-from tests.operations.conftest import get_within
+from tests.support.http_probes import get_within
 
 pytestmark = pytest.mark.slow
 

@@ -1,12 +1,20 @@
-"""What the tests, the soak and the benchmarks share, and nothing that is a pytest fixture
-(importing any of it starts nothing and needs no conftest):
+"""What the tests share besides fixtures (importing any of it starts nothing and needs no
+conftest; conftest modules hold only fixtures, and no test imports one):
 
-* ``servers``: which PostgreSQL and Redis a run uses (the configured ones, else this
-  machine's), for tests/conftest.py and bench/harness.py;
-* ``children``: a child process of the service started in a process group of its own,
-  waited for, stopped with its whole group, its log tailed; ``wait_until`` and an HTTP probe;
-* ``billing``: the constants of the contract the tests use (URLs, the service and model
-  names), rows created directly (``Factory``), the billable world (``build_world``), log
-  rows as a worker writes them (``log_row``, ``UsageRecords``) and ``assert_refused`` for
-  an operator command that refuses.
+* ``billing``: the contract's constants (URLs, the service and model names, ``PRICES``),
+  rows created directly (``Factory``), the billable world (``build_world``), log rows as a
+  worker writes them (``log_row``, ``UsageRecords``), the database as the tests read it;
+* ``api_caller``: the world as the ingest API's caller (``Billing``), ``record_as_worker``;
+* ``error_answers``: the shape of the API's error answer (``assert_error``);
+* ``expected_bills``: what a load of events must cost (``Load``), ``assert_billed_exactly_once``;
+* ``intake_stream``: the intake stream as the tests read it;
+* ``operator_commands``: the operator commands run in-process, ``assert_refused``;
+* ``service_processes``: the service's processes as the slow tests run them (worker,
+  gunicorn, Flower, a private PostgreSQL and Redis);
+* ``jwt_tokens``: keys, tokens and a real JWKS endpoint;
+* ``stripe_sdk``: the real ``stripe`` SDK against the local Stripe server;
+* ``http_probes``, ``log_lines``, ``timestamps``: requests to real servers, JSON log
+  files, moments as API bodies write them;
+* ``children``, ``servers``, ``database``: child processes, which PostgreSQL and Redis a run
+  uses, the rolled-back test transaction.
 """

@@ -1,8 +1,7 @@
 """Billing data for the tests: the contract's constants, rows created directly in the
 database (``Factory``), the billable world every suite starts from (``build_world``),
 log rows as a worker writes them (``log_row``; ``UsageRecords`` adds rejected events),
-the database as the tests read it, and ``assert_refused`` for an operator command that
-refuses.
+and the database as the tests read it.
 
 The world: active organizations (each with a Stripe customer of its own, created at the
 local Stripe server too), an active superadmin of the first (the caller, with an App
@@ -248,6 +247,13 @@ def build_world(
     )
 
 
+def build_world_with_every_price(
+    factory: Factory, *, organizations: int = 1, customer_ids: Iterable[str | None] | None = None
+) -> World:
+    """The billable world with prices for every model of ``PRICES`` (the pipeline's tests)."""
+    return build_world(factory, organizations=organizations, customer_ids=customer_ids, prices=PRICES, password_name="pipeline")
+
+
 # --- log rows as a worker writes them ------------------------------------------------------
 
 
@@ -381,22 +387,7 @@ def status_counts(settings: Settings) -> dict[str, int]:
         return dict(session.execute(sa.select(logs.status, sa.func.count()).group_by(logs.status)).all())
 
 
-# --- an operator command that refuses ------------------------------------------------------
 
-
-def assert_refused(result, *fragments: str, exit_code: int | None = None) -> None:
-    """The command exited with ``exit_code`` (1: refused; 2: a usage error; None: either),
-    wrote one ``Error:`` line naming the problem (with each of ``fragments``) on stderr,
-    and no traceback."""
-    if exit_code is None:
-        assert result.exit_code in (1, 2), result.output
-    else:
-        assert result.exit_code == exit_code, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
 
 
 def forget_idempotency_claims(broker_url: str) -> None:
