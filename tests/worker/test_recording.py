@@ -285,7 +285,7 @@ def test_a_crash_between_commit_and_acknowledgement_records_once(settings, world
         raise ConnectionError("worker killed after the commit")
 
     with monkeypatch.context() as patch:
-        patch.setattr(intake.IntakeReader, "done", crash)
+        patch.setattr(intake.IntakeReader, "acknowledge", crash)
         with pytest.raises(ConnectionError):
             drain(settings, broker)
     assert len(log_rows(settings)) == 4
