@@ -3,7 +3,7 @@ local Stripe-compatible server, the Flask app, and small factories for billing d
 
 Servers: the configured ones (``TEST_DATABASE_URL``/``DATABASE_URL``,
 ``TEST_BROKER_URL``/``CELERY_BROKER_URL``) when set, else this machine's defaults on
-127.0.0.1 when reachable (``tests.support.servers``), else embedded ones under ``var/test``.
+127.0.0.1 when reachable (``devtools.servers``), else embedded ones under ``var/test``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from devtools import servers
 from shared import db, embedded, migrations, models
 from shared.config import Settings
-from tests.support import servers
 from tests.support.billing import METER_EVENT_NAME, TEST_JWT_SECRET, Factory, World, build_world_with_every_price
 from tests.support.database import RolledBack
 from tests.support.intake_stream import redis_client

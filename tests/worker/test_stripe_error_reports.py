@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.serving import make_server
 
+from devtools.children import wait_until
 from ingest_api import create_app
 from local_stripe.events import Problem
 from local_stripe.state import MeterEvent
 from local_stripe.validator import error_reports
 from shared import db, models, pipeline_status, queue
 from tests.support.billing import build_world_with_every_price, log_rows, status_counts
-from tests.support.children import wait_until
 from tests.support.expected_bills import Load
 from worker import recording, reporting, tasks
 from worker.stripe_reporting import SDK_NETWORK_RETRIES, StripeMeter
