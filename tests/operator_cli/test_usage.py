@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from shared import db, intake, models, queue
 from shared.usage_event import AcceptedUsageEvent
-from tests.support.billing import NO_CUSTOMER_ERROR
+from tests.support.billing import no_customer_error
 from tests.support.operator_commands import assert_refused
 from worker.reporting import RECONCILE_ERROR, shard_of
 
@@ -65,7 +65,7 @@ def test_failed_lists_failed_rows_and_unresolved_rejected_events_with_their_reas
     lines = result.stdout.splitlines()
     failed_lines = [line for line in lines if line.startswith(str(failed.id))]
     assert len(failed_lines) == 1
-    for cell in (str(organization.id), "0.000246900000", NO_CUSTOMER_ERROR):
+    for cell in (str(organization.id), "0.000246900000", no_customer_error(organization)):
         assert cell in failed_lines[0]
     rejected_lines = [line for line in lines if line.startswith(str(rejected.id))]
     assert len(rejected_lines) == 1
@@ -130,7 +130,7 @@ def test_retry_id_puts_the_row_back_to_recorded_and_wakes_its_shard_reporter(run
     assert result.stdout.splitlines()[-1] == str(row.id)
     assert "1 failed log row(s) back to recorded" in result.stderr
     assert log_status(settings, row.id) == (models.UsageStatus.RECORDED, None)
-    assert log_status(settings, other.id) == (models.UsageStatus.FAILED, NO_CUSTOMER_ERROR)
+    assert log_status(settings, other.id) == (models.UsageStatus.FAILED, no_customer_error(organization))
     assert report_tasks(broker) == [shard_of(organization.id)]
     assert intake_events(broker) == []
 
@@ -206,12 +206,13 @@ def test_retry_id_refuses_a_resolved_rejected_event(runner, factory, usage_recor
 
 
 def test_retry_with_one_bad_id_among_several_changes_nothing(runner, factory, usage_records, settings, broker):
-    row = usage_records.log(factory.organization())
+    organization = factory.organization()
+    row = usage_records.log(organization)
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--id", str(uuid.uuid4())])
 
     assert_refused(result, "No failed or rejected event", exit_code=1)
-    assert log_status(settings, row.id) == (models.UsageStatus.FAILED, NO_CUSTOMER_ERROR)
+    assert log_status(settings, row.id) == (models.UsageStatus.FAILED, no_customer_error(organization))
     assert report_tasks(broker) == []
 
 
