@@ -1,8 +1,8 @@
 """What the benchmarks share: a database and Redis of their own, seeded billing data,
 gunicorn processes with the project's shared/gunicorn_config.py, and the load tools (wrk, hey).
 
-The servers are the tests' (``tests.support.servers``); every process is a
-``tests.support.children.Child`` (its own process group, logging under var/, stopped with
+The servers are found as the tests find theirs (``devtools.servers``); every process is a
+``devtools.children.Child`` (its own process group, logging under var/, stopped with
 its group), as the tests and the soak start theirs."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import redis
 
+from devtools.children import Child, http_answers
+from devtools.servers import migrated_database, postgres_server_url, redis_server_url
 from shared import embedded
-from tests.support.children import Child, http_answers
-from tests.support.servers import migrated_database, postgres_server_url, redis_server_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "var"

@@ -26,8 +26,8 @@ import redis
 import sqlalchemy as sa
 
 from bench import harness
+from devtools import children
 from shared import models
-from tests.support import children
 
 _logs = models.UserBillableRequestLog
 

@@ -46,7 +46,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 # The checkout's own helpers (this script runs from the checkout, the service from the wheel).
 sys.path.insert(0, str(ROOT))
-from tests.support.children import procfile_commands, stop_groups  # noqa: E402
+from devtools.children import procfile_commands, stop_groups  # noqa: E402
 
 RUN_LOCK = ROOT / "requirements" / "run.lock"
 # The key a test run claims its Redis logical database with (tests/conftest.py).

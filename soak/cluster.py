@@ -12,7 +12,7 @@ keeps its data and logs under one run directory, ``var/soak/run-<time>-<pid>/``:
 * web, worker and beat, each as its ``Procfile`` line says, with only what must differ
   added (``--bind 127.0.0.1:PORT``, a beat schedule file of the run's own).
 
-Children (``tests.support.children.Child``, as the tests' processes are) get SIGKILL if
+Children (``devtools.children.Child``, as the tests' processes are) get SIGKILL if
 the soak dies (``PR_SET_PDEATHSIG``), so even ``kill -9`` of the soak leaves none of them
 behind. PostgreSQL daemonizes itself (pg_ctl), so it is stopped explicitly, and a later
 soak stops any left running by a run that could not (``prune_old_runs``).
@@ -34,8 +34,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from devtools.children import Child, http_answers, procfile_commands
 from shared import embedded, migrations
-from tests.support.children import Child, http_answers, procfile_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_ROOT = embedded.VAR_DIR / "soak"
@@ -54,7 +54,7 @@ _FOREIGN_PREFIXES = ("STRIPE_", "TEST_", "PYTEST_")
 
 
 def soak_child(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Child:
-    """One long-lived child of the soak (``tests.support.children.Child``), in a process
+    """One long-lived child of the soak (``devtools.children.Child``), in a process
     group of its own, killed with SIGKILL if the soak dies. Every one is started from the
     soak's main thread (the signal fires when the thread that forked exits)."""
     return Child(name, argv, env, log_path, cwd=ROOT, die_with_parent=True)

@@ -3,7 +3,7 @@ local Stripe-compatible server, the Flask app, and small factories for billing d
 
 Servers: the configured ones (``TEST_DATABASE_URL``/``DATABASE_URL``,
 ``TEST_BROKER_URL``/``CELERY_BROKER_URL``) when set, else this machine's defaults on
-127.0.0.1 when reachable (``tests.support.servers``), else embedded ones under ``var/test``.
+127.0.0.1 when reachable (``devtools.servers``), else embedded ones under ``var/test``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from shared import db, embedded, models
+from devtools import servers
+from shared import db, embedded, migrations, models
 from shared.config import Settings
-from tests.support import servers
-from tests.support.billing import METER_EVENT_NAME, TEST_JWT_SECRET, Factory
+from tests.support.billing import METER_EVENT_NAME, TEST_JWT_SECRET, Factory, World, build_world_with_every_price
 from tests.support.database import RolledBack
+from tests.support.intake_stream import redis_client
 from tests.support.operator_commands import OperatorCliRunner
 
 TEST_SERVERS_DIR = embedded.VAR_DIR / "test"
@@ -239,6 +240,31 @@ def factory(settings: Settings, stripe) -> Factory:
 
 
 @pytest.fixture
+def world(factory) -> World:
+    """The billable world (``tests.support.billing``) with prices for every model of ``PRICES``."""
+    return build_world_with_every_price(factory)
+
+
+@pytest.fixture
+def private_postgres():
+    """A running embedded PostgreSQL of the test's own (``tests.support.service_processes``),
+    which it may stop, start and restart; stopped and removed at teardown."""
+    from tests.support.service_processes import private_postgres_server
+
+    with private_postgres_server() as postgres:
+        yield postgres
+        db.engine_for(postgres.admin_url).dispose()
+
+
+@pytest.fixture
+def broker(settings) -> redis.Redis:
+    """A client of this run's Redis database, as the worker uses it (decoded strings)."""
+    client = redis_client(settings.broker_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def start_worker(committed_database, stripe, tmp_path):
     """``start_worker(settings, **env)`` starts a real Celery worker with embedded beat
     (``tests.processes.WorkerProcess``); all are stopped at teardown."""
@@ -258,3 +284,14 @@ def start_worker(committed_database, stripe, tmp_path):
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def private_settings(private_postgres, settings) -> Settings:
+    """``settings`` on a migrated database of the private PostgreSQL (``private_postgres``,
+    which the test may restart)."""
+    embedded.ensure_database(private_postgres.admin_url, "a700_pipeline")
+    url = private_postgres.url("a700_pipeline")
+    migrations.upgrade(url)
+    yield settings.replace(database_url=url)
+    db.engine_for(url).dispose()

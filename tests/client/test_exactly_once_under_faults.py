@@ -27,9 +27,9 @@ import pytest
 import sqlalchemy as sa
 
 from agent700_billing import Accepted, BatchItemResult, Client, RetryPolicy, UsageEvent
+from devtools.children import wait_until
 from shared import db, embedded, models
 from tests.support.billing import MODEL, SERVICE, build_world
-from tests.support.children import wait_until
 from tests.support.service_processes import GunicornProcess, PrivateRedis
 
 pytestmark = pytest.mark.slow

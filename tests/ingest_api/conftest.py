@@ -58,3 +58,12 @@ def reconfigure(billing, settings):
         return dataclasses.replace(billing, client=app.test_client()), app
 
     return build
+
+
+@pytest.fixture
+def document(client) -> dict:
+    """The app's OpenAPI document, as ``GET /openapi.json`` serves it."""
+    response = client.get("/openapi.json")  # no credential needed to read the document
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.get_json()

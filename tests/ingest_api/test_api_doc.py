@@ -76,11 +76,6 @@ ANSWER_TABLES = [t for t in TABLES if t.columns[0] == "status"]
 FIELD_TABLES = [t for t in TABLES if t.columns[0] == "field" and _SCHEMA_NAME.search(t.heading)]
 
 
-@pytest.fixture
-def document(client) -> dict:
-    response = client.get("/openapi.json")
-    assert response.status_code == 200
-    return response.get_json()
 
 
 def _schema(document: dict, name: str) -> dict:

@@ -30,12 +30,6 @@ MODELS = {
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-@pytest.fixture
-def document(client) -> dict:
-    response = client.get("/openapi.json")  # no credential needed to read the document
-    assert response.status_code == 200
-    assert response.mimetype == "application/json"
-    return response.get_json()
 
 
 def test_the_document_is_openapi_3_1_with_every_operation(document):

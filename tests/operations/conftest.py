@@ -1,7 +1,7 @@
 """The operations suites' fixtures: the Procfile's processes as real subprocesses
-(gunicorn, the Celery worker with beat, Flower; ``tests.support.service_processes``), a
-Redis and a PostgreSQL a test may stop, a metrics directory, and the billable world
-(``tests.support.billing.build_world``).
+(gunicorn and Flower; ``tests.support.service_processes``), a Redis of the test's own it
+may stop, and a metrics directory. The worker (``start_worker``), the world (``world``) and
+a PostgreSQL of the test's own (``private_postgres``) are the suite's (tests/conftest.py).
 
 Every process is stopped at teardown, whatever the test did; every wait is a bounded
 poll of a condition, never a fixed sleep.
@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import db
 from shared.config import Settings
-from tests.support.billing import World, build_world
-from tests.support.service_processes import FlowerProcess, GunicornProcess, PrivateRedis, private_postgres_server
+from tests.support.service_processes import FlowerProcess, GunicornProcess, PrivateRedis
 
 
 @pytest.fixture
@@ -59,12 +57,6 @@ def private_redis(tmp_path):
         server.kill()
 
 
-@pytest.fixture
-def private_postgres():
-    """A running embedded PostgreSQL of the test's own, stopped and removed at teardown."""
-    with private_postgres_server() as postgres:
-        yield postgres
-        db.engine_for(postgres.admin_url).dispose()
 
 
 @pytest.fixture
@@ -73,23 +65,4 @@ def metrics_dir(tmp_path) -> Path:
     directory = tmp_path / "prometheus"
     directory.mkdir()
     return directory
-
-
-# --- a billable world -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def world(factory) -> World:
-    return build_world(factory)
-
-
-# --- HTTP against a real server -------------------------------------------------------------
-
-
-
-
-# --- JSON log lines -------------------------------------------------------------------------
-
-
-
 

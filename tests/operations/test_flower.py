@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from devtools.children import http_get, wait_until
 from shared import embedded
 from tests.support.billing import URL, build_world, status_counts
-from tests.support.children import http_get, wait_until
 from tests.support.service_processes import SETTLE_SECONDS
 
 pytestmark = pytest.mark.slow

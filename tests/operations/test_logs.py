@@ -18,10 +18,10 @@ import uuid
 
 import pytest
 
+from devtools.children import wait_until
 from shared import structured_logging
 from shared.structured_logging import REDACTED, redact
 from tests.support.billing import BATCH_URL, URL, status_counts
-from tests.support.children import wait_until
 from tests.support.http_probes import http
 from tests.support.log_lines import json_lines
 from tests.support.service_processes import SETTLE_SECONDS

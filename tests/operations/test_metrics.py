@@ -14,10 +14,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.children import http_get, wait_until
 from ingest_api import create_app
-from shared import embedded, intake, migrations, models
+from shared import intake, models
 from tests.support.billing import BATCH_URL, URL, log_row, status_counts, store
-from tests.support.children import http_get, wait_until
 from tests.support.http_probes import get_within, http
 from tests.support.log_lines import json_lines
 from tests.support.service_processes import SETTLE_SECONDS
@@ -165,12 +165,6 @@ def test_healthy_nothing_is_aging_out(world, client):
     assert value(scraped, "a700_events_aging_out", stage="recorded") == 0
 
 
-@pytest.fixture
-def private_settings(private_postgres, settings):
-    embedded.ensure_database(private_postgres.admin_url, "a700_operations")
-    url = private_postgres.url("a700_operations")
-    migrations.upgrade(url)
-    return settings.replace(database_url=url)
 
 
 def _scrape_within(client, seconds: float) -> dict:
@@ -227,7 +221,7 @@ def test_metrics_add_up_in_the_procfile_layout(settings, world, stripe, start_gu
     import subprocess
     import sys
 
-    from tests.support.children import stop_gracefully
+    from devtools.children import stop_gracefully
     from tests.support.service_processes import PROJECT_ROOT, service_env
 
     layout = {"PROMETHEUS_MULTIPROC_DIR": None, "AGENT700_VAR_DIR": str(tmp_path / "host-var")}

@@ -58,10 +58,10 @@ def test_set_stripe_customer_sets_it_and_prints_the_organization_id(runner, fact
 
 def test_set_stripe_customer_points_at_the_failed_rows_waiting_for_it(runner, factory, settings):
     organization = factory.organization(stripe_customer_id=None)
-    billing = UsageRecords(factory, settings)
-    billing.log(organization)
-    billing.log(organization)
-    billing.log(factory.organization())  # another organization's
+    usage_records = UsageRecords(factory, settings)
+    usage_records.log(organization)
+    usage_records.log(organization)
+    usage_records.log(factory.organization())  # another organization's
 
     result = runner.invoke(
         args=["orgs", "set-stripe-customer", "--org", str(organization.id), "--stripe-customer-id", "cus_Fixed2"]

@@ -18,15 +18,16 @@ from tests.support.operator_commands import last_line
 
 
 @pytest.fixture
-def broker(settings):
+def intake_broker(settings):
+    """A client of this run's Redis (decoded strings) with the intake's consumer group created."""
     client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
     intake.ensure_group(client)
     yield client
     client.close()
 
 
-def append(broker, message: str) -> str:
-    return broker.xadd(intake.STREAM, {intake.EVENT_FIELD: message})
+def append(intake_broker, message: str) -> str:
+    return intake_broker.xadd(intake.STREAM, {intake.EVENT_FIELD: message})
 
 
 def an_event() -> AcceptedUsageEvent:
@@ -52,13 +53,13 @@ def test_waiting_on_an_empty_intake_says_so(runner):
     assert json.loads(as_json.stdout) == {"waiting": 0, "entries": []}
 
 
-def test_waiting_lists_the_oldest_entries_with_age_deliveries_and_event(runner, broker):
+def test_waiting_lists_the_oldest_entries_with_age_deliveries_and_event(runner, intake_broker):
     stuck, behind = an_event(), an_event()
-    stuck_entry = append(broker, stuck.to_message())
-    behind_entry = append(broker, behind.to_message())
-    unreadable_entry = append(broker, "{not json")
+    stuck_entry = append(intake_broker, stuck.to_message())
+    behind_entry = append(intake_broker, behind.to_message())
+    unreadable_entry = append(intake_broker, "{not json")
     # A worker was handed the oldest entry and never acknowledged it (it failed on it).
-    intake.IntakeReader(broker, consumer="worker-1").next_batch(1)
+    intake.IntakeReader(intake_broker, consumer="worker-1").next_batch(1)
 
     result = runner.invoke(args=["intake", "waiting", "--limit", "2", "--json"])
 
@@ -78,10 +79,10 @@ def test_waiting_lists_the_oldest_entries_with_age_deliveries_and_event(runner, 
     assert unreadable_entry in table.output and "(unreadable)" in table.output
 
 
-def test_set_aside_keeps_the_entry_as_a_rejected_event_with_the_reason_and_removes_it(runner, broker, settings):
+def test_set_aside_keeps_the_entry_as_a_rejected_event_with_the_reason_and_removes_it(runner, intake_broker, settings):
     stuck, behind = an_event(), an_event()
-    stuck_entry = append(broker, stuck.to_message())
-    append(broker, behind.to_message())
+    stuck_entry = append(intake_broker, stuck.to_message())
+    append(intake_broker, behind.to_message())
 
     result = runner.invoke(args=["intake", "set-aside", "--entry", stuck_entry, "--reason", "odd source, ticket 42"])
 
@@ -90,11 +91,11 @@ def test_set_aside_keeps_the_entry_as_a_rejected_event_with_the_reason_and_remov
     (kept,) = rejected_rows(settings)
     assert kept.id == stuck.id and kept.payload["id"] == str(stuck.id)
     assert kept.reason == "Set aside by an operator: odd source, ticket 42"
-    assert [fields[intake.EVENT_FIELD] for _, fields in broker.xrange(intake.STREAM)] == [behind.to_message()]
+    assert [fields[intake.EVENT_FIELD] for _, fields in intake_broker.xrange(intake.STREAM)] == [behind.to_message()]
 
 
-def test_set_aside_of_an_unreadable_entry_keeps_it_under_an_id_derived_from_the_entry(runner, broker, settings):
-    entry_id = append(broker, '{"source": "a\x00b"')
+def test_set_aside_of_an_unreadable_entry_keeps_it_under_an_id_derived_from_the_entry(runner, intake_broker, settings):
+    entry_id = append(intake_broker, '{"source": "a\x00b"')
 
     result = runner.invoke(args=["intake", "set-aside", "--entry", entry_id, "--reason", "hand-made entry"])
 
@@ -102,7 +103,7 @@ def test_set_aside_of_an_unreadable_entry_keeps_it_under_an_id_derived_from_the_
     (kept,) = rejected_rows(settings)
     assert str(kept.id) == last_line(result)
     assert kept.payload == {"stream_entry": entry_id, "message": '{"source": "a\\u0000b"'}
-    assert broker.xlen(intake.STREAM) == 0
+    assert intake_broker.xlen(intake.STREAM) == 0
 
 
 @pytest.mark.parametrize(
@@ -113,18 +114,18 @@ def test_set_aside_of_an_unreadable_entry_keeps_it_under_an_id_derived_from_the_
     ],
     ids=["malformed-id", "no-such-entry"],
 )
-def test_set_aside_refuses_what_is_not_a_waiting_entry_and_writes_nothing(runner, broker, settings, entry, exit_code, message):
-    waiting = append(broker, an_event().to_message())
+def test_set_aside_refuses_what_is_not_a_waiting_entry_and_writes_nothing(runner, intake_broker, settings, entry, exit_code, message):
+    waiting = append(intake_broker, an_event().to_message())
 
     result = runner.invoke(args=["intake", "set-aside", "--entry", entry, "--reason", "x"])
 
     assert result.exit_code == exit_code
     assert message in result.output
     assert rejected_rows(settings) == []
-    assert [entry_id for entry_id, _ in broker.xrange(intake.STREAM)] == [waiting]
+    assert [entry_id for entry_id, _ in intake_broker.xrange(intake.STREAM)] == [waiting]
 
 
-def test_an_entry_that_is_not_utf_8_is_listed_and_set_aside_not_a_crash(runner, broker, settings):
+def test_an_entry_that_is_not_utf_8_is_listed_and_set_aside_not_a_crash(runner, intake_broker, settings):
     """Only a hand-made entry could hold such bytes; the unblocking commands must still work on it."""
     raw = redis.Redis.from_url(settings.broker_url)
     entry_id = raw.xadd(intake.STREAM, {intake.EVENT_FIELD: b'{"source": "\xff"}'}).decode()
@@ -138,4 +139,4 @@ def test_an_entry_that_is_not_utf_8_is_listed_and_set_aside_not_a_crash(runner, 
     assert result.exit_code == 0, result.output
     (kept,) = rejected_rows(settings)
     assert kept.payload == {"stream_entry": entry_id, "message": '{"source": "\\xff"}'}
-    assert broker.xlen(intake.STREAM) == 0
+    assert intake_broker.xlen(intake.STREAM) == 0

@@ -116,15 +116,15 @@ def test_prices_retire_deletes_an_unused_row_and_says_which_applies_now(runner, 
 
 
 def test_prices_retire_refuses_a_row_events_were_priced_with(runner, factory, settings):
-    billing = UsageRecords(factory, settings)  # its rows are priced with billing.price
+    usage_records = UsageRecords(factory, settings)  # its rows are priced with usage_records.price
     organization = factory.organization()
     for _ in range(3):
-        billing.log(organization)
+        usage_records.log(organization)
 
-    result = runner.invoke(args=["prices", "retire", "--id", str(billing.price.id)])
+    result = runner.invoke(args=["prices", "retire", "--id", str(usage_records.price.id)])
 
     assert result.exit_code == 1
-    assert_refused(result, f"Price row {billing.price.id}", "used by 3 recorded event(s)", "keep the price")
+    assert_refused(result, f"Price row {usage_records.price.id}", "used by 3 recorded event(s)", "keep the price")
     assert len(prices(settings)) == 1
 
 
@@ -162,12 +162,12 @@ def test_the_foreign_key_a_racing_recording_trips_has_the_name_retire_maps(sessi
 @pytest.fixture
 def recorded(factory, settings):
     """gpt-4o-mini priced from 2020; recorded events in February, April and July 2025."""
-    billing = UsageRecords(factory, settings)
+    usage_records = UsageRecords(factory, settings)
     organization = factory.organization()
     for occurred_at in (JAN + dt.timedelta(days=40), MAR + dt.timedelta(days=40), JUN + dt.timedelta(days=40)):
-        billing.log(organization, status=models.UsageStatus.REPORTED, error=None, occurred_at=occurred_at)
-    billing.log(organization, occurred_at=JUN + dt.timedelta(days=41))  # failed rows were recorded too
-    return billing
+        usage_records.log(organization, status=models.UsageStatus.REPORTED, error=None, occurred_at=occurred_at)
+    usage_records.log(organization, occurred_at=JUN + dt.timedelta(days=41))  # failed rows were recorded too
+    return usage_records
 
 
 def test_prices_set_in_the_past_refuses_when_recorded_events_fall_in_its_window(runner, recorded, settings):

@@ -12,7 +12,6 @@ import pytest
 from shared import db, models
 from shared.operator_messages import RECONCILE_FIRST
 from shared.stripe_meter import MeterEvent
-from tests.support.billing import UsageRecords
 from tests.support.operator_commands import assert_refused
 from worker.stripe_reporting import Outcome, StripeMeter
 
@@ -24,9 +23,6 @@ def rfc3339(value: dt.datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-@pytest.fixture
-def billing(factory, settings) -> UsageRecords:
-    return UsageRecords(factory, settings)
 
 
 @pytest.fixture
@@ -42,8 +38,8 @@ def send(meter: StripeMeter, organization, *rows) -> None:
     assert {result.outcome for result in outcomes.values()} == {Outcome.REPORTED}, outcomes
 
 
-def reported(billing, organization, occurred_at: dt.datetime, cost: str = "0.001234"):
-    return billing.log(
+def reported(usage_records, organization, occurred_at: dt.datetime, cost: str = "0.001234"):
+    return usage_records.log(
         organization, status=models.UsageStatus.REPORTED, error=None, agent700_cost=cost, occurred_at=occurred_at
     )
 
@@ -57,21 +53,21 @@ def assert_reconcile_refused(result, *fragments: str) -> None:
     assert_refused(result, *fragments, exit_code=2)
 
 
-def test_match_when_every_reported_row_is_at_stripe(runner, factory, billing, meter):
+def test_match_when_every_reported_row_is_at_stripe(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_match")
     rows = [
-        reported(billing, organization, TODAY - 2 * DAY + dt.timedelta(hours=15, minutes=30), "0.001234"),
-        reported(billing, organization, TODAY - DAY + dt.timedelta(hours=10, microseconds=999_999), "0.5"),
-        reported(billing, organization, TODAY - DAY + dt.timedelta(hours=23, minutes=59, seconds=59), "0.000001"),
+        reported(usage_records, organization, TODAY - 2 * DAY + dt.timedelta(hours=15, minutes=30), "0.001234"),
+        reported(usage_records, organization, TODAY - DAY + dt.timedelta(hours=10, microseconds=999_999), "0.5"),
+        reported(usage_records, organization, TODAY - DAY + dt.timedelta(hours=23, minutes=59, seconds=59), "0.000001"),
     ]
     send(meter, organization, *rows)
     # Not reported yet: counted, not compared.
-    billing.log(organization, status=models.UsageStatus.RECORDED, error=None, occurred_at=TODAY - DAY)
-    billing.log(organization, occurred_at=TODAY - DAY)
-    billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, occurred_at=TODAY - DAY)
+    usage_records.log(organization, status=models.UsageStatus.RECORDED, error=None, occurred_at=TODAY - DAY)
+    usage_records.log(organization, occurred_at=TODAY - DAY)
+    usage_records.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, occurred_at=TODAY - DAY)
     # Another organization's usage is not this one's.
     other = factory.organization(stripe_customer_id="cus_other")
-    send(meter, other, reported(billing, other, TODAY - DAY + dt.timedelta(hours=1)))
+    send(meter, other, reported(usage_records, other, TODAY - DAY + dt.timedelta(hours=1)))
 
     result = reconcile(runner, organization.id, "--since", rfc3339(TODAY - 3 * DAY))
 
@@ -85,9 +81,9 @@ def test_match_when_every_reported_row_is_at_stripe(runner, factory, billing, me
     assert "Days that differ" not in result.stdout
 
 
-def test_match_through_the_v2_meter_event_stream(runner, factory, billing, settings, stripe):
+def test_match_through_the_v2_meter_event_stream(runner, factory, usage_records, settings, stripe):
     organization = factory.organization(stripe_customer_id="cus_stream")
-    rows = [reported(billing, organization, TODAY - DAY + dt.timedelta(hours=h, microseconds=123_456)) for h in (1, 2)]
+    rows = [reported(usage_records, organization, TODAY - DAY + dt.timedelta(hours=h, microseconds=123_456)) for h in (1, 2)]
     send(StripeMeter(settings, api="v2"), organization, *rows)
 
     result = reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY), "--until", rfc3339(TODAY))
@@ -97,12 +93,12 @@ def test_match_through_the_v2_meter_event_stream(runner, factory, billing, setti
     assert "Database total (reported): 2468 " in result.stdout
 
 
-def test_a_row_missing_at_stripe_is_different_and_its_day_is_listed(runner, factory, billing, meter):
+def test_a_row_missing_at_stripe_is_different_and_its_day_is_listed(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_missing")
     two_days_ago = TODAY - 2 * DAY + dt.timedelta(hours=9)
     yesterday = TODAY - DAY + dt.timedelta(hours=9)
-    send(meter, organization, reported(billing, organization, two_days_ago), reported(billing, organization, yesterday))
-    reported(billing, organization, yesterday + dt.timedelta(hours=1), "0.000100")  # never reached Stripe
+    send(meter, organization, reported(usage_records, organization, two_days_ago), reported(usage_records, organization, yesterday))
+    reported(usage_records, organization, yesterday + dt.timedelta(hours=1), "0.000100")  # never reached Stripe
 
     result = reconcile(runner, organization.id, "--since", rfc3339(TODAY - 3 * DAY))
 
@@ -114,11 +110,11 @@ def test_a_row_missing_at_stripe_is_different_and_its_day_is_listed(runner, fact
     assert [line.split() for line in day_rows] == [[str(yesterday.date()), "1334", "1234", "100"]]
 
 
-def test_an_event_at_stripe_that_the_database_does_not_count_as_reported(runner, factory, billing, meter):
+def test_an_event_at_stripe_that_the_database_does_not_count_as_reported(runner, factory, usage_records, meter):
     """The lost-answer case: Stripe took it, the row was flagged for reconciliation."""
     organization = factory.organization(stripe_customer_id="cus_lost_answer")
-    send(meter, organization, reported(billing, organization, TODAY - DAY + dt.timedelta(hours=3)))
-    flagged = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="0.000007", occurred_at=TODAY - DAY)
+    send(meter, organization, reported(usage_records, organization, TODAY - DAY + dt.timedelta(hours=3)))
+    flagged = usage_records.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="0.000007", occurred_at=TODAY - DAY)
     send(meter, organization, flagged)
 
     result = reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY), "--until", rfc3339(TODAY))
@@ -129,17 +125,17 @@ def test_an_event_at_stripe_that_the_database_does_not_count_as_reported(runner,
     assert "1 failed (1 of them flagged for reconciliation)" in result.stdout
 
 
-def test_only_the_window_is_compared_on_partial_days(runner, factory, billing, meter):
+def test_only_the_window_is_compared_on_partial_days(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_window")
     since = TODAY - 2 * DAY + dt.timedelta(hours=12)
     until = TODAY - DAY + dt.timedelta(hours=6, minutes=30)
-    inside = [reported(billing, organization, since), reported(billing, organization, until - dt.timedelta(seconds=1))]
+    inside = [reported(usage_records, organization, since), reported(usage_records, organization, until - dt.timedelta(seconds=1))]
     send(meter, organization, *inside)
     # Outside [since, until) on the same days: at Stripe only (would differ if compared)...
-    outside_at_stripe = billing.log(organization, agent700_cost="1", occurred_at=since - dt.timedelta(minutes=1))
+    outside_at_stripe = usage_records.log(organization, agent700_cost="1", occurred_at=since - dt.timedelta(minutes=1))
     send(meter, organization, outside_at_stripe)
     # ...and in the database only.
-    reported(billing, organization, until, "2")
+    reported(usage_records, organization, until, "2")
 
     result = reconcile(runner, organization.id, "--since", rfc3339(since), "--until", rfc3339(until))
 
@@ -153,10 +149,10 @@ def test_only_the_window_is_compared_on_partial_days(runner, factory, billing, m
     assert wider.stdout.splitlines()[-1] == "DIFFERENT by -1000000"
 
 
-def test_an_organization_with_nothing_anywhere_matches(runner, factory, billing, meter):
+def test_an_organization_with_nothing_anywhere_matches(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_quiet")
     other = factory.organization(stripe_customer_id="cus_busy")
-    send(meter, other, reported(billing, other, TODAY - DAY))  # the meter exists
+    send(meter, other, reported(usage_records, other, TODAY - DAY))  # the meter exists
 
     result = reconcile(runner, organization.id, "--since", rfc3339(TODAY - 7 * DAY))
 
@@ -190,9 +186,9 @@ def test_no_meter_for_the_event_name(runner, factory, stripe):
     )
 
 
-def test_stripe_failing(runner, factory, billing, meter, stripe):
+def test_stripe_failing(runner, factory, usage_records, meter, stripe):
     organization = factory.organization(stripe_customer_id="cus_down")
-    send(meter, organization, reported(billing, organization, TODAY - DAY))
+    send(meter, organization, reported(usage_records, organization, TODAY - DAY))
     stripe.set_faults(fail_next=10, status=500)
 
     assert_reconcile_refused(reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY)), "Stripe refused the request (500)")
@@ -238,10 +234,10 @@ def at_stripe_only(meter: StripeMeter, organization, occurred_at: dt.datetime, v
     assert {result.outcome for result in outcomes.values()} == {Outcome.REPORTED}, outcomes
 
 
-def test_a_row_missing_at_stripe_is_named_with_the_command_to_send_it_again(runner, factory, billing, meter, settings):
+def test_a_row_missing_at_stripe_is_named_with_the_command_to_send_it_again(runner, factory, usage_records, meter, settings):
     organization = factory.organization(stripe_customer_id="cus_named")
-    send(meter, organization, reported(billing, organization, YESTERDAY + dt.timedelta(hours=10)))
-    missing = reported(billing, organization, YESTERDAY + dt.timedelta(hours=14, minutes=30, seconds=20), "0.000100")
+    send(meter, organization, reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=10)))
+    missing = reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=14, minutes=30, seconds=20), "0.000100")
     since = ["--since", rfc3339(YESTERDAY), "--until", rfc3339(TODAY)]
 
     result = reconcile(runner, organization.id, *since)
@@ -271,12 +267,12 @@ def test_a_row_missing_at_stripe_is_named_with_the_command_to_send_it_again(runn
     assert again.stdout.splitlines()[-1] == "MATCH"
 
 
-def test_of_two_rows_in_one_minute_the_missing_one_is_named(runner, factory, billing, meter):
+def test_of_two_rows_in_one_minute_the_missing_one_is_named(runner, factory, usage_records, meter):
     """Also inside partial hours: the window starts and ends mid-hour."""
     organization = factory.organization(stripe_customer_id="cus_two_rows")
     minute = YESTERDAY + dt.timedelta(hours=11, minutes=40)
-    at_stripe = reported(billing, organization, minute + dt.timedelta(seconds=10), "0.000100")
-    missing = reported(billing, organization, minute + dt.timedelta(seconds=40, microseconds=5), "0.000250")
+    at_stripe = reported(usage_records, organization, minute + dt.timedelta(seconds=10), "0.000100")
+    missing = reported(usage_records, organization, minute + dt.timedelta(seconds=40, microseconds=5), "0.000250")
     send(meter, organization, at_stripe)
     window = ["--since", rfc3339(YESTERDAY + dt.timedelta(hours=9, minutes=30)),
               "--until", rfc3339(YESTERDAY + dt.timedelta(hours=11, minutes=45))]
@@ -293,11 +289,11 @@ def test_of_two_rows_in_one_minute_the_missing_one_is_named(runner, factory, bil
     assert str(at_stripe.id) not in result.stdout
 
 
-def test_when_totals_cannot_tell_which_rows_are_missing_they_are_candidates(runner, factory, billing, meter):
+def test_when_totals_cannot_tell_which_rows_are_missing_they_are_candidates(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_candidates")
     minute = YESTERDAY + dt.timedelta(hours=7, minutes=5)
     rows = [
-        reported(billing, organization, minute + dt.timedelta(seconds=seconds), cost)
+        reported(usage_records, organization, minute + dt.timedelta(seconds=seconds), cost)
         for seconds, cost in ((1, "0.000100"), (2, "0.000200"), (3, "0.000400"))
     ]
     send(meter, organization, rows[0])  # Stripe lacks 600: rows 2 and 3, but no single row is 600
@@ -315,10 +311,10 @@ def test_when_totals_cannot_tell_which_rows_are_missing_they_are_candidates(runn
     assert not any(f"--id {row.id}" in result.stdout for row in rows)
 
 
-def test_events_at_stripe_the_database_does_not_have_are_shown_as_their_minutes(runner, factory, billing, meter):
+def test_events_at_stripe_the_database_does_not_have_are_shown_as_their_minutes(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_extra")
     busy_minute = YESTERDAY + dt.timedelta(hours=8)
-    send(meter, organization, reported(billing, organization, busy_minute + dt.timedelta(seconds=3)))
+    send(meter, organization, reported(usage_records, organization, busy_minute + dt.timedelta(seconds=3)))
     at_stripe_only(meter, organization, busy_minute + dt.timedelta(seconds=30), 5)  # a minute with a row
     at_stripe_only(meter, organization, YESTERDAY + dt.timedelta(hours=8, minutes=37, seconds=59), 7)  # one without
     at_stripe_only(meter, organization, YESTERDAY + dt.timedelta(hours=21, minutes=2), 11)  # another hour
@@ -340,10 +336,10 @@ def test_events_at_stripe_the_database_does_not_have_are_shown_as_their_minutes(
     assert "Missing at Stripe" not in result.stdout and "--force" not in result.stdout
 
 
-def test_a_failed_row_stripe_took_is_shown_where_stripe_counts_more(runner, factory, billing, meter):
+def test_a_failed_row_stripe_took_is_shown_where_stripe_counts_more(runner, factory, usage_records, meter):
     """The lost-answer case again, followed down to its minute: the row is named there."""
     organization = factory.organization(stripe_customer_id="cus_lost_answer_minute")
-    flagged = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="0.000007",
+    flagged = usage_records.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="0.000007",
                           occurred_at=YESTERDAY + dt.timedelta(hours=5, minutes=9, seconds=1))
     send(meter, organization, flagged)
 
@@ -356,9 +352,9 @@ def test_a_failed_row_stripe_took_is_shown_where_stripe_counts_more(runner, fact
     assert "do not retry it" in result.stdout
 
 
-def test_the_window_compared_is_stated(runner, factory, billing, meter):
+def test_the_window_compared_is_stated(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_window_statement")
-    send(meter, organization, reported(billing, organization, YESTERDAY + dt.timedelta(hours=1)))
+    send(meter, organization, reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=1)))
     since, until = YESTERDAY, YESTERDAY + dt.timedelta(hours=12, minutes=30)
 
     given = reconcile(runner, organization.id, "--since", rfc3339(since), "--until", rfc3339(until))
@@ -381,13 +377,13 @@ def test_the_window_compared_is_stated(runner, factory, billing, meter):
     ), defaulted.stdout
 
 
-def test_the_default_until_says_how_many_newer_rows_it_left_out(runner, factory, billing, meter):
+def test_the_default_until_says_how_many_newer_rows_it_left_out(runner, factory, usage_records, meter):
     organization = factory.organization(stripe_customer_id="cus_newest")
-    send(meter, organization, reported(billing, organization, YESTERDAY + dt.timedelta(hours=1)))
+    send(meter, organization, reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=1)))
     # After the start of the current minute whenever the command runs: left out.
     newest = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
-    reported(billing, organization, newest)
-    billing.log(organization, status=models.UsageStatus.RECORDED, error=None, occurred_at=newest)
+    reported(usage_records, organization, newest)
+    usage_records.log(organization, status=models.UsageStatus.RECORDED, error=None, occurred_at=newest)
 
     result = reconcile(runner, organization.id, "--since", rfc3339(YESTERDAY))
 
@@ -401,13 +397,13 @@ def test_the_default_until_says_how_many_newer_rows_it_left_out(runner, factory,
     ) in result.stdout
 
 
-def test_the_drill_down_stops_at_its_request_budget_and_says_so(runner, factory, billing, meter, monkeypatch):
+def test_the_drill_down_stops_at_its_request_budget_and_says_so(runner, factory, usage_records, meter, monkeypatch):
     from operator_cli import stripe_reconcile
 
     monkeypatch.setattr(stripe_reconcile, "MAX_DRILL_DOWN_REQUESTS", 1)
     organization = factory.organization(stripe_customer_id="cus_budget")
-    send(meter, organization, reported(billing, organization, YESTERDAY + dt.timedelta(hours=1)))
-    reported(billing, organization, YESTERDAY + dt.timedelta(hours=3))
+    send(meter, organization, reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=1)))
+    reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=3))
 
     result = reconcile(runner, organization.id, "--since", rfc3339(YESTERDAY), "--until", rfc3339(TODAY))
 

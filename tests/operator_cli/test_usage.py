@@ -12,29 +12,20 @@ import json
 import uuid
 
 import pytest
-import redis
 import sqlalchemy as sa
 
 from shared import db, intake, models, queue
 from shared.operator_messages import RECONCILE_FIRST
 from shared.usage_event import AcceptedUsageEvent
-from tests.support.billing import NO_CUSTOMER_ERROR, UsageRecords
+from tests.support.billing import no_customer_error
 from tests.support.operator_commands import assert_refused
 from worker.reporting import shard_of
 
 CELERY_QUEUE = queue.QUEUE
 
 
-@pytest.fixture
-def broker(settings):
-    client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
-    yield client
-    client.close()
 
 
-@pytest.fixture
-def billing(factory, settings) -> UsageRecords:
-    return UsageRecords(factory, settings)
 
 
 def log_status(settings, row_id) -> tuple[str, str | None]:
@@ -62,12 +53,12 @@ def intake_events(broker) -> list[AcceptedUsageEvent]:
 # --- usage failed ------------------------------------------------------------------------
 
 
-def test_failed_lists_failed_rows_and_unresolved_rejected_events_with_their_reasons(runner, factory, billing):
+def test_failed_lists_failed_rows_and_unresolved_rejected_events_with_their_reasons(runner, factory, usage_records):
     organization = factory.organization(stripe_customer_id=None)
-    failed = billing.log(organization, agent700_cost="0.000246900000")
-    billing.log(organization, status=models.UsageStatus.REPORTED, error=None)
-    billing.log(organization, status=models.UsageStatus.RECORDED, error=None)
-    rejected = billing.rejected(organization, attempts=3)
+    failed = usage_records.log(organization, agent700_cost="0.000246900000")
+    usage_records.log(organization, status=models.UsageStatus.REPORTED, error=None)
+    usage_records.log(organization, status=models.UsageStatus.RECORDED, error=None)
+    rejected = usage_records.rejected(organization, attempts=3)
 
     result = runner.invoke(args=["usage", "failed"])
 
@@ -75,7 +66,7 @@ def test_failed_lists_failed_rows_and_unresolved_rejected_events_with_their_reas
     lines = result.stdout.splitlines()
     failed_lines = [line for line in lines if line.startswith(str(failed.id))]
     assert len(failed_lines) == 1
-    for cell in (str(organization.id), "0.000246900000", NO_CUSTOMER_ERROR):
+    for cell in (str(organization.id), "0.000246900000", no_customer_error(organization)):
         assert cell in failed_lines[0]
     rejected_lines = [line for line in lines if line.startswith(str(rejected.id))]
     assert len(rejected_lines) == 1
@@ -85,12 +76,12 @@ def test_failed_lists_failed_rows_and_unresolved_rejected_events_with_their_reas
     assert sum(1 for line in lines if line[:36].count("-") == 4) == 2
 
 
-def test_failed_json_for_scripts(runner, factory, billing):
+def test_failed_json_for_scripts(runner, factory, usage_records):
     organization = factory.organization(name="Acme")
-    failed = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="1.5")
-    rejected = billing.rejected(organization, reason="No price for model 'x'.", attempts=2)
-    resolved = billing.rejected(organization)
-    with db.transaction(billing.settings.database_url) as session:
+    failed = usage_records.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True, agent700_cost="1.5")
+    rejected = usage_records.rejected(organization, reason="No price for model 'x'.", attempts=2)
+    resolved = usage_records.rejected(organization)
+    with db.transaction(usage_records.settings.database_url) as session:
         session.get(models.RejectedUsageEvent, resolved.id).resolved_at = dt.datetime.now(dt.UTC)
 
     result = runner.invoke(args=["usage", "failed", "--json"])
@@ -114,8 +105,8 @@ def test_failed_json_for_scripts(runner, factory, billing):
     ]
 
 
-def test_failed_says_so_when_there_is_nothing(runner, factory, billing):
-    billing.log(factory.organization(), status=models.UsageStatus.REPORTED, error=None)
+def test_failed_says_so_when_there_is_nothing(runner, factory, usage_records):
+    usage_records.log(factory.organization(), status=models.UsageStatus.REPORTED, error=None)
 
     result = runner.invoke(args=["usage", "failed"])
     assert result.exit_code == 0, result.output
@@ -129,10 +120,10 @@ def test_failed_says_so_when_there_is_nothing(runner, factory, billing):
 # --- usage retry --id --------------------------------------------------------------------
 
 
-def test_retry_id_puts_the_row_back_to_recorded_and_wakes_its_shard_reporter(runner, factory, billing, settings, broker):
+def test_retry_id_puts_the_row_back_to_recorded_and_wakes_its_shard_reporter(runner, factory, usage_records, settings, broker):
     organization = factory.organization(stripe_customer_id="cus_fixed_now")
-    row = billing.log(organization)
-    other = billing.log(organization)
+    row = usage_records.log(organization)
+    other = usage_records.log(organization)
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
@@ -140,13 +131,13 @@ def test_retry_id_puts_the_row_back_to_recorded_and_wakes_its_shard_reporter(run
     assert result.stdout.splitlines()[-1] == str(row.id)
     assert "1 failed log row(s) back to recorded" in result.stderr
     assert log_status(settings, row.id) == (models.UsageStatus.RECORDED, None)
-    assert log_status(settings, other.id) == (models.UsageStatus.FAILED, NO_CUSTOMER_ERROR)
+    assert log_status(settings, other.id) == (models.UsageStatus.FAILED, no_customer_error(organization))
     assert report_tasks(broker) == [shard_of(organization.id)]
     assert intake_events(broker) == []
 
 
-def test_retry_id_restarts_the_rows_clock_so_the_sweeper_does_not_flag_it_again(runner, factory, billing, settings):
-    row = billing.log(factory.organization())
+def test_retry_id_restarts_the_rows_clock_so_the_sweeper_does_not_flag_it_again(runner, factory, usage_records, settings):
+    row = usage_records.log(factory.organization())
     with db.transaction(settings.database_url) as session:
         session.get(models.UserBillableRequestLog, row.id).recorded_at = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
 
@@ -157,8 +148,8 @@ def test_retry_id_restarts_the_rows_clock_so_the_sweeper_does_not_flag_it_again(
     assert dt.datetime.now(dt.UTC) - recorded_at < dt.timedelta(minutes=1)
 
 
-def test_retry_id_of_a_rejected_event_appends_it_to_the_intake_again(runner, factory, billing, settings, broker):
-    event = billing.rejected(factory.organization())
+def test_retry_id_of_a_rejected_event_appends_it_to_the_intake_again(runner, factory, usage_records, settings, broker):
+    event = usage_records.rejected(factory.organization())
 
     result = runner.invoke(args=["usage", "retry", "--id", str(event.id)])
 
@@ -171,10 +162,10 @@ def test_retry_id_of_a_rejected_event_appends_it_to_the_intake_again(runner, fac
     assert report_tasks(broker) == []
 
 
-def test_retry_accepts_several_ids(runner, factory, billing, settings, broker):
+def test_retry_accepts_several_ids(runner, factory, usage_records, settings, broker):
     first, second = factory.organization(), factory.organization()
-    rows = [billing.log(first), billing.log(second)]
-    event = billing.rejected(first)
+    rows = [usage_records.log(first), usage_records.log(second)]
+    event = usage_records.rejected(first)
 
     result = runner.invoke(args=["usage", "retry", "--id", str(rows[0].id), "--id", str(event.id), "--id", str(rows[1].id)])
 
@@ -184,7 +175,7 @@ def test_retry_accepts_several_ids(runner, factory, billing, settings, broker):
     assert [e.id for e in intake_events(broker)] == [event.id]
 
 
-def test_retry_id_refuses_an_unknown_id(runner, billing, broker):
+def test_retry_id_refuses_an_unknown_id(runner, usage_records, broker):
     unknown = uuid.uuid4()
 
     result = runner.invoke(args=["usage", "retry", "--id", str(unknown)])
@@ -194,8 +185,8 @@ def test_retry_id_refuses_an_unknown_id(runner, billing, broker):
 
 
 @pytest.mark.parametrize("status", [models.UsageStatus.RECORDED, models.UsageStatus.REPORTED])
-def test_retry_id_refuses_a_row_that_is_not_failed(runner, factory, billing, settings, broker, status):
-    row = billing.log(factory.organization(), status=status, error=None)
+def test_retry_id_refuses_a_row_that_is_not_failed(runner, factory, usage_records, settings, broker, status):
+    row = usage_records.log(factory.organization(), status=status, error=None)
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
@@ -204,8 +195,8 @@ def test_retry_id_refuses_a_row_that_is_not_failed(runner, factory, billing, set
     assert report_tasks(broker) == []
 
 
-def test_retry_id_refuses_a_resolved_rejected_event(runner, factory, billing, settings, broker):
-    event = billing.rejected(factory.organization())
+def test_retry_id_refuses_a_resolved_rejected_event(runner, factory, usage_records, settings, broker):
+    event = usage_records.rejected(factory.organization())
     with db.transaction(settings.database_url) as session:
         session.get(models.RejectedUsageEvent, event.id).resolved_at = dt.datetime.now(dt.UTC)
 
@@ -215,19 +206,20 @@ def test_retry_id_refuses_a_resolved_rejected_event(runner, factory, billing, se
     assert intake_events(broker) == []
 
 
-def test_retry_with_one_bad_id_among_several_changes_nothing(runner, factory, billing, settings, broker):
-    row = billing.log(factory.organization())
+def test_retry_with_one_bad_id_among_several_changes_nothing(runner, factory, usage_records, settings, broker):
+    organization = factory.organization()
+    row = usage_records.log(organization)
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--id", str(uuid.uuid4())])
 
     assert_refused(result, "No failed or rejected event", exit_code=1)
-    assert log_status(settings, row.id) == (models.UsageStatus.FAILED, NO_CUSTOMER_ERROR)
+    assert log_status(settings, row.id) == (models.UsageStatus.FAILED, no_customer_error(organization))
     assert report_tasks(broker) == []
 
 
-def test_retry_id_of_a_row_flagged_for_reconciliation_needs_force(runner, factory, billing, settings, broker):
+def test_retry_id_of_a_row_flagged_for_reconciliation_needs_force(runner, factory, usage_records, settings, broker):
     organization = factory.organization()
-    row = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True)
+    row = usage_records.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True)
 
     refused = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
@@ -243,10 +235,10 @@ def test_retry_id_of_a_row_flagged_for_reconciliation_needs_force(runner, factor
     assert report_tasks(broker) == [shard_of(organization.id)]
 
 
-def test_retry_id_force_redrives_a_reported_row_stripe_does_not_have(runner, factory, billing, settings, broker):
+def test_retry_id_force_redrives_a_reported_row_stripe_does_not_have(runner, factory, usage_records, settings, broker):
     """Only after `stripe reconcile` named it missing at Stripe; without --force it is refused."""
     organization = factory.organization()
-    row = billing.log(organization, status=models.UsageStatus.REPORTED, error=None)
+    row = usage_records.log(organization, status=models.UsageStatus.REPORTED, error=None)
 
     refused = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
@@ -265,10 +257,10 @@ def test_retry_id_force_redrives_a_reported_row_stripe_does_not_have(runner, fac
     assert report_tasks(broker) == [shard_of(organization.id)]
 
 
-def test_retry_id_force_takes_failed_and_reported_rows_together(runner, factory, billing, settings, broker):
+def test_retry_id_force_takes_failed_and_reported_rows_together(runner, factory, usage_records, settings, broker):
     organization = factory.organization()
-    failed = billing.log(organization)
-    reported = billing.log(organization, status=models.UsageStatus.REPORTED, error=None)
+    failed = usage_records.log(organization)
+    reported = usage_records.log(organization, status=models.UsageStatus.REPORTED, error=None)
 
     result = runner.invoke(args=["usage", "retry", "--id", str(failed.id), "--id", str(reported.id), "--force"])
 
@@ -278,8 +270,8 @@ def test_retry_id_force_takes_failed_and_reported_rows_together(runner, factory,
     assert log_status(settings, failed.id) == log_status(settings, reported.id) == (models.UsageStatus.RECORDED, None)
 
 
-def test_retry_id_force_still_refuses_a_recorded_row(runner, factory, billing, settings, broker):
-    row = billing.log(factory.organization(), status=models.UsageStatus.RECORDED, error=None)
+def test_retry_id_force_still_refuses_a_recorded_row(runner, factory, usage_records, settings, broker):
+    row = usage_records.log(factory.organization(), status=models.UsageStatus.RECORDED, error=None)
 
     result = runner.invoke(args=["usage", "retry", "--id", str(row.id), "--force"])
 
@@ -291,13 +283,13 @@ def test_retry_id_force_still_refuses_a_recorded_row(runner, factory, billing, s
 
 
 def test_retry_all_failed_redrives_every_failure_but_rows_flagged_for_reconciliation(
-    runner, factory, billing, settings, broker
+    runner, factory, usage_records, settings, broker
 ):
     organizations = [factory.organization() for _ in range(6)]
-    rows = [billing.log(organization) for organization in organizations]
-    flagged = billing.log(organizations[0], error=RECONCILE_FIRST, needs_reconciliation=True)
-    reported = billing.log(organizations[1], status=models.UsageStatus.REPORTED, error=None)
-    events = [billing.rejected(organizations[2]), billing.rejected(organizations[3])]
+    rows = [usage_records.log(organization) for organization in organizations]
+    flagged = usage_records.log(organizations[0], error=RECONCILE_FIRST, needs_reconciliation=True)
+    reported = usage_records.log(organizations[1], status=models.UsageStatus.REPORTED, error=None)
+    events = [usage_records.rejected(organizations[2]), usage_records.rejected(organizations[3])]
 
     result = runner.invoke(args=["usage", "retry", "--all-failed"])
 
@@ -313,9 +305,9 @@ def test_retry_all_failed_redrives_every_failure_but_rows_flagged_for_reconcilia
     assert sorted(e.id for e in intake_events(broker)) == sorted(e.id for e in events)
 
 
-def test_retry_all_failed_include_unreconciled_takes_the_flagged_rows_too(runner, factory, billing, settings, broker):
+def test_retry_all_failed_include_unreconciled_takes_the_flagged_rows_too(runner, factory, usage_records, settings, broker):
     organization = factory.organization()
-    flagged = billing.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True)
+    flagged = usage_records.log(organization, error=RECONCILE_FIRST, needs_reconciliation=True)
 
     result = runner.invoke(args=["usage", "retry", "--all-failed", "--include-unreconciled"])
 
@@ -325,11 +317,11 @@ def test_retry_all_failed_include_unreconciled_takes_the_flagged_rows_too(runner
     assert report_tasks(broker) == [shard_of(organization.id)]
 
 
-def test_the_reconciliation_flag_not_the_error_text_decides_what_a_retry_skips(runner, factory, billing, settings):
+def test_the_reconciliation_flag_not_the_error_text_decides_what_a_retry_skips(runner, factory, usage_records, settings):
     """Rewording the reason changes nothing of what a row means: the flag is a column."""
     organization = factory.organization()
-    flagged = billing.log(organization, error="Reworded: reconcile this one first.", needs_reconciliation=True)
-    same_text_not_flagged = billing.log(organization, error=RECONCILE_FIRST)
+    flagged = usage_records.log(organization, error="Reworded: reconcile this one first.", needs_reconciliation=True)
+    same_text_not_flagged = usage_records.log(organization, error=RECONCILE_FIRST)
 
     result = runner.invoke(args=["usage", "retry", "--all-failed"])
 
@@ -341,8 +333,8 @@ def test_the_reconciliation_flag_not_the_error_text_decides_what_a_retry_skips(r
     assert [row["needs_reconciliation"] for row in json.loads(listing.stdout)["failed"]] == [True]
 
 
-def test_retry_all_failed_with_nothing_failed(runner, factory, billing, broker):
-    billing.log(factory.organization(), status=models.UsageStatus.REPORTED, error=None)
+def test_retry_all_failed_with_nothing_failed(runner, factory, usage_records, broker):
+    usage_records.log(factory.organization(), status=models.UsageStatus.REPORTED, error=None)
 
     result = runner.invoke(args=["usage", "retry", "--all-failed"])
 
@@ -398,9 +390,9 @@ def test_retry_help_explains_the_reconciliation_rule(runner):
     assert "only after `stripe reconcile` showed Stripe does not have it" in help_text
 
 
-def test_failed_and_retried_rows_read_back_through_the_database(runner, factory, billing, session):
+def test_failed_and_retried_rows_read_back_through_the_database(runner, factory, usage_records, session):
     """The listing reflects a retry at once: the retried row is no longer failed."""
-    row = billing.log(factory.organization())
+    row = usage_records.log(factory.organization())
     assert str(row.id) in runner.invoke(args=["usage", "failed"]).stdout
 
     assert runner.invoke(args=["usage", "retry", "--id", str(row.id)]).exit_code == 0

@@ -17,10 +17,10 @@ import pytest
 import redis
 import requests
 
+from devtools.children import PROJECT_ROOT, stop_gracefully, wait_until
+from devtools.servers import reachable
 from shared import embedded
 from tests.support.billing import TEST_JWT_SECRET
-from tests.support.children import PROJECT_ROOT, stop_gracefully, wait_until
-from tests.support.servers import reachable
 
 
 def outward_address() -> str:

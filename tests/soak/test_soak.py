@@ -16,13 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from shared.queue import SWEEP_SECONDS
 from soak.faults import FAULT_NAMES
+from worker.tasks import STALE_AFTER
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOAD_SECONDS = 45
-# Start and seeding (~20 s), the load, and a drain that may wait out Stripe backoffs
-# (capped at 60 s) and the sweeper (every 30 s, for rows stale after 60 s).
-DRAIN_TIMEOUT_SECONDS = 240
+# The longest a reporter backs off after Stripe refused (``maximum=`` in worker.reporting).
+STRIPE_BACKOFF_CAP_SECONDS = 60
+# Start and seeding (~20 s), the load, and a drain that may wait out a Stripe backoff and
+# then the sweep (every SWEEP_SECONDS, for rows still recorded STALE_AFTER after their
+# recording), three times over.
+DRAIN_TIMEOUT_SECONDS = int(3 * (STRIPE_BACKOFF_CAP_SECONDS + SWEEP_SECONDS + STALE_AFTER.total_seconds()))
 RUN_TIMEOUT_SECONDS = 60 + LOAD_SECONDS + DRAIN_TIMEOUT_SECONDS + 60
 # Whichever test runs first waits for the whole soak (a module fixture).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

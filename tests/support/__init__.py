@@ -15,6 +15,8 @@ conftest; conftest modules hold only fixtures, and no test imports one):
 * ``stripe_sdk``: the real ``stripe`` SDK against the local Stripe server;
 * ``http_probes``, ``log_lines``, ``timestamps``: requests to real servers, JSON log
   files, moments as API bodies write them;
-* ``children``, ``servers``, ``database``: child processes, which PostgreSQL and Redis a run
-  uses, the rolled-back test transaction.
+* ``database``: the rolled-back test transaction.
+
+Child processes and the servers a run uses are the development package's (``devtools``),
+which the soak, the benchmarks and the scripts share.
 """

@@ -306,7 +306,16 @@ def store(settings: Settings, *rows) -> None:
         session.add_all(rows)
 
 
-NO_CUSTOMER_ERROR = "Organization has no Stripe customer id; set it, then `usage retry`."
+def no_customer_error(organization: models.Organization) -> str:
+    """The reason the worker fails a row of ``organization`` when it has no Stripe customer
+    id: the worker's own message (``shared.operator_messages``), not a copy of it."""
+    from shared import operator_messages
+
+    return operator_messages.no_stripe_customer(organization.id)
+
+
+# ``UsageRecords.log``'s default reason: the worker's, for the row's organization.
+_NO_CUSTOMER = object()
 
 
 class UsageRecords:
@@ -325,11 +334,13 @@ class UsageRecords:
         organization,
         *,
         status: str = models.UsageStatus.FAILED,
-        error: str | None = NO_CUSTOMER_ERROR,
+        error: str | None | object = _NO_CUSTOMER,
         agent700_cost: str = "0.000123450000",
         occurred_at: dt.datetime | None = None,
         needs_reconciliation: bool = False,
     ) -> models.UserBillableRequestLog:
+        if error is _NO_CUSTOMER:
+            error = no_customer_error(organization)
         row = log_row(
             user_id=self.user.id,
             organization_id=organization.id,

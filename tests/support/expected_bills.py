@@ -18,10 +18,10 @@ from fractions import Fraction
 
 import sqlalchemy as sa
 
+from devtools.children import wait_until
 from shared import db, models
 from shared.config import Settings
 from tests.support.billing import BATCH_URL, PRICES, Rates, World, log_rows, status_counts
-from tests.support.children import wait_until
 from tests.support.intake_stream import stream_state
 
 MAX_TOKENS = 2_147_483_647

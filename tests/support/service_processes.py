@@ -1,5 +1,5 @@
 """The service's processes as the slow tests run them, shared by ``tests/worker``,
-``tests/operations`` and ``tests/ingest_api``; built on ``tests.support.children`` (which the soak
+``tests/operations`` and ``tests/ingest_api``; built on ``devtools.children`` (which the soak
 and the benchmarks use too).
 
 * ``WorkerProcess``: a real Celery worker with embedded beat, killable with SIGKILL,
@@ -32,9 +32,9 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
+from devtools.children import PROJECT_ROOT, Child, http_get, wait_until
 from shared import embedded
 from shared.config import Settings
-from tests.support.children import PROJECT_ROOT, Child, http_get, wait_until
 
 __all__ = [
     "PROJECT_ROOT", "SETTLE_SECONDS", "FlowerProcess", "GunicornProcess", "PrivatePostgres", "PrivateRedis", "WorkerProcess",

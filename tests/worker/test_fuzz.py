@@ -28,9 +28,9 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import strategies as st
 
+from devtools.children import wait_until
 from shared import billing_window, db, models
 from tests.support.billing import BATCH_URL, URL, build_world_with_every_price
-from tests.support.children import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from devtools.children import wait_until
 from shared import db, models, operator_messages, queue, usage_rows
 from tests.support.billing import build_world_with_every_price, log_rows
-from tests.support.children import wait_until
 from worker import recording, reporting, sweep_queries
 from worker.stripe_reporting import StripeMeter
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.serving import make_server
 
+from devtools.children import wait_until
 from ingest_api import create_app
 from local_stripe.events import Problem
 from local_stripe.state import MeterEvent
@@ -26,7 +27,6 @@ from local_stripe.validator import error_reports
 from shared import db, models, pipeline_status, queue
 from shared.stripe_client import DEFAULT_NETWORK_RETRIES as SDK_NETWORK_RETRIES
 from tests.support.billing import build_world_with_every_price, log_rows, status_counts
-from tests.support.children import wait_until
 from tests.support.expected_bills import Load
 from worker import recording, reporting, tasks
 from worker.stripe_reporting import StripeMeter

@@ -16,9 +16,9 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from devtools.children import wait_until
 from shared import db, intake, models, operator_messages
 from tests.support.billing import Factory, build_world_with_every_price, log_rows, status_counts
-from tests.support.children import wait_until
 from tests.support.expected_bills import Load, assert_billed_exactly_once
 from tests.support.intake_stream import redis_client
 from worker import recording
