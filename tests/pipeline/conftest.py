@@ -77,7 +77,7 @@ def world(factory) -> World:
 
 
 def redis_client(url: str) -> redis.Redis:
-    from worker.celery_app import broker_client
+    from worker.task_base import broker_client
 
     return broker_client(url)
 
