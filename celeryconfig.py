@@ -1,10 +1,10 @@
 """Celery settings for the billing pipeline. Each one says why it is set.
 
-The broker URL comes from shared.config (``CELERY_BROKER_URL``), like every setting.
+The broker URL (``CELERY_BROKER_URL``) and the var directory come from shared.config,
+like every setting: nothing here reads the environment itself.
 """
 
-from shared.config import get_settings
-from shared.embedded import VAR_DIR
+from shared.config import get_settings, var_dir
 
 broker_url = get_settings().broker_url
 
@@ -39,8 +39,9 @@ worker_send_task_events = True  # Flower shows tasks live
 task_send_sent_event = True
 timezone = "UTC"
 
-# The beat schedule (the safety sweep) is set in shared.queue, beside the task names.
+# Each periodic task declares its beat entry beside its definition (worker.tasks, with
+# worker.beat.every); the worker's app collects them (worker.celery_app).
 # Beat keeps its state in the var directory, not the current one, so it starts from any
 # directory; its scheduler makes that directory when missing (``--schedule`` overrides).
-beat_schedule_filename = str(VAR_DIR / "celerybeat-schedule")
-beat_scheduler = "worker.celery_app:BeatScheduler"
+beat_schedule_filename = str(var_dir() / "celerybeat-schedule")
+beat_scheduler = "worker.beat:BeatScheduler"

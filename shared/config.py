@@ -14,8 +14,11 @@ import functools
 import os
 import urllib.parse
 from collections.abc import Mapping
+from pathlib import Path
 
-from shared import embedded, jwt_keys
+# ``shared.embedded`` takes its directory from here (``var_dir``), so the readers that
+# look for the local run import it when they run, not at the top.
+from shared import jwt_keys
 
 LOCAL_STRIPE_URL = "http://127.0.0.1:12111"
 LOCAL_STRIPE_API_KEY = "sk_test_local_agent700"
@@ -27,6 +30,26 @@ DEFAULT_JWT_MAX_LIFETIME_SECONDS = 86400
 # Plain-http JWKS only on the loopback interface (tests, a local identity provider): keys
 # fetched over the network without TLS could be swapped, and with them any token accepted.
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def var_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the local run keeps its embedded servers and generated secrets, and where
+    metrics and beat's schedule go by default: ``AGENT700_VAR_DIR``, else ``var/`` of the
+    checkout when running from one (``make run``, the tests: the same directory whatever
+    the current one); installed from a wheel there is no checkout, and never a writable
+    place inside site-packages, so ``var/`` of the current directory."""
+    if environ.get("AGENT700_VAR_DIR"):
+        return Path(environ["AGENT700_VAR_DIR"])
+    source_tree = Path(__file__).resolve().parent.parent
+    if (source_tree / "setup.cfg").is_file():
+        return source_tree / "var"
+    return Path.cwd() / "var"
+
+
+def prometheus_multiproc_dir(environ: Mapping[str, str] = os.environ) -> str:
+    """Where this host's processes write their metrics (``shared.metrics``):
+    ``PROMETHEUS_MULTIPROC_DIR`` if set, else ``prometheus`` in the var directory."""
+    return environ.get("PROMETHEUS_MULTIPROC_DIR", str(var_dir(environ) / "prometheus"))
 
 
 class ConfigurationError(RuntimeError):
@@ -96,10 +119,26 @@ def _number(environ: Mapping[str, str], name: str, default: float, kind: type = 
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Read the settings; the embedded servers are only looked for, never started."""
-    database_url = environ.get("DATABASE_URL") or None
-    broker_url = environ.get("CELERY_BROKER_URL") or None
-    local_default_run = database_url is None and broker_url is None
+    """Read the settings; the embedded servers are only looked for, never started.
+
+    One reader per area. They run in this order so that, of several problems, the one
+    reported is always the same."""
+    local_default_run = not environ.get("DATABASE_URL") and not environ.get("CELERY_BROKER_URL")
+    jwt_secret = _read_jwt_secret(environ, local_default_run)
+    return Settings(
+        database_url=_read_database_url(environ),
+        broker_url=_read_broker_url(environ),
+        jwt_secret=jwt_secret,
+        **_read_stripe(environ, local_default_run),
+        **_read_flower(environ, local_default_run),
+        **_read_jwt_verification(environ),
+        **_read_web(environ),
+        **_read_worker(environ),
+    )
+
+
+def _read_jwt_secret(environ: Mapping[str, str], local_default_run: bool) -> str:
+    from shared import embedded
 
     jwt_secret = environ.get("JWT_SECRET") or None
     if jwt_secret is None:
@@ -113,15 +152,29 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             raise ConfigurationError(f"JWT_SECRET is not set and the local run has not generated {embedded.JWT_SECRET_FILE} (make run does)")
     if len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
         raise ConfigurationError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes")
+    return jwt_secret
 
+
+def _read_database_url(environ: Mapping[str, str]) -> str:
+    from shared import embedded
+
+    database_url = environ.get("DATABASE_URL") or embedded.running_postgres_url()
     if database_url is None:
-        database_url = embedded.running_postgres_url()
-        if database_url is None:
-            raise ConfigurationError("DATABASE_URL is not set and no embedded PostgreSQL runs under var/ (make run starts one)")
+        raise ConfigurationError("DATABASE_URL is not set and no embedded PostgreSQL runs under var/ (make run starts one)")
+    return normalize_database_url(database_url)
+
+
+def _read_broker_url(environ: Mapping[str, str]) -> str:
+    from shared import embedded
+
+    broker_url = environ.get("CELERY_BROKER_URL") or embedded.running_redis_url()
     if broker_url is None:
-        broker_url = embedded.running_redis_url()
-        if broker_url is None:
-            raise ConfigurationError("CELERY_BROKER_URL is not set and no embedded Redis runs under var/ (make run starts one)")
+        raise ConfigurationError("CELERY_BROKER_URL is not set and no embedded Redis runs under var/ (make run starts one)")
+    return broker_url
+
+
+def _read_stripe(environ: Mapping[str, str], local_default_run: bool) -> dict:
+    from shared import embedded
 
     # Like JWT_SECRET: outside the local default run, a missing key would quietly send
     # every meter event to a local Stripe server nobody runs, instead of refusing to start.
@@ -146,10 +199,29 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     if stripe_meter_api not in ("v1", "v2"):
         raise ConfigurationError("STRIPE_METER_API must be v1 or v2")
 
+    return dict(
+        stripe_api_key=stripe_api_key,
+        stripe_api_base=environ.get("STRIPE_API_BASE") or default_api_base,
+        stripe_meter_events_base=environ.get("STRIPE_METER_EVENTS_BASE") or default_events_base,
+        stripe_meter_event_name=environ.get("STRIPE_METER_EVENT_NAME") or "agent700_cost",
+        stripe_value_decimals=value_decimals,
+        stripe_meter_api=stripe_meter_api,
+        stripe_webhook_secret=environ.get("STRIPE_WEBHOOK_SECRET") or (
+            embedded.local_secret(embedded.STRIPE_WEBHOOK_SECRET_FILE) if local_default_run else None
+        ),
+    )
+
+
+def _read_flower(environ: Mapping[str, str], local_default_run: bool) -> dict:
+    from shared import embedded
+
     flower_basic_auth = environ.get("FLOWER_BASIC_AUTH") or None
     if flower_basic_auth is None and local_default_run:
         flower_basic_auth = embedded.local_secret(embedded.FLOWER_AUTH_FILE)
+    return dict(flower_basic_auth=flower_basic_auth)
 
+
+def _read_jwt_verification(environ: Mapping[str, str]) -> dict:
     jwt_max_lifetime_seconds = _number(environ, "JWT_MAX_LIFETIME_SECONDS", DEFAULT_JWT_MAX_LIFETIME_SECONDS)
     if jwt_max_lifetime_seconds < 1:
         raise ConfigurationError("JWT_MAX_LIFETIME_SECONDS must be a positive number of seconds")
@@ -164,33 +236,27 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             raise ConfigurationError(f"JWT_PUBLIC_KEY {error}") from None
     if jwt_jwks_url is not None:
         _check_jwks_url(jwt_jwks_url)
-
-    return Settings(
-        database_url=normalize_database_url(database_url),
-        broker_url=broker_url,
-        jwt_secret=jwt_secret,
-        stripe_api_key=stripe_api_key,
-        stripe_api_base=environ.get("STRIPE_API_BASE") or default_api_base,
-        stripe_meter_events_base=environ.get("STRIPE_METER_EVENTS_BASE") or default_events_base,
-        stripe_meter_event_name=environ.get("STRIPE_METER_EVENT_NAME") or "agent700_cost",
-        stripe_value_decimals=value_decimals,
-        flower_basic_auth=flower_basic_auth,
-        port=_number(environ, "PORT", 8000),
-        host=environ.get("HOST") or "0.0.0.0",
-        catalog_cache_seconds=_number(environ, "CATALOG_CACHE_SECONDS", 5.0, float),
-        auth_cache_seconds=_number(environ, "AUTH_CACHE_SECONDS", 5.0, float),
-        enqueue_timeout_seconds=_number(environ, "ENQUEUE_TIMEOUT_SECONDS", 3.0, float),
-        stripe_meter_api=stripe_meter_api,
-        stripe_webhook_secret=environ.get("STRIPE_WEBHOOK_SECRET") or (
-            embedded.local_secret(embedded.STRIPE_WEBHOOK_SECRET_FILE) if local_default_run else None
-        ),
-        worker_metrics_port=_number(environ, "WORKER_METRICS_PORT", 0) or None,
+    return dict(
         jwt_audience=environ.get("JWT_AUDIENCE") or None,
         jwt_issuer=environ.get("JWT_ISSUER") or None,
         jwt_max_lifetime_seconds=jwt_max_lifetime_seconds,
         jwt_public_key=jwt_public_key,
         jwt_jwks_url=jwt_jwks_url,
     )
+
+
+def _read_web(environ: Mapping[str, str]) -> dict:
+    return dict(
+        port=_number(environ, "PORT", 8000),
+        host=environ.get("HOST") or "0.0.0.0",
+        catalog_cache_seconds=_number(environ, "CATALOG_CACHE_SECONDS", 5.0, float),
+        auth_cache_seconds=_number(environ, "AUTH_CACHE_SECONDS", 5.0, float),
+        enqueue_timeout_seconds=_number(environ, "ENQUEUE_TIMEOUT_SECONDS", 3.0, float),
+    )
+
+
+def _read_worker(environ: Mapping[str, str]) -> dict:
+    return dict(worker_metrics_port=_number(environ, "WORKER_METRICS_PORT", 0) or None)
 
 
 def _check_jwks_url(url: str) -> None:

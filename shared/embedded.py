@@ -26,18 +26,9 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
+from shared import config
 
-def _default_var_dir() -> Path:
-    """``var/`` of the checkout when running from one (``make run``, the tests: the same
-    directory whatever the current one); installed from a wheel there is no checkout, and
-    never a writable place inside site-packages, so ``var/`` of the current directory."""
-    source_tree = Path(__file__).resolve().parent.parent
-    if (source_tree / "setup.cfg").is_file():
-        return source_tree / "var"
-    return Path.cwd() / "var"
-
-
-VAR_DIR = Path(os.environ.get("AGENT700_VAR_DIR") or _default_var_dir())
+VAR_DIR = config.var_dir()
 DATABASE_NAME = "agent700"
 POSTGRES_DIR = VAR_DIR / "postgres"
 REDIS_DIR = VAR_DIR / "redis"

@@ -4,7 +4,7 @@ under ``PROMETHEUS_MULTIPROC_DIR``, and ``/metrics`` sums them.
 
 The directory must be known before the first metric exists, so it is settled here, at
 import: ``PROMETHEUS_MULTIPROC_DIR`` if set, else ``prometheus`` in the var directory
-(``shared.embedded.VAR_DIR``). Processes sharing a host share the directory (the local
+(``shared.config.var_dir``). Processes sharing a host share the directory (the local
 run, one machine); on separate hosts each web process reports its host's processes.
 """
 
@@ -13,10 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shared import stripe_meter
-from shared.embedded import VAR_DIR
+from shared import config, stripe_meter
 
-MULTIPROC_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus")))
+# prometheus-client takes the directory from the environment only (the metrics' files, the
+# sum /metrics serves, the processes this one starts): it is put there for it.
+_multiproc_dir = config.prometheus_multiproc_dir()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _multiproc_dir
+MULTIPROC_DIR = Path(_multiproc_dir)
 MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values  # noqa: E402

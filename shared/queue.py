@@ -60,11 +60,6 @@ return 1
 
 celery_app = Celery("agent700_billing")
 celery_app.config_from_object("celeryconfig")
-# Beat runs only the safety sweep. A sweep nobody ran in time is dropped rather than
-# piled up behind a stopped worker.
-celery_app.conf.beat_schedule = {
-    "sweep": {"task": SWEEP, "schedule": SWEEP_SECONDS, "options": {"expires": SWEEP_SECONDS - 1}},
-}
 
 
 def send(task_name: str, *args, countdown: float | None = None) -> bool:

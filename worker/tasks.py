@@ -16,8 +16,8 @@ import stripe
 from celery import shared_task
 
 from shared import intake, metrics, operator_messages, pipeline_status, queue, usage_rows
-from worker import recording, reporting, stripe_error_reports, sweep_queries
-from worker.celery_app import BillingTask
+from worker import beat, recording, reporting, stripe_error_reports, sweep_queries
+from worker.task_base import BillingTask
 
 log = logging.getLogger(__name__)
 # Recorded rows not reported after this long are woken by the sweep (healthy ones are
@@ -148,6 +148,9 @@ def _end_unhandled(self: BillingTask, event_id: str, reason: str, why: str) -> d
     return {"stripe_event": event_id, "unhandled": reason, "outcome": outcome}
 
 
+# Beat runs only the safety sweep. A sweep nobody ran in time is dropped rather than
+# piled up behind a stopped worker.
+@beat.every(queue.SWEEP_SECONDS, entry="sweep", expires=queue.SWEEP_SECONDS - 1)
 @shared_task(base=BillingTask, bind=True, name=queue.SWEEP, time_limit=60)
 def sweep(self: BillingTask) -> dict:
     """Wake what a killed worker or a lost wake-up left waiting; flag rows too old to resend."""

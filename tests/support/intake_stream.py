@@ -31,7 +31,7 @@ def stream_length(broker_url: str) -> int:
 
 
 def redis_client(url: str) -> redis.Redis:
-    from worker.celery_app import broker_client
+    from worker.task_base import broker_client
 
     return broker_client(url)
 
