@@ -190,19 +190,7 @@ def max_rate(
 ) -> MaxRate:
     """Closed-loop load with wrk: the most requests per second the server answers;
     ``keyed``: each request a new event with an Idempotency-Key of its own."""
-    with tempfile.TemporaryDirectory() as tmp:
-        body_file = Path(tmp) / "body.json"
-        body_file.write_text(json.dumps(body))
-        script = Path(tmp) / "post.lua"
-        script.write_text(
-            _WRK_SCRIPT.format(body=body_file, authorization=authorization)
-            + (_WRK_KEYED.format(prefix=uuid.uuid4().hex) if keyed else "")
-        )
-        output = subprocess.run(
-            ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
-            check=True, capture_output=True, text=True,
-        ).stdout
-    result = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
+    result = _wrk(url, body, authorization, _WRK_KEYED.format(prefix=uuid.uuid4().hex) if keyed else "", seconds, connections)
     return MaxRate(
         result["requests"] / result["seconds"], result["p50_ms"], result["p99_ms"], result["non2xx"], result["errors"]
     )
@@ -232,17 +220,20 @@ def fixed_rate(url: str, body: dict, authorization: str, rate: float, *, seconds
 
 
 def _paced(url, body, authorization, pause_ms, seconds, connections):
+    result = _wrk(url, body, authorization, f"\nfunction delay() return math.random() * {2 * pause_ms:.3f} end\n",
+                  seconds, connections)
+    return result["requests"] / result["seconds"], result
+
+
+def _wrk(url: str, body: dict, authorization: str, extra_lua: str, seconds: int, connections: int) -> dict:
+    """One wrk run of the POST script (plus ``extra_lua``): its JSON summary."""
     with tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body.json"
         body_file.write_text(json.dumps(body))
-        script = Path(tmp) / "paced.lua"
-        script.write_text(
-            _WRK_SCRIPT.format(body=body_file, authorization=authorization)
-            + f"\nfunction delay() return math.random() * {2 * pause_ms:.3f} end\n"
-        )
+        script = Path(tmp) / "post.lua"
+        script.write_text(_WRK_SCRIPT.format(body=body_file, authorization=authorization) + extra_lua)
         output = subprocess.run(
             ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
             check=True, capture_output=True, text=True,
         ).stdout
-    result = json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))
-    return result["requests"] / result["seconds"], result
+    return json.loads(re.search(r"^JSON (.*)$", output, re.M).group(1))

@@ -137,16 +137,22 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     )
 
 
+def _required_outside_the_local_run(environ: Mapping[str, str], name: str, local_default_run: bool) -> str | None:
+    """The variable's value; None in the local default run, which supplies its own."""
+    value = environ.get(name) or None
+    if value is None and not local_default_run:
+        raise ConfigurationError(
+            f"{name} is not set; it is required unless DATABASE_URL and "
+            "CELERY_BROKER_URL are both unset (the local default run)"
+        )
+    return value
+
+
 def _read_jwt_secret(environ: Mapping[str, str], local_default_run: bool) -> str:
     from shared import embedded
 
-    jwt_secret = environ.get("JWT_SECRET") or None
+    jwt_secret = _required_outside_the_local_run(environ, "JWT_SECRET", local_default_run)
     if jwt_secret is None:
-        if not local_default_run:
-            raise ConfigurationError(
-                "JWT_SECRET is not set; it is required unless DATABASE_URL and "
-                "CELERY_BROKER_URL are both unset (the local default run)"
-            )
         jwt_secret = embedded.local_secret(embedded.JWT_SECRET_FILE)
         if jwt_secret is None:
             raise ConfigurationError(f"JWT_SECRET is not set and the local run has not generated {embedded.JWT_SECRET_FILE} (make run does)")
@@ -178,13 +184,8 @@ def _read_stripe(environ: Mapping[str, str], local_default_run: bool) -> dict:
 
     # Like JWT_SECRET: outside the local default run, a missing key would quietly send
     # every meter event to a local Stripe server nobody runs, instead of refusing to start.
-    stripe_api_key = environ.get("STRIPE_API_KEY") or None
+    stripe_api_key = _required_outside_the_local_run(environ, "STRIPE_API_KEY", local_default_run)
     if stripe_api_key is None:
-        if not local_default_run:
-            raise ConfigurationError(
-                "STRIPE_API_KEY is not set; it is required unless DATABASE_URL and "
-                "CELERY_BROKER_URL are both unset (the local default run)"
-            )
         stripe_api_key = LOCAL_STRIPE_API_KEY
         default_api_base = default_events_base = LOCAL_STRIPE_URL
     else:

@@ -20,12 +20,11 @@ from psycogreen.gevent import patch_psycopg  # noqa: E402
 
 patch_psycopg()
 
-import json  # noqa: E402
 import multiprocessing  # noqa: E402
 
-from gunicorn import glogging, util  # noqa: E402
+from gunicorn import glogging  # noqa: E402
 
-from shared import structured_logging  # noqa: E402
+from shared import gunicorn_json_errors, structured_logging  # noqa: E402
 from shared.config import get_settings  # noqa: E402
 
 bind = f"{get_settings().host}:{get_settings().port}"
@@ -69,22 +68,8 @@ class JsonLogger(glogging.Logger):
 logger_class = JsonLogger
 
 
-def _json_error(sock, status_int, reason, mesg):
-    """A request gunicorn itself refuses (malformed request line or header, headers too
-    large, an unknown transfer coding) gets the API's error body too: JSON, one sentence.
-    It is the client's doing, so it is a 4xx: gunicorn's 501 for an unsupported
-    transfer coding becomes 400."""
-    status_int = 400 if status_int == 501 else status_int
-    reason = "Bad Request" if status_int == 400 else reason
-    body = json.dumps({"error": f"{reason}: {str(mesg).rstrip('.')}."}).encode()
-    head = (
-        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode("latin-1")
-    util.write_nonblock(sock, head + body)
-
-
-util.write_error = _json_error
+# gunicorn's own refusals (malformed requests) answer in the API's JSON error shape.
+gunicorn_json_errors.apply()
 
 
 def child_exit(server, worker):

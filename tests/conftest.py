@@ -268,22 +268,20 @@ def broker(settings) -> redis.Redis:
 def start_worker(committed_database, stripe, tmp_path):
     """``start_worker(settings, **env)`` starts a real Celery worker with embedded beat
     (``tests.processes.WorkerProcess``); all are stopped at teardown."""
-    from tests.support.service_processes import WorkerProcess
+    from tests.support.service_processes import WorkerProcess, stopped_at_the_end
 
-    workers: list[WorkerProcess] = []
+    with stopped_at_the_end() as workers:
 
-    def start(settings: Settings, *, concurrency: int = 2, **extra_env: str) -> WorkerProcess:
-        directory = tmp_path / f"worker-{len(workers)}"
-        directory.mkdir()
-        worker = WorkerProcess(
-            settings, stripe.url, directory, extra_env, name=f"worker{len(workers)}", concurrency=concurrency
-        )
-        workers.append(worker)
-        return worker.start()
+        def start(settings: Settings, *, concurrency: int = 2, **extra_env: str) -> WorkerProcess:
+            directory = tmp_path / f"worker-{len(workers)}"
+            directory.mkdir()
+            worker = WorkerProcess(
+                settings, stripe.url, directory, extra_env, name=f"worker{len(workers)}", concurrency=concurrency
+            )
+            workers.append(worker)
+            return worker.start()
 
-    yield start
-    for worker in workers:
-        worker.stop()
+        yield start
 
 
 @pytest.fixture

@@ -90,29 +90,21 @@ def test_503_is_retried_with_the_same_key_and_body_after_retry_after(service, co
     assert (accepted.replayed, service.accepted_keys()) == (False, {accepted.idempotency_key: 1})
 
 
-@pytest.mark.parametrize("fault", [Unknown(accept=True), Drop(accept=True), Hang(accept=True)], ids=["unknown-503", "dropped", "timed-out"])
-def test_an_attempt_accepted_but_unanswered_is_billed_once(service, connect, fault):
-    """The service took the event and the answer was lost: the retry, same key, is
-    answered with the event the lost attempt created."""
-    service.then(fault)
+LOST_ANSWERS = {"unknown-503": Unknown, "dropped": Drop, "timed-out": Hang}
+
+
+@pytest.mark.parametrize("fault", LOST_ANSWERS.values(), ids=LOST_ANSWERS.keys())
+@pytest.mark.parametrize("accepted_before", [True, False], ids=["accepted", "not-accepted"])
+def test_an_attempt_unanswered_is_sent_again_and_billed_once(service, connect, fault, accepted_before):
+    """Whether or not the service took the event before its answer was lost, the retry
+    with the same key ends as one event: the lost attempt's (replayed), or a new one."""
+    service.then(fault(accept=accepted_before))
 
     accepted = connect(timeout=0.5).record_usage(**event())
 
     assert len(service.posted()) == 2
     (stored,) = service.events.values()
-    assert (accepted.id, accepted.replayed) == (stored.id, True)
-    assert service.accepted_keys() == {accepted.idempotency_key: 1}
-
-
-@pytest.mark.parametrize("fault", [Unknown(accept=False), Drop(accept=False), Hang(accept=False)], ids=["unknown-503", "dropped", "timed-out"])
-def test_an_attempt_not_accepted_is_sent_again_and_billed_once(service, connect, fault):
-    service.then(fault)
-
-    accepted = connect(timeout=0.5).record_usage(**event())
-
-    assert len(service.posted()) == 2
-    (stored,) = service.events.values()
-    assert (accepted.id, accepted.replayed) == (stored.id, False)
+    assert (accepted.id, accepted.replayed) == (stored.id, accepted_before)
     assert service.accepted_keys() == {accepted.idempotency_key: 1}
 
 

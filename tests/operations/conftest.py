@@ -14,37 +14,33 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from tests.support.service_processes import FlowerProcess, GunicornProcess, PrivateRedis
+from tests.support.service_processes import FlowerProcess, GunicornProcess, PrivateRedis, stopped_at_the_end
 
 
 @pytest.fixture
 def start_gunicorn(committed_database, stripe, tmp_path):
     """``start_gunicorn(settings, workers=N, **env)``: the web process, serving; stopped at teardown."""
-    servers: list[GunicornProcess] = []
+    with stopped_at_the_end() as servers:
 
-    def start(settings: Settings, *, workers: int = 2, **extra_env: str) -> GunicornProcess:
-        server = GunicornProcess(settings, stripe.url, tmp_path / f"web-{len(servers)}", workers=workers, extra_env=extra_env)
-        servers.append(server)
-        return server.start()
+        def start(settings: Settings, *, workers: int = 2, **extra_env: str) -> GunicornProcess:
+            server = GunicornProcess(settings, stripe.url, tmp_path / f"web-{len(servers)}", workers=workers, extra_env=extra_env)
+            servers.append(server)
+            return server.start()
 
-    yield start
-    for server in servers:
-        server.stop()
+        yield start
 
 
 @pytest.fixture
 def flower_process(committed_database, stripe, tmp_path):
     """``flower_process(settings, **env)``: a FlowerProcess, not started; stopped at teardown."""
-    processes: list[FlowerProcess] = []
+    with stopped_at_the_end() as processes:
 
-    def make(settings: Settings, **extra_env: str) -> FlowerProcess:
-        process = FlowerProcess(settings, stripe.url, tmp_path / f"flower-{len(processes)}", extra_env)
-        processes.append(process)
-        return process
+        def make(settings: Settings, **extra_env: str) -> FlowerProcess:
+            process = FlowerProcess(settings, stripe.url, tmp_path / f"flower-{len(processes)}", extra_env)
+            processes.append(process)
+            return process
 
-    yield make
-    for process in processes:
-        process.stop()
+        yield make
 
 
 @pytest.fixture

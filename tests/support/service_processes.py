@@ -372,3 +372,15 @@ class PrivateRedis:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def stopped_at_the_end() -> Iterator[list]:
+    """A list for the processes a fixture starts; each is stopped when the block ends,
+    whatever the test did."""
+    processes: list = []
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()

@@ -71,15 +71,19 @@ def test_two_workers_racing_still_bill_each_event_once(settings, factory, client
     assert first.alive() and second.alive()
 
 
-def test_kill_9_of_the_worker_mid_run_then_restart(settings, factory, client, stripe, start_worker):
-    world = build_world_with_every_price(factory, organizations=3)
-    load = Load(world, seed=9)
-    # Slow Stripe calls, so that the kill lands while reports are in flight.
+def reporting_under_slow_stripe(settings, factory, client, stripe, start_worker, *, seed: int, events: int):
+    """A worker billing ``events`` of a new load through slow Stripe calls (so that a
+    kill or a stop lands while reports are in flight), once it has reported some."""
+    load = Load(build_world_with_every_price(factory, organizations=3), seed=seed)
     stripe.set_faults(latency_ms=150)
     worker = start_worker(settings)
-
-    load.post(client, 200)
+    load.post(client, events)
     wait_until(lambda: rows_reported(settings) > 0, SETTLE_SECONDS, interval=0.05, message=worker.log_tail)
+    return load, worker
+
+
+def test_kill_9_of_the_worker_mid_run_then_restart(settings, factory, client, stripe, start_worker):
+    load, worker = reporting_under_slow_stripe(settings, factory, client, stripe, start_worker, seed=9, events=200)
     worker.kill_9()
     assert not worker.alive()
     killed_at = counts(settings)
@@ -107,12 +111,7 @@ RECOVERY_BOUND_SECONDS = 20
 
 
 def test_kill_9_mid_run_then_a_new_worker_reports_everything_within_the_bound(settings, factory, client, stripe, start_worker):
-    world = build_world_with_every_price(factory, organizations=3)
-    load = Load(world, seed=19)
-    stripe.set_faults(latency_ms=150)
-    worker = start_worker(settings)
-    load.post(client, 200)
-    wait_until(lambda: rows_reported(settings) > 0, SETTLE_SECONDS, interval=0.05, message=worker.log_tail)
+    load, worker = reporting_under_slow_stripe(settings, factory, client, stripe, start_worker, seed=19, events=200)
     worker.kill_9()  # mid-record and mid-report: its stream entries and shard locks are left behind
     stripe.set_faults(latency_ms=0)
     load.post(client, 100)
@@ -150,13 +149,7 @@ def test_kill_9_while_stripe_refuses_then_a_new_worker_reports_everything_within
 
 
 def test_sigterm_to_the_worker_mid_run_then_restart(settings, factory, client, stripe, start_worker):
-    world = build_world_with_every_price(factory, organizations=3)
-    load = Load(world, seed=15)
-    stripe.set_faults(latency_ms=150)
-    worker = start_worker(settings)
-
-    load.post(client, 300)
-    wait_until(lambda: rows_reported(settings) > 0, SETTLE_SECONDS, interval=0.05, message=worker.log_tail)
+    load, worker = reporting_under_slow_stripe(settings, factory, client, stripe, start_worker, seed=15, events=300)
     code = worker.terminate()  # warm shutdown: running tasks finish, nothing is lost
     assert code == 0, worker.log_tail()
     stopped_at = counts(settings)
