@@ -37,7 +37,7 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from operator_cli import output, parameters, store, stripe_setup
-from shared import models, stripe_meter
+from shared import models, stripe_meter, usage_rows
 from shared.stripe_client import stripe_client
 
 stripe_cli = AppGroup(
@@ -311,7 +311,7 @@ def _pending_counts(session, organization_id: uuid.UUID, since: dt.datetime, unt
             sa.func.count().filter(_logs.status == models.UsageStatus.RECORDED).label("recorded"),
             sa.func.count().filter(_logs.status == models.UsageStatus.FAILED).label("failed"),
             sa.func.count()
-            .filter(_logs.status == models.UsageStatus.FAILED, _logs.needs_reconciliation)
+            .filter(_logs.status == models.UsageStatus.FAILED, usage_rows.unreconciled())
             .label("unreconciled"),
         ).where(_logs.organization_id == organization_id, _logs.occurred_at >= since, _logs.occurred_at < until)
     ).one()

@@ -73,7 +73,7 @@ def _failed_listing(session: orm.Session) -> _FailedListing:
     failed = session.execute(
         sa.select(
             _logs.id, _logs.organization_id, models.Organization.name.label("organization_name"),
-            _logs.occurred_at, _logs.agent700_cost, _logs.stripe_attempts, _logs.error, _logs.needs_reconciliation,
+            _logs.occurred_at, _logs.agent700_cost, _logs.stripe_attempts, _logs.error, usage_rows.unreconciled().label("needs_reconciliation"),
         )
         .join(models.Organization, models.Organization.id == _logs.organization_id)
         .where(_logs.status == models.UsageStatus.FAILED)
@@ -147,6 +147,8 @@ class _RetryPlan:
     events: list[AcceptedUsageEvent]  # unresolved rejected events to append to the intake again
     # reported log rows Stripe does not have (--id ID --force), to put back to recorded
     reported_rows: list[uuid.UUID] = field(default_factory=list)
+    # of ``rows``, those that needed reconciliation and are re-driven after it (forced)
+    reconciled_rows: set[uuid.UUID] = field(default_factory=set)
 
 
 @usage_cli.command("retry")
@@ -166,9 +168,10 @@ def retry(event_ids: tuple[uuid.UUID, ...], all_failed: bool, include_unreconcil
     rejected event is appended to the intake stream again, so the worker records it (at
     most once, by event id); if its cause is not fixed, it is rejected again.
 
-    Rows flagged for reconciliation (not reported within Stripe's 24-hour identifier
-    window) may already be counted at Stripe, which no longer deduplicates them: sending
-    them again could bill them twice. Run `stripe reconcile` for their organization
+    Rows that need reconciliation (flagged: not reported within Stripe's 24-hour
+    identifier window; or failed rows first sent to Stripe more than 23 hours ago) may
+    already be counted at Stripe, which no longer deduplicates them: sending them again
+    could bill them twice. Run `stripe reconcile` for their organization
     first; then re-drive them with `--id ID --force`, or with `--all-failed
     --include-unreconciled`. `--all-failed` alone skips them.
 
@@ -210,7 +213,7 @@ def _apply_retry(settings, plan: _RetryPlan) -> set[int]:
     if not (plan.rows or plan.reported_rows):
         return set()
     with store.operator_transaction() as session:
-        redriven = usage_rows.redrive(session, plan.rows, plan.reported_rows)
+        redriven = usage_rows.redrive(session, plan.rows, plan.reported_rows, reconciled=plan.reconciled_rows)
     changed = {row.id for row in redriven}
     plan.rows = [row_id for row_id in plan.rows if row_id in changed]
     plan.reported_rows = [row_id for row_id in plan.reported_rows if row_id in changed]
@@ -243,7 +246,7 @@ def _print_retry(plan: _RetryPlan, skipped: list[str], shards: set[int]) -> None
 def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -> _RetryPlan:
     """Every id must be re-drivable, or nothing is done: the first problem is the error."""
     logs = {row.id: row for row in session.execute(
-        sa.select(_logs.id, _logs.status, _logs.needs_reconciliation).where(_logs.id.in_(event_ids))
+        sa.select(_logs.id, _logs.status, usage_rows.unreconciled().label("needs_reconciliation")).where(_logs.id.in_(event_ids))
     )}
     rejected = {row.id: row for row in session.scalars(sa.select(_rejected).where(_rejected.id.in_(event_ids)))}
     plan = _RetryPlan(rows=[], events=[])
@@ -262,10 +265,12 @@ def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -
                 raise click.ClickException(f"Event {event_id} is {log_row.status}, not failed; there is nothing to retry.")
             if log_row.needs_reconciliation and not force:
                 raise click.ClickException(
-                    f"Event {event_id} is flagged for reconciliation (too old for Stripe to deduplicate); "
+                    f"Event {event_id} needs reconciliation (first sent too long ago for Stripe to deduplicate); "
                     "run `stripe reconcile` for its organization, then retry it with --force."
                 )
             plan.rows.append(event_id)
+            if log_row.needs_reconciliation:
+                plan.reconciled_rows.add(event_id)
         elif event_id in rejected:
             rejection = rejected[event_id]
             if rejection.resolved_at is not None:
@@ -278,16 +283,17 @@ def _plan_by_id(session: orm.Session, event_ids: list[uuid.UUID], force: bool) -
 
 def _plan_all_failed(session: orm.Session, include_unreconciled: bool) -> tuple[_RetryPlan, list[str]]:
     failed = session.execute(
-        sa.select(_logs.id, _logs.needs_reconciliation)
+        sa.select(_logs.id, usage_rows.unreconciled().label("needs_reconciliation"))
         .where(_logs.status == models.UsageStatus.FAILED)
         .order_by(_logs.recorded_at)
     ).all()
     unreconciled = [row.id for row in failed if row.needs_reconciliation]
     rows = [row.id for row in failed if include_unreconciled or not row.needs_reconciliation]
+    reconciled = set(unreconciled) if include_unreconciled else set()
     skipped = []
     if unreconciled and not include_unreconciled:
         skipped.append(
-            f"Skipped {len(unreconciled)} row(s) flagged for reconciliation (run `stripe reconcile`, then "
+            f"Skipped {len(unreconciled)} row(s) that need reconciliation (run `stripe reconcile`, then "
             f"--include-unreconciled): {' '.join(map(str, unreconciled))}"
         )
     events, unreadable = [], []
@@ -303,7 +309,7 @@ def _plan_all_failed(session: orm.Session, include_unreconciled: bool) -> tuple[
             f"Skipped {len(unreadable)} rejected event(s) whose queue message is unreadable: "
             f"{' '.join(map(str, unreadable))}"
         )
-    return _RetryPlan(rows=rows, events=events), skipped
+    return _RetryPlan(rows=rows, events=events, reconciled_rows=reconciled), skipped
 
 
 def _accepted_event(rejection: models.RejectedUsageEvent) -> AcceptedUsageEvent:

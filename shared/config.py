@@ -27,6 +27,9 @@ MIN_JWT_SECRET_BYTES = 32
 # damage of a leaked token while covering a working day or a nightly job; callers that
 # need longer use an App Password, which can be revoked.
 DEFAULT_JWT_MAX_LIFETIME_SECONDS = 86400
+# Stripe documents no bound on its summaries' lag; a quarter of an hour is this service's guess,
+# to be raised if `stripe reconcile` ever shows a window still catching up after it.
+DEFAULT_SUMMARY_SETTLE_SECONDS = 900.0
 # Plain-http JWKS only on the loopback interface (tests, a local identity provider): keys
 # fetched over the network without TLS could be swapped, and with them any token accepted.
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -90,6 +93,10 @@ class Settings:
     # meters' asynchronous error reports to POST /api/stripe/events; unset, that endpoint
     # refuses every delivery (it cannot tell Stripe's from a forgery).
     stripe_webhook_secret: str | None = None
+    # Stripe's meter event summaries are eventually consistent (its docs give no bound): an
+    # error report's window is compared with them only this long after the window ended;
+    # before that the comparison waits rather than fail rows Stripe did count.
+    stripe_summary_settle_seconds: float = DEFAULT_SUMMARY_SETTLE_SECONDS
     # When set, a JWT must carry this audience (``aud``, a string or a list holding it) /
     # this issuer (``iss``). When unset neither is required, and a token naming an
     # audience is refused (RFC 7519: it is meant for someone who is not known to be us).
@@ -199,6 +206,9 @@ def _read_stripe(environ: Mapping[str, str], local_default_run: bool) -> dict:
     stripe_meter_api = environ.get("STRIPE_METER_API") or "v2"
     if stripe_meter_api not in ("v1", "v2"):
         raise ConfigurationError("STRIPE_METER_API must be v1 or v2")
+    settle_seconds = _number(environ, "STRIPE_SUMMARY_SETTLE_SECONDS", DEFAULT_SUMMARY_SETTLE_SECONDS, float)
+    if settle_seconds < 0:
+        raise ConfigurationError("STRIPE_SUMMARY_SETTLE_SECONDS must be a number of seconds >= 0")
 
     return dict(
         stripe_api_key=stripe_api_key,
@@ -207,6 +217,7 @@ def _read_stripe(environ: Mapping[str, str], local_default_run: bool) -> dict:
         stripe_meter_event_name=environ.get("STRIPE_METER_EVENT_NAME") or "agent700_cost",
         stripe_value_decimals=value_decimals,
         stripe_meter_api=stripe_meter_api,
+        stripe_summary_settle_seconds=settle_seconds,
         stripe_webhook_secret=environ.get("STRIPE_WEBHOOK_SECRET") or (
             embedded.local_secret(embedded.STRIPE_WEBHOOK_SECRET_FILE) if local_default_run else None
         ),

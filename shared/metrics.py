@@ -47,6 +47,11 @@ events_rejected = Counter("a700_events_rejected_total", "Accepted events kept in
 events_reported = Counter("a700_events_reported_total", "Log rows Stripe confirmed.")
 events_failed = Counter("a700_events_failed_total", "Log rows marked failed (permanent Stripe refusal, no customer).")
 stripe_calls = Counter("a700_stripe_requests_total", "Calls to Stripe Billing Meters by API and outcome.", ["api", "outcome"])
+stripe_stream_refusals = Counter(
+    "a700_stripe_stream_refusals_total",
+    "Meter event stream calls Stripe refused as invalid (400), by Stripe's error code: each is split to find its events.",
+    ["code"],
+)
 stripe_error_reports = Counter(
     "a700_stripe_error_reports_total", "Stripe's asynchronous error reports handled, by event type.", ["type"]
 )

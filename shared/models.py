@@ -195,7 +195,16 @@ class UserBillableRequestLog(Base):
     stripe_identifier: orm.Mapped[str] = orm.mapped_column(sa.Text, unique=True)
     stripe_value: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
     stripe_attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0, server_default="0")
+    # The Stripe call that carried the row last: when it started, its Idempotency-Key and
+    # the event name it sent, so that an error report naming a request or an event name
+    # finds its rows (worker/stripe_error_reports.py).
     stripe_reported_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+    stripe_request_key: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    stripe_event_name: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    # When a call first carried it (written before the call): Stripe may have counted it
+    # since, so no send more than Stripe's 24-hour identifier window later goes out before
+    # a reconciliation showed Stripe lacks it (shared/usage_rows.py).
+    stripe_first_sent_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
     error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     # Failed because it was not reported within Stripe's identifier window: Stripe may have
     # it, so it is re-sent only after `stripe reconcile` (shared/usage_rows.py).

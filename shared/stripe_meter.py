@@ -75,6 +75,9 @@ class MeterEvent:
     stripe_customer_id: str
     value: int
     occurred_at: dt.datetime
+    # Stripe calls that carried it before and did not report it (v1 keys are fresh per
+    # attempt: Stripe stores a v1 key's first answer, a 500 included).
+    earlier_attempts: int = 0
 
 
 def unsendable(event: MeterEvent, now: dt.datetime) -> str | None:

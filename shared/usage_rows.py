@@ -6,7 +6,7 @@ then moves only as ``TRANSITIONS`` allows::
 
     recorded --report-------------> reported
     recorded --fail---------------> failed     (Stripe can never take it as it is)
-    recorded --flag---------------> failed     + needs_reconciliation (too old to resend blindly)
+    recorded --flag---------------> failed     + needs_reconciliation (first sent too long ago)
     reported --drop---------------> failed     (Stripe's error report: it dropped the event)
     failed   --redrive------------> recorded   (``usage retry``, its cause fixed)
     reported --redrive------------> recorded   (``usage retry --id --force``: Stripe lacks it)
@@ -17,7 +17,11 @@ each sets its own timestamp and reason here, nowhere else. The recorder, the rep
 the error-report handler and the operator commands all call these functions.
 
 "Needs reconciliation" is a column, not a sentence: the reason text may be reworded
-without changing what old rows mean.
+without changing what old rows mean. A row also needs it once its first send is older
+than ``IDENTIFIER_WINDOW`` (``unreconciled()``): Stripe may have counted it, and no longer
+recognizes its identifier, so a resend would be counted again. Such a row is sent again
+only after ``stripe reconcile`` showed Stripe lacks it (``redrive(..., reconciled=...)``
+then starts its window afresh).
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ _logs = UserBillableRequestLog
 
 # The state of a row as the recorder inserts it.
 INITIAL = UsageStatus.RECORDED
-# Stripe deduplicates identifiers for 24 hours. A row still unreported near that age is
-# not re-sent blindly (a lost answer could have been a success): it is flagged instead.
+# Stripe deduplicates identifiers for 24 hours from its first receipt. A row first sent
+# longer ago than this is not sent again blindly (a lost answer, or a drop Stripe's
+# lagging summaries suggested, could have been counted): it needs reconciliation first.
 IDENTIFIER_WINDOW = dt.timedelta(hours=23)
 
 
@@ -70,17 +75,51 @@ def _move(transition: Transition, *where, **values):
     )
 
 
-def mark_reported(session: orm.Session, row_ids: list[uuid.UUID]) -> None:
-    """Stripe took these rows' meter events (now, or on an earlier attempt)."""
-    if not row_ids:
+@dataclass(frozen=True)
+class StripeCall:
+    """The call that carried a row: when it started, its Idempotency-Key, its event name."""
+
+    started_at: dt.datetime
+    request_key: str
+    event_name: str
+
+
+def unreconciled():
+    """Rows Stripe may have counted and no longer deduplicates: flagged, or first sent
+    longer ago than ``IDENTIFIER_WINDOW``. Sent again only after a reconciliation."""
+    first_sent_long_ago = sa.and_(
+        _logs.stripe_first_sent_at.is_not(None), _logs.stripe_first_sent_at < sa.func.now() - IDENTIFIER_WINDOW
+    )  # never NULL, so that its negation holds for rows never sent
+    return sa.or_(_logs.needs_reconciliation, first_sent_long_ago)
+
+
+def sending(session: orm.Session, row_ids: list[uuid.UUID]) -> None:
+    """A call is about to carry these rows: the first one starts their identifier window
+    (written before the call, so a worker killed in it still leaves the mark)."""
+    if row_ids:
+        session.execute(
+            sa.update(_logs)
+            .where(_logs.id.in_(row_ids), _logs.stripe_first_sent_at.is_(None))
+            .values(stripe_first_sent_at=sa.func.now())
+        )
+
+
+def mark_reported(session: orm.Session, calls: dict[uuid.UUID, StripeCall]) -> None:
+    """Stripe took these rows' meter events (now, or on an earlier attempt), each in its call."""
+    if not calls:
         return
+    given = sa.values(
+        sa.column("id", UUID(as_uuid=True)), sa.column("started_at", sa.DateTime(timezone=True)),
+        sa.column("request_key", sa.Text), sa.column("event_name", sa.Text), name="given",
+    ).data([(row_id, c.started_at, c.request_key, c.event_name) for row_id, c in calls.items()])
     session.execute(
-        _move(REPORT, _logs.id.in_(row_ids)).values(
-            stripe_reported_at=sa.func.now(), stripe_attempts=_logs.stripe_attempts + 1, error=None
+        _move(REPORT, _logs.id == given.c.id).values(
+            stripe_reported_at=given.c.started_at, stripe_request_key=given.c.request_key,
+            stripe_event_name=given.c.event_name, stripe_attempts=_logs.stripe_attempts + 1, error=None,
         )
     )
-    metrics.events_reported.inc(len(row_ids))
-    log.info("usage events reported to Stripe", extra={"event_ids": [str(i) for i in row_ids]})
+    metrics.events_reported.inc(len(calls))
+    log.info("usage events reported to Stripe", extra={"event_ids": [str(i) for i in calls]})
 
 
 def note_attempt(session: orm.Session, row_ids: list[uuid.UUID], refusal: str) -> None:
@@ -123,25 +162,36 @@ def _fail(session: orm.Session, transition: Transition, reasons: dict[uuid.UUID,
 
 
 def flag_for_reconciliation(session: orm.Session) -> int:
-    """Rows recorded but unreported for longer than Stripe remembers identifiers: failed,
-    flagged, so no retry resends them before ``stripe reconcile``. How many."""
+    """Recorded rows first sent longer ago than Stripe remembers identifiers, still not
+    reported: failed, flagged, so no retry resends them before ``stripe reconcile``. How many.
+    (A row never sent is safe to send at any age: Stripe cannot have it.)"""
     return session.execute(
-        _move(FLAG, _logs.recorded_at < sa.func.now() - IDENTIFIER_WINDOW).values(
+        _move(FLAG, _logs.stripe_first_sent_at < sa.func.now() - IDENTIFIER_WINDOW).values(
             needs_reconciliation=True, error=operator_messages.RECONCILE_FIRST
         )
     ).rowcount
 
 
-def redrive(session: orm.Session, failed: Iterable[uuid.UUID], reported: Iterable[uuid.UUID] = ()) -> list:
+def redrive(
+    session: orm.Session, failed: Iterable[uuid.UUID], reported: Iterable[uuid.UUID] = (),
+    reconciled: Iterable[uuid.UUID] = (),
+) -> list:
     """Failed rows (and reported rows Stripe lacks) back to recorded, for the reporter to
     send again under the same identifier; rows changed meanwhile are left alone.
 
-    ``recorded_at`` restarts the clock the sweep judges by, so the new attempt gets its own
-    24-hour window instead of being flagged again at once. The rows moved: (id, organization_id).
+    A row keeps the time of its first send: within Stripe's window the identifier still
+    deduplicates the resend. Only the rows a reconciliation showed Stripe lacks
+    (``reconciled``; every forced reported row is one) start a new window: Stripe has
+    nothing of them to count twice. The rows moved: (id, organization_id).
     """
-    values = dict(error=None, needs_reconciliation=False, recorded_at=sa.func.now(), stripe_reported_at=None)
+    reported = list(reported)
+    fresh = list(set(reconciled) | set(reported))
+    values = dict(
+        error=None, needs_reconciliation=False, recorded_at=sa.func.now(), stripe_reported_at=None,
+        stripe_first_sent_at=sa.case((_logs.id.in_(fresh), sa.null()), else_=_logs.stripe_first_sent_at),
+    )
     moved = []
-    for transition, row_ids in ((REDRIVE, list(failed)), (REDRIVE_REPORTED, list(reported))):
+    for transition, row_ids in ((REDRIVE, list(failed)), (REDRIVE_REPORTED, reported)):
         if row_ids:
             moved += session.execute(
                 _move(transition, _logs.id.in_(row_ids)).values(**values).returning(_logs.id, _logs.organization_id)

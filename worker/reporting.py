@@ -163,7 +163,12 @@ def _report_locked(transaction: Transaction, broker: redis.Redis, meter: StripeM
     lease.round_started()
     with transaction() as session:
         rows = _unreported(session, shard)
-    outcomes = _outcomes(meter, rows)
+
+    def sending(row_ids: list[uuid.UUID]) -> None:
+        with transaction() as session:
+            usage_rows.sending(session, row_ids)
+
+    outcomes = _outcomes(meter, rows, sending)
     if any(result.outcome is not Outcome.FAILED for result in outcomes.values()):
         pipeline_status.meter_checked(broker, meter.meter_problem(), time.time())
     if lease.lost.is_set():
@@ -196,9 +201,14 @@ def _stand_down(transaction: Transaction, broker: redis.Redis, shard: int) -> bo
     broker.delete(pending)
     with transaction() as session:
         waiting = session.scalar(
-            sa.select(sa.exists().where(_logs.status == models.UsageStatus.RECORDED, _in_shard(shard)))
+            sa.select(sa.exists().where(_reportable(), _in_shard(shard)))
         )
     return bool(waiting) and bool(broker.set(pending, 1, nx=True, px=queue.REPORT_PENDING_MS))
+
+
+def _reportable():
+    # A row first sent longer ago than Stripe deduplicates waits for the sweep's flag.
+    return sa.and_(_logs.status == models.UsageStatus.RECORDED, ~usage_rows.unreconciled())
 
 
 def _unreported(session: orm.Session, shard: int):
@@ -208,19 +218,20 @@ def _unreported(session: orm.Session, shard: int):
             _logs.stripe_attempts, models.Organization.stripe_customer_id,
         )
         .join(models.Organization, models.Organization.id == _logs.organization_id)
-        .where(_logs.status == models.UsageStatus.RECORDED, _in_shard(shard))
+        .where(_reportable(), _in_shard(shard))
         .order_by(_logs.recorded_at)
         .limit(ROWS_PER_ROUND)
     ).all()
 
 
-def _outcomes(meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
-    """Send what Stripe can count; fail, with the reason, what it never could."""
+def _outcomes(meter: StripeMeter, rows, sending: Callable[[list[uuid.UUID]], None]) -> dict[uuid.UUID, Result]:
+    """Send what Stripe can count (``sending`` is told first); fail, with the reason, what
+    it never could."""
     outcomes: dict[uuid.UUID, Result] = {}
     sendable = []
     now = dt.datetime.now(dt.UTC)
     for row in rows:
-        event = MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at)
+        event = MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at, row.stripe_attempts)
         reason = (
             operator_messages.no_stripe_customer(row.organization_id) if not row.stripe_customer_id
             else stripe_meter.unsendable(event, now)
@@ -233,12 +244,13 @@ def _outcomes(meter: StripeMeter, rows) -> dict[uuid.UUID, Result]:
         if (problem := meter.meter_problem()) is not None:
             # Not sent into the void: the rows stay recorded until the meter is fixed.
             return outcomes | {event.row_id: Result(Outcome.RETRY, problem) for event in sendable}
+        sending([event.row_id for event in sendable])
         outcomes |= meter.report(sendable)
     return outcomes
 
 
 def _save_outcomes(session: orm.Session, outcomes: dict[uuid.UUID, Result]) -> None:
-    usage_rows.mark_reported(session, [i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED])
+    usage_rows.mark_reported(session, {i: r.call for i, r in outcomes.items() if r.outcome is Outcome.REPORTED})
     retrying = [i for i, r in outcomes.items() if r.outcome is Outcome.RETRY]
     if retrying:
         usage_rows.note_attempt(session, retrying, outcomes[retrying[0]].error)

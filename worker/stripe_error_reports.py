@@ -3,12 +3,18 @@ dropped, marked ``failed`` with Stripe's reason.
 
 The v2 meter event stream answers before it validates. Stripe drops the events it cannot
 count later and says so only in an event: ``v1.billing.meter.error_report_triggered``
-(per meter) or ``v1.billing.meter.no_meter_found``, each for a validation window, with
-how many events of each error type it dropped and a few samples that name their
-``identifier`` (the row id). The rows concerned are found, each with Stripe's reason:
+(per meter) or ``v1.billing.meter.no_meter_found``, each for a validation window of
+Stripe's choosing, with how many events of each error type it dropped and a few samples.
+A sample names its request: Stripe documents ``request.identifier`` as the request's
+idempotency key, which every reported row keeps with its call's start
+(``stripe_request_key``, ``stripe_reported_at``); the event identifier (the row id) is
+matched too, as Stripe's wire format is not certain here. The window's rows are the rows
+whose call started in it (a minute's slack either side for the clocks), and the rows of
+every request a sample names. The rows concerned are found, each with Stripe's reason:
 
-1. the samples name rows outright;
-2. no meter at all drops every event sent in the window, an inactive one every event
+1. a sample naming one row (its id, or a request that carried only it) drops that row;
+2. no meter drops the window's events of the event names concerned: those of the rows
+   the samples name, and those that have no meter now; an inactive meter every event
    sent since it was deactivated;
 3. an unknown customer drops every event for it: the window's rows of the customers
    Stripe does not know;
@@ -16,11 +22,15 @@ how many events of each error type it dropped and a few samples that name their
 5. while fewer rows are found than Stripe counted, the window's other rows are compared
    with Stripe's meter event summaries, per customer and minute of ``occurred_at``: where
    Stripe counts less, the rows it lacks are failed (all of the minute's, if the
-   difference does not say which).
+   difference does not say which). Summaries are eventually consistent, so this waits
+   until the window is settled: ``STRIPE_SUMMARY_SETTLE_SECONDS`` after its end
+   (``SummariesNotSettled``; the task comes back then). Until then nothing of the report
+   is applied.
 
 A failed row goes back to Stripe with ``usage retry`` once its cause is fixed: Stripe
 keeps no identifier of an event it dropped, so the retry is counted once; one it did
-have (a summary that lagged) is deduplicated by its identifier.
+count is deduplicated by its identifier within 24 h of its first send, and after that is
+sent again only once ``stripe reconcile`` showed Stripe lacks it (``shared.usage_rows``).
 
 Fetching the event ends: a final answer from Stripe (404: an expired event, another
 account's, another mode's) ends it at once, unhandled; a failure that may pass (429, 5xx,
@@ -46,8 +56,9 @@ from shared import models, operator_messages, stripe_meter
 from shared.stripe_meter import TIMESTAMP_CODES, VALUE_CODES
 
 log = logging.getLogger(__name__)
-# A row's stripe_reported_at follows Stripe's receipt by the call's duration; a minute
-# either side of the validation window covers that and the clocks' difference.
+# A row's stripe_reported_at is the start of its call, which Stripe received a moment
+# later; a minute either side of the validation window covers that and the clocks'
+# difference.
 WINDOW_SLACK = dt.timedelta(minutes=1)
 MINUTE = stripe_meter.MINUTE
 # Retries of a fetch that may succeed later: 2 s doubling to 5 minutes (with jitter), the
@@ -61,6 +72,15 @@ MAX_AGE = dt.timedelta(hours=24)
 # an operator can fix (401, 403). Any other 4xx is Stripe's final word on the event.
 _TRANSIENT_4XX = frozenset({401, 403, 409, 429})
 _logs = models.UserBillableRequestLog
+
+
+class SummariesNotSettled(Exception):
+    """Only Stripe's summaries can tell which rows it dropped, and they may still be
+    catching up: ask again at ``settles_at``."""
+
+    def __init__(self, settles_at: dt.datetime):
+        super().__init__(f"the summaries of the window settle at {settles_at.isoformat()}")
+        self.settles_at = settles_at
 
 
 @dataclass(frozen=True)
@@ -107,34 +127,26 @@ class ErrorReport:
         )
 
 
-def dropped_rows(session: orm.Session, client: stripe.StripeClient, report: ErrorReport) -> dict[uuid.UUID, str]:
-    """The reported rows Stripe dropped, each with the reason written on it."""
-    rows = session.execute(
-        sa.select(_logs.id, _logs.stripe_value, _logs.occurred_at, _logs.stripe_reported_at, models.Organization.stripe_customer_id)
-        .join(models.Organization, models.Organization.id == _logs.organization_id)
-        .where(
-            _logs.status == models.UsageStatus.REPORTED,
-            _logs.stripe_reported_at >= report.start - WINDOW_SLACK,
-            _logs.stripe_reported_at <= report.end + WINDOW_SLACK,
-        )
-    ).all()
-    by_id = {str(row.id): row for row in rows}
+def dropped_rows(
+    session: orm.Session, client: stripe.StripeClient, report: ErrorReport, settled_after: dt.timedelta,
+) -> dict[uuid.UUID, str]:
+    """The reported rows Stripe dropped, each with the reason written on it. Raises
+    ``SummariesNotSettled`` while only summaries that may still lag could tell the rest."""
+    rows = _window_rows(session, report)
     codes = {error_type.code for error_type in report.error_types}
     dropped: dict[uuid.UUID, str] = {}
 
     def drop(row, code: str, message: str) -> None:
         dropped.setdefault(row.id, _reason(report, code, message))
 
-    for error_type in report.error_types:
-        for identifier, message in error_type.samples.items():
-            if identifier in by_id:
-                drop(by_id[identifier], error_type.code, message)
+    named_event_names = _drop_sampled(rows, report, drop)
     rest = [row for row in rows if row.id not in dropped]
     if report.type == stripe_meter.NO_METER_FOUND or "no_meter" in codes:
-        # No meter at all: nothing of the window could be counted. (An inactive meter's
-        # events of before it was deactivated were; those are told apart by its summaries.)
+        names = named_event_names | _without_meter(client, {row.stripe_event_name for row in rest} - {None})
         for row in rest:
-            drop(row, "no_meter", report.summary or "Stripe has no meter for the event.")
+            # A row sent before its call was kept has no event name: possibly this one.
+            if row.stripe_event_name is None or row.stripe_event_name in names:
+                drop(row, "no_meter", report.summary or "Stripe has no meter for the event.")
     if "archived_meter" in codes and report.meter_id:
         # Every event received while the meter is inactive is dropped, whatever its value.
         deactivated_at = client.v1.billing.meters.retrieve(report.meter_id).status_transitions.deactivated_at
@@ -154,11 +166,71 @@ def dropped_rows(session: orm.Session, client: stripe.StripeClient, report: Erro
             if (problem := stripe_meter.unsendable(event, row.stripe_reported_at)) is not None:
                 drop(row, next(iter(codes & (TIMESTAMP_CODES | VALUE_CODES))), problem)
     if len(dropped) < report.error_count and report.meter_id:
+        if dt.datetime.now(dt.UTC) < report.end + settled_after:
+            raise SummariesNotSettled(report.end + settled_after)
         code = report.error_types[0].code if len(report.error_types) == 1 else "summaries"
         lacking = _lacking_in_summaries(session, client, report.meter_id, [r for r in rows if r.id not in dropped], set(dropped))
         for row_id, message in lacking.items():
             dropped.setdefault(row_id, _reason(report, code, message))
     return dropped
+
+
+def _window_rows(session: orm.Session, report: ErrorReport):
+    """The reported rows whose call started in the report's window, and those of the
+    requests (or ids) its samples name."""
+    named = {identifier for error_type in report.error_types for identifier in error_type.samples}
+    named_ids = [row_id for row_id in map(_as_uuid, named) if row_id is not None]
+    return session.execute(
+        sa.select(
+            _logs.id, _logs.stripe_value, _logs.occurred_at, _logs.stripe_reported_at, _logs.stripe_request_key,
+            _logs.stripe_event_name, models.Organization.stripe_customer_id,
+        )
+        .join(models.Organization, models.Organization.id == _logs.organization_id)
+        .where(
+            _logs.status == models.UsageStatus.REPORTED,
+            sa.or_(
+                sa.and_(
+                    _logs.stripe_reported_at >= report.start - WINDOW_SLACK,
+                    _logs.stripe_reported_at <= report.end + WINDOW_SLACK,
+                ),
+                _logs.stripe_request_key.in_(named),
+                _logs.id.in_(named_ids),
+            ),
+        )
+    ).all()
+
+
+def _drop_sampled(rows, report: ErrorReport, drop) -> set[str]:
+    """Drop the rows the samples name one by one; the event names of every row a sample
+    names (a request of many rows names them all, not which one)."""
+    by_id = {str(row.id): [row] for row in rows}
+    by_request: dict[str, list] = defaultdict(list)
+    for row in rows:
+        if row.stripe_request_key:
+            by_request[row.stripe_request_key].append(row)
+    event_names = set()
+    for error_type in report.error_types:
+        for identifier, message in error_type.samples.items():
+            carried = by_id.get(identifier) or by_request.get(identifier, [])
+            if len(carried) == 1:
+                drop(carried[0], error_type.code, message)
+            event_names |= {row.stripe_event_name for row in carried if row.stripe_event_name}
+    return event_names
+
+
+def _without_meter(client: stripe.StripeClient, event_names: set[str]) -> set[str]:
+    """Those of the event names no meter of Stripe's counts, active or not."""
+    if not event_names:
+        return set()
+    metered = {meter.event_name for meter in client.v1.billing.meters.list(limit=stripe_meter.PAGE_SIZE).auto_paging_iter()}
+    return event_names - metered
+
+
+def _as_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
 
 
 def _reason(report: ErrorReport, code: str, message: str) -> str:

@@ -1,14 +1,24 @@
 """Reporting ``agent700_cost`` to Stripe Billing Meters with the real ``stripe`` SDK.
 
-Every meter event carries the log row's id as its ``identifier``, and every request an
-``Idempotency-Key`` derived from the same id(s): however often a row is retried, by the
-SDK, by Celery or by the sweeper, Stripe sees the same event and counts it once.
+Every meter event carries the log row's id as its ``identifier``: however often a row is
+sent, by the SDK, by Celery or by the sweeper, Stripe counts it once within its 24-hour
+identifier window (``shared.usage_rows`` keeps sends inside it). Every request carries an
+``Idempotency-Key`` derived from the row id(s).
 
 Two paths, chosen by ``STRIPE_METER_API``:
 
 - ``v2`` (default): the meter event stream, up to 100 events per call, authenticated by
   a meter event session token that lives 15 minutes and is renewed before it expires.
-- ``v1``: one ``POST /v1/billing/meter_events`` per event.
+  The key names the set of rows; a v2 retry under it re-runs what failed (Stripe's v2
+  idempotency). A 400 refuses the whole call: it is split in halves until the events
+  Stripe refuses are found, and only those fail; it is counted and logged, never
+  quietly sent another way.
+- ``v1``: one ``POST /v1/billing/meter_events`` per event. Stripe stores a v1 key's first
+  answer, a 500 included, and replays it: so each attempt after a refusal for now uses a
+  fresh key (the row id and the attempt), and the identifier deduplicates.
+
+Each reported row keeps its call (``shared.usage_rows.StripeCall``): the error reports
+find rows by the requests they name and the times they were sent.
 
 What an event may hold and how the meter must be set up are ``shared.stripe_meter``'s
 rules; the client (its retries and timeout) is ``shared.stripe_client``'s.
@@ -30,6 +40,7 @@ from shared import metrics, stripe_meter
 from shared.config import Settings
 from shared.stripe_client import stripe_client
 from shared.stripe_meter import MeterEvent
+from shared.usage_rows import StripeCall
 
 log = logging.getLogger(__name__)
 # How long a process trusts what it found of the billing meter.
@@ -47,11 +58,12 @@ class Outcome(enum.Enum):
 class Result:
     outcome: Outcome
     error: str | None = None
+    call: StripeCall | None = None  # the call that reported it
 
 
-def idempotency_key(row_ids: list[uuid.UUID]) -> str:
+def idempotency_key(row_ids: list[uuid.UUID], attempt: int = 0) -> str:
     if len(row_ids) == 1:
-        return f"agent700-meter-{row_ids[0]}"
+        return f"agent700-meter-{row_ids[0]}" + (f"-{attempt}" if attempt else "")
     digest = hashlib.sha256(",".join(sorted(map(str, row_ids))).encode()).hexdigest()
     return f"agent700-meter-batch-{digest}"
 
@@ -61,9 +73,9 @@ def _already_exists(error: stripe.StripeError) -> bool:
     return getattr(error, "code", None) == "resource_already_exists" or "already exists with identifier" in message
 
 
-def _classify(error: stripe.StripeError) -> Result:
+def _classify(error: stripe.StripeError, call: StripeCall) -> Result:
     if _already_exists(error):
-        return Result(Outcome.REPORTED)
+        return Result(Outcome.REPORTED, call=call)
     status = getattr(error, "http_status", None)
     # A refused key (401/403: rotated, revoked, missing a permission) says nothing about
     # the events: they wait, recorded, until the key is fixed, rather than all failing.
@@ -139,6 +151,8 @@ class StripeMeter:
     def _send_each(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:
         results = {}
         for index, event in enumerate(events):
+            key = idempotency_key([event.row_id], event.earlier_attempts)
+            call = StripeCall(dt.datetime.now(dt.UTC), key, self.event_name)
             try:
                 self._observed("v1_meter_event", [event.row_id], self.client.v1.billing.meter_events.create,
                     params={
@@ -147,11 +161,11 @@ class StripeMeter:
                         "identifier": str(event.row_id),
                         "timestamp": int(event.occurred_at.timestamp()),
                     },
-                    options={"idempotency_key": idempotency_key([event.row_id])},
+                    options={"idempotency_key": key},
                 )
-                results[event.row_id] = Result(Outcome.REPORTED)
+                results[event.row_id] = Result(Outcome.REPORTED, call=call)
             except stripe.StripeError as error:
-                results[event.row_id] = _classify(error)
+                results[event.row_id] = _classify(error, call)
                 if results[event.row_id].outcome is Outcome.RETRY:
                     for rest in events[index + 1 :]:
                         results[rest.row_id] = results[event.row_id]
@@ -173,6 +187,7 @@ class StripeMeter:
         # one transaction tie on recorded_at) is a different request under the same key,
         # which Stripe refuses for good.
         events = sorted(events, key=lambda e: str(e.row_id))
+        key = idempotency_key([e.row_id for e in events])
         body = {
             "events": [
                 {
@@ -185,20 +200,40 @@ class StripeMeter:
             ]
         }
         for attempt in range(2):
+            call = StripeCall(dt.datetime.now(dt.UTC), key, self.event_name)
             try:
                 self._observed("v2_stream", [e.row_id for e in events], self.client.v2.billing.meter_event_stream.create,
-                    params=body,
-                    options={"api_key": self._session(), "idempotency_key": idempotency_key([e.row_id for e in events])},
+                    params=body, options={"api_key": self._session(), "idempotency_key": key},
                 )
-                return {e.row_id: Result(Outcome.REPORTED) for e in events}
+                return {e.row_id: Result(Outcome.REPORTED, call=call) for e in events}
             except (stripe.TemporarySessionExpiredError, stripe.AuthenticationError) as error:
                 # The session ended early (or was never valid here): renew once, then judge.
                 self._session_token = None
                 if attempt:
-                    return {e.row_id: _classify(error) for e in events}
-            except stripe.InvalidRequestError:
-                # One bad event refuses the whole call; send them one by one to find it.
-                return self._send_each(events)
+                    return {e.row_id: _classify(error, call) for e in events}
+            except stripe.InvalidRequestError as error:
+                return self._refused_stream(events, error, call)
             except stripe.StripeError as error:
-                return {e.row_id: _classify(error) for e in events}
+                return {e.row_id: _classify(error, call) for e in events}
         raise AssertionError("unreachable")
+
+    def _refused_stream(self, events: list[MeterEvent], error: stripe.InvalidRequestError, call: StripeCall) -> dict[uuid.UUID, Result]:
+        """Stripe refused a whole stream call (400): one event of it, or all. Counted and
+        logged with Stripe's message; a lone event fails with it, a larger call is sent
+        again in halves (each its own request and key) until the refused events are
+        found, so no event is held up by another."""
+        code = getattr(error, "code", None) or "invalid_request"
+        metrics.stripe_stream_refusals.labels(code).inc()
+        log.warning(
+            "stripe refused a meter event stream call",
+            extra={"code": code, "stripe_message": error.user_message or str(error), "param": getattr(error, "param", None),
+                   "event_ids": [str(e.row_id) for e in events]},
+        )
+        if len(events) == 1:
+            return {events[0].row_id: _classify(error, call)}
+        half = len(events) // 2
+        results = self._send_stream(events[:half])
+        if any(r.outcome is Outcome.RETRY for r in results.values()):
+            retry = next(r for r in results.values() if r.outcome is Outcome.RETRY)
+            return results | {e.row_id: retry for e in events[half:]}
+        return results | self._send_stream(events[half:])

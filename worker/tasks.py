@@ -110,19 +110,25 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
         if age >= stripe_error_reports.MAX_AGE:
             return _end_unhandled(self, event_id, "expired", f"still not fetched after {age} (last: {error.http_status or 'no answer'}: {error})")
         countdown = stripe_error_reports.retry_delay(self.request.retries)
-        if not queue.hold_stripe_event_lease(self.broker, event_id, lease, countdown * 1000 + queue.STRIPE_EVENT_LEASE_MS):
-            return {"stripe_event": event_id, "another_chain": True}
-        raise self.retry(
-            args=[event_id, lease], exc=StripeRefused(f"could not fetch Stripe event {event_id}: {error}"), countdown=countdown
-        ) from None
+        return _later(self, event_id, lease, countdown, StripeRefused(f"could not fetch Stripe event {event_id}: {error}"))
     metrics.stripe_event_fetches.labels("fetched").inc()
     report = stripe_error_reports.ErrorReport.from_event(event)
-    with self.transaction() as session:
-        if not stripe_error_reports.claim(session, event_id):
-            return {"stripe_event": event_id, "already_handled": True}
-        dropped = stripe_error_reports.dropped_rows(session, client, report)
-        failed = usage_rows.fail_dropped(session, dropped)
-        stripe_error_reports.handled(session, event_id, f"{len(failed)} row(s) failed of {report.error_count} error(s) reported")
+    try:
+        with self.transaction() as session:
+            if not stripe_error_reports.claim(session, event_id):
+                return {"stripe_event": event_id, "already_handled": True}
+            dropped = stripe_error_reports.dropped_rows(
+                session, client, report, dt.timedelta(seconds=self.settings.stripe_summary_settle_seconds)
+            )
+            failed = usage_rows.fail_dropped(session, dropped)
+            stripe_error_reports.handled(session, event_id, f"{len(failed)} row(s) failed of {report.error_count} error(s) reported")
+    except stripe_error_reports.SummariesNotSettled as waiting:
+        # Capped like a fetch retry, far from the broker's visibility timeout; early is harmless.
+        countdown = min(stripe_error_reports.RETRY_MAX_SECONDS,
+                        max(1.0, (waiting.settles_at - dt.datetime.now(dt.UTC)).total_seconds()))
+        log.info("stripe error report waits for the summaries to settle",
+                 extra={"stripe_event_id": event_id, "settles_at": waiting.settles_at.isoformat()})
+        return _later(self, event_id, lease, countdown, waiting)
     metrics.stripe_error_reports.labels(report.type).inc()
     log.warning(
         "stripe error report", extra={"stripe_event_id": event_id, "type": report.type, "errors": report.error_count,
@@ -135,6 +141,13 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
         "failed": len(failed),
         "failed_ids": {str(i): dropped[i] for i in failed},
     }
+
+
+def _later(self: BillingTask, event_id: str, lease: str, countdown: float, why: Exception) -> dict:
+    """Come back to the event in ``countdown`` seconds, its lease held until then."""
+    if not queue.hold_stripe_event_lease(self.broker, event_id, lease, countdown * 1000 + queue.STRIPE_EVENT_LEASE_MS):
+        return {"stripe_event": event_id, "another_chain": True}
+    raise self.retry(args=[event_id, lease], exc=why, countdown=countdown) from None
 
 
 def _end_unhandled(self: BillingTask, event_id: str, reason: str, why: str) -> dict:

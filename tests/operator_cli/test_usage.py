@@ -223,7 +223,7 @@ def test_retry_id_of_a_row_flagged_for_reconciliation_needs_force(runner, factor
 
     refused = runner.invoke(args=["usage", "retry", "--id", str(row.id)])
 
-    assert_refused(refused, "flagged for reconciliation", "--force", exit_code=1)
+    assert_refused(refused, "needs reconciliation", "--force", exit_code=1)
     assert log_status(settings, row.id) == (models.UsageStatus.FAILED, RECONCILE_FIRST)
     assert report_tasks(broker) == []
 
@@ -296,7 +296,7 @@ def test_retry_all_failed_redrives_every_failure_but_rows_flagged_for_reconcilia
     assert result.exit_code == 0, result.output
     assert set(result.stdout.splitlines()[-1].split()) == {str(r.id) for r in rows} | {str(e.id) for e in events}
     assert f"Re-driven: {len(rows) + len(events)} event(s)" in result.stderr
-    assert "Skipped 1 row(s) flagged for reconciliation" in result.stderr and str(flagged.id) in result.stderr
+    assert "Skipped 1 row(s) that need reconciliation" in result.stderr and str(flagged.id) in result.stderr
     assert all(log_status(settings, r.id) == (models.UsageStatus.RECORDED, None) for r in rows)
     assert log_status(settings, flagged.id) == (models.UsageStatus.FAILED, RECONCILE_FIRST)
     assert log_status(settings, reported.id) == (models.UsageStatus.REPORTED, None)
@@ -327,10 +327,40 @@ def test_the_reconciliation_flag_not_the_error_text_decides_what_a_retry_skips(r
 
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == str(same_text_not_flagged.id)
-    assert "Skipped 1 row(s) flagged for reconciliation" in result.stderr and str(flagged.id) in result.stderr
+    assert "Skipped 1 row(s) that need reconciliation" in result.stderr and str(flagged.id) in result.stderr
     assert log_status(settings, flagged.id) == (models.UsageStatus.FAILED, "Reworded: reconcile this one first.")
     listing = runner.invoke(args=["usage", "failed", "--json"])
     assert [row["needs_reconciliation"] for row in json.loads(listing.stdout)["failed"]] == [True]
+
+
+def test_a_failed_row_first_sent_more_than_23_hours_ago_is_retried_only_after_reconciliation(
+    runner, factory, usage_records, settings
+):
+    """Stripe may have counted it (a drop its lagging summaries suggested) and no longer
+    deduplicates its identifier: a plain retry would bill it twice."""
+    organization = factory.organization()
+    first_sent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=23, minutes=5)
+    dropped_long_ago = usage_records.log(organization, error="Dropped by Stripe", stripe_first_sent_at=first_sent)
+    dropped_lately = usage_records.log(
+        organization, error="Dropped by Stripe", stripe_first_sent_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    )
+
+    result = runner.invoke(args=["usage", "retry", "--all-failed"])
+    assert result.stdout.splitlines()[-1] == str(dropped_lately.id)
+    assert "Skipped 1 row(s) that need reconciliation" in result.stderr and str(dropped_long_ago.id) in result.stderr
+    assert_refused(runner.invoke(args=["usage", "retry", "--id", str(dropped_long_ago.id)]), "needs reconciliation", "--force")
+    listing = json.loads(runner.invoke(args=["usage", "failed", "--json"]).stdout)["failed"]
+    assert [(row["id"], row["needs_reconciliation"]) for row in listing] == [(str(dropped_long_ago.id), True)]
+
+    forced = runner.invoke(args=["usage", "retry", "--id", str(dropped_long_ago.id), "--force"])
+
+    assert forced.exit_code == 0, forced.output
+    with db.transaction(settings.database_url) as session:
+        row = session.get(models.UserBillableRequestLog, dropped_long_ago.id)
+        # Reconciled: Stripe lacks it, so its resend starts a new identifier window.
+        assert (row.status, row.stripe_first_sent_at) == (models.UsageStatus.RECORDED, None)
+        lately = session.get(models.UserBillableRequestLog, dropped_lately.id)
+        assert lately.stripe_first_sent_at is not None  # within the window: kept
 
 
 def test_retry_all_failed_with_nothing_failed(runner, factory, usage_records, broker):

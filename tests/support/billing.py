@@ -338,6 +338,7 @@ class UsageRecords:
         agent700_cost: str = "0.000123450000",
         occurred_at: dt.datetime | None = None,
         needs_reconciliation: bool = False,
+        stripe_first_sent_at: dt.datetime | None = None,
     ) -> models.UserBillableRequestLog:
         if error is _NO_CUSTOMER:
             error = no_customer_error(organization)
@@ -351,6 +352,7 @@ class UsageRecords:
             stripe_value_decimals=self.settings.stripe_value_decimals,
             error=error,
             needs_reconciliation=needs_reconciliation,
+            stripe_first_sent_at=stripe_first_sent_at,
             **({"occurred_at": occurred_at} if occurred_at else {}),
         )
         store(self.settings, row)

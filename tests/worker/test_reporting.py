@@ -330,23 +330,53 @@ def set_recorded_at(settings, event_id, recorded_at) -> None:
         session.execute(sa.update(_logs).where(_logs.id == event_id).values(recorded_at=recorded_at))
 
 
-def test_flag_for_reconciliation_flags_rows_unreported_for_23_hours(settings, world, broker, meter):
+def set_first_sent_at(settings, event_id, first_sent_at) -> None:
+    with db.transaction(settings.database_url) as session:
+        session.execute(sa.update(_logs).where(_logs.id == event_id).values(stripe_first_sent_at=first_sent_at))
+
+
+def test_flag_for_reconciliation_flags_rows_first_sent_23_hours_ago_and_still_unreported(settings, world, broker, meter):
     now = dt.datetime.now(dt.UTC)
-    stale, fresh, reported_long_ago = world.event(), world.event(), world.event()
+    stale, fresh, never_sent, reported_long_ago = world.event(), world.event(), world.event(), world.event()
     record(settings, [reported_long_ago])
     report(settings, broker, meter, reporting.shard_of(world.organization.id))
-    record(settings, [stale, fresh])
-    set_recorded_at(settings, stale.id, now - dt.timedelta(hours=23, minutes=1))
-    set_recorded_at(settings, fresh.id, now - dt.timedelta(hours=22, minutes=59))
-    set_recorded_at(settings, reported_long_ago.id, now - dt.timedelta(days=3))
+    record(settings, [stale, fresh, never_sent])
+    set_first_sent_at(settings, stale.id, now - dt.timedelta(hours=23, minutes=1))
+    set_first_sent_at(settings, fresh.id, now - dt.timedelta(hours=22, minutes=59))
+    set_recorded_at(settings, never_sent.id, now - dt.timedelta(days=3))  # Stripe cannot have it
+    set_first_sent_at(settings, reported_long_ago.id, now - dt.timedelta(days=3))
 
     assert flag_for_reconciliation(settings) == 1
 
     stored = rows(settings)
     assert (stored[stale.id].status, stored[stale.id].error) == ("failed", operator_messages.RECONCILE_FIRST)
     assert (stored[fresh.id].status, stored[fresh.id].error) == ("recorded", None)
+    assert (stored[never_sent.id].status, stored[never_sent.id].error) == ("recorded", None)
     assert stored[reported_long_ago.id].status == "reported"
     assert flag_for_reconciliation(settings) == 0
+
+
+def test_the_reporter_never_sends_a_row_first_sent_longer_ago_than_stripe_deduplicates(settings, world, broker, meter, stripe):
+    stale, fresh = world.event(), world.event()
+    record(settings, [stale, fresh])
+    set_first_sent_at(settings, stale.id, dt.datetime.now(dt.UTC) - dt.timedelta(hours=23, minutes=1))
+
+    round_ = report(settings, broker, meter, reporting.shard_of(world.organization.id))
+
+    assert round_.reported == [fresh.id]
+    assert [item["identifier"] for item in stripe.meter_events()] == [str(fresh.id)]
+    assert rows(settings)[stale.id].status == "recorded"  # left for the sweep to flag
+
+
+def test_a_send_marks_the_first_send_before_the_call(settings, world, broker, meter, stripe):
+    event = world.event()
+    record(settings, [event])
+    stripe.set_faults(fail_next=10, status=503)  # the call never succeeds
+
+    report(settings, broker, meter, reporting.shard_of(world.organization.id))
+
+    stored = rows(settings)[event.id]
+    assert stored.status == "recorded" and stored.stripe_first_sent_at is not None
 
 
 def flag_for_reconciliation(settings) -> int:

@@ -6,9 +6,10 @@ import datetime as dt
 import re
 import uuid
 
+import prometheus_client
 import pytest
 
-from shared import billing_window
+from shared import billing_window, stripe_meter
 from shared.stripe_meter import MeterEvent, unsendable
 from worker.stripe_reporting import Outcome, Result, StripeMeter, idempotency_key
 
@@ -37,8 +38,13 @@ def assert_at_stripe_once(stripe, events: list[MeterEvent], event_name: str = "a
         assert item["timestamp"] == int(event.occurred_at.timestamp())
 
 
+def reported(result: Result) -> bool:
+    """Reported, with the call that carried it."""
+    return result.outcome is Outcome.REPORTED and result.error is None and result.call is not None
+
+
 def all_reported(results: dict, events: list[MeterEvent]) -> bool:
-    return set(results) == {e.row_id for e in events} and all(r == Result(Outcome.REPORTED) for r in results.values())
+    return set(results) == {e.row_id for e in events} and all(map(reported, results.values()))
 
 
 @pytest.fixture(params=["v1", "v2"])
@@ -178,7 +184,7 @@ def test_a_permanent_refusal_fails_only_that_event_with_a_readable_error(setting
     assert results[refused.row_id].outcome is Outcome.FAILED
     error = results[refused.row_id].error
     assert error.startswith("Stripe refused the meter event (400): ") and fragment in error, error
-    assert all(results[e.row_id] == Result(Outcome.REPORTED) for e in good)
+    assert all(reported(results[e.row_id]) for e in good)
     assert_at_stripe_once(stripe, good)
     assert str(refused.row_id) not in {item["identifier"] for item in stripe.meter_events()}
 
@@ -200,7 +206,7 @@ def test_the_v2_stream_takes_a_bad_event_and_stripe_drops_it_later(settings, str
 
     results = StripeMeter(settings, api="v2").report([good[0], dropped, *good[1:]])
 
-    assert all(result == Result(Outcome.REPORTED) for result in results.values())
+    assert all(map(reported, results.values()))
     assert_at_stripe_once(stripe, good)
     assert [(item["identifier"], item["error_code"]) for item in stripe.meter_events("invalid")] == [(str(dropped.row_id), code)]
 
@@ -288,9 +294,11 @@ def test_one_call_per_customer_is_kept_by_one_meter(settings, stripe, api):
     assert len(stripe.meter_events()) == 150
 
 
-def test_idempotency_keys_derive_from_the_row_ids_only():
+def test_idempotency_keys_derive_from_the_row_ids_and_a_v1_attempt():
     a, b = uuid.uuid4(), uuid.uuid4()
     assert idempotency_key([a]) == f"agent700-meter-{a}" == idempotency_key([a])
+    # Stripe stores a v1 key's first answer, a 500 included: a later attempt needs its own.
+    assert idempotency_key([a], 2) == f"agent700-meter-{a}-2" != idempotency_key([a], 1)
     assert idempotency_key([a, b]) == idempotency_key([b, a])
     assert idempotency_key([a, b]) != idempotency_key([a])
     assert len(idempotency_key([uuid.uuid4() for _ in range(100)])) <= 255
@@ -324,3 +332,59 @@ def test_an_event_the_edge_accepts_at_its_oldest_is_still_sent_for_a_day_less_th
 
     assert unsendable(oldest, received_at + margin - dt.timedelta(seconds=1)) is None
     assert unsendable(oldest, received_at + margin + dt.timedelta(seconds=1)).startswith("Too old for Stripe")
+
+
+def test_each_reported_row_keeps_the_start_key_and_event_name_of_its_own_call(settings, stripe, api):
+    events = meter_events(stripe_meter.STREAM_MAX_EVENTS + 1)
+    before = dt.datetime.now(dt.UTC)
+
+    results = StripeMeter(settings, api=api).report(events)
+
+    calls = {result.call for result in results.values()}
+    assert len(calls) == (2 if api == "v2" else len(events))  # one per request
+    for call in calls:
+        assert before <= call.started_at <= dt.datetime.now(dt.UTC) and call.event_name == "agent700_cost"
+    if api == "v2":
+        for call in calls:
+            carried = [row_id for row_id, result in results.items() if result.call == call]
+            assert call.request_key == idempotency_key(carried)
+    else:
+        assert {results[e.row_id].call.request_key for e in events} == {idempotency_key([e.row_id]) for e in events}
+
+
+def test_a_stream_call_stripe_refuses_fails_only_the_events_it_refuses_and_is_counted(settings, stripe):
+    """A 400 refuses the whole call; halving it finds the one malformed event (a customer
+    id that is not a string); the others are reported by the stream, never by v1."""
+    events = meter_events(7)
+    malformed = MeterEvent(events[3].row_id, 12345, events[3].value, events[3].occurred_at)
+    events[3] = malformed
+    refusals = metrics_value("a700_stripe_stream_refusals_total")
+
+    results = StripeMeter(settings, api="v2").report(events)
+
+    assert results[malformed.row_id].outcome is Outcome.FAILED
+    assert "(400)" in results[malformed.row_id].error and "payload" in results[malformed.row_id].error
+    good = [e for e in events if e is not malformed]
+    assert all(reported(results[e.row_id]) for e in good)
+    assert_at_stripe_once(stripe, good)
+    assert {item["via"] for item in stripe.meter_events()} == {"v2"}
+    assert stripe.calls("/v1/billing/meter_events") == []
+    position = sorted(str(e.row_id) for e in events).index(str(malformed.row_id))  # the body's order
+    assert metrics_value("a700_stripe_stream_refusals_total") - refusals == halvings_to(position, len(events))
+
+
+def halvings_to(position: int, size: int) -> int:
+    """How many refused calls it takes to corner the event at ``position`` of ``size``."""
+    calls = 1
+    while size > 1:
+        half = size // 2
+        position, size = (position, half) if position < half else (position - half, size - half)
+        calls += 1
+    return calls
+
+
+def metrics_value(name: str) -> float:
+    return sum(
+        sample.value for family in prometheus_client.REGISTRY.collect() for sample in family.samples
+        if sample.name == name
+    )
