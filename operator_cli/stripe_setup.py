@@ -67,18 +67,19 @@ def ensure_meter(check: bool) -> None:
             click.echo(f"Created billing meter {meter.id} for event name {event_name!r}.", err=True)
             click.echo(meter.id)
             return
-        findings = [Finding(problem, failed=True)] if problem is not None else [
-            Finding(f"Billing meter {meter.id} for event name {event_name!r} is active and set up as the service sends.")
-        ]
+        if problem is not None:
+            findings = [Finding(problem, failed=True)]
+        else:
+            findings = [Finding(f"Billing meter {meter.id} for event name {event_name!r} is active and set up as the service sends.")]
         if check:
             findings += error_report_findings(client, settings)
     except stripe.StripeError as error:
         raise click.ClickException(f"Stripe could not be used: {error.user_message or error}") from None
-    failed = [finding.text for finding in findings if finding.failed]
+    # What holds goes to standard error line by line; what fails is the one Error line.
     for finding in findings:
         if not finding.failed:
             click.echo(finding.text, err=True)
-    if failed:
+    if failed := [finding.text for finding in findings if finding.failed]:
         raise click.ClickException(" ".join(failed))
     click.echo(meter.id)
 
