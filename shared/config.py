@@ -114,6 +114,14 @@ class Settings:
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def stripe_error_reports_blind(self) -> bool:
+        """Whether Stripe may drop reported events without the service ever learning of
+        it: the v2 stream answers before it validates, and tells of what it drops only
+        through the event destination, whose deliveries the web refuses without a
+        signing secret. v1 answers each event's call with its outcome."""
+        return self.stripe_meter_api == "v2" and not self.stripe_webhook_secret
+
 
 def _number(environ: Mapping[str, str], name: str, default: float, kind: type = int):
     raw = environ.get(name)

@@ -72,6 +72,13 @@ logger_class = JsonLogger
 gunicorn_json_errors.apply()
 
 
+def on_starting(server):
+    # The master, once: its logs are JSON by now (JsonLogger), and its workers fork later.
+    from shared import start_checks
+
+    start_checks.check(get_settings())
+
+
 def child_exit(server, worker):
     # Multiprocess metrics: a dead worker's live gauges must not be summed any more.
     from shared import metrics

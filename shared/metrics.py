@@ -22,7 +22,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _multiproc_dir
 MULTIPROC_DIR = Path(_multiproc_dir)
 MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values  # noqa: E402
 
 # prometheus-client picks its value class once, when it is first imported, from the
 # environment. The `celery` command imports it (through Flower's command plugin) before
@@ -74,6 +74,15 @@ for _result in ("fetched", "refused", "failed"):
     stripe_event_fetches.labels(_result)
 for _reason in ("refused", "expired"):
     stripe_events_unhandled.labels(_reason)
+# Set once by each web and worker start (shared.start_checks). "mostrecent": the files of a
+# host's dead processes stay in the directory, so the last start's settings are the answer
+# (a restart with the secret set clears it), not the worst of every process since.
+stripe_error_reports_blind = Gauge(
+    "a700_stripe_error_reports_blind",
+    "1 if STRIPE_METER_API is v2 and STRIPE_WEBHOOK_SECRET is not set (Stripe's reports of the meter events it "
+    "drops cannot reach the service), else 0; from the settings of this host's last process start.",
+    multiprocess_mode="mostrecent",
+)
 stripe_latency = Histogram(
     "a700_stripe_request_duration_seconds",
     "Duration of calls to Stripe Billing Meters.",

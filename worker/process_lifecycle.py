@@ -1,6 +1,7 @@
 """The worker's processes from start to exit, as Celery's signals announce them: JSON
-logs, the metrics the main process serves, fresh connections in each forked pool
-process, and the liveness heartbeat (``/metrics``: a700_workers_alive).
+logs, the settings' start-time checks (``shared.start_checks``), the metrics the main
+process serves, fresh connections in each forked pool process, and the liveness
+heartbeat (``/metrics``: a700_workers_alive).
 
 Nothing is connected at import: ``connect()`` is called where the Celery app is built
 (``worker.celery_app``)."""
@@ -24,13 +25,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from shared import db, metrics, pipeline_status, queue, structured_logging
+from shared import db, metrics, pipeline_status, queue, start_checks, structured_logging
 from shared.config import get_settings
 
 
 def connect() -> None:
     """Connect the handlers below to Celery's signals (connecting twice is harmless)."""
-    celeryd_init.connect(_json_logs)  # the worker's first moment: its start-up warnings are JSON too
+    celeryd_init.connect(_start)  # the worker's first moment: its start-up warnings are JSON too
     setup_logging.connect(_json_logs)
     worker_init.connect(_serve_metrics)
     worker_process_init.connect(_fresh_connections_after_fork)
@@ -42,6 +43,11 @@ def connect() -> None:
 def _json_logs(**_):
     # Celery's own handlers are replaced by one JSON line per log record, secrets redacted.
     structured_logging.configure()
+
+
+def _start(**_):
+    _json_logs()
+    start_checks.check(get_settings())
 
 
 def _serve_metrics(**_):

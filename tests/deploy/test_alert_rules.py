@@ -30,6 +30,7 @@ REQUIRED_ALERTS = {
     "A700StripeRefusing",
     "A700StripeMeterNotReady",
     "A700StripeErrorReports",
+    "A700StripeErrorReportsBlind",
     "A700DependencyDown",
     "A700CallersTurnedAway",
     "A700IntakeBacklogGrowing",

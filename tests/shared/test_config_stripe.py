@@ -31,3 +31,17 @@ def test_with_a_key_the_real_stripe_is_the_default():
     assert (settings.stripe_api_base, settings.stripe_meter_events_base) == (
         "https://api.stripe.com", "https://meter-events.stripe.com",
     )
+
+
+@pytest.mark.parametrize(
+    ("meter_api", "webhook_secret", "blind"),
+    [("v2", None, True), ("v2", "whsec_x", False), ("v1", None, False), (None, None, True)],
+    ids=["v2-no-secret", "v2-secret", "v1-no-secret", "default-v2-no-secret"],
+)
+def test_error_reports_are_blind_only_with_the_v2_stream_and_no_webhook_secret(meter_api, webhook_secret, blind):
+    """v2 tells of dropped events only through the webhook; v1 answers each call with the outcome."""
+    environ = PRODUCTION | {"STRIPE_API_KEY": "sk_live_x"}
+    environ |= {"STRIPE_METER_API": meter_api} if meter_api else {}
+    environ |= {"STRIPE_WEBHOOK_SECRET": webhook_secret} if webhook_secret else {}
+
+    assert load_settings(environ).stripe_error_reports_blind is blind
