@@ -222,7 +222,7 @@ def _without_meter(client: stripe.StripeClient, event_names: set[str]) -> set[st
     """Those of the event names no meter of Stripe's counts, active or not."""
     if not event_names:
         return set()
-    metered = {meter.event_name for meter in client.v1.billing.meters.list(limit=stripe_meter.PAGE_SIZE).auto_paging_iter()}
+    metered = {meter.event_name for meter in client.v1.billing.meters.list({"limit": stripe_meter.PAGE_SIZE}).auto_paging_iter()}
     return event_names - metered
 
 

@@ -5,10 +5,12 @@ Nothing is left ``reported`` that Stripe does not count."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import threading
 import time
+import uuid
 
 import pytest
 import redis
@@ -24,11 +26,12 @@ from ingest_api import create_app
 from local_stripe.events import Problem
 from local_stripe.state import MeterEvent
 from local_stripe.validator import error_reports
-from shared import db, models, pipeline_status, queue
+from shared import db, models, pipeline_status, queue, usage_rows
 from shared.stripe_client import DEFAULT_NETWORK_RETRIES as SDK_NETWORK_RETRIES
+from shared.stripe_client import stripe_client
 from tests.support.billing import build_world_with_every_price, log_rows, status_counts
 from tests.support.expected_bills import Load
-from worker import recording, reporting, tasks
+from worker import recording, reporting, stripe_error_reports, tasks
 from worker.stripe_reporting import StripeMeter
 
 WEBHOOK_SECRET = "whsec_test_error_reports"
@@ -383,3 +386,123 @@ def test_without_a_webhook_secret_every_delivery_is_refused(settings, client):
     response = client.post("/api/stripe/events", data=body, headers={"Stripe-Signature": signature})
 
     assert response.status_code == 503 and response.headers["Retry-After"]
+
+
+# --- which rows a report names (findings of Stripe's wire format and timing) ---------------
+
+
+def _reported_in_calls(settings, world, calls: list[tuple[int, usage_rows.StripeCall]]) -> list[list[uuid.UUID]]:
+    """Rows recorded and reported, ``count`` of them in each given call; their ids per call."""
+    ids_per_call = []
+    for count, call in calls:
+        events = [world.event() for _ in range(count)]
+        with db.transaction(settings.database_url) as session:
+            recording.write_rows(session, events, value_decimals=6)
+            usage_rows.mark_reported(session, {event.id: call for event in events})
+        ids_per_call.append([event.id for event in events])
+    return ids_per_call
+
+
+def _report(
+    start: dt.datetime, *, code: str, count: int, samples: dict[str, str] | None = None,
+    type_: str = "v1.billing.meter.error_report_triggered", meter_id: str | None = "mtr_test",
+) -> stripe_error_reports.ErrorReport:
+    return stripe_error_reports.ErrorReport(
+        event_id="evt_test_report", type=type_, meter_id=meter_id, start=start, end=start + dt.timedelta(minutes=1),
+        summary="Stripe dropped events.", error_types=[stripe_error_reports.ErrorType(code, count, samples or {})],
+    )
+
+
+def _dropped(settings, report, settled_after=dt.timedelta(0)) -> set[uuid.UUID]:
+    with db.transaction(settings.database_url) as session:
+        return set(stripe_error_reports.dropped_rows(session, stripe_client(settings), report, settled_after))
+
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+LONG = dt.timedelta(hours=1)  # summaries not settled for the whole test
+
+
+def _call(key: str, event_name: str = "agent700_cost", at: dt.datetime = NOW) -> usage_rows.StripeCall:
+    return usage_rows.StripeCall(at, key, event_name)
+
+
+def test_a_sample_naming_a_request_of_one_event_drops_that_row_without_the_summaries(settings, world, stripe):
+    """Stripe documents a sample's request.identifier as the request's idempotency key."""
+    (alone,), others = _reported_in_calls(settings, world, [(1, _call("agent700-meter-one")), (3, _call("agent700-meter-batch-b"))])
+    report = _report(NOW, code="meter_event_invalid_value", count=1, samples={"agent700-meter-one": "Invalid value."})
+
+    assert _dropped(settings, report, settled_after=LONG) == {alone}
+
+
+def test_a_sample_naming_the_event_identifier_drops_that_row_too(settings, world, stripe):
+    (ids,) = _reported_in_calls(settings, world, [(3, _call("agent700-meter-batch-c"))])
+    report = _report(NOW, code="meter_event_invalid_value", count=1, samples={str(ids[1]): "Invalid value."})
+
+    assert _dropped(settings, report, settled_after=LONG) == {ids[1]}
+
+
+def test_a_sample_names_a_request_sent_outside_the_window_too(settings, world, stripe):
+    """A clock far off, or a slow call: the request key still finds its row."""
+    (ids,) = _reported_in_calls(settings, world, [(1, _call("agent700-meter-early", at=NOW - dt.timedelta(minutes=10)))])
+    report = _report(NOW, code="meter_event_invalid_value", count=1, samples={"agent700-meter-early": "Invalid value."})
+
+    assert _dropped(settings, report, settled_after=LONG) == set(ids)
+
+
+def test_a_sample_naming_a_request_of_many_leaves_the_choice_to_the_rules(settings, world, factory, stripe):
+    """Which event of a batch the sample means is not said: the customer rule decides."""
+    (ids,) = _reported_in_calls(settings, world, [(3, _call("agent700-meter-batch-d"))])
+    ghost = factory.organization(stripe_customer_id=None)
+    with db.transaction(settings.database_url) as session:
+        session.execute(sa.update(models.Organization).where(models.Organization.id == ghost.id).values(stripe_customer_id="cus_ghost"))
+        session.execute(sa.update(_logs).where(_logs.id == ids[0]).values(organization_id=ghost.id))
+    report = _report(NOW, code="meter_event_customer_not_found", count=1, samples={"agent700-meter-batch-d": "No such customer."})
+
+    assert _dropped(settings, report, settled_after=LONG) == {ids[0]}
+
+
+def test_no_meter_found_drops_only_the_rows_of_its_event_name(settings, world, stripe):
+    stripe.create_meter("retired_name")  # created since: only the sample tells which rows
+    ours, others = _reported_in_calls(
+        settings, world, [(2, _call("agent700-meter-batch-e")), (2, _call("agent700-meter-batch-f", event_name="retired_name"))]
+    )
+    report = _report(
+        NOW, code="no_meter", count=2, type_=stripe_error_reports.stripe_meter.NO_METER_FOUND, meter_id=None,
+        samples={"agent700-meter-batch-f": "No meter was found matching event_name retired_name."},
+    )
+
+    assert _dropped(settings, report) == set(others)
+
+
+def test_no_meter_found_without_samples_drops_the_event_names_that_have_no_meter(settings, world, stripe):
+    ours, others = _reported_in_calls(
+        settings, world, [(2, _call("agent700-meter-batch-g")), (2, _call("agent700-meter-batch-h", event_name="never_metered"))]
+    )
+    report = _report(NOW, code="no_meter", count=2, type_=stripe_error_reports.stripe_meter.NO_METER_FOUND, meter_id=None)
+
+    assert _dropped(settings, report) == set(others)
+
+
+def test_rows_are_in_a_window_by_the_start_of_their_own_call(settings, world, stripe):
+    """A slow round: its first call started in the window, the round ended minutes later."""
+    early, late = _reported_in_calls(
+        settings, world, [(1, _call("k-early", at=NOW)), (1, _call("k-late", at=NOW + dt.timedelta(minutes=3)))]
+    )
+    with db.transaction(settings.database_url) as session:
+        customer = session.get(models.Organization, world.organization.id).stripe_customer_id
+    stripe_client(settings).v1.customers.delete(customer)  # unknown to Stripe now: the rule would drop both
+    report = _report(NOW, code="meter_event_customer_not_found", count=1)
+
+    assert _dropped(settings, report, settled_after=LONG) == set(early)
+
+
+def test_a_report_the_samples_and_rules_cannot_explain_waits_for_settled_summaries(settings, world, stripe):
+    _reported_in_calls(settings, world, [(2, _call("agent700-meter-batch-i"))])
+    report = _report(NOW, code="meter_event_customer_not_found", count=1)  # the customer exists (now)
+    meter_id = stripe.state.store.meters(None)[0]["id"]
+    report = dataclasses.replace(report, meter_id=meter_id)
+
+    with pytest.raises(stripe_error_reports.SummariesNotSettled) as waiting:
+        _dropped(settings, report, settled_after=LONG)
+
+    assert waiting.value.settles_at == report.end + LONG
