@@ -6,7 +6,8 @@ The real ``stripe`` SDK works against it unchanged::
 
 Modules: ``app`` (routes), ``pipeline`` (what every Stripe call goes through), ``events``
 (meter event validation rules), ``validator`` (the v2 stream's asynchronous validation and
-its error reports), ``webhooks`` (signed delivery to the event destination), ``state`` (the
+its error reports), ``webhooks`` (signed delivery to the event destination), ``destinations`` (the event
+destination as the v2 API lists it), ``state`` (the
 in-memory store), ``account`` (store, settings and background threads together),
 ``faults`` (fault injection and settings), ``wire`` (Stripe's wire formats), ``testing``
 (servers in threads for tests), ``__main__`` (``python -m local_stripe``).

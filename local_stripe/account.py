@@ -6,6 +6,7 @@ Kept in ``app.extensions["local_stripe"]`` so tests can reach it without HTTP.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from local_stripe.faults import Faults
@@ -22,6 +23,7 @@ class LocalStripe:
         self.faults = Faults(**settings)
         self.delivery = Delivery()
         self.validator = Validator(self.store, self.faults, self.emit)
+        self._destination_since = time.time()
 
     def start(self) -> None:
         self.validator.start()
@@ -36,13 +38,21 @@ class LocalStripe:
         self.store.reset()
         self.delivery.reset()
         self.faults.reset()
+        self._destination_since = time.time()
         self.validator.wake()
 
     def update_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
         """``Faults.update``, and the validator told (the delay may have changed)."""
+        before = self.faults.current.webhook_url
         settings = self.faults.update(changes)
+        if settings["webhook_url"] != before:
+            self._destination_since = time.time()
         self.validator.wake()
         return settings
+
+    def destination(self) -> tuple[str | None, float]:
+        """The event destination's URL (None: there is none) and when it was set."""
+        return self.faults.current.webhook_url, self._destination_since
 
     def emit(self, event: dict[str, Any]) -> None:
         """Publish a v2 event: listed from now on, and sent to the destination if one is set."""

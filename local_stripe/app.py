@@ -14,6 +14,8 @@ Stripe routes (the real ``stripe`` SDK works against them unchanged; point both 
 * ``GET /v2/core/events[?types=&object_id=&created[gt|gte|lt|lte]=&limit=]``,
   ``GET /v2/core/events/{id}`` - the meter error reports, also sent to the event
   destination (``webhooks.py``).
+* ``GET /v2/core/event_destinations``, ``GET /v2/core/event_destinations/{id}`` - the
+  configured ``webhook_url`` as one destination, or none (``destinations.py``).
 
 Local routes (not Stripe; see ``faults.py`` for the settings):
 ``GET /_local/meter_events[?status=valid|pending|invalid]``, ``POST /_local/customers``
@@ -67,6 +69,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 
+from local_stripe import destinations
 from local_stripe.account import LocalStripe
 from local_stripe.events import Problem, customer_of, judge, parse_event, v1_name, v2_namer
 from local_stripe.pipeline import answer, current_state, customer_calls, request_params, stripe_api
@@ -95,6 +98,7 @@ def create_app(**settings: Any) -> Flask:
     state = app.extensions["local_stripe"] = LocalStripe(**settings)
     state.start()
     app.register_blueprint(bp)
+    app.register_blueprint(destinations.bp)
     return app
 
 
