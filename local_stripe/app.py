@@ -64,15 +64,22 @@ import binascii
 import json
 import operator
 import secrets
-import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 
-from local_stripe import destinations
+from local_stripe import adjustments, destinations
 from local_stripe.account import LocalStripe
-from local_stripe.events import Problem, customer_of, judge, parse_event, v1_name, v2_namer
-from local_stripe.pipeline import answer, current_state, customer_calls, request_params, stripe_api
+from local_stripe.events import Problem, judge, parse_event, v1_name, v2_namer
+from local_stripe.pipeline import (
+    answer,
+    current_state,
+    customer_calls,
+    executing,
+    idempotency_key,
+    request_params,
+    stripe_api,
+)
 from local_stripe.state import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, new_customer, new_meter
 from local_stripe.wire import StripeError, missing, new_id, parse_rfc3339, reject_unknown, rfc3339
 
@@ -99,6 +106,7 @@ def create_app(**settings: Any) -> Flask:
     state.start()
     app.register_blueprint(bp)
     app.register_blueprint(destinations.bp)
+    app.register_blueprint(adjustments.bp)
     return app
 
 
@@ -122,7 +130,8 @@ def _add_request_id(response: Response) -> Response:
 @stripe_api("secret", accepts=("event_name", "payload", "identifier", "timestamp", "expand"))
 def create_meter_event(params: dict[str, Any]) -> dict[str, Any]:
     store = current_state().store
-    event = parse_event(params, via="v1", name=v1_name, now=time.time())
+    event = parse_event(params, via="v1", name=v1_name, now=store.clock.now(), idempotency_key=idempotency_key())
+    executing()
     verdict = judge(event, meter=store.meter_for(event.event_name), customer_exists=store.customer_exists)
     if isinstance(verdict, Problem):
         raise verdict.v1_error()
@@ -134,8 +143,9 @@ def create_meter_event(params: dict[str, Any]) -> dict[str, Any]:
 @bp.post("/v2/billing/meter_event_session")
 @stripe_api("secret", accepts=())
 def create_meter_event_session(params: dict[str, Any]) -> dict[str, Any]:
-    now = time.time()
-    expires_at = now + current_state().faults.session_ttl_seconds
+    executing()
+    now = current_state().clock.now()
+    expires_at = now + current_state().faults.current.session_ttl_seconds
     token = f"mes_tok_{secrets.token_urlsafe(24)}"
     current_state().store.add_session(token, expires_at)
     return {
@@ -162,19 +172,19 @@ def create_meter_event_stream(params: dict[str, Any]) -> dict[str, Any]:
             f"Invalid events: {len(events)} events given; a request supports up to {MAX_STREAM_EVENTS}.",
             param="events",
         )
-    now = time.time()
+    store = current_state().store
+    now, key = store.clock.now(), idempotency_key()
     parsed = []
     for index, raw in enumerate(events):
         prefix = f"events[{index}]"
         if not isinstance(raw, dict):
             raise StripeError(400, f"Invalid {prefix}: must be an object.", param=prefix)
         reject_unknown(raw, ("event_name", "payload", "identifier", "timestamp"), prefix=f"{prefix}.")
-        parsed.append(parse_event(raw, via="v2", name=v2_namer(prefix), now=now))
-    # Only the shape is checked here; the validator judges the events later.
-    store = current_state().store
-    claims = {(customer_of(event, store.meter_for(event.event_name)) or "", event.event_name) for event in parsed}
-    with customer_calls(claims):
-        store.record(parsed, duplicates="skip", pending=True)
+        parsed.append(parse_event(raw, via="v2", name=v2_namer(prefix), now=now, idempotency_key=key))
+    # Only the shape is checked here; the validator judges the events later. The
+    # one-call-per-customer rule is v1's: the stream is built for concurrent calls.
+    executing()
+    store.record(parsed, duplicates="skip", pending=True)
     current_state().validator.received()
     return {}
 
@@ -254,6 +264,7 @@ def create_meter(params: dict[str, Any]) -> dict[str, Any]:
     window = params.get("event_time_window") or None
     if window not in (None, *WINDOWS):
         raise StripeError(400, "Invalid event_time_window: must be one of day, hour", param="event_time_window")
+    executing()
     meter = new_meter(
         params["event_name"],
         display_name=params["display_name"],
@@ -261,6 +272,7 @@ def create_meter(params: dict[str, Any]) -> dict[str, Any]:
         customer_key=mapping.get("event_payload_key") or DEFAULT_CUSTOMER_KEY,
         value_key=_object_param(params, "value_settings").get("event_payload_key") or DEFAULT_VALUE_KEY,
         event_time_window=window,
+        now=current_state().clock.now(),
     )
     return current_state().store.add_meter(meter)
 
@@ -285,6 +297,7 @@ def retrieve_meter(meter_id: str) -> dict[str, Any]:
 @bp.post("/v1/billing/meters/<meter_id>/reactivate", defaults={"status": "active"})
 @stripe_api("secret")
 def change_meter_status(meter_id: str, status: str) -> dict[str, Any]:
+    executing()
     return _meter_or_404(current_state().store.set_meter_status(meter_id, status), meter_id)
 
 
@@ -310,7 +323,8 @@ def list_event_summaries(params: dict[str, Any], meter_id: str) -> dict[str, Any
     window = params.get("value_grouping_window") or None
     if window not in (None, *WINDOWS):
         raise StripeError(400, "Invalid value_grouping_window: must be one of day, hour", param="value_grouping_window")
-    summaries = current_state().store.summarize(meter, customer, start, end, WINDOWS.get(window) if window else None)
+    lag = current_state().faults.current.summary_lag_seconds
+    summaries = current_state().store.summarize(meter, customer, start, end, WINDOWS.get(window) if window else None, lag)
     return _page(summaries, params, f"/v1/billing/meters/{meter_id}/event_summaries")
 
 
@@ -330,7 +344,9 @@ def _no_such_customer(customer_id: str) -> StripeError:
 @bp.post("/v1/customers")
 @stripe_api("secret", accepts=(*CUSTOMER_FIELDS, "expand"))
 def create_customer(params: dict[str, Any]) -> dict[str, Any]:
-    return current_state().store.add_customer(new_customer(**_customer_fields(params)))
+    fields = _customer_fields(params)
+    executing()
+    return current_state().store.add_customer(new_customer(now=current_state().clock.now(), **fields))
 
 
 @bp.get("/v1/customers")
@@ -503,7 +519,7 @@ def local_create_customer() -> Response | dict[str, Any]:
         return store.customer(params["id"])
     try:
         # Taken by a deleted customer: refused, as Stripe never reuses an id.
-        return store.add_customer(new_customer(params["id"], **_customer_fields(params)))
+        return store.add_customer(new_customer(params["id"], now=store.clock.now(), **_customer_fields(params)))
     except StripeError as error:
         return _local_error(error.message)
 
@@ -515,10 +531,29 @@ def local_validate() -> dict[str, Any]:
     return {"validated": True}
 
 
+@bp.get("/_local/clock")
+def local_clock() -> dict[str, Any]:
+    """The server's now (Unix seconds) and its offset from real time."""
+    clock = current_state().clock
+    return {"now": clock.now(), "offset": clock.offset}
+
+
+@bp.post("/_local/clock")
+def local_advance_clock() -> Response | dict[str, Any]:
+    """Move the clock forward (JSON ``{"advance_seconds": N}``, N >= 0); what became due
+    (judging events, error reports) is done before the answer, which is as for GET."""
+    body = request.get_json(silent=True)
+    seconds = body.get("advance_seconds") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        return _local_error('Send a JSON object with "advance_seconds": a number >= 0.')
+    current_state().advance_clock(seconds)
+    return local_clock()
+
+
 @bp.post("/_local/reset")
 def local_reset() -> dict[str, Any]:
     """Forget everything (customers, meters, meter and v2 events, sessions, idempotency keys,
-    deliveries not yet made); settings back to the server's defaults."""
+    deliveries not yet made); settings back to the server's defaults, the clock to real time."""
     current_state().reset()
     return {"reset": True}
 

@@ -1,8 +1,9 @@
 """The v2 meter event stream validates asynchronously, as Stripe does: a call with well-formed
 events answers ``{}`` at once, each event is judged later, and invalid ones are dropped
-(never summarized) and reported as v2 events. Tests force the validation with
-``stripe.validate_now()`` (``POST /_local/validate``) rather than sleeping, except where
-the delay itself is under test.
+(never summarized) and reported as v2 events, per meter and per report window once the
+window has ended. Tests force the validation with ``stripe.validate_now()`` (``POST
+/_local/validate``) and move the server's clock past the report window and the summary
+lag (``settle``) rather than sleeping, except where the delay itself is under test.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import requests
 import stripe as stripe_sdk
 
 from local_stripe.testing import serve_in_thread
-from tests.support.stripe_sdk import open_session, rfc3339_millis, sdk_client, v1_event, v2_event
+from tests.support.stripe_sdk import (
+    at_report_window_start,
+    open_session,
+    rfc3339_millis,
+    sdk_client,
+    settle,
+    v1_event,
+    v2_event,
+)
 
 pytestmark = pytest.mark.usefixtures("account")
 
@@ -49,7 +58,8 @@ def at(**offset) -> str:
         (lambda: v2_event(value="five"), "meter_event_invalid_value"),
         (lambda: v2_event(value="NaN"), "meter_event_invalid_value"),
         (lambda: v2_event(value="1234567890123456"), "meter_event_value_too_many_digits"),
-        (lambda: v2_event(value="0.1234567890123456"), "meter_event_value_too_many_digits"),
+        (lambda: v2_event(value="3.5"), "meter_event_invalid_value"),  # whole numbers only
+        (lambda: v2_event(value="0.1234567890123456"), "meter_event_invalid_value"),
         (lambda: v2_event(value="5", timestamp=at(days=-35, minutes=-1)), "timestamp_too_far_in_past"),
         (lambda: v2_event(value="5", timestamp=at(minutes=5, seconds=30)), "timestamp_in_future"),
     ],
@@ -58,9 +68,9 @@ def test_each_rule_drops_the_event_with_its_error_code(stripe, client, streamer,
     client.v1.customers.delete("cus_b")
     good, bad = v2_event("cus_a", "2"), make_bad()
 
-    streamer.v2.billing.meter_event_stream.create({"events": [good, bad]})
+    streamer.v2.billing.meter_event_stream.create({"events": [good, bad]}, {"idempotency_key": "the-call"})
     assert [e["identifier"] for e in stripe.meter_events("pending")] == [good["identifier"], bad["identifier"]]
-    stripe.validate_now()
+    settle(stripe)
 
     assert [event["identifier"] for event in stripe.meter_events()] == [good["identifier"]]
     assert invalid(stripe) == [(bad["identifier"], code)]
@@ -68,14 +78,15 @@ def test_each_rule_drops_the_event_with_its_error_code(stripe, client, streamer,
     [report] = client.v2.core.events.list().data
     assert (report.type, report.related_object.id) == (ERROR_REPORT, account["id"])
     assert [(t.code, t.error_count) for t in report.data.reason.error_types] == [(code, 1)]
-    assert report.data.reason.error_types[0].sample_errors[0].request.identifier == bad["identifier"]
+    # The SDK documents the sample's request.identifier as "the request idempotency key".
+    assert report.data.reason.error_types[0].sample_errors[0].request.identifier == "the-call"
 
 
 def test_events_of_an_inactive_meter_are_dropped_as_archived_meter(stripe, client, streamer, account):
     events = [v2_event("cus_a", "2"), v2_event("cus_b", "3")]
     streamer.v2.billing.meter_event_stream.create({"events": events})
     client.v1.billing.meters.deactivate(account["id"])
-    stripe.validate_now()
+    settle(stripe)
 
     assert stripe.meter_events() == []
     assert invalid(stripe) == [(event["identifier"], "archived_meter") for event in events]
@@ -88,7 +99,7 @@ def test_events_without_a_meter_are_reported_as_no_meter_found(stripe, client, s
     unmetered = [v2_event(event_name="unmetered_a"), v2_event(event_name="unmetered_b")]
     bad_value = v2_event(value="x")
     streamer.v2.billing.meter_event_stream.create({"events": [*unmetered, bad_value, v2_event()]})
-    stripe.validate_now()
+    settle(stripe)
 
     codes = ["no_meter", "no_meter", "meter_event_invalid_value"]
     assert invalid(stripe) == [(e["identifier"], code) for e, code in zip([*unmetered, bad_value], codes, strict=True)]
@@ -109,11 +120,10 @@ def test_events_without_a_meter_are_reported_as_no_meter_found(stripe, client, s
 def test_a_report_counts_every_error_but_samples_three_per_code(stripe, client, streamer, account):
     bad_values = [v2_event(value=f"bad-{i}") for i in range(5)]
     unknown_customers = [v2_event(f"cus_unknown_{i}") for i in range(2)]
-    before = time.time()
-    streamer.v2.billing.meter_event_stream.create({"events": [*bad_values, v2_event("cus_a", "7")]})
-    streamer.v2.billing.meter_event_stream.create({"events": unknown_customers})
-    after = time.time()
-    stripe.validate_now()
+    window_start = at_report_window_start(stripe)
+    streamer.v2.billing.meter_event_stream.create({"events": [*bad_values, v2_event("cus_a", "7")]}, {"idempotency_key": "one"})
+    streamer.v2.billing.meter_event_stream.create({"events": unknown_customers}, {"idempotency_key": "two"})
+    settle(stripe)
 
     [report] = client.v2.core.events.list().data
     data = report.data
@@ -124,10 +134,11 @@ def test_a_report_counts_every_error_but_samples_three_per_code(stripe, client, 
         ("meter_event_customer_not_found", 2, 2),
     ]
     samples = data.reason.error_types[0].sample_errors
-    assert [s.request.identifier for s in samples] == [e["identifier"] for e in bad_values[:3]]
+    assert [s.request.identifier for s in samples] == ["one"] * 3
     assert samples[0].error_message == "Value for key value must be a number, got 'bad-0'."
+    assert [s.request.identifier for s in data.reason.error_types[1].sample_errors] == ["two"] * 2
     start, end = (dt.datetime.fromisoformat(data[key]).timestamp() for key in ("validation_start", "validation_end"))
-    assert before - 0.001 <= start <= end <= after + 0.001
+    assert (start, end) == (window_start, window_start + stripe.faults()["report_window_seconds"])
     assert summarized(client, account["id"]) == 7
 
 
@@ -147,6 +158,8 @@ def test_events_are_accepted_at_once_and_judged_after_the_delay(stripe, client, 
     assert [e["identifier"] for e in stripe.meter_events()] == [good["identifier"]]
     assert invalid(stripe) == [(bad["identifier"], "meter_event_customer_not_found")]
     assert stripe.meter_events("pending") == []
+    assert client.v2.core.events.list().data == []  # its report window has not ended
+    stripe.advance_clock(stripe.faults()["report_window_seconds"])
     assert [event.type for event in client.v2.core.events.list().data] == [ERROR_REPORT]
 
 
@@ -178,7 +191,7 @@ def test_a_corrected_resend_of_an_invalid_event_counts(stripe, client, streamer,
 
     stripe.create_customers("cus_late")
     streamer.v2.billing.meter_event_stream.create({"events": [event]})
-    stripe.validate_now()
+    settle(stripe)
 
     assert [e["identifier"] for e in stripe.meter_events()] == [event["identifier"]]
     assert summarized(client, account["id"], "cus_late") == 4
@@ -192,7 +205,7 @@ def test_a_pending_identifier_is_known_to_v1_and_v2(stripe, client, streamer, ac
     with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
         client.v1.billing.meter_events.create({**v1_event("cus_a", "5"), "identifier": event["identifier"]})
     assert caught.value.code == "resource_already_exists"
-    stripe.validate_now()
+    settle(stripe)
 
     assert [(e["identifier"], e["value"]) for e in stripe.meter_events()] == [(event["identifier"], "3")]
     assert summarized(client, account["id"]) == 3
@@ -213,6 +226,7 @@ def test_idempotency_key_replays_a_stream_call_without_a_second_validation(strip
     assert first.json() == replay.json() == {}
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert len(stripe.meter_events()) == len(stripe.meter_events("invalid")) == 1
+    settle(stripe)
     assert len(client.v2.core.events.list().data) == 1
 
 
