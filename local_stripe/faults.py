@@ -10,6 +10,10 @@ Settings (all optional in an update; ``GET``/``POST /_local/faults`` show and ch
     and replayed to every retry with that key (sent with ``Stripe-Should-Retry: false``,
     as Stripe does when a retry would only replay); a 429, a v2 call, or a call without a
     key is not stored (``Stripe-Should-Retry: true``), so a retry runs for real.
+``store_injected_failures`` (bool, default true)
+    false is the kind setting of old: an injected failure is never stored under the
+    idempotency key, so a v1 retry with the same key runs for real (Stripe replays the
+    stored 500).
 ``latency_ms`` (number)
     Added to every Stripe API call. v1 meter-event calls sleep while holding their
     (customer, event_name) claims, so overlapping calls are observable.
@@ -64,6 +68,7 @@ class FaultSettings:
     fail_next: int = 0
     status: int = 500
     latency_ms: float = 0
+    store_injected_failures: bool = True
     one_call_per_customer: bool = True
     session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
     validation_delay_seconds: float = DEFAULT_VALIDATION_DELAY_SECONDS
@@ -76,9 +81,9 @@ class FaultSettings:
 
 def _check(name: str, value: Any) -> Any:
     """The value if it suits the setting, else ValueError with a readable reason."""
-    if name == "one_call_per_customer":
+    if name in ("one_call_per_customer", "store_injected_failures"):
         if not isinstance(value, bool):
-            raise ValueError("one_call_per_customer must be true or false")
+            raise ValueError(f"{name} must be true or false")
         return value
     if name == "webhook_url":
         if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):

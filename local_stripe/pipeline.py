@@ -147,9 +147,11 @@ def idempotency_key() -> str:
 
 
 def _take_failure() -> None:
-    failure = current_state().faults.take_failure()
+    faults = current_state().faults
+    failure = faults.take_failure()
     if failure is not None:
-        executing()  # the endpoint "failed": Stripe stores a 500 like any answer
+        if faults.current.store_injected_failures:
+            executing()  # the endpoint "failed": Stripe stores a 500 like any answer
         raise failure
 
 

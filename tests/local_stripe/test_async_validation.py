@@ -259,3 +259,65 @@ def test_reset_forgets_pending_events_and_settings_return_to_the_defaults():
 
         assert server.meter_events("pending") == []
         assert server.faults()["validation_delay_seconds"] == 1.0
+
+
+# -- report windows ------------------------------------------------------------------------
+
+
+def test_two_validation_passes_in_one_window_make_one_report_when_it_ends(stripe, client, streamer):
+    window_start = at_report_window_start(stripe)
+    for customer in ("cus_unknown_1", "cus_unknown_2"):
+        streamer.v2.billing.meter_event_stream.create({"events": [v2_event(customer)]})
+        stripe.validate_now()
+    assert client.v2.core.events.list().data == []  # the window has not ended
+
+    answer = requests.post(f"{stripe.url}/_local/clock", json={"advance_seconds": stripe.faults()["report_window_seconds"]}, timeout=5)
+
+    assert answer.status_code == 200
+    [report] = client.v2.core.events.list().data  # emitted before the clock route answered
+    assert report.data.reason.error_count == 2
+    assert dt.datetime.fromisoformat(report.data.validation_start).timestamp() == window_start
+
+
+def test_events_of_two_windows_are_reported_in_two_reports(stripe, client, streamer):
+    stripe.set_faults(report_window_seconds=10)
+    at_report_window_start(stripe)
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event("cus_unknown")]})
+    stripe.advance_clock(10)
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event("cus_unknown"), v2_event("cus_unknown")]})
+    settle(stripe)
+
+    reports = client.v2.core.events.list().data
+    assert [r.data.reason.error_count for r in reports] == [2, 1]  # newest first
+    assert reports[0].data.validation_start == reports[1].data.validation_end
+
+
+def test_a_report_waits_for_the_events_of_its_window_to_be_judged(stripe, client, streamer):
+    stripe.set_faults(report_window_seconds=1, validation_delay_seconds=30)
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event("cus_unknown")]})
+
+    stripe.advance_clock(2)  # the window has ended, its event is not judged yet
+    assert client.v2.core.events.list().data == []
+    stripe.advance_clock(30)
+    assert len(client.v2.core.events.list().data) == 1
+
+
+def test_samples_can_name_the_events_identifier_instead(stripe, client, streamer):
+    stripe.set_faults(sample_request_identifier="event_identifier")
+    bad = v2_event("cus_unknown")
+    streamer.v2.billing.meter_event_stream.create({"events": [bad]}, {"idempotency_key": "the-call"})
+    settle(stripe)
+
+    [report] = client.v2.core.events.list().data
+    assert report.data.reason.error_types[0].sample_errors[0].request.identifier == bad["identifier"]
+
+
+def test_a_keyless_stream_call_samples_a_key_of_its_own(stripe, client):
+    _, session = open_session(stripe, client)
+    headers = {"Authorization": f"Bearer {session.authentication_token}"}
+    requests.post(f"{stripe.url}/v2/billing/meter_event_stream", json={"events": [v2_event("cus_unknown")]}, headers=headers, timeout=5)
+    settle(stripe)
+
+    [report] = client.v2.core.events.list().data
+    identifier = report.data.reason.error_types[0].sample_errors[0].request.identifier
+    assert identifier and identifier != stripe.meter_events("invalid")[0]["identifier"]
