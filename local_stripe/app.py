@@ -16,45 +16,64 @@ Stripe routes (the real ``stripe`` SDK works against them unchanged; point both 
   destination (``webhooks.py``).
 * ``GET /v2/core/event_destinations``, ``GET /v2/core/event_destinations/{id}`` - the
   configured ``webhook_url`` as one destination, or none (``destinations.py``).
+* ``POST /v1/billing/meter_event_adjustments`` (form), ``POST
+  /v2/billing/meter_event_adjustments`` (JSON), both with the secret key - cancel an event
+  received within 24 h (``adjustments.py``).
 
 Local routes (not Stripe; see ``faults.py`` for the settings):
 ``GET /_local/meter_events[?status=valid|pending|invalid]``, ``POST /_local/customers``
 (a customer with a chosen id), ``POST /_local/validate`` (judge every pending v2 event
-now), ``POST /_local/reset``, ``GET|POST /_local/faults``.
+now), ``GET /_local/clock``, ``POST /_local/clock {"advance_seconds": N}`` (the server's
+clock, ``clock.py``; what became due is done before the answer), ``POST /_local/reset``,
+``GET|POST /_local/faults``.
 
-Every Stripe call runs: injected failure -> authentication -> idempotency key -> endpoint
--> injected latency (taken once; meter-event endpoints take it inside their customer
-claims). Every answer carries a ``Request-Id`` header.
+Every Stripe call runs: authentication -> idempotency key -> injected failure ->
+endpoint -> injected latency (taken once; v1 meter events take it inside their customer
+claims), as ``pipeline.py`` describes. Every answer carries a ``Request-Id`` header.
+
+Stripe's hard edges are kept, by default: every time rule reads the server's clock;
+identifiers are unique within a rolling 24 h of their first receipt (across v1 and v2);
+idempotency keys are stored as Stripe stores them (per account, 24 h; v1 keeps its first
+answer once the endpoint began, an injected 500 included; v2 keeps successes only);
+summaries are per meter and lag ``summary_lag_seconds`` (2 s) behind receipt; one v1 call
+per customer per meter at a time; whole-number values only; error reports per meter per
+``report_window_seconds`` (60 s) window once it has ended, sampling the stream call's
+idempotency key. Kinder settings exist for tests (``faults.py``).
 
 Where this server knowingly differs from Stripe (so tests stay simple and deterministic):
 
 * v2 stream events are judged ``validation_delay_seconds`` (default 1 s) after receipt,
   against the account as it is then (a meter or customer created meanwhile counts), with
-  timestamps judged against receipt. Stripe's delay is unspecified and its reports cover
-  windows of its choosing; here each validation pass emits its own reports, one per
-  meter plus one ``no_meter_found``. The reports' codes and ``data`` follow Stripe's
-  documentation; their error messages are this server's (Stripe documents few).
+  timestamps judged against receipt. Stripe's delay and its report windows are its own;
+  here windows are aligned on multiples of ``report_window_seconds``. The reports' codes
+  and ``data`` follow Stripe's documentation; their error messages are this server's
+  (Stripe documents few). Whether Stripe's ``sample_errors[].request.identifier`` is the
+  request's idempotency key (the SDK's description, the default here) or the event's
+  identifier (``sample_request_identifier``) is not certain.
 * v1 meter events are judged in the request with the same rules and codes (400), except
   that a missing meter or customer is ``resource_missing``; Stripe does not document its
-  v1 codes for these cases. Values with decimals are accepted (Stripe documents whole
-  numbers only).
-* Identifiers are unique across v1 and v2 for the server's lifetime (Stripe: a rolling
-  24 h at least), among events that are valid or still pending; an event dropped as
-  invalid frees its identifier, so a corrected resend counts. v1: a known identifier
-  answers 400 ``resource_already_exists``. v2: an event whose identifier is known (from an
-  earlier call or earlier in the same call) is dropped silently; the call still answers
-  ``{}``.
-* Summaries count valid events at once (Stripe: eventually consistent). With a grouping
-  window only windows that have events are listed, newest first.
-* Idempotency keys are one global namespace and never expire; an answer is stored for
-  replay only once the endpoint ran (success, or ``resource_already_exists``), never for
-  validation errors, injected faults, or 429s, so a retry runs the request again.
+  v1 codes for these cases. A value with decimals is ``meter_event_invalid_value``, like
+  one that is not a number.
+* Identifiers: an event dropped as invalid frees its identifier, so a corrected resend
+  counts; a canceled event keeps it. v1: a known identifier answers 400
+  ``resource_already_exists``. v2: an event whose identifier is known (from an earlier
+  call or earlier in the same call) is dropped silently; the call still answers ``{}``.
+* Summaries: with a grouping window only windows that have events are listed, newest
+  first. The lag is one fixed delay (Stripe's varies).
+* Idempotency: keys are scoped by the ``Stripe-Account`` header (one account otherwise).
+  Which v1 errors count as "the endpoint began" is this server's reading: everything
+  after the parameters' shape is checked (a missing customer, a duplicate identifier, an
+  injected 500). A replayed 5xx says ``Stripe-Should-Retry: false``.
+* Adjustments cancel single events only (Stripe's only kind), answer ``status: pending``
+  and take effect after the summary lag; an unknown, too old or other-named event is 400
+  ``resource_missing``, an already canceled one 400 (v2 ``already_canceled``).
 * Customers hold only their basic fields (name, email, description, phone, metadata).
 * v2 events are the two meter error report types only, kept for the server's lifetime
   (Stripe: 30 days). List pages are ``page`` tokens that carry the filters, so ``page``
   takes no other parameter. A ``no_meter_found`` event's ``related_object`` is null.
 * One event destination for all event types, thin payloads only; a failed delivery is
-  retried 4 times within about 8 s (Stripe: for up to 3 days).
+  retried 4 times within about 8 s by real time (Stripe: for up to 3 days). Webhook
+  signatures are timestamped by real time, as the receiver checks them against its own.
 """
 
 from __future__ import annotations
