@@ -516,7 +516,8 @@ def _local_error(message: str) -> Response:
 @bp.get("/_local/meter_events")
 def local_meter_events() -> Response | dict[str, Any]:
     """Meter events, oldest first: ``status`` valid (default; what summaries count),
-    pending (v2, not yet judged) or invalid (dropped, with ``error_code`` and ``error_message``)."""
+    pending (v2, not yet judged) or invalid (dropped, with ``error_code`` and ``error_message``);
+    ``canceled_at`` is set once an adjustment canceled the event."""
     status = request.args.get("status", "valid")
     if status not in ("valid", "pending", "invalid"):
         return _local_error("status must be valid, pending or invalid")
