@@ -1,14 +1,16 @@
 """``python -m local_stripe [--host 127.0.0.1] [--port 12111] [--validation-delay-seconds S]
-[--webhook-url URL] [--webhook-secret whsec_...]``: serve until interrupted.
+[--summary-lag-seconds S] [--report-window-seconds S] [--webhook-url URL]
+[--webhook-secret whsec_...]``: serve until interrupted.
 
 Logs one line per request (werkzeug's access log). Point the Stripe SDK at it with
 ``base_addresses={"api": URL, "meter_events": URL}`` and any ``sk_test_...`` key.
 
-The last three options default to the environment variables
-``LOCAL_STRIPE_VALIDATION_DELAY_SECONDS``, ``LOCAL_STRIPE_WEBHOOK_URL`` and
-``LOCAL_STRIPE_WEBHOOK_SECRET``; they are the server's defaults for the settings of the
-same names (``faults.py``), which ``/_local/faults`` can change and ``/_local/reset``
-puts back.
+The options after ``--port`` default to the environment variables
+``LOCAL_STRIPE_VALIDATION_DELAY_SECONDS``, ``LOCAL_STRIPE_SUMMARY_LAG_SECONDS``,
+``LOCAL_STRIPE_REPORT_WINDOW_SECONDS``, ``LOCAL_STRIPE_WEBHOOK_URL`` and
+``LOCAL_STRIPE_WEBHOOK_SECRET``, else to Stripe's ways (``faults.py``: a 2 s summary lag,
+60 s report windows); they are the server's defaults for the settings of the same names,
+which ``/_local/faults`` can change and ``/_local/reset`` puts back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ log = logging.getLogger("local_stripe")
 
 ENVIRONMENT = {
     "validation_delay_seconds": "LOCAL_STRIPE_VALIDATION_DELAY_SECONDS",
+    "summary_lag_seconds": "LOCAL_STRIPE_SUMMARY_LAG_SECONDS",
+    "report_window_seconds": "LOCAL_STRIPE_REPORT_WINDOW_SECONDS",
     "webhook_url": "LOCAL_STRIPE_WEBHOOK_URL",
     "webhook_secret": "LOCAL_STRIPE_WEBHOOK_SECRET",
 }
@@ -39,6 +43,18 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=os.environ.get(ENVIRONMENT["validation_delay_seconds"]),
         help="judge v2 stream events this long after receipt (default 1; 0: before answering)",
+    )
+    parser.add_argument(
+        "--summary-lag-seconds",
+        type=float,
+        default=os.environ.get(ENVIRONMENT["summary_lag_seconds"]),
+        help="count a valid event in summaries this long after receipt (default 2; 0: at once)",
+    )
+    parser.add_argument(
+        "--report-window-seconds",
+        type=float,
+        default=os.environ.get(ENVIRONMENT["report_window_seconds"]),
+        help="report invalid v2 events per window of this many seconds (default 60)",
     )
     parser.add_argument(
         "--webhook-url",

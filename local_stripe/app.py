@@ -16,45 +16,64 @@ Stripe routes (the real ``stripe`` SDK works against them unchanged; point both 
   destination (``webhooks.py``).
 * ``GET /v2/core/event_destinations``, ``GET /v2/core/event_destinations/{id}`` - the
   configured ``webhook_url`` as one destination, or none (``destinations.py``).
+* ``POST /v1/billing/meter_event_adjustments`` (form), ``POST
+  /v2/billing/meter_event_adjustments`` (JSON), both with the secret key - cancel an event
+  received within 24 h (``adjustments.py``).
 
 Local routes (not Stripe; see ``faults.py`` for the settings):
 ``GET /_local/meter_events[?status=valid|pending|invalid]``, ``POST /_local/customers``
 (a customer with a chosen id), ``POST /_local/validate`` (judge every pending v2 event
-now), ``POST /_local/reset``, ``GET|POST /_local/faults``.
+now), ``GET /_local/clock``, ``POST /_local/clock {"advance_seconds": N}`` (the server's
+clock, ``clock.py``; what became due is done before the answer), ``POST /_local/reset``,
+``GET|POST /_local/faults``.
 
-Every Stripe call runs: injected failure -> authentication -> idempotency key -> endpoint
--> injected latency (taken once; meter-event endpoints take it inside their customer
-claims). Every answer carries a ``Request-Id`` header.
+Every Stripe call runs: authentication -> idempotency key -> injected failure ->
+endpoint -> injected latency (taken once; v1 meter events take it inside their customer
+claims), as ``pipeline.py`` describes. Every answer carries a ``Request-Id`` header.
+
+Stripe's hard edges are kept, by default: every time rule reads the server's clock;
+identifiers are unique within a rolling 24 h of their first receipt (across v1 and v2);
+idempotency keys are stored as Stripe stores them (per account, 24 h; v1 keeps its first
+answer once the endpoint began, an injected 500 included; v2 keeps successes only);
+summaries are per meter and lag ``summary_lag_seconds`` (2 s) behind receipt; one v1 call
+per customer per meter at a time; whole-number values only; error reports per meter per
+``report_window_seconds`` (60 s) window once it has ended, sampling the stream call's
+idempotency key. Kinder settings exist for tests (``faults.py``).
 
 Where this server knowingly differs from Stripe (so tests stay simple and deterministic):
 
 * v2 stream events are judged ``validation_delay_seconds`` (default 1 s) after receipt,
   against the account as it is then (a meter or customer created meanwhile counts), with
-  timestamps judged against receipt. Stripe's delay is unspecified and its reports cover
-  windows of its choosing; here each validation pass emits its own reports, one per
-  meter plus one ``no_meter_found``. The reports' codes and ``data`` follow Stripe's
-  documentation; their error messages are this server's (Stripe documents few).
+  timestamps judged against receipt. Stripe's delay and its report windows are its own;
+  here windows are aligned on multiples of ``report_window_seconds``. The reports' codes
+  and ``data`` follow Stripe's documentation; their error messages are this server's
+  (Stripe documents few). Whether Stripe's ``sample_errors[].request.identifier`` is the
+  request's idempotency key (the SDK's description, the default here) or the event's
+  identifier (``sample_request_identifier``) is not certain.
 * v1 meter events are judged in the request with the same rules and codes (400), except
   that a missing meter or customer is ``resource_missing``; Stripe does not document its
-  v1 codes for these cases. Values with decimals are accepted (Stripe documents whole
-  numbers only).
-* Identifiers are unique across v1 and v2 for the server's lifetime (Stripe: a rolling
-  24 h at least), among events that are valid or still pending; an event dropped as
-  invalid frees its identifier, so a corrected resend counts. v1: a known identifier
-  answers 400 ``resource_already_exists``. v2: an event whose identifier is known (from an
-  earlier call or earlier in the same call) is dropped silently; the call still answers
-  ``{}``.
-* Summaries count valid events at once (Stripe: eventually consistent). With a grouping
-  window only windows that have events are listed, newest first.
-* Idempotency keys are one global namespace and never expire; an answer is stored for
-  replay only once the endpoint ran (success, or ``resource_already_exists``), never for
-  validation errors, injected faults, or 429s, so a retry runs the request again.
+  v1 codes for these cases. A value with decimals is ``meter_event_invalid_value``, like
+  one that is not a number.
+* Identifiers: an event dropped as invalid frees its identifier, so a corrected resend
+  counts; a canceled event keeps it. v1: a known identifier answers 400
+  ``resource_already_exists``. v2: an event whose identifier is known (from an earlier
+  call or earlier in the same call) is dropped silently; the call still answers ``{}``.
+* Summaries: with a grouping window only windows that have events are listed, newest
+  first. The lag is one fixed delay (Stripe's varies).
+* Idempotency: keys are scoped by the ``Stripe-Account`` header (one account otherwise).
+  Which v1 errors count as "the endpoint began" is this server's reading: everything
+  after the parameters' shape is checked (a missing customer, a duplicate identifier, an
+  injected 500). A replayed 5xx says ``Stripe-Should-Retry: false``.
+* Adjustments cancel single events only (Stripe's only kind), answer ``status: pending``
+  and take effect after the summary lag; an unknown, too old or other-named event is 400
+  ``resource_missing``, an already canceled one 400 (v2 ``already_canceled``).
 * Customers hold only their basic fields (name, email, description, phone, metadata).
 * v2 events are the two meter error report types only, kept for the server's lifetime
   (Stripe: 30 days). List pages are ``page`` tokens that carry the filters, so ``page``
   takes no other parameter. A ``no_meter_found`` event's ``related_object`` is null.
 * One event destination for all event types, thin payloads only; a failed delivery is
-  retried 4 times within about 8 s (Stripe: for up to 3 days).
+  retried 4 times within about 8 s by real time (Stripe: for up to 3 days). Webhook
+  signatures are timestamped by real time, as the receiver checks them against its own.
 """
 
 from __future__ import annotations
@@ -64,15 +83,22 @@ import binascii
 import json
 import operator
 import secrets
-import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 
-from local_stripe import destinations
+from local_stripe import adjustments, destinations
 from local_stripe.account import LocalStripe
-from local_stripe.events import Problem, customer_of, judge, parse_event, v1_name, v2_namer
-from local_stripe.pipeline import answer, current_state, customer_calls, request_params, stripe_api
+from local_stripe.events import Problem, judge, parse_event, v1_name, v2_namer
+from local_stripe.pipeline import (
+    answer,
+    current_state,
+    customer_calls,
+    executing,
+    idempotency_key,
+    request_params,
+    stripe_api,
+)
 from local_stripe.state import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, new_customer, new_meter
 from local_stripe.wire import StripeError, missing, new_id, parse_rfc3339, reject_unknown, rfc3339
 
@@ -99,6 +125,7 @@ def create_app(**settings: Any) -> Flask:
     state.start()
     app.register_blueprint(bp)
     app.register_blueprint(destinations.bp)
+    app.register_blueprint(adjustments.bp)
     return app
 
 
@@ -122,7 +149,8 @@ def _add_request_id(response: Response) -> Response:
 @stripe_api("secret", accepts=("event_name", "payload", "identifier", "timestamp", "expand"))
 def create_meter_event(params: dict[str, Any]) -> dict[str, Any]:
     store = current_state().store
-    event = parse_event(params, via="v1", name=v1_name, now=time.time())
+    event = parse_event(params, via="v1", name=v1_name, now=store.clock.now(), idempotency_key=idempotency_key())
+    executing()
     verdict = judge(event, meter=store.meter_for(event.event_name), customer_exists=store.customer_exists)
     if isinstance(verdict, Problem):
         raise verdict.v1_error()
@@ -134,8 +162,9 @@ def create_meter_event(params: dict[str, Any]) -> dict[str, Any]:
 @bp.post("/v2/billing/meter_event_session")
 @stripe_api("secret", accepts=())
 def create_meter_event_session(params: dict[str, Any]) -> dict[str, Any]:
-    now = time.time()
-    expires_at = now + current_state().faults.session_ttl_seconds
+    executing()
+    now = current_state().clock.now()
+    expires_at = now + current_state().faults.current.session_ttl_seconds
     token = f"mes_tok_{secrets.token_urlsafe(24)}"
     current_state().store.add_session(token, expires_at)
     return {
@@ -162,19 +191,19 @@ def create_meter_event_stream(params: dict[str, Any]) -> dict[str, Any]:
             f"Invalid events: {len(events)} events given; a request supports up to {MAX_STREAM_EVENTS}.",
             param="events",
         )
-    now = time.time()
+    store = current_state().store
+    now, key = store.clock.now(), idempotency_key()
     parsed = []
     for index, raw in enumerate(events):
         prefix = f"events[{index}]"
         if not isinstance(raw, dict):
             raise StripeError(400, f"Invalid {prefix}: must be an object.", param=prefix)
         reject_unknown(raw, ("event_name", "payload", "identifier", "timestamp"), prefix=f"{prefix}.")
-        parsed.append(parse_event(raw, via="v2", name=v2_namer(prefix), now=now))
-    # Only the shape is checked here; the validator judges the events later.
-    store = current_state().store
-    claims = {(customer_of(event, store.meter_for(event.event_name)) or "", event.event_name) for event in parsed}
-    with customer_calls(claims):
-        store.record(parsed, duplicates="skip", pending=True)
+        parsed.append(parse_event(raw, via="v2", name=v2_namer(prefix), now=now, idempotency_key=key))
+    # Only the shape is checked here; the validator judges the events later. The
+    # one-call-per-customer rule is v1's: the stream is built for concurrent calls.
+    executing()
+    store.record(parsed, duplicates="skip", pending=True)
     current_state().validator.received()
     return {}
 
@@ -254,6 +283,7 @@ def create_meter(params: dict[str, Any]) -> dict[str, Any]:
     window = params.get("event_time_window") or None
     if window not in (None, *WINDOWS):
         raise StripeError(400, "Invalid event_time_window: must be one of day, hour", param="event_time_window")
+    executing()
     meter = new_meter(
         params["event_name"],
         display_name=params["display_name"],
@@ -261,6 +291,7 @@ def create_meter(params: dict[str, Any]) -> dict[str, Any]:
         customer_key=mapping.get("event_payload_key") or DEFAULT_CUSTOMER_KEY,
         value_key=_object_param(params, "value_settings").get("event_payload_key") or DEFAULT_VALUE_KEY,
         event_time_window=window,
+        now=current_state().clock.now(),
     )
     return current_state().store.add_meter(meter)
 
@@ -285,6 +316,7 @@ def retrieve_meter(meter_id: str) -> dict[str, Any]:
 @bp.post("/v1/billing/meters/<meter_id>/reactivate", defaults={"status": "active"})
 @stripe_api("secret")
 def change_meter_status(meter_id: str, status: str) -> dict[str, Any]:
+    executing()
     return _meter_or_404(current_state().store.set_meter_status(meter_id, status), meter_id)
 
 
@@ -310,7 +342,8 @@ def list_event_summaries(params: dict[str, Any], meter_id: str) -> dict[str, Any
     window = params.get("value_grouping_window") or None
     if window not in (None, *WINDOWS):
         raise StripeError(400, "Invalid value_grouping_window: must be one of day, hour", param="value_grouping_window")
-    summaries = current_state().store.summarize(meter, customer, start, end, WINDOWS.get(window) if window else None)
+    lag = current_state().faults.current.summary_lag_seconds
+    summaries = current_state().store.summarize(meter, customer, start, end, WINDOWS.get(window) if window else None, lag)
     return _page(summaries, params, f"/v1/billing/meters/{meter_id}/event_summaries")
 
 
@@ -330,7 +363,9 @@ def _no_such_customer(customer_id: str) -> StripeError:
 @bp.post("/v1/customers")
 @stripe_api("secret", accepts=(*CUSTOMER_FIELDS, "expand"))
 def create_customer(params: dict[str, Any]) -> dict[str, Any]:
-    return current_state().store.add_customer(new_customer(**_customer_fields(params)))
+    fields = _customer_fields(params)
+    executing()
+    return current_state().store.add_customer(new_customer(now=current_state().clock.now(), **fields))
 
 
 @bp.get("/v1/customers")
@@ -481,7 +516,8 @@ def _local_error(message: str) -> Response:
 @bp.get("/_local/meter_events")
 def local_meter_events() -> Response | dict[str, Any]:
     """Meter events, oldest first: ``status`` valid (default; what summaries count),
-    pending (v2, not yet judged) or invalid (dropped, with ``error_code`` and ``error_message``)."""
+    pending (v2, not yet judged) or invalid (dropped, with ``error_code`` and ``error_message``);
+    ``canceled_at`` is set once an adjustment canceled the event."""
     status = request.args.get("status", "valid")
     if status not in ("valid", "pending", "invalid"):
         return _local_error("status must be valid, pending or invalid")
@@ -503,7 +539,7 @@ def local_create_customer() -> Response | dict[str, Any]:
         return store.customer(params["id"])
     try:
         # Taken by a deleted customer: refused, as Stripe never reuses an id.
-        return store.add_customer(new_customer(params["id"], **_customer_fields(params)))
+        return store.add_customer(new_customer(params["id"], now=store.clock.now(), **_customer_fields(params)))
     except StripeError as error:
         return _local_error(error.message)
 
@@ -515,10 +551,29 @@ def local_validate() -> dict[str, Any]:
     return {"validated": True}
 
 
+@bp.get("/_local/clock")
+def local_clock() -> dict[str, Any]:
+    """The server's now (Unix seconds) and its offset from real time."""
+    clock = current_state().clock
+    return {"now": clock.now(), "offset": clock.offset}
+
+
+@bp.post("/_local/clock")
+def local_advance_clock() -> Response | dict[str, Any]:
+    """Move the clock forward (JSON ``{"advance_seconds": N}``, N >= 0); what became due
+    (judging events, error reports) is done before the answer, which is as for GET."""
+    body = request.get_json(silent=True)
+    seconds = body.get("advance_seconds") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        return _local_error('Send a JSON object with "advance_seconds": a number >= 0.')
+    current_state().advance_clock(seconds)
+    return local_clock()
+
+
 @bp.post("/_local/reset")
 def local_reset() -> dict[str, Any]:
     """Forget everything (customers, meters, meter and v2 events, sessions, idempotency keys,
-    deliveries not yet made); settings back to the server's defaults."""
+    deliveries not yet made); settings back to the server's defaults, the clock to real time."""
     current_state().reset()
     return {"reset": True}
 

@@ -10,9 +10,10 @@ Two stages, as at Stripe:
   ``event_name`` (``no_meter``), that meter active (``archived_meter``), the meter's customer
   key in the payload (``meter_event_no_customer_defined``) naming a customer that exists and
   is not deleted (``meter_event_customer_not_found``), a value under the meter's value key
-  (``meter_event_value_not_found``; optional for count meters) that is a number
-  (``meter_event_invalid_value``) of at most 15 significant digits
-  (``meter_event_value_too_many_digits``), and a timestamp at most 35 days before receipt
+  (``meter_event_value_not_found``; optional for count meters) that is a whole number
+  (``meter_event_invalid_value``: Stripe documents whole numbers only, so ``3.5`` is
+  refused like ``x``) of at most 15 digits (``meter_event_value_too_many_digits``), and a
+  timestamp at most 35 days before receipt
   (``timestamp_too_far_in_past``) and 5 minutes after it (``timestamp_in_future``).
 
 The codes are those of Stripe's asynchronous error reports. The v1 endpoint judges in the
@@ -24,6 +25,7 @@ later (``validator.py``) and reports.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -36,6 +38,7 @@ MAX_NAME_LENGTH = 100
 MAX_VALUE_DIGITS = 15
 PAST_LIMIT_SECONDS = 35 * 24 * 3600
 FUTURE_LIMIT_SECONDS = 5 * 60
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 V1_CODES = {"no_meter": "resource_missing", "meter_event_customer_not_found": "resource_missing"}
 
 
@@ -62,8 +65,11 @@ class Problem:
         return StripeError(400, self.message, code=V1_CODES.get(self.code, self.code), param=v1_name(*self.path))
 
 
-def parse_event(raw: dict[str, Any], *, via: str, name: Callable[..., str], now: float) -> MeterEvent:
-    """Check one meter event's shape like Stripe; the event, received at ``now``.
+def parse_event(
+    raw: dict[str, Any], *, via: str, name: Callable[..., str], now: float, idempotency_key: str | None = None
+) -> MeterEvent:
+    """Check one meter event's shape like Stripe; the event, received at ``now`` in the
+    request with ``idempotency_key``.
 
     ``via`` is "v1" (Unix-seconds timestamp) or "v2" (RFC 3339); ``name`` spells a
     parameter path the way that API version does, for the error's ``param``.
@@ -112,6 +118,7 @@ def parse_event(raw: dict[str, Any], *, via: str, name: Callable[..., str], now:
         via=via,
         created=int(now),
         received_at=now,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -121,12 +128,22 @@ def customer_of(event: MeterEvent, meter: dict[str, Any] | None) -> str | None:
     return event.payload.get(key) or None
 
 
-def _number(text: str) -> Decimal | None:
+def _value_problem(value: str, value_key: str) -> Problem | None:
+    """Why ``value`` cannot be counted, or None: a whole number of at most 15 digits."""
     try:
-        number = Decimal(text)
+        number = Decimal(value)
     except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
+        number = None
+    if number is None or not number.is_finite():
+        message = f"Value for key {value_key} must be a number, got {value!r}."
+        return Problem("meter_event_invalid_value", message, ("payload", value_key))
+    if not WHOLE_NUMBER.fullmatch(value.strip()):
+        message = f"Value for key {value_key} must be a whole number, got {value!r}."
+        return Problem("meter_event_invalid_value", message, ("payload", value_key))
+    if len(number.as_tuple().digits) > MAX_VALUE_DIGITS:
+        message = f"The value in the event payload can have at most {MAX_VALUE_DIGITS} digits. Received {value}."
+        return Problem("meter_event_value_too_many_digits", message, ("payload", value_key))
+    return None
 
 
 def judge(
@@ -160,20 +177,8 @@ def judge(
         return Problem(
             "meter_event_value_not_found", f"Value key {value_key} not found in payload.", ("payload", value_key)
         )
-    if value is not None:
-        number = _number(value)
-        if number is None:
-            return Problem(
-                "meter_event_invalid_value",
-                f"Value for key {value_key} must be a number, got {value!r}.",
-                ("payload", value_key),
-            )
-        if len(number.as_tuple().digits) > MAX_VALUE_DIGITS:
-            return Problem(
-                "meter_event_value_too_many_digits",
-                f"The value in the event payload can have at most {MAX_VALUE_DIGITS} digits. Received {value}.",
-                ("payload", value_key),
-            )
+    if value is not None and (problem := _value_problem(value, value_key)) is not None:
+        return problem
 
     if event.timestamp < event.received_at - PAST_LIMIT_SECONDS:
         return Problem(
@@ -183,4 +188,4 @@ def judge(
         return Problem(
             "timestamp_in_future", "The timestamp must not be more than 5 minutes in the future.", ("timestamp",)
         )
-    return dataclasses.replace(event, customer=customer, value=value)
+    return dataclasses.replace(event, customer=customer, value=value, meter_id=meter["id"])

@@ -1,12 +1,23 @@
-"""The pipeline every Stripe call runs through, in order:
+"""The pipeline every Stripe call runs through, in order (Stripe's):
 
-1. an injected failure, if one is due (``faults.py``);
-2. authentication: a secret key (``sk_...``) or, for the v2 stream, a session token;
-3. the idempotency key, if sent with a POST: replay the stored answer (with
-   ``Idempotent-Replayed: true``), refuse a key reused with other parameters (400) or one
-   whose first request is still running (409), else run and maybe store the answer;
-4. the endpoint, which may hold (customer, event_name) claims (``customer_calls``);
+1. authentication: a secret key (``sk_...``) or, for the v2 stream, a session token;
+2. the idempotency key, if sent with a POST: replay the stored answer (with
+   ``Idempotent-Replayed: true``), refuse a key reused with other parameters (400
+   ``idempotency_error``) or one whose first request is still running (409), else run
+   and maybe store the answer (``_idempotent``);
+3. an injected failure, if one is due (``faults.py``), which counts as the endpoint
+   failing;
+4. the endpoint, which may hold (customer, event_name) claims (``customer_calls``) and
+   which marks where its parameter checks end and its work begins (``executing``);
 5. the injected latency, taken once per call (inside the claims when there are some).
+
+Idempotency keys are scoped per account (the ``Stripe-Account`` header, else the
+account itself) and stored answers expire 24 h after they were stored, by the server's
+clock. What is stored follows Stripe's rules: v1 stores the first answer once the
+endpoint began (an injected 5xx included), never an authentication failure, a 429, or a
+refusal of the parameters before execution; v2 ("retries don't repeat successful
+operations; Stripe retries failed work to completion") stores successes only, so a
+retry after a failure runs again.
 
 Each call is logged with its answer's status (``Store.calls``), so a test can count what a
 client asked for, failed calls included.
@@ -20,6 +31,7 @@ import contextlib
 import functools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -120,14 +132,35 @@ def stripe_api(
     return decorate
 
 
+def executing() -> None:
+    """Called by an endpoint where its parameter checks end: an error from here on is the
+    endpoint's answer, which a v1 idempotency key stores."""
+    g.executing = True
+
+
+def idempotency_key() -> str:
+    """This request's Idempotency-Key as received; without one, a key like those the SDK
+    generates (one per request), so every meter event knows the request that brought it."""
+    if "idempotency_key" not in g:
+        g.idempotency_key = request.headers.get("Idempotency-Key") or str(uuid.uuid4())
+    return g.idempotency_key
+
+
+def _take_failure() -> None:
+    faults = current_state().faults
+    failure = faults.take_failure()
+    if failure is not None:
+        if faults.current.store_injected_failures:
+            executing()  # the endpoint "failed": Stripe stores a 500 like any answer
+        raise failure
+
+
 def _run(view: Callable[..., dict[str, Any]], kwargs: dict[str, Any], auth: str) -> Response:
     try:
-        failure = current_state().faults.take_failure()
-        if failure is not None:
-            raise failure
         authenticate(auth)
         if request.method == "POST" and request.headers.get("Idempotency-Key"):
             return _idempotent(view, kwargs, request.headers["Idempotency-Key"])
+        _take_failure()
         return answer(view(**kwargs))
     except StripeError as error:
         return answer(error.body(), error.status, error.headers)
@@ -145,10 +178,22 @@ def _given_params(view: Callable[..., dict[str, Any]], accepts: tuple[str, ...])
     return with_params
 
 
+def _stored_error(error: StripeError) -> tuple[int, dict[str, Any], dict[str, str], str] | None:
+    """The error answer a key stores: v1 only, once the endpoint began, never a 429."""
+    if request.path.startswith("/v2/") or error.status == 429 or not g.get("executing"):
+        return None
+    headers = dict(error.headers)
+    if "Stripe-Should-Retry" in headers:
+        # A retry with this key would only replay the answer; Stripe says so.
+        headers["Stripe-Should-Retry"] = error.headers["Stripe-Should-Retry"] = "false"
+    return (error.status, error.body(), headers, g.request_id)
+
+
 def _idempotent(view: Callable[..., dict[str, Any]], kwargs: dict[str, Any], key: str) -> Response:
     """Run the view once per idempotency key; replay its stored answer for a retry."""
     store = current_state().store
-    outcome, record = store.idempotency_begin(key, (request.method, request.path, request_params()))
+    scoped = (request.headers.get("Stripe-Account") or "", key)
+    outcome, record = store.idempotency_begin(scoped, (request.method, request.path, request_params()))
     if outcome == "replay":
         assert record.answer is not None
         status, body, headers, original_request = record.answer
@@ -169,29 +214,29 @@ def _idempotent(view: Callable[..., dict[str, Any]], kwargs: dict[str, Any], key
             f"Try using a key other than '{key}' if you meant to execute a different request.",
             type="idempotency_error",
         )
-    stored = None  # stays None (the key is forgotten) unless the endpoint ran
+    stored = None  # stays None (the key is forgotten) unless the answer is one to keep
     try:
+        _take_failure()
         body = view(**kwargs)
         stored = (200, body, {}, g.request_id)
         return answer(body)
     except StripeError as error:
-        if error.replayable:
-            stored = (error.status, error.body(), error.headers, g.request_id)
+        stored = _stored_error(error)
         raise
     finally:
-        store.idempotency_finish(key, record, stored)
+        store.idempotency_finish(scoped, record, stored)
 
 
 @contextlib.contextmanager
 def customer_calls(keys: Iterable[tuple[str, str]]) -> Iterator[None]:
-    """Hold (customer, event_name) claims for the call when ``one_call_per_customer`` is on.
+    """Hold (customer, event_name) claims for a v1 call when ``one_call_per_customer`` is on.
 
     The latency is taken inside, so that a slow call keeps its claims and an overlapping
     call for the same customer and meter is refused, as Stripe does.
     """
     state = current_state()
     keys = set(keys)
-    if not state.faults.one_call_per_customer:
+    if not state.faults.current.one_call_per_customer:
         pause()
         yield
         return

@@ -1,19 +1,25 @@
 """The server's in-memory store: customers, meters, meter events, v2 events, sessions,
-idempotency records.
+idempotency records, the error reports not yet due.
 
 One lock guards everything; every method takes it for a short, non-blocking critical
-section (nobody sleeps while holding it). Identifiers are one namespace for v1 and v2
-events, as a client needs them to be for "the identifier dedupes" to hold.
+section (nobody sleeps while holding it). Times are the server clock's (``clock.py``).
 
-A meter event is ``valid`` (counted in summaries) or, when it came through the v2 stream,
-first ``pending`` until the validator judges it, then ``valid`` or ``invalid`` (dropped:
-listed for inspection, never counted, its identifier free again for a corrected resend).
+Identifiers are one namespace for v1 and v2 events, unique within a rolling 24 h from an
+identifier's first receipt, as at Stripe: after that the same identifier is a new event
+(a resend a day later counts twice).
+
+A meter event is ``valid`` (counted in its meter's summaries ``summary_lag_seconds`` after
+receipt) or, when it came through the v2 stream, first ``pending`` until the validator
+judges it, then ``valid`` or ``invalid`` (dropped: listed for inspection, never counted,
+its identifier free again for a corrected resend). A valid event canceled by a meter
+event adjustment leaves the summaries ``summary_lag_seconds`` after the cancellation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import secrets
 import string
 import threading
@@ -22,10 +28,15 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from local_stripe.clock import Clock
 from local_stripe.wire import StripeError, new_id
 
 DEFAULT_CUSTOMER_KEY = "stripe_customer_id"
 DEFAULT_VALUE_KEY = "value"
+DAY_SECONDS = 24 * 3600
+# How long an identifier stays taken, a stored idempotent answer is replayed, and an
+# event can be canceled (Stripe: 24 h each).
+IDENTIFIER_WINDOW_SECONDS = IDEMPOTENCY_SECONDS = CANCEL_WINDOW_SECONDS = DAY_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +53,16 @@ class MeterEvent:
     received_at: float
     customer: str | None = None
     value: str | None = None
+    # The meter it was attributed to when judged valid: its summaries count it.
+    meter_id: str | None = None
+    # The Idempotency-Key of the request that brought it (what error reports sample).
+    idempotency_key: str | None = None
+    canceled_at: float | None = None
+
+    def counted(self, now: float, lag: float) -> bool:
+        """In the summaries at ``now``: received ``lag`` ago, and not canceled that long ago."""
+        canceled = self.canceled_at is not None and self.canceled_at + lag <= now
+        return self.received_at + lag <= now and not canceled
 
     def v1_object(self) -> dict[str, Any]:
         return {
@@ -63,6 +84,7 @@ class MeterEvent:
             "timestamp": self.timestamp,
             "via": self.via,
             "received_at": self.received_at,
+            "canceled_at": self.canceled_at,
         }
 
 
@@ -74,9 +96,10 @@ def new_meter(
     customer_key: str = DEFAULT_CUSTOMER_KEY,
     value_key: str = DEFAULT_VALUE_KEY,
     event_time_window: str | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
-    """A ``billing.meter`` object as Stripe returns it."""
-    now = int(time.time())
+    """A ``billing.meter`` object as Stripe returns it, created at ``now`` (default: real now)."""
+    now = int(time.time() if now is None else now)
     return {
         "id": new_id("mtr_test"),
         "object": "billing.meter",
@@ -94,16 +117,17 @@ def new_meter(
     }
 
 
-def new_customer(customer_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    """A ``customer`` object as Stripe returns it; ``fields`` among name, email, description,
-    phone, metadata. Stripe's ids are ``cus_`` and 14 letters or digits."""
+def new_customer(customer_id: str | None = None, now: float | None = None, **fields: Any) -> dict[str, Any]:
+    """A ``customer`` object as Stripe returns it, created at ``now`` (default: real now);
+    ``fields`` among name, email, description, phone, metadata. Stripe's ids are ``cus_``
+    and 14 letters or digits."""
     alphabet = string.ascii_letters + string.digits
     return {
         "id": customer_id or "cus_" + "".join(secrets.choice(alphabet) for _ in range(14)),
         "object": "customer",
         "address": None,
         "balance": 0,
-        "created": int(time.time()),
+        "created": int(time.time() if now is None else now),
         "currency": None,
         "default_source": None,
         "delinquent": False,
@@ -148,10 +172,16 @@ class IdempotencyRecord:
     fingerprint: Any
     # None while the first request with the key is still running.
     answer: tuple[int, dict[str, Any], dict[str, str], str] | None = None
+    stored_at: float = 0.0
+
+
+# An error report's group: (meter id or None for no_meter_found, window start, window end).
+ReportWindow = tuple[str | None, float, float]
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self._generation = 0
         self.reset()
@@ -163,7 +193,8 @@ class Store:
             self._events: list[MeterEvent] = []
             self._pending: list[MeterEvent] = []
             self._invalid: list[tuple[MeterEvent, str, str]] = []
-            self._identifiers: set[str] = set()  # of valid and pending events
+            self._identifiers: dict[str, float] = {}  # first receipt, of valid and pending events
+            self._unreported: dict[ReportWindow, list[Any]] = {}  # invalid (event, problem, meter)
             self._customers: dict[str, dict[str, Any]] = {}
             self._meters: dict[str, dict[str, Any]] = {}
             self._core_events: list[dict[str, Any]] = []
@@ -257,7 +288,7 @@ class Store:
             meter = self._meters.get(meter_id)
             if meter is None:
                 return None
-            now = int(time.time())
+            now = int(self.clock.now())
             meter["status"] = status
             meter["status_transitions"] = {"deactivated_at": now if status == "inactive" else None}
             meter["updated"] = now
@@ -274,17 +305,17 @@ class Store:
         accepted = []
         with self._lock:
             for event in events:
-                if event.identifier in self._identifiers:
+                first_receipt = self._identifiers.get(event.identifier)
+                if first_receipt is not None and event.received_at - first_receipt < IDENTIFIER_WINDOW_SECONDS:
                     if duplicates == "reject":
                         raise StripeError(
                             400,
                             f"An event already exists with identifier {event.identifier}.",
                             code="resource_already_exists",
                             param="identifier",
-                            replayable=True,
                         )
                     continue
-                self._identifiers.add(event.identifier)
+                self._identifiers[event.identifier] = event.received_at
                 (self._pending if pending else self._events).append(event)
                 accepted.append(event)
         return accepted
@@ -302,16 +333,62 @@ class Store:
             self._pending = [event for event in self._pending if event.received_at > received_by]
             return self._generation, due
 
-    def settle(self, generation: int, valid: list[MeterEvent], invalid: list[tuple[MeterEvent, str, str]]) -> bool:
-        """Store judged events: ``valid`` ones count, ``invalid`` ones (event, code, message)
-        are dropped and free their identifiers. False (nothing stored) after a reset."""
+    def settle(self, generation: int, valid: list[MeterEvent], invalid: list[Any], report_window: float) -> bool:
+        """Store judged events: ``valid`` ones count, ``invalid`` ones (event, problem, meter)
+        are dropped, free their identifiers, and wait for their error report in the window
+        of ``report_window`` seconds their receipt falls in. False (nothing stored) after a
+        reset."""
         with self._lock:
             if generation != self._generation:
                 return False
             self._events.extend(valid)
-            self._invalid.extend(invalid)
-            self._identifiers.difference_update(event.identifier for event, _, _ in invalid)
+            for event, problem, meter in invalid:
+                self._invalid.append((event, problem.code, problem.message))
+                if self._identifiers.get(event.identifier) == event.received_at:
+                    del self._identifiers[event.identifier]
+                start = event.received_at - event.received_at % report_window
+                key = (meter["id"] if meter else None, start, start + report_window)
+                self._unreported.setdefault(key, []).append((event, problem, meter))
             return True
+
+    def next_report_due(self) -> float | None:
+        """When the earliest error report window ends, or None if none is waiting."""
+        with self._lock:
+            return min((end for _, _, end in self._unreported), default=None)
+
+    def take_due_reports(self, now: float) -> list[tuple[ReportWindow, list[Any]]]:
+        """Remove and return the report windows that have ended by ``now`` and whose events
+        are all judged (nothing pending was received before the window's end), oldest first."""
+        with self._lock:
+            oldest_pending = min((event.received_at for event in self._pending), default=math.inf)
+            due = [key for key in self._unreported if key[2] <= now and key[2] <= oldest_pending]
+            return [(key, self._unreported.pop(key)) for key in sorted(due, key=lambda key: (key[1], key[0] or ""))]
+
+    def cancel(self, event_name: str, identifier: str) -> MeterEvent | None:
+        """Cancel the valid or pending event with this identifier received within the last
+        24 h; the canceled event, or None if there is none to cancel (already canceled
+        ones included)."""
+        now = self.clock.now()
+        with self._lock:
+            for events in (self._events, self._pending):
+                for index, event in enumerate(events):
+                    if (
+                        event.identifier == identifier
+                        and event.event_name == event_name
+                        and event.canceled_at is None
+                        and now - event.received_at < CANCEL_WINDOW_SECONDS
+                    ):
+                        events[index] = dataclasses.replace(event, canceled_at=now)
+                        return events[index]
+        return None
+
+    def canceled(self, event_name: str, identifier: str) -> bool:
+        """Whether an event with this name and identifier has been canceled."""
+        with self._lock:
+            return any(
+                e.identifier == identifier and e.event_name == event_name and e.canceled_at is not None
+                for e in (*self._events, *self._pending)
+            )
 
     def meter_events(self, status: str = "valid") -> list[dict[str, Any]]:
         """Meter events with ``status`` (valid, pending, invalid) as listed, oldest first.
@@ -327,18 +404,21 @@ class Store:
             return [event.listing() for event in (self._pending if status == "pending" else self._events)]
 
     def summarize(
-        self, meter: dict[str, Any], customer: str, start: int, end: int, window: int | None
+        self, meter: dict[str, Any], customer: str, start: int, end: int, window: int | None, lag: float
     ) -> list[dict[str, Any]]:
-        """``billing.meter_event_summary`` objects for events in [start, end), newest first.
+        """``billing.meter_event_summary`` objects for the meter's events in [start, end),
+        newest first, counting only what is visible ``lag`` seconds after it happened
+        (``MeterEvent.counted``).
 
         Without a window: one summary for the whole range (also when it is empty). With a
         window (3600 or 86400 s, aligned on UTC): one per window that has events.
         """
+        now = self.clock.now()
         with self._lock:
             events = [
                 e
                 for e in self._events
-                if e.event_name == meter["event_name"] and e.customer == customer and start <= e.timestamp < end
+                if e.meter_id == meter["id"] and e.customer == customer and start <= e.timestamp < end and e.counted(now, lag)
             ]
         formula = meter["default_aggregation"]["formula"]
         if window is None:
@@ -415,14 +495,18 @@ class Store:
     def session_valid(self, token: str) -> bool:
         with self._lock:
             expires_at = self._sessions.get(token)
-        return expires_at is not None and time.time() < expires_at
+        return expires_at is not None and self.clock.now() < expires_at
 
     # -- idempotency --------------------------------------------------------------------
 
-    def idempotency_begin(self, key: str, fingerprint: Any) -> tuple[str, IdempotencyRecord]:
-        """("new" | "replay" | "busy" | "mismatch", record) for a request with ``key``."""
+    def idempotency_begin(self, key: Any, fingerprint: Any) -> tuple[str, IdempotencyRecord]:
+        """("new" | "replay" | "busy" | "mismatch", record) for a request with ``key``; a
+        stored answer is forgotten 24 h after it was stored."""
+        now = self.clock.now()
         with self._lock:
             record = self._idempotency.get(key)
+            if record is not None and record.answer is not None and now - record.stored_at >= IDEMPOTENCY_SECONDS:
+                record = None
             if record is None:
                 record = self._idempotency[key] = IdempotencyRecord(fingerprint)
                 return "new", record
@@ -431,7 +515,7 @@ class Store:
             return ("busy" if record.answer is None else "replay"), record
 
     def idempotency_finish(
-        self, key: str, record: IdempotencyRecord, answer: tuple[int, dict[str, Any], dict[str, str], str] | None
+        self, key: Any, record: IdempotencyRecord, answer: tuple[int, dict[str, Any], dict[str, str], str] | None
     ) -> None:
         """Store the answer to replay, or (None) forget the key so a retry runs again."""
         with self._lock:
@@ -442,3 +526,4 @@ class Store:
                 del self._idempotency[key]
             else:
                 record.answer = answer
+                record.stored_at = self.clock.now()

@@ -69,6 +69,15 @@ class ThreadedStripeServer(_ThreadedServer):
     def faults(self) -> dict[str, Any]:
         return self.state.faults.snapshot()
 
+    def now(self) -> float:
+        """The server's now (Unix seconds): real time plus the clock's offset."""
+        return self.state.clock.now()
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the server's clock forward, doing at once what became due (judging events,
+        emitting error reports), as ``POST /_local/clock`` does; the new now."""
+        return self.state.advance_clock(seconds)
+
     def set_validation_delay(self, seconds: float) -> None:
         """How long after receipt v2 stream events are judged; 0: before the call answers."""
         self.set_faults(validation_delay_seconds=seconds)
@@ -80,14 +89,14 @@ class ThreadedStripeServer(_ThreadedServer):
     def create_meter(self, event_name: str, display_name: str | None = None) -> dict[str, Any]:
         """An active meter as the billing service configures it: sum of ``value`` per
         ``stripe_customer_id``."""
-        return self.state.store.add_meter(new_meter(event_name, display_name=display_name))
+        return self.state.store.add_meter(new_meter(event_name, display_name=display_name, now=self.now()))
 
     def create_customers(self, *customer_ids: str) -> list[dict[str, Any]]:
         """Customers with these ids (those already there are kept as they are)."""
         store = self.state.store
         for customer_id in customer_ids:
             if not store.customer_exists(customer_id):
-                store.add_customer(new_customer(customer_id))
+                store.add_customer(new_customer(customer_id, now=self.now()))
         return [store.customer(customer_id) for customer_id in customer_ids]
 
     def validate_now(self) -> None:

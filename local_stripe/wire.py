@@ -17,12 +17,7 @@ from typing import Any
 
 
 class StripeError(Exception):
-    """An error answer in Stripe's shape; raise it anywhere in a request to answer it.
-
-    ``replayable`` marks errors that an idempotency key should remember: Stripe stores an
-    answer only once the endpoint "started executing", never for validation errors or
-    conflicts with a concurrent request (those may succeed on retry with the same key).
-    """
+    """An error answer in Stripe's shape; raise it anywhere in a request to answer it."""
 
     def __init__(
         self,
@@ -33,7 +28,6 @@ class StripeError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
-        replayable: bool = False,
     ):
         super().__init__(message)
         self.status = status
@@ -42,7 +36,6 @@ class StripeError(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
-        self.replayable = replayable
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.type, "message": self.message}

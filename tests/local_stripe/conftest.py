@@ -14,8 +14,11 @@ from tests.support.stripe_sdk import CUSTOMERS, EVENT_NAME, open_session, sdk_cl
 
 @pytest.fixture
 def stripe(stripe_server):
-    """The server as a new Stripe account: nothing in it, and Stripe's way of judging v2
-    events a while after they arrive (the other suites' server judges them at once)."""
+    """The server as a new Stripe account: nothing in it, its clock at real time, Stripe's
+    hard edges on (summary lag, report windows, one v1 call per customer, idempotency as
+    stored), and Stripe's way of judging v2 events a while after they arrive (the other
+    suites' server judges them at once). ``settle`` moves its clock on to what Stripe
+    shows later."""
     from local_stripe.faults import DEFAULT_VALIDATION_DELAY_SECONDS
 
     stripe_server.reset()

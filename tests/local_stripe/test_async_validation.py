@@ -1,8 +1,9 @@
 """The v2 meter event stream validates asynchronously, as Stripe does: a call with well-formed
 events answers ``{}`` at once, each event is judged later, and invalid ones are dropped
-(never summarized) and reported as v2 events. Tests force the validation with
-``stripe.validate_now()`` (``POST /_local/validate``) rather than sleeping, except where
-the delay itself is under test.
+(never summarized) and reported as v2 events, per meter and per report window once the
+window has ended. Tests force the validation with ``stripe.validate_now()`` (``POST
+/_local/validate``) and move the server's clock past the report window and the summary
+lag (``settle``) rather than sleeping, except where the delay itself is under test.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import requests
 import stripe as stripe_sdk
 
 from local_stripe.testing import serve_in_thread
-from tests.support.stripe_sdk import open_session, rfc3339_millis, sdk_client, v1_event, v2_event
+from tests.support.stripe_sdk import (
+    at_report_window_start,
+    open_session,
+    rfc3339_millis,
+    sdk_client,
+    settle,
+    v1_event,
+    v2_event,
+)
 
 pytestmark = pytest.mark.usefixtures("account")
 
@@ -49,7 +58,8 @@ def at(**offset) -> str:
         (lambda: v2_event(value="five"), "meter_event_invalid_value"),
         (lambda: v2_event(value="NaN"), "meter_event_invalid_value"),
         (lambda: v2_event(value="1234567890123456"), "meter_event_value_too_many_digits"),
-        (lambda: v2_event(value="0.1234567890123456"), "meter_event_value_too_many_digits"),
+        (lambda: v2_event(value="3.5"), "meter_event_invalid_value"),  # whole numbers only
+        (lambda: v2_event(value="0.1234567890123456"), "meter_event_invalid_value"),
         (lambda: v2_event(value="5", timestamp=at(days=-35, minutes=-1)), "timestamp_too_far_in_past"),
         (lambda: v2_event(value="5", timestamp=at(minutes=5, seconds=30)), "timestamp_in_future"),
     ],
@@ -58,9 +68,9 @@ def test_each_rule_drops_the_event_with_its_error_code(stripe, client, streamer,
     client.v1.customers.delete("cus_b")
     good, bad = v2_event("cus_a", "2"), make_bad()
 
-    streamer.v2.billing.meter_event_stream.create({"events": [good, bad]})
+    streamer.v2.billing.meter_event_stream.create({"events": [good, bad]}, {"idempotency_key": "the-call"})
     assert [e["identifier"] for e in stripe.meter_events("pending")] == [good["identifier"], bad["identifier"]]
-    stripe.validate_now()
+    settle(stripe)
 
     assert [event["identifier"] for event in stripe.meter_events()] == [good["identifier"]]
     assert invalid(stripe) == [(bad["identifier"], code)]
@@ -68,14 +78,15 @@ def test_each_rule_drops_the_event_with_its_error_code(stripe, client, streamer,
     [report] = client.v2.core.events.list().data
     assert (report.type, report.related_object.id) == (ERROR_REPORT, account["id"])
     assert [(t.code, t.error_count) for t in report.data.reason.error_types] == [(code, 1)]
-    assert report.data.reason.error_types[0].sample_errors[0].request.identifier == bad["identifier"]
+    # The SDK documents the sample's request.identifier as "the request idempotency key".
+    assert report.data.reason.error_types[0].sample_errors[0].request.identifier == "the-call"
 
 
 def test_events_of_an_inactive_meter_are_dropped_as_archived_meter(stripe, client, streamer, account):
     events = [v2_event("cus_a", "2"), v2_event("cus_b", "3")]
     streamer.v2.billing.meter_event_stream.create({"events": events})
     client.v1.billing.meters.deactivate(account["id"])
-    stripe.validate_now()
+    settle(stripe)
 
     assert stripe.meter_events() == []
     assert invalid(stripe) == [(event["identifier"], "archived_meter") for event in events]
@@ -88,7 +99,7 @@ def test_events_without_a_meter_are_reported_as_no_meter_found(stripe, client, s
     unmetered = [v2_event(event_name="unmetered_a"), v2_event(event_name="unmetered_b")]
     bad_value = v2_event(value="x")
     streamer.v2.billing.meter_event_stream.create({"events": [*unmetered, bad_value, v2_event()]})
-    stripe.validate_now()
+    settle(stripe)
 
     codes = ["no_meter", "no_meter", "meter_event_invalid_value"]
     assert invalid(stripe) == [(e["identifier"], code) for e, code in zip([*unmetered, bad_value], codes, strict=True)]
@@ -109,11 +120,10 @@ def test_events_without_a_meter_are_reported_as_no_meter_found(stripe, client, s
 def test_a_report_counts_every_error_but_samples_three_per_code(stripe, client, streamer, account):
     bad_values = [v2_event(value=f"bad-{i}") for i in range(5)]
     unknown_customers = [v2_event(f"cus_unknown_{i}") for i in range(2)]
-    before = time.time()
-    streamer.v2.billing.meter_event_stream.create({"events": [*bad_values, v2_event("cus_a", "7")]})
-    streamer.v2.billing.meter_event_stream.create({"events": unknown_customers})
-    after = time.time()
-    stripe.validate_now()
+    window_start = at_report_window_start(stripe)
+    streamer.v2.billing.meter_event_stream.create({"events": [*bad_values, v2_event("cus_a", "7")]}, {"idempotency_key": "one"})
+    streamer.v2.billing.meter_event_stream.create({"events": unknown_customers}, {"idempotency_key": "two"})
+    settle(stripe)
 
     [report] = client.v2.core.events.list().data
     data = report.data
@@ -124,10 +134,11 @@ def test_a_report_counts_every_error_but_samples_three_per_code(stripe, client, 
         ("meter_event_customer_not_found", 2, 2),
     ]
     samples = data.reason.error_types[0].sample_errors
-    assert [s.request.identifier for s in samples] == [e["identifier"] for e in bad_values[:3]]
+    assert [s.request.identifier for s in samples] == ["one"] * 3
     assert samples[0].error_message == "Value for key value must be a number, got 'bad-0'."
+    assert [s.request.identifier for s in data.reason.error_types[1].sample_errors] == ["two"] * 2
     start, end = (dt.datetime.fromisoformat(data[key]).timestamp() for key in ("validation_start", "validation_end"))
-    assert before - 0.001 <= start <= end <= after + 0.001
+    assert (start, end) == (window_start, window_start + stripe.faults()["report_window_seconds"])
     assert summarized(client, account["id"]) == 7
 
 
@@ -147,6 +158,8 @@ def test_events_are_accepted_at_once_and_judged_after_the_delay(stripe, client, 
     assert [e["identifier"] for e in stripe.meter_events()] == [good["identifier"]]
     assert invalid(stripe) == [(bad["identifier"], "meter_event_customer_not_found")]
     assert stripe.meter_events("pending") == []
+    assert client.v2.core.events.list().data == []  # its report window has not ended
+    stripe.advance_clock(stripe.faults()["report_window_seconds"])
     assert [event.type for event in client.v2.core.events.list().data] == [ERROR_REPORT]
 
 
@@ -178,7 +191,7 @@ def test_a_corrected_resend_of_an_invalid_event_counts(stripe, client, streamer,
 
     stripe.create_customers("cus_late")
     streamer.v2.billing.meter_event_stream.create({"events": [event]})
-    stripe.validate_now()
+    settle(stripe)
 
     assert [e["identifier"] for e in stripe.meter_events()] == [event["identifier"]]
     assert summarized(client, account["id"], "cus_late") == 4
@@ -192,7 +205,7 @@ def test_a_pending_identifier_is_known_to_v1_and_v2(stripe, client, streamer, ac
     with pytest.raises(stripe_sdk.InvalidRequestError) as caught:
         client.v1.billing.meter_events.create({**v1_event("cus_a", "5"), "identifier": event["identifier"]})
     assert caught.value.code == "resource_already_exists"
-    stripe.validate_now()
+    settle(stripe)
 
     assert [(e["identifier"], e["value"]) for e in stripe.meter_events()] == [(event["identifier"], "3")]
     assert summarized(client, account["id"]) == 3
@@ -213,6 +226,7 @@ def test_idempotency_key_replays_a_stream_call_without_a_second_validation(strip
     assert first.json() == replay.json() == {}
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert len(stripe.meter_events()) == len(stripe.meter_events("invalid")) == 1
+    settle(stripe)
     assert len(client.v2.core.events.list().data) == 1
 
 
@@ -245,3 +259,65 @@ def test_reset_forgets_pending_events_and_settings_return_to_the_defaults():
 
         assert server.meter_events("pending") == []
         assert server.faults()["validation_delay_seconds"] == 1.0
+
+
+# -- report windows ------------------------------------------------------------------------
+
+
+def test_two_validation_passes_in_one_window_make_one_report_when_it_ends(stripe, client, streamer):
+    window_start = at_report_window_start(stripe)
+    for customer in ("cus_unknown_1", "cus_unknown_2"):
+        streamer.v2.billing.meter_event_stream.create({"events": [v2_event(customer)]})
+        stripe.validate_now()
+    assert client.v2.core.events.list().data == []  # the window has not ended
+
+    answer = requests.post(f"{stripe.url}/_local/clock", json={"advance_seconds": stripe.faults()["report_window_seconds"]}, timeout=5)
+
+    assert answer.status_code == 200
+    [report] = client.v2.core.events.list().data  # emitted before the clock route answered
+    assert report.data.reason.error_count == 2
+    assert dt.datetime.fromisoformat(report.data.validation_start).timestamp() == window_start
+
+
+def test_events_of_two_windows_are_reported_in_two_reports(stripe, client, streamer):
+    stripe.set_faults(report_window_seconds=10)
+    at_report_window_start(stripe)
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event("cus_unknown")]})
+    stripe.advance_clock(10)
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event("cus_unknown"), v2_event("cus_unknown")]})
+    settle(stripe)
+
+    reports = client.v2.core.events.list().data
+    assert [r.data.reason.error_count for r in reports] == [2, 1]  # newest first
+    assert reports[0].data.validation_start == reports[1].data.validation_end
+
+
+def test_a_report_waits_for_the_events_of_its_window_to_be_judged(stripe, client, streamer):
+    stripe.set_faults(report_window_seconds=1, validation_delay_seconds=30)
+    streamer.v2.billing.meter_event_stream.create({"events": [v2_event("cus_unknown")]})
+
+    stripe.advance_clock(2)  # the window has ended, its event is not judged yet
+    assert client.v2.core.events.list().data == []
+    stripe.advance_clock(30)
+    assert len(client.v2.core.events.list().data) == 1
+
+
+def test_samples_can_name_the_events_identifier_instead(stripe, client, streamer):
+    stripe.set_faults(sample_request_identifier="event_identifier")
+    bad = v2_event("cus_unknown")
+    streamer.v2.billing.meter_event_stream.create({"events": [bad]}, {"idempotency_key": "the-call"})
+    settle(stripe)
+
+    [report] = client.v2.core.events.list().data
+    assert report.data.reason.error_types[0].sample_errors[0].request.identifier == bad["identifier"]
+
+
+def test_a_keyless_stream_call_samples_a_key_of_its_own(stripe, client):
+    _, session = open_session(stripe, client)
+    headers = {"Authorization": f"Bearer {session.authentication_token}"}
+    requests.post(f"{stripe.url}/v2/billing/meter_event_stream", json={"events": [v2_event("cus_unknown")]}, headers=headers, timeout=5)
+    settle(stripe)
+
+    [report] = client.v2.core.events.list().data
+    identifier = report.data.reason.error_types[0].sample_errors[0].request.identifier
+    assert identifier and identifier != stripe.meter_events("invalid")[0]["identifier"]

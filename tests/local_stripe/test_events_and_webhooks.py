@@ -12,7 +12,7 @@ import requests
 import stripe as stripe_sdk
 
 from local_stripe.testing import receive_webhooks
-from tests.support.stripe_sdk import API_KEY, sdk_client, v2_event
+from tests.support.stripe_sdk import API_KEY, sdk_client, settle, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
 
@@ -30,18 +30,19 @@ def receiver(stripe):
         yield receiver
 
 
-def report(stripe, streamer, *events: dict) -> None:
-    """Stream ``events`` and validate them at once (so their reports are emitted)."""
-    streamer.v2.billing.meter_event_stream.create({"events": list(events)})
-    stripe.validate_now()
+def report(stripe, streamer, *events: dict, idempotency_key: str | None = None) -> None:
+    """Stream ``events``, validate them at once and move the clock past their report
+    window (so their reports are emitted)."""
+    options = {"idempotency_key": idempotency_key} if idempotency_key else {}
+    streamer.v2.billing.meter_event_stream.create({"events": list(events)}, options)
+    settle(stripe)
 
 
 # -- delivery -----------------------------------------------------------------------------
 
 
 def test_thin_event_is_signed_and_fetches_the_full_event(stripe, client, streamer, receiver, account):
-    bad = v2_event("cus_unknown")
-    report(stripe, streamer, bad)
+    report(stripe, streamer, v2_event("cus_unknown"), idempotency_key="the-stream-call")
 
     [delivery] = receiver.wait_for(1)
     body = json.loads(delivery.body)
@@ -64,7 +65,7 @@ def test_thin_event_is_signed_and_fetches_the_full_event(stripe, client, streame
     [error_type] = event.data.reason.error_types
     assert error_type.code == "meter_event_customer_not_found"
     assert error_type.sample_errors[0].error_message == "No such customer: 'cus_unknown'"
-    assert error_type.sample_errors[0].request.identifier == bad["identifier"]
+    assert error_type.sample_errors[0].request.identifier == "the-stream-call"
     assert notification.fetch_related_object().id == account["id"]
 
 
@@ -122,6 +123,7 @@ def test_an_unreachable_destination_never_delays_a_request(stripe, streamer):
     streamer.v2.billing.meter_event_stream.create({"events": [v2_event("cus_unknown") for _ in range(10)]})
 
     assert time.monotonic() - started < 0.5
+    settle(stripe)
     assert len(stripe.core_events()) == 1
 
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 import stripe as stripe_sdk
 
-from tests.support.stripe_sdk import API_KEY, EVENT_NAME, open_session, sdk_client, v1_event, v2_event
+from tests.support.stripe_sdk import API_KEY, EVENT_NAME, open_session, sdk_client, settle, v1_event, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
 
@@ -38,14 +38,14 @@ def no_retry_wait(monkeypatch):
 
 def test_v1_meter_event_answers_the_stripe_object_and_is_recorded(stripe, client):
     timestamp = int(time.time()) - 60
-    params = v1_event("cus_1", "2.5", timestamp=timestamp)
+    params = v1_event("cus_1", "25", timestamp=timestamp)
 
     stripe.create_customers("cus_1")
     created = client.v1.billing.meter_events.create(params)
 
     assert created.object == "billing.meter_event"
     assert (created.event_name, created.identifier, created.timestamp) == (EVENT_NAME, params["identifier"], timestamp)
-    assert created.payload.to_dict() == {"stripe_customer_id": "cus_1", "value": "2.5"}
+    assert created.payload.to_dict() == {"stripe_customer_id": "cus_1", "value": "25"}
     assert created.livemode is False
     assert abs(created.created - time.time()) < 60
     assert created.last_response.headers["Request-Id"].startswith("req_")
@@ -54,10 +54,11 @@ def test_v1_meter_event_answers_the_stripe_object_and_is_recorded(stripe, client
         "identifier": params["identifier"],
         "event_name": EVENT_NAME,
         "customer": "cus_1",
-        "value": "2.5",
+        "value": "25",
         "timestamp": timestamp,
         "via": "v1",
         "received_at": None,
+        "canceled_at": None,
     }
 
 
@@ -115,7 +116,8 @@ def test_idempotency_key_with_other_params_is_an_idempotency_error(stripe, clien
             "meter_event_value_not_found",
         ),
         (v1_event(value="lots"), "payload[value]", "meter_event_invalid_value"),
-        (v1_event(value="1234567890.123456"), "payload[value]", "meter_event_value_too_many_digits"),
+        (v1_event(value="3.5"), "payload[value]", "meter_event_invalid_value"),  # whole numbers only
+        (v1_event(value="1234567890123456"), "payload[value]", "meter_event_value_too_many_digits"),
         ({"payload": {"stripe_customer_id": "cus_a", "value": "1"}}, "event_name", "parameter_missing"),
         ({"event_name": EVENT_NAME}, "payload", "parameter_missing"),
         (lambda: v1_event(timestamp=int(time.time()) - 36 * 86400), "timestamp", "timestamp_too_far_in_past"),
@@ -285,23 +287,56 @@ def test_injected_failures_answer_the_next_n_calls(stripe, client, status, error
             client.v1.billing.meter_events.create(params)
         assert caught.value.http_status == status
         assert caught.value.error.code == ("rate_limit" if status == 429 else None)
-        assert caught.value.headers["Stripe-Should-Retry"] == "true"
+        # A 500 is stored under the call's idempotency key: a retry would only replay it.
+        assert caught.value.headers["Stripe-Should-Retry"] == ("true" if status == 429 else "false")
     assert stripe.meter_events() == []
 
     client.v1.billing.meter_events.create(params)
     assert [e["identifier"] for e in stripe.meter_events()] == [params["identifier"]]
 
 
-@pytest.mark.parametrize("status", [429, 500])
-def test_sdk_retries_through_injected_failures(stripe, no_retry_wait, status):
-    # The SDK retries a 429 only when told to by Stripe-Should-Retry: true.
-    stripe.set_faults(fail_next=2, status=status)
+@pytest.mark.parametrize("path", ["v1", "v2"])
+def test_sdk_retries_through_injected_429s(stripe, client, no_retry_wait, path):
+    # The SDK retries a 429 only when told to by Stripe-Should-Retry: true; a 429 is
+    # never stored under the idempotency key, so the retry runs for real.
+    stripe.set_faults(fail_next=2, status=429)
     retrying = sdk_client(stripe, max_network_retries=2)
 
-    created = retrying.v1.billing.meter_events.create(v1_event())
+    if path == "v1":
+        retrying.v1.billing.meter_events.create(v1_event())
+    else:
+        retrying.v2.billing.meter_event_session.create()
 
     assert stripe.faults()["fail_next"] == 0
-    assert [e["identifier"] for e in stripe.meter_events()] == [created.identifier]
+    assert [call["status"] for call in stripe.calls()] == [429, 429, 200]
+
+
+def test_a_v1_500_is_stored_under_its_idempotency_key_and_replayed(stripe, client):
+    stripe.set_faults(fail_next=1, status=500)
+    params, options = v1_event(), {"idempotency_key": "the-key"}
+
+    for _ in range(3):
+        with pytest.raises(stripe_sdk.APIError) as caught:
+            client.v1.billing.meter_events.create(params, options)
+        assert caught.value.http_status == 500
+
+    assert caught.value.headers["Idempotent-Replayed"] == "true"
+    assert stripe.meter_events() == []
+    client.v1.billing.meter_events.create(params, {"idempotency_key": "another-key"})
+    assert [e["identifier"] for e in stripe.meter_events()] == [params["identifier"]]
+
+
+def test_a_v2_500_is_not_stored_so_a_retry_with_the_key_runs_again(stripe, client, no_retry_wait):
+    # Stripe: "With API v2, retries don't repeat successful operations. Stripe retries
+    # failed or partially failed work to completion."
+    _, session = open_session(stripe, client)
+    stripe.set_faults(fail_next=1, status=500)
+    retrying = sdk_client(stripe, api_key=session.authentication_token, max_network_retries=1)
+
+    retrying.v2.billing.meter_event_stream.create({"events": [v2_event()]})
+
+    assert [call["status"] for call in stripe.calls("/v2/billing/meter_event_stream")] == [500, 200]
+    assert len(stripe.meter_events("pending") + stripe.meter_events()) == 1
 
 
 def test_injected_latency_delays_every_call(stripe):
@@ -319,14 +354,14 @@ def test_injected_latency_delays_every_call(stripe):
 @pytest.mark.parametrize(
     ("rule", "customers", "expected"),
     [
-        (True, ("cus_same", "cus_same"), ["ok", "rate_limit"]),
-        (True, ("cus_one", "cus_two"), ["ok", "ok"]),
+        (None, ("cus_same", "cus_same"), ["ok", "rate_limit"]),  # Stripe's rule, on by default
+        (None, ("cus_one", "cus_two"), ["ok", "ok"]),
         (False, ("cus_same", "cus_same"), ["ok", "ok"]),
     ],
 )
 def test_one_concurrent_call_per_customer_and_meter(stripe, rule, customers, expected):
     stripe.create_customers(*customers)
-    stripe.set_faults(one_call_per_customer=rule, latency_ms=300)
+    stripe.set_faults(latency_ms=300, **({} if rule is None else {"one_call_per_customer": rule}))
     start_together = threading.Barrier(len(customers))
 
     def send(customer: str) -> str:
@@ -362,13 +397,14 @@ def test_no_meter_is_created_on_first_use(stripe, client, streamer):
 def test_summaries_sum_the_values_of_a_customer_within_the_range(stripe, client):
     hour = (int(time.time()) // 3600 - 3) * 3600
     for customer, value, at in [
-        ("cus_a", "1.5", hour + 10),
+        ("cus_a", "1", hour + 10),
         ("cus_a", "2", hour + 3599),
         ("cus_a", "4", hour + 3600),
         ("cus_a", "8", hour + 7200),  # end_time is exclusive
         ("cus_b", "100", hour + 20),  # another customer
     ]:
         client.v1.billing.meter_events.create(v1_event(customer, value, timestamp=at))
+    settle(stripe)
 
     [meter] = client.v1.billing.meters.list({"status": "active"}).data
     assert (meter.event_name, meter.default_aggregation.formula, meter.status) == (EVENT_NAME, "sum", "active")
@@ -377,10 +413,10 @@ def test_summaries_sum_the_values_of_a_customer_within_the_range(stripe, client)
     window = {"customer": "cus_a", "start_time": hour, "end_time": hour + 7200}
     [total] = client.v1.billing.meters.event_summaries.list(meter.id, window).data
     assert total.object == "billing.meter_event_summary"
-    assert (total.aggregated_value, total.start_time, total.end_time, total.meter) == (7.5, hour, hour + 7200, meter.id)
+    assert (total.aggregated_value, total.start_time, total.end_time, total.meter) == (7, hour, hour + 7200, meter.id)
 
     hourly = client.v1.billing.meters.event_summaries.list(meter.id, {**window, "value_grouping_window": "hour"})
-    assert [(s.start_time, s.aggregated_value) for s in hourly.data] == [(hour + 3600, 4.0), (hour, 3.5)]
+    assert [(s.start_time, s.aggregated_value) for s in hourly.data] == [(hour + 3600, 4.0), (hour, 3.0)]
 
 
 def test_explicit_meter_uses_its_payload_keys_and_can_be_deactivated(stripe, client):
@@ -402,6 +438,7 @@ def test_explicit_meter_uses_its_payload_keys_and_can_be_deactivated(stripe, cli
     client.v1.billing.meter_events.create(
         {"event_name": "tokens", "payload": {"stripe_customer_id": "cus_a", "tokens": "12"}, "timestamp": at}
     )
+    settle(stripe)
     [summary] = client.v1.billing.meters.event_summaries.list(
         meter.id, {"customer": "cus_a", "start_time": at, "end_time": at + 60}
     ).data
