@@ -13,6 +13,7 @@ from shared import db, models
 from shared.operator_messages import RECONCILE_FIRST
 from shared.stripe_meter import MeterEvent
 from tests.support.operator_commands import assert_refused
+from tests.support.stripe_sdk import settle
 from worker.stripe_reporting import Outcome, StripeMeter
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -25,12 +26,24 @@ def rfc3339(value: dt.datetime) -> str:
 
 
 
+class SettledMeter(StripeMeter):
+    """The worker's reporter, whose events Stripe has summarized by the time each test
+    reconciles: summaries are eventually consistent, and an operator reconciles a window
+    once it has settled (the local server's clock is moved past its summary lag)."""
+
+    def __init__(self, settings, server, api: str = "v1"):
+        super().__init__(settings, api=api)
+        self._server = server
+
+    def report(self, events):
+        results = super().report(events)
+        settle(self._server)
+        return results
+
+
 @pytest.fixture
 def meter(settings, stripe) -> StripeMeter:
-    # kind setting until the service handles Stripe's summaries being eventually
-    # consistent (reconcile compares them right after sending, before the lag elapsed)
-    stripe.set_faults(summary_lag_seconds=0)
-    return StripeMeter(settings, api="v1")
+    return SettledMeter(settings, stripe)
 
 
 def send(meter: StripeMeter, organization, *rows) -> None:
@@ -87,10 +100,7 @@ def test_match_when_every_reported_row_is_at_stripe(runner, factory, usage_recor
 def test_match_through_the_v2_meter_event_stream(runner, factory, usage_records, settings, stripe):
     organization = factory.organization(stripe_customer_id="cus_stream")
     rows = [reported(usage_records, organization, TODAY - DAY + dt.timedelta(hours=h, microseconds=123_456)) for h in (1, 2)]
-    # kind setting until the service handles Stripe's summaries being eventually
-    # consistent (reconcile compares them right after sending, before the lag elapsed)
-    stripe.set_faults(summary_lag_seconds=0)
-    send(StripeMeter(settings, api="v2"), organization, *rows)
+    send(SettledMeter(settings, stripe, api="v2"), organization, *rows)
 
     result = reconcile(runner, organization.id, "--since", rfc3339(TODAY - DAY), "--until", rfc3339(TODAY))
 

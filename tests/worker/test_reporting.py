@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from devtools.children import wait_until
 from shared import db, models, operator_messages, queue, usage_rows
+from shared.stripe_client import DEFAULT_NETWORK_RETRIES as SDK_NETWORK_RETRIES
 from tests.support.billing import build_world_with_every_price, log_rows
 from worker import recording, reporting, sweep_queries
 from worker.stripe_reporting import StripeMeter
@@ -248,9 +249,10 @@ def test_a_stripe_outage_backs_off_then_reports_once(settings, world, broker, me
     record(settings, events)
     shard = reporting.shard_of(world.organization.id)
     assert meter.meter_problem() is None  # looked at once, trusted for a while: only sends fail below
-    # kind setting until the service handles Stripe replaying a stored 500 to every v1 retry with the same idempotency key
-    stripe.set_faults(store_injected_failures=False)
-    stripe.set_faults(fail_next=6, status=500)  # two full rounds of the SDK's three attempts
+    # Stripe stores a v1 key's first answer, a 500 included, and the SDK does not retry
+    # it: a v1 round makes one call; a v2 round the SDK's three attempts (v2 re-runs).
+    calls_per_round = 1 if meter.api == "v1" else SDK_NETWORK_RETRIES + 1
+    stripe.set_faults(fail_next=2 * calls_per_round, status=500)  # two full rounds
 
     first = report(settings, broker, meter, shard)
 
@@ -262,7 +264,7 @@ def test_a_stripe_outage_backs_off_then_reports_once(settings, world, broker, me
     # While the shard backs off, another run sends nothing and says how long to wait.
     during = report(settings, broker, meter, shard)
     assert during.retry_in is not None and during.retry_in <= first.retry_in and during.reported == []
-    assert stripe.faults()["fail_next"] == 3
+    assert stripe.faults()["fail_next"] == calls_per_round
 
     reports = []
 
@@ -274,7 +276,8 @@ def test_a_stripe_outage_backs_off_then_reports_once(settings, world, broker, me
     wait_until(reported, 60, interval=0.1)
 
     assert sorted(reports[-1].reported) == sorted(e.id for e in events)
-    # The second round failed too (attempt 2), the third went through (attempt 3).
+    # The second round failed too (attempt 2), the third went through (attempt 3): in v1
+    # under a fresh key each time, else the stored 500 would be replayed for ever.
     for row in log_rows(settings):
         assert (row.status, row.error, row.stripe_attempts) == ("reported", None, 3)
     identifiers = [item["identifier"] for item in stripe.meter_events()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import uuid
@@ -119,11 +120,10 @@ def test_the_other_api_version_does_not_count_a_reported_row_again(settings, str
     assert len(stripe.meter_events()) == 3
 
 
-@pytest.mark.parametrize("status", [500, 503, 429])
+@pytest.mark.parametrize(("api", "status"), [("v2", 500), ("v2", 503), ("v2", 429), ("v1", 429)])
 def test_a_short_burst_is_absorbed_by_the_sdk_retries_with_the_same_key(settings, stripe, api, status):
+    """Where Stripe runs a retry again: v2 re-runs what failed, and a 429 is never stored."""
     events = meter_events(3)
-    # kind setting until the service handles Stripe replaying a stored 500 to every v1 retry with the same idempotency key
-    stripe.set_faults(store_injected_failures=False)
     stripe.set_faults(fail_next=2, status=status)  # the SDK makes up to 3 attempts
 
     results = StripeMeter(settings, api=api).report(events)
@@ -133,12 +133,31 @@ def test_a_short_burst_is_absorbed_by_the_sdk_retries_with_the_same_key(settings
     assert_at_stripe_once(stripe, events)
 
 
+@pytest.mark.parametrize("status", [500, 503])
+def test_v1_a_stored_5xx_is_replayed_to_its_key_and_the_next_attempt_takes_a_fresh_one(settings, stripe, status):
+    """Stripe keeps a v1 key's first answer, a 500 included, for 24 h: an attempt under the
+    same key gets it again however healthy Stripe is now; the next attempt's key does not,
+    and the identifier still counts the event once."""
+    (event,) = meter_events(1)
+    meter = StripeMeter(settings, api="v1")
+    stripe.set_faults(fail_next=1, status=status)
+
+    first = meter.report([event])
+    assert first[event.row_id].outcome is Outcome.RETRY
+    assert stripe.faults()["fail_next"] == 0  # Stripe is fine again
+    assert meter.report([event])[event.row_id].outcome is Outcome.RETRY  # the stored answer, replayed
+
+    later = meter.report([dataclasses.replace(event, earlier_attempts=1)])  # as the reporter sends it next
+
+    assert reported(later[event.row_id])
+    assert later[event.row_id].call.request_key == idempotency_key([event.row_id], 1)
+    assert_at_stripe_once(stripe, [event])
+
+
 @pytest.mark.parametrize("status", [500, 429])
 def test_a_long_burst_is_a_retry_then_success_after_it(settings, stripe, api, status):
     events = meter_events(3)
     meter = StripeMeter(settings, api=api)
-    # kind setting until the service handles Stripe replaying a stored 500 to every v1 retry with the same idempotency key
-    stripe.set_faults(store_injected_failures=False)
     stripe.set_faults(fail_next=5, status=status)
 
     first = meter.report(events)
@@ -149,7 +168,8 @@ def test_a_long_burst_is_a_retry_then_success_after_it(settings, stripe, api, st
         assert f"Stripe answered {status}" in result.error
     assert stripe.meter_events() == []
 
-    second = meter.report(events)  # the burst's last 2 failures are absorbed by the SDK
+    stripe.set_faults(fail_next=0)  # the burst is over
+    second = meter.report([dataclasses.replace(e, earlier_attempts=1) for e in events])  # as the reporter sends them next
 
     assert all_reported(second, events)
     assert_at_stripe_once(stripe, events)
@@ -157,9 +177,9 @@ def test_a_long_burst_is_a_retry_then_success_after_it(settings, stripe, api, st
 
 def test_a_retry_stops_the_batch_and_leaves_the_rest_for_later(settings, stripe):
     events = meter_events(3)
-    # kind setting until the service handles Stripe replaying a stored 500 to every v1 retry with the same idempotency key
-    stripe.set_faults(store_injected_failures=False)
-    stripe.set_faults(fail_next=3, status=500)  # exactly the first event's three attempts
+    # Exactly the first event's one attempt: Stripe stores that 500, and the SDK does not
+    # retry what Stripe marks as a stored answer (Stripe-Should-Retry: false).
+    stripe.set_faults(fail_next=1, status=500)
 
     results = StripeMeter(settings, api="v1").report(events)
 
