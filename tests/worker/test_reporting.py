@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from devtools.children import wait_until
 from shared import db, models, operator_messages, queue, usage_rows
 from shared.stripe_client import DEFAULT_NETWORK_RETRIES as SDK_NETWORK_RETRIES
+from shared.stripe_meter import MeterEvent
 from tests.support.billing import build_world_with_every_price, log_rows
 from worker import recording, reporting, sweep_queries
 from worker.stripe_reporting import StripeMeter
@@ -397,3 +398,31 @@ def test_shards_with_rows_waiting(settings, world):
     with db.transaction(settings.database_url) as session:
         assert sweep_queries.shards_waiting(session, dt.timedelta(minutes=1)) == {reporting.shard_of(world.organization.id)}
         assert sweep_queries.shards_waiting(session, dt.timedelta(minutes=10)) == set()
+
+
+def test_a_row_stripe_counted_is_not_sent_again_once_stripe_no_longer_knows_its_identifier(
+    settings, world, broker, meter, stripe
+):
+    """A row Stripe counted, failed since (a drop that lagging summaries suggested), back
+    to recorded 25 hours after its first send: Stripe no longer deduplicates its
+    identifier (the local server's clock moved on), so the reporter must not send it; the
+    sweep flags it for reconciliation instead."""
+    event = world.event()
+    record(settings, [event])
+    shard = reporting.shard_of(world.organization.id)
+    assert report(settings, broker, meter, shard).reported == [event.id]
+    with db.transaction(settings.database_url) as session:
+        usage_rows.fail_dropped(session, {event.id: "Stripe's summary lacked it (it lagged)"})
+    stripe.advance_clock(25 * 3600)
+    set_first_sent_at(settings, event.id, dt.datetime.now(dt.UTC) - dt.timedelta(hours=25))
+    with db.transaction(settings.database_url) as session:
+        usage_rows.redrive(session, [event.id])  # not reconciled: its first send is kept
+
+    assert report(settings, broker, meter, shard).reported == []
+    assert flag_for_reconciliation(settings) == 1
+    assert [item["identifier"] for item in stripe.meter_events()] == [str(event.id)]  # counted once
+    # What a blind resend would have done: Stripe, past its window, counts it again.
+    (row,) = log_rows(settings)
+    again = meter.report([MeterEvent(row.id, world.organization.stripe_customer_id, row.stripe_value, row.occurred_at, 1)])
+    assert again[row.id].outcome.value == "reported"
+    assert [item["identifier"] for item in stripe.meter_events()] == [str(event.id)] * 2
