@@ -54,6 +54,8 @@ def web(committed_database, webhook_settings, stripe):
     url = f"http://127.0.0.1:{server.server_port}"
     stripe.set_webhook(f"{url}/api/stripe/events", WEBHOOK_SECRET)
     stripe.set_validation_delay(0.3)  # like Stripe: judged after the call has answered
+    # Stripe picks its report windows; short ones here, so a report comes within the tests' wait.
+    stripe.set_faults(report_window_seconds=2)
     yield app.test_client(), url
     server.shutdown()
     thread.join()
