@@ -423,11 +423,21 @@ def _dropped(settings, report, settled_after=dt.timedelta(0)) -> set[uuid.UUID]:
 
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _now():
+    """NOW is each test's own start: a time taken at import is minutes old by the time a
+    test runs, and rows "sent" then would break Stripe's timestamp rules."""
+    global NOW
+    NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
 LONG = dt.timedelta(hours=1)  # summaries not settled for the whole test
 
 
-def _call(key: str, event_name: str = "agent700_cost", at: dt.datetime = NOW) -> usage_rows.StripeCall:
-    return usage_rows.StripeCall(at, key, event_name)
+def _call(key: str, event_name: str = "agent700_cost", at: dt.datetime | None = None) -> usage_rows.StripeCall:
+    return usage_rows.StripeCall(at or NOW, key, event_name)
 
 
 def test_a_sample_naming_a_request_of_one_event_drops_that_row_without_the_summaries(settings, world, stripe):

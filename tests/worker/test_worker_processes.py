@@ -218,7 +218,9 @@ def test_the_sweeper_redrives_rows_left_unreported_and_flags_those_too_old(setti
         now = dt.datetime.now(dt.UTC)
         ids = [e.id for e in stale]
         session.execute(sa.update(logs).where(logs.id.in_(ids)).values(recorded_at=now - dt.timedelta(minutes=2)))
-        session.execute(sa.update(logs).where(logs.id == too_old.id).values(recorded_at=now - dt.timedelta(hours=24)))
+        session.execute(sa.update(logs).where(logs.id == too_old.id).values(
+            recorded_at=now - dt.timedelta(hours=24), stripe_first_sent_at=now - dt.timedelta(hours=24)
+        ))  # first sent a day ago, unreported since
     worker = start_worker(settings)
 
     # A worker sweeps when it starts (and beat every 15 s).
