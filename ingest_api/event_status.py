@@ -13,7 +13,7 @@ import uuid
 import sqlalchemy as sa
 
 from ingest_api.schemas import UsageEventOut
-from shared import db, models
+from shared import db, models, usage_voids
 from shared.intake import Intake, QueueUnavailable
 from shared.usage_event import AcceptedUsageEvent
 
@@ -57,7 +57,7 @@ def _from_database(database_url: str, event_id: uuid.UUID) -> dict | None:
             )
             return _usage_event_out(
                 event, log.status, log.service_cost, log.agent700_cost, log.stripe_value,
-                log.stripe_reported_at, log.error,
+                log.stripe_reported_at, log.error, usage_voids.as_record(session.get(models.UsageVoid, log.id)),
             )
         rejected = session.get(models.RejectedUsageEvent, event_id)
         if rejected is not None:
@@ -67,7 +67,7 @@ def _from_database(database_url: str, event_id: uuid.UUID) -> dict | None:
 
 
 def _usage_event_out(
-    event: AcceptedUsageEvent, status, service_cost, agent700_cost, stripe_value, reported_at, error
+    event: AcceptedUsageEvent, status, service_cost, agent700_cost, stripe_value, reported_at, error, void=None
 ) -> dict:
     answer = UsageEventOut(
         **event.model_dump(include=set(UsageEventOut.model_fields)),
@@ -76,6 +76,7 @@ def _usage_event_out(
         agent700_cost=_decimal_string(agent700_cost),
         stripe={"identifier": str(event.id), "value": stripe_value, "reported_at": reported_at},
         error=error,
+        void=void,
     )
     return answer.model_dump(mode="json")
 

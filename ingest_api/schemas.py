@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from shared import billing_window
 from shared.usage_event import UsageEventFields
+from shared.usage_voids import MAX_REASON_CHARS
 
 MAX_TOKENS = 2_147_483_647
 MAX_BATCH_EVENTS = 100
@@ -172,7 +173,7 @@ class BatchIn(pydantic.BaseModel):
     events: Annotated[list[_BatchItem], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
 
-Status = Literal["queued", "recorded", "reported", "failed"]
+Status = Literal["queued", "recorded", "reported", "failed", "voided"]
 
 
 class AcceptedOut(pydantic.BaseModel):
@@ -184,6 +185,40 @@ class StripeReportOut(pydantic.BaseModel):
     identifier: str
     value: int | None = Field(description="agent700_cost × 10^STRIPE_VALUE_DECIMALS, rounded half-even.")
     reported_at: dt.datetime | None
+
+
+class VoidIn(pydantic.BaseModel):
+    """Why an event is taken back."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON_CHARS), StorableText] = Field(
+        description="Why the event should never have been billed (1 to 500 characters).",
+        examples=["Retried transcription job sent twice without an Idempotency-Key"],
+    )
+
+    @pydantic.field_validator("reason")
+    @classmethod
+    def _not_blank(cls, reason: str) -> str:
+        if not reason.strip():
+            raise PydanticCustomError("blank", "Must not be only spaces")
+        return reason
+
+
+class VoidOut(pydantic.BaseModel):
+    """A void asked for: who, when, why, and how Stripe's side is done."""
+
+    reason: str
+    requested_at: dt.datetime
+    requested_by: str = Field(description="The caller's user id (``operator:<login>`` from the command line).")
+    method: Literal["never_sent", "stripe_cancel", "stripe_negative_event", "manual_credit"] = Field(
+        description=(
+            "never_sent: Stripe never billed it. stripe_cancel: a meter event adjustment (within 24 h of Stripe "
+            "receiving it). stripe_negative_event: a meter event of the negated value, at the event's own time. "
+            "manual_credit: Stripe can no longer be changed for it; finance issues a credit note."
+        )
+    )
+    completed_at: dt.datetime | None = Field(description="When nothing of the event remained billed; null until then.")
 
 
 class UsageEventOut(UsageEventFields):
@@ -198,6 +233,7 @@ class UsageEventOut(UsageEventFields):
     )
     stripe: StripeReportOut
     error: str | None
+    void: VoidOut | None = Field(default=None, description="Null unless a void was asked for.")
 
 
 class ErrorDetailOut(pydantic.BaseModel):

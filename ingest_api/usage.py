@@ -18,12 +18,14 @@ from ingest_api.auth import revoked_unauthorized, superadmin_required
 from ingest_api.catalog import Catalog
 from ingest_api.errors import ApiError
 from ingest_api.event_status import event_status
+from ingest_api.event_void import void_event
 from ingest_api.kept_keys import KeptKey, kept_keys
 from ingest_api.schemas import (
     IDEMPOTENCY_KEY_RULE,
     BatchEventIn,
     BatchIn,
     UsageEventIn,
+    VoidIn,
     error_details,
     valid_idempotency_key,
 )
@@ -355,6 +357,22 @@ def usage_status(event_id: uuid.UUID):
     if g.caller.app_password_id is not None:
         _refuse_if_revoked()
     return jsonify(_event_status(event_id))
+
+
+@blueprint.post("/<uuid:event_id>/void", endpoint="void_usage")
+@superadmin_required
+def void_usage(event_id: uuid.UUID):
+    if g.caller.app_password_id is not None:
+        _refuse_if_revoked()
+    try:
+        body = VoidIn.model_validate(_json_object(_json_bytes()))
+    except pydantic.ValidationError as error:
+        raise ApiError(422, "The void is invalid.", details=error_details(error)) from None
+    g.event_ids = [str(event_id)]
+    status_code, record = void_event(
+        current_intake(), current_app.config["SETTINGS"].database_url, event_id, body.reason, str(g.caller.user_id)
+    )
+    return jsonify(record), status_code
 
 
 def _event_status(event_id: uuid.UUID) -> dict:

@@ -163,6 +163,7 @@ class UsageStatus(enum.StrEnum):
     RECORDED = "recorded"  # costed and written; not yet confirmed by Stripe
     REPORTED = "reported"  # Stripe accepted the meter event
     FAILED = "failed"  # Stripe cannot take it as it is; see ``error``
+    VOIDED = "voided"  # taken back: nothing of it is billed at Stripe (``UsageVoid``)
 
 
 class UserBillableRequestLog(Base):
@@ -212,7 +213,7 @@ class UserBillableRequestLog(Base):
 
     __table_args__ = (
         sa.CheckConstraint("input_tokens >= 0 AND output_tokens >= 0", name="tokens_not_negative"),
-        sa.CheckConstraint("status IN ('recorded', 'reported', 'failed')", name="status_known"),
+        sa.CheckConstraint("status IN ('recorded', 'reported', 'failed', 'voided')", name="status_known"),
         sa.CheckConstraint(
             "agent_id IS NOT NULL OR service_id IS NOT NULL", name="linked_to_agent_or_service"
         ),
@@ -234,6 +235,59 @@ class UserBillableRequestLog(Base):
         sa.Index("ix_user_billable_request_logs_failed", "recorded_at", postgresql_where=sa.text("status = 'failed'")),
         # Reconciliation sums an organization's events over a time range.
         sa.Index("ix_user_billable_request_logs_org_occurred", "organization_id", "occurred_at"),
+    )
+
+
+class VoidMethod(enum.StrEnum):
+    """How a void takes an event back at Stripe (``shared.usage_voids``)."""
+
+    NEVER_SENT = "never_sent"  # Stripe never billed it: nothing to do there
+    STRIPE_CANCEL = "stripe_cancel"  # a meter event adjustment, within Stripe's 24 h
+    STRIPE_NEGATIVE_EVENT = "stripe_negative_event"  # a meter event of the negated value
+    MANUAL_CREDIT = "manual_credit"  # Stripe can no longer change it: finance credits it
+
+
+class VoidState(enum.StrEnum):
+    PENDING = "pending"  # Stripe's side (or finance's credit) is not done yet
+    COMPLETED = "completed"  # nothing of the event remains billed
+    FAILED = "failed"  # Stripe refused it for good, or its outcome needs an operator; see ``error``
+
+
+class UsageVoid(Base):
+    """A void of one log row: who asked, when and why, and what was sent to Stripe for it.
+    Never deleted, never undone (``shared.usage_voids`` is its life)."""
+
+    __tablename__ = "usage_voids"
+
+    row_id: orm.Mapped[uuid.UUID] = orm.mapped_column(
+        sa.ForeignKey("user_billable_request_logs.id"), primary_key=True
+    )
+    reason: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    requested_at: orm.Mapped[dt.datetime] = _created_at()
+    # The caller's user id (the API), or ``operator:<login>`` (the command line).
+    requested_by: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    method: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    state: orm.Mapped[str] = orm.mapped_column(sa.Text, default=VoidState.PENDING)
+    completed_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+    # What went to Stripe: the identifier the call named (the row's, for a cancel; the
+    # negative event's own), the last call's Idempotency-Key, when a call first carried it.
+    stripe_identifier: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    stripe_request_key: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    stripe_first_sent_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+    stripe_attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer, default=0, server_default="0")
+    # Not asked again before this (Stripe still processing the row's own send).
+    retry_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(sa.DateTime(timezone=True))
+    error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    # A manual credit is complete once finance says it issued the credit note (this text).
+    credit_note: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.CheckConstraint(
+            "method IN ('never_sent', 'stripe_cancel', 'stripe_negative_event', 'manual_credit')", name="method_known"
+        ),
+        sa.CheckConstraint("state IN ('pending', 'completed', 'failed')", name="state_known"),
+        sa.CheckConstraint("(state = 'completed') = (completed_at IS NOT NULL)", name="completed_when_completed"),
+        sa.Index("ix_usage_voids_open", "requested_at", postgresql_where=sa.text("state <> 'completed'")),
     )
 
 

@@ -39,6 +39,16 @@ STRIPE_EVENT = "billing.stripe_event"
 PING = "billing.ping"
 SWEEP_SECONDS = 15.0
 
+# Organizations are split into this many report shards (``worker.reporting``), by the last
+# byte of their id: ``shard_of``.
+REPORT_SHARDS = 8
+
+
+def shard_of(organization_id: uuid.UUID) -> int:
+    """The organization's report shard: the last byte of its id, modulo ``REPORT_SHARDS``."""
+    return organization_id.bytes[15] % REPORT_SHARDS
+
+
 # A shard's reporter is wanted (rows were committed) and a report task is on its way or
 # running; the running reporter renews it and clears it when it stands down.
 REPORT_PENDING_KEY = "billing:report-pending:{shard}"

@@ -10,6 +10,7 @@ then moves only as ``TRANSITIONS`` allows::
     reported --drop---------------> failed     (Stripe's error report: it dropped the event)
     failed   --redrive------------> recorded   (``usage retry``, its cause fixed)
     reported --redrive------------> recorded   (``usage retry --id --force``: Stripe lacks it)
+    recorded, reported, failed --void--> voided   (its void is complete: nothing of it billed)
 
 Every move is one ``UPDATE`` that names the states it leaves from, so a row changed
 meanwhile (a concurrent retry, an error report racing the reporter) is left alone, and
@@ -22,6 +23,9 @@ than ``IDENTIFIER_WINDOW`` (``unreconciled()``): Stripe may have counted it, and
 recognizes its identifier, so a resend would be counted again. Such a row is sent again
 only after ``stripe reconcile`` showed Stripe lacks it (``redrive(..., reconciled=...)``
 then starts its window afresh).
+
+A row with a void (``shared.usage_voids``) is never sent again: ``sending()`` leaves it
+out, under the row's lock, so a void and a report that race are ordered by the database.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from sqlalchemy import orm
 from sqlalchemy.dialects.postgresql import UUID
 
 from shared import metrics, operator_messages
-from shared.models import UsageStatus, UserBillableRequestLog
+from shared.models import UsageStatus, UsageVoid, UserBillableRequestLog
 
 log = logging.getLogger(__name__)
 _logs = UserBillableRequestLog
@@ -63,7 +67,10 @@ FLAG = Transition("flag for reconciliation", frozenset({UsageStatus.RECORDED}), 
 DROP = Transition("dropped by Stripe", frozenset({UsageStatus.REPORTED}), UsageStatus.FAILED)
 REDRIVE = Transition("redrive", frozenset({UsageStatus.FAILED}), UsageStatus.RECORDED)
 REDRIVE_REPORTED = Transition("redrive a reported row", frozenset({UsageStatus.REPORTED}), UsageStatus.RECORDED)
-TRANSITIONS = (REPORT, FAIL, FLAG, DROP, REDRIVE, REDRIVE_REPORTED)
+VOID = Transition(
+    "void", frozenset({UsageStatus.RECORDED, UsageStatus.REPORTED, UsageStatus.FAILED}), UsageStatus.VOIDED
+)
+TRANSITIONS = (REPORT, FAIL, FLAG, DROP, REDRIVE, REDRIVE_REPORTED, VOID)
 
 
 def _move(transition: Transition, *where, **values):
@@ -93,15 +100,26 @@ def unreconciled():
     return sa.or_(_logs.needs_reconciliation, first_sent_long_ago)
 
 
-def sending(session: orm.Session, row_ids: list[uuid.UUID]) -> None:
+def without_void():
+    """Rows no void was asked for: only those are sent to Stripe."""
+    return ~sa.exists().where(UsageVoid.row_id == _logs.id)
+
+
+def sending(session: orm.Session, row_ids: list[uuid.UUID]) -> list[uuid.UUID]:
     """A call is about to carry these rows: the first one starts their identifier window
-    (written before the call, so a worker killed in it still leaves the mark)."""
-    if row_ids:
-        session.execute(
+    (written before the call, so a worker killed in it still leaves the mark). The rows
+    that may go: still recorded, with no void (a void committed first wins the row's lock;
+    one asked after this sees the send and cancels it)."""
+    if not row_ids:
+        return []
+    return list(
+        session.scalars(
             sa.update(_logs)
-            .where(_logs.id.in_(row_ids), _logs.stripe_first_sent_at.is_(None))
-            .values(stripe_first_sent_at=sa.func.now())
+            .where(_logs.id.in_(row_ids), _logs.status == UsageStatus.RECORDED, without_void())
+            .values(stripe_first_sent_at=sa.func.coalesce(_logs.stripe_first_sent_at, sa.func.now()))
+            .returning(_logs.id)
         )
+    )
 
 
 def mark_reported(session: orm.Session, calls: dict[uuid.UUID, StripeCall]) -> None:
@@ -197,3 +215,11 @@ def redrive(
                 _move(transition, _logs.id.in_(row_ids)).values(**values).returning(_logs.id, _logs.organization_id)
             ).all()
     return moved
+
+
+def void(session: orm.Session, row_id: uuid.UUID) -> bool:
+    """The row's void is complete: nothing of it is billed at Stripe. Whether it moved."""
+    moved = session.execute(_move(VOID, _logs.id == row_id).values(error=None)).rowcount
+    if moved:
+        log.info("usage event voided", extra={"event_id": str(row_id)})
+    return bool(moved)

@@ -1,7 +1,7 @@
 """Which recorded rows go to Stripe, by whom, and what their status becomes.
 
 Stripe allows one concurrent meter call per customer per meter. Organizations are split
-into ``REPORT_SHARDS`` shards (by the last byte of their id) and each shard has at most
+into ``REPORT_SHARDS`` shards (``shared.queue.shard_of``: the last byte of their id) and each shard has at most
 one reporter at a time, held by a Redis lock: workers never fight over an organization,
 and several shards report in parallel.
 
@@ -33,8 +33,9 @@ import sqlalchemy as sa
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy import orm
 
-from shared import models, operator_messages, pipeline_status, queue, stripe_meter, usage_rows
+from shared import models, operator_messages, pipeline_status, queue, stripe_meter, usage_rows, usage_voids
 from shared.stripe_meter import MeterEvent
+from worker import voiding
 from worker.stripe_reporting import Outcome, Result, StripeMeter
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,10 @@ BACKOFF_KEY = "billing:report-backoff:{shard}"
 # While a shard backs off, its pending flag outlives the backoff by this much: the
 # reporter's own retry comes first; if it died with its worker, wake-ups resume then.
 BACKOFF_PENDING_MARGIN_SECONDS = 2
-REPORT_SHARDS = 8
+REPORT_SHARDS, shard_of = queue.REPORT_SHARDS, queue.shard_of
 
 _logs = models.UserBillableRequestLog
 Transaction = Callable[[], contextlib.AbstractContextManager[orm.Session]]
-
-
-def shard_of(organization_id: uuid.UUID) -> int:
-    """The organization's shard: the last byte of its id, modulo ``REPORT_SHARDS``."""
-    return organization_id.bytes[15] % REPORT_SHARDS
 
 
 def _in_shard(shard: int):
@@ -78,6 +74,7 @@ class Round:
     refused: str | None = None  # Stripe's reason, when it refused for now
     retry_in: float | None = None  # seconds until the shard may report again
     more: bool = False  # rows still wait: another round follows in a new task
+    voids: voiding.VoidRound = field(default_factory=voiding.VoidRound)
 
 
 class _Lease:
@@ -161,12 +158,15 @@ def _report_locked(transaction: Transaction, broker: redis.Redis, meter: StripeM
     if backoff_ms and backoff_ms > 0:
         return Round(shard, retry_in=backoff_ms / 1000)
     lease.round_started()
+    voids = voiding.void_round(transaction, meter, _in_shard(shard))
+    if voids.refused:
+        return _back_off(broker, shard, Round(shard, voids=voids), voids.refused, attempt=1)
     with transaction() as session:
         rows = _unreported(session, shard)
 
-    def sending(row_ids: list[uuid.UUID]) -> None:
+    def sending(row_ids: list[uuid.UUID]) -> list[uuid.UUID]:
         with transaction() as session:
-            usage_rows.sending(session, row_ids)
+            return usage_rows.sending(session, row_ids)
 
     outcomes = _outcomes(meter, rows, sending)
     if any(result.outcome is not Outcome.FAILED for result in outcomes.values()):
@@ -182,15 +182,21 @@ def _report_locked(transaction: Transaction, broker: redis.Redis, meter: StripeM
         reported=[i for i, r in outcomes.items() if r.outcome is Outcome.REPORTED],
         failed={i: r.error for i, r in outcomes.items() if r.outcome is Outcome.FAILED},
         more=len(rows) == ROWS_PER_ROUND,
+        voids=voids,
     )
     refusals = [r for r in outcomes.values() if r.outcome is Outcome.RETRY]
     if refusals:
-        attempt = max(row.stripe_attempts for row in rows) + 1
-        # Full jitter, so that shards refused together do not come back together.
-        backoff = get_exponential_backoff_interval(factor=1, retries=attempt, maximum=60, full_jitter=True)
-        result.refused, result.retry_in, result.more = refusals[0].error, max(0.5, backoff), False
-        broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(result.retry_in * 1000))
-        log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, result.retry_in, result.refused)
+        return _back_off(broker, shard, result, refusals[0].error, max(row.stripe_attempts for row in rows) + 1)
+    return result
+
+
+def _back_off(broker: redis.Redis, shard: int, result: Round, refused: str, attempt: int) -> Round:
+    """Stripe refused for now: the shard waits (longer each ``attempt``) before its next round."""
+    # Full jitter, so that shards refused together do not come back together.
+    backoff = get_exponential_backoff_interval(factor=1, retries=attempt, maximum=60, full_jitter=True)
+    result.refused, result.retry_in, result.more = refused, max(0.5, backoff), False
+    broker.set(BACKOFF_KEY.format(shard=shard), 1, px=int(result.retry_in * 1000))
+    log.warning("stripe refused for now; shard %s backs off %.1fs: %s", shard, result.retry_in, result.refused)
     return result
 
 
@@ -201,14 +207,15 @@ def _stand_down(transaction: Transaction, broker: redis.Redis, shard: int) -> bo
     broker.delete(pending)
     with transaction() as session:
         waiting = session.scalar(
-            sa.select(sa.exists().where(_reportable(), _in_shard(shard)))
+            sa.select(sa.exists().where(_reportable(), _in_shard(shard)) | sa.exists(usage_voids.due_of(_in_shard(shard))))
         )
     return bool(waiting) and bool(broker.set(pending, 1, nx=True, px=queue.REPORT_PENDING_MS))
 
 
 def _reportable():
-    # A row first sent longer ago than Stripe deduplicates waits for the sweep's flag.
-    return sa.and_(_logs.status == models.UsageStatus.RECORDED, ~usage_rows.unreconciled())
+    # A row first sent longer ago than Stripe deduplicates waits for the sweep's flag; a
+    # row with a void is taken back, not sent.
+    return sa.and_(_logs.status == models.UsageStatus.RECORDED, ~usage_rows.unreconciled(), usage_rows.without_void())
 
 
 def _unreported(session: orm.Session, shard: int):
@@ -224,9 +231,9 @@ def _unreported(session: orm.Session, shard: int):
     ).all()
 
 
-def _outcomes(meter: StripeMeter, rows, sending: Callable[[list[uuid.UUID]], None]) -> dict[uuid.UUID, Result]:
-    """Send what Stripe can count (``sending`` is told first); fail, with the reason, what
-    it never could."""
+def _outcomes(meter: StripeMeter, rows, sending: Callable[[list[uuid.UUID]], list[uuid.UUID]]) -> dict[uuid.UUID, Result]:
+    """Send what Stripe can count (``sending`` is told first, and says which may still
+    go); fail, with the reason, what it never could."""
     outcomes: dict[uuid.UUID, Result] = {}
     sendable = []
     now = dt.datetime.now(dt.UTC)
@@ -244,8 +251,10 @@ def _outcomes(meter: StripeMeter, rows, sending: Callable[[list[uuid.UUID]], Non
         if (problem := meter.meter_problem()) is not None:
             # Not sent into the void: the rows stay recorded until the meter is fixed.
             return outcomes | {event.row_id: Result(Outcome.RETRY, problem) for event in sendable}
-        sending([event.row_id for event in sendable])
-        outcomes |= meter.report(sendable)
+        going = set(sending([event.row_id for event in sendable]))
+        sendable = [event for event in sendable if event.row_id in going]
+        if sendable:
+            outcomes |= meter.report(sendable)
     return outcomes
 
 

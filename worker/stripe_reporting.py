@@ -17,6 +17,10 @@ Two paths, chosen by ``STRIPE_METER_API``:
   answer, a 500 included, and replays it: so each attempt after a refusal for now uses a
   fresh key (the row id and the attempt), and the identifier deduplicates.
 
+A void's calls (``worker.voiding``) go the same way: ``cancel()``, a v2 meter event
+adjustment under one key per row (v2 stores successes only, so a retry re-runs what
+failed), and ``send_one()``, a v1 meter event under a key fresh per attempt.
+
 Each reported row keeps its call (``shared.usage_rows.StripeCall``): the error reports
 find rows by the requests they name and the times they were sent.
 
@@ -52,6 +56,7 @@ class Outcome(enum.Enum):
     REPORTED = "reported"  # Stripe has it (now, or from an earlier attempt)
     FAILED = "failed"  # Stripe will not take it as it is; an operator must act
     RETRY = "retry"  # a transient refusal; try again later
+    MISSING = "missing"  # (a cancel) Stripe holds no such event to cancel
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ class StripeMeter:
     def __init__(self, settings: Settings, api: str = "v2"):
         self.event_name = settings.stripe_meter_event_name
         self.api = api
+        # How long Stripe may take to process what it accepted (summaries, a send to cancel).
+        self.summary_settle = dt.timedelta(seconds=settings.stripe_summary_settle_seconds)
         self.client = stripe_client(settings)
         self._session_token: str | None = None
         self._session_expires_at = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -148,28 +155,50 @@ class StripeMeter:
                 break
         return results
 
+    def send_one(self, event: MeterEvent, identifier: str, key: str) -> Result:
+        """One v1 meter event of ``event``'s value under ``identifier``."""
+        call = StripeCall(dt.datetime.now(dt.UTC), key, self.event_name)
+        try:
+            self._observed("v1_meter_event", [event.row_id], self.client.v1.billing.meter_events.create,
+                params={
+                    "event_name": self.event_name,
+                    "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},
+                    "identifier": identifier,
+                    "timestamp": int(event.occurred_at.timestamp()),
+                },
+                options={"idempotency_key": key},
+            )
+            return Result(Outcome.REPORTED, call=call)
+        except stripe.StripeError as error:
+            return _classify(error, call)
+
+    def cancel(self, row_id: uuid.UUID, event_name: str, identifier: str, key: str) -> Result:
+        """Cancel the meter event ``identifier`` of ``event_name`` (Stripe's meter event
+        adjustment; only within 24 h of Stripe receiving it). REPORTED once Stripe took
+        the cancel (or had it already), MISSING if Stripe holds no such event."""
+        call = StripeCall(dt.datetime.now(dt.UTC), key, event_name)
+        try:
+            self._observed("v2_adjustment", [row_id], self.client.v2.billing.meter_event_adjustments.create,
+                params={"event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier}},
+                options={"idempotency_key": key},
+            )
+            return Result(Outcome.REPORTED, call=call)
+        except stripe.AlreadyCanceledError:
+            return Result(Outcome.REPORTED, call=call)
+        except stripe.StripeError as error:
+            if getattr(error, "code", None) == "resource_missing":
+                return Result(Outcome.MISSING, f"Stripe holds no such event: {error.user_message or error}", call)
+            return _classify(error, call)
+
     def _send_each(self, events: list[MeterEvent]) -> dict[uuid.UUID, Result]:
         results = {}
         for index, event in enumerate(events):
             key = idempotency_key([event.row_id], event.earlier_attempts)
-            call = StripeCall(dt.datetime.now(dt.UTC), key, self.event_name)
-            try:
-                self._observed("v1_meter_event", [event.row_id], self.client.v1.billing.meter_events.create,
-                    params={
-                        "event_name": self.event_name,
-                        "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},
-                        "identifier": str(event.row_id),
-                        "timestamp": int(event.occurred_at.timestamp()),
-                    },
-                    options={"idempotency_key": key},
-                )
-                results[event.row_id] = Result(Outcome.REPORTED, call=call)
-            except stripe.StripeError as error:
-                results[event.row_id] = _classify(error, call)
-                if results[event.row_id].outcome is Outcome.RETRY:
-                    for rest in events[index + 1 :]:
-                        results[rest.row_id] = results[event.row_id]
-                    break
+            results[event.row_id] = self.send_one(event, str(event.row_id), key)
+            if results[event.row_id].outcome is Outcome.RETRY:
+                for rest in events[index + 1 :]:
+                    results[rest.row_id] = results[event.row_id]
+                break
         return results
 
     def _session(self) -> str:

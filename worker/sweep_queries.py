@@ -13,7 +13,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from shared import models
+from shared import models, usage_voids
 from worker.reporting import shard_of
 
 _logs = models.UserBillableRequestLog
@@ -27,6 +27,14 @@ def shards_waiting(session: orm.Session, older_than: dt.timedelta) -> set[int]:
         sa.select(_logs.organization_id)
         .distinct()
         .where(_logs.status == models.UsageStatus.RECORDED, _logs.recorded_at < sa.func.now() - older_than)
+    )
+    return {shard_of(organization) for organization in organizations}
+
+
+def shards_with_voids_due(session: orm.Session) -> set[int]:
+    """Shards with a void whose Stripe call is due (a reporter's round does it)."""
+    organizations = session.scalars(
+        sa.select(_logs.organization_id).distinct().where(_logs.id.in_(usage_voids.due_of()))
     )
     return {shard_of(organization) for organization in organizations}
 

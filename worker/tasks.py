@@ -66,7 +66,7 @@ def report(self: BillingTask, shard: int) -> dict:
     round_ = reporting.report_round(self.transaction, self.broker, self.meter, shard)
     if round_.busy:
         return {"shard": shard, "busy": True}
-    if round_.retry_in is not None and not round_.reported and not round_.failed:
+    if round_.retry_in is not None and not (round_.reported or round_.failed or round_.voids.completed or round_.voids.failed):
         # Nothing taken this time: a retry, with Stripe's reason, as Flower shows it.
         raise self.retry(exc=StripeRefused(round_.refused or "backing off after a refusal"), countdown=round_.retry_in)
     if round_.retry_in is not None:
@@ -79,6 +79,8 @@ def report(self: BillingTask, shard: int) -> dict:
         "failed": len(round_.failed),
         "reported_ids": [str(i) for i in round_.reported],
         "failed_ids": {str(i): reason for i, reason in round_.failed.items()},
+        **({"voided_ids": [str(i) for i in round_.voids.completed]} if round_.voids.completed else {}),
+        **({"void_failed_ids": {str(i): r for i, r in round_.voids.failed.items()}} if round_.voids.failed else {}),
         **({"refused": round_.refused, "retry_in": round(round_.retry_in, 1)} if round_.retry_in is not None else {}),
     }
 
@@ -169,7 +171,7 @@ def sweep(self: BillingTask) -> dict:
     """Wake what a killed worker or a lost wake-up left waiting; flag rows too old to resend."""
     with self.transaction() as session:
         flagged = usage_rows.flag_for_reconciliation(session)
-        shards = sweep_queries.shards_waiting(session, STALE_AFTER)
+        shards = sweep_queries.shards_waiting(session, STALE_AFTER) | sweep_queries.shards_with_voids_due(session)
         lost_stripe_events = sweep_queries.stripe_events_unhandled(session, STRIPE_EVENT_STALE_AFTER)
     lost_stripe_events = [event_id for event_id in lost_stripe_events if queue.start_stripe_event(self.broker, event_id)]
     shards_woken = queue.wake_reporters(

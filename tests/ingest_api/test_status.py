@@ -23,7 +23,7 @@ from tests.support.timestamps import now
 
 FIELDS = {
     "id", "status", "user_id", "organization_id", "service_name", "model_name", "input_tokens", "output_tokens",
-    "source", "occurred_at", "service_cost", "agent700_cost", "stripe", "error",
+    "source", "occurred_at", "service_cost", "agent700_cost", "stripe", "error", "void",
 }
 DECIMAL_STRING = re.compile(r"-?[0-9]+\.([0-9]+)")
 
@@ -62,6 +62,7 @@ def test_an_accepted_event_reads_queued(billing):
         "agent700_cost": None,
         "stripe": {"identifier": event_id, "value": None, "reported_at": None},
         "error": None,
+        "void": None,
     }
     assert dt.datetime.fromisoformat(record["occurred_at"]) == dt.datetime.fromisoformat(body["occurred_at"])
 
