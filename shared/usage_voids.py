@@ -104,8 +104,8 @@ def request(session: orm.Session, row_id: uuid.UUID, reason: str, requested_by: 
 
 def complete(session: orm.Session, void: UsageVoid, credit_note: str | None = None) -> None:
     """Nothing of the row remains billed: the void is complete and the row voided."""
-    void.state, void.error = VoidState.COMPLETED, None
-    void.completed_at = session.scalar(sa.select(sa.func.now()))
+    now = session.scalar(sa.select(sa.func.now()))
+    void.state, void.error, void.completed_at = VoidState.COMPLETED, None, now
     if credit_note is not None:
         void.credit_note = credit_note
     session.flush()

@@ -25,7 +25,7 @@ def upgrade() -> None:
     op.create_check_constraint(op.f('ck_user_billable_request_logs_status_known'), LOGS, "status IN ('recorded', 'reported', 'failed', 'voided')")
     op.create_table(
         'usage_voids',
-        sa.Column('row_id', UUID(as_uuid=True), sa.ForeignKey(f'{LOGS}.id', name='fk_usage_voids_row_id_user_billable_request_logs'), nullable=False),
+        sa.Column('row_id', UUID(as_uuid=True), sa.ForeignKey(f'{LOGS}.id', name=op.f('fk_usage_voids_row_id_user_billable_request_logs')), nullable=False),
         sa.Column('reason', sa.Text(), nullable=False),
         sa.Column('requested_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column('requested_by', sa.Text(), nullable=False),
@@ -39,14 +39,14 @@ def upgrade() -> None:
         sa.Column('retry_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('error', sa.Text(), nullable=True),
         sa.Column('credit_note', sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint('row_id', name='pk_usage_voids'),
+        sa.PrimaryKeyConstraint('row_id', name=op.f('pk_usage_voids')),
         sa.CheckConstraint(
             "method IN ('never_sent', 'stripe_cancel', 'stripe_negative_event', 'manual_credit')",
-            name='ck_usage_voids_method_known',
+            name=op.f('ck_usage_voids_method_known'),
         ),
-        sa.CheckConstraint("state IN ('pending', 'completed', 'failed')", name='ck_usage_voids_state_known'),
+        sa.CheckConstraint("state IN ('pending', 'completed', 'failed')", name=op.f('ck_usage_voids_state_known')),
         sa.CheckConstraint(
-            "(state = 'completed') = (completed_at IS NOT NULL)", name='ck_usage_voids_completed_when_completed'
+            "(state = 'completed') = (completed_at IS NOT NULL)", name=op.f('ck_usage_voids_completed_when_completed')
         ),
     )
     op.create_index(
