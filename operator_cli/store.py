@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 import click
@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import orm
 
 from operator_cli import output
-from shared import db, models
+from shared import db, models, queue
 from shared.config import Settings
 
 
@@ -199,3 +199,15 @@ def memberships(session: orm.Session, *criteria: sa.ColumnElement[bool]) -> list
         )
         for membership, user, organization in found
     ]
+
+
+def wake_reporters(shards: Iterable[int]) -> None:
+    """Wake the shards' reporters. If the broker fails here the rows are already recorded:
+    the beat sweep wakes them within seconds, so this only warns."""
+    client = broker()
+    try:
+        queue.wake_reporters(client, shards)
+    except redis.RedisError as error:
+        click.echo(f"Warning: could not wake the reporters ({error}); the sweep reports the rows within seconds.", err=True)
+    finally:
+        client.close()

@@ -17,23 +17,23 @@ missing at Stripe is re-driven the same way, but only when forced by id.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import click
 import pydantic
-import redis
 import sqlalchemy as sa
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from operator_cli import output, store
+from operator_cli import output, store, voids
 from shared import models, queue, usage_rows
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable
 from shared.usage_event import AcceptedUsageEvent
 from worker.reporting import shard_of
 
-usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them.")
+usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them; void them.")
+for _command in (voids.void, voids.list_voids, voids.credit_issued):
+    usage_cli.add_command(_command)
 
 _logs = models.UserBillableRequestLog
 _rejected = models.RejectedUsageEvent
@@ -218,7 +218,7 @@ def _apply_retry(settings, plan: _RetryPlan) -> set[int]:
     plan.rows = [row_id for row_id in plan.rows if row_id in changed]
     plan.reported_rows = [row_id for row_id in plan.reported_rows if row_id in changed]
     shards = {shard_of(row.organization_id) for row in redriven}
-    _wake_reporters(shards)
+    store.wake_reporters(shards)
     return shards
 
 
@@ -340,15 +340,3 @@ def _append_to_intake(settings, events: list[AcceptedUsageEvent]) -> None:
         ) from None
     finally:
         writer.close()
-
-
-def _wake_reporters(shards: Iterable[int]) -> None:
-    """Wake the shards' reporters. If the broker fails here the rows are already recorded:
-    the beat sweep wakes them within seconds, so this only warns."""
-    client = store.broker()
-    try:
-        queue.wake_reporters(client, shards)
-    except redis.RedisError as error:
-        click.echo(f"Warning: could not wake the reporters ({error}); the sweep reports the rows within seconds.", err=True)
-    finally:
-        client.close()
