@@ -49,6 +49,7 @@ MOVES = {
     usage_rows.DROP: lambda session, row_id: usage_rows.fail_dropped(session, {row_id: "dropped"}),
     usage_rows.REDRIVE: lambda session, row_id: usage_rows.redrive(session, [row_id]),
     usage_rows.REDRIVE_REPORTED: lambda session, row_id: usage_rows.redrive(session, [], [row_id]),
+    usage_rows.VOID: usage_rows.void,
 }
 
 
@@ -71,6 +72,9 @@ def test_the_moves_are_the_allowed_transitions_and_nothing_else():
         (UsageStatus.REPORTED, UsageStatus.FAILED),
         (UsageStatus.FAILED, UsageStatus.RECORDED),
         (UsageStatus.REPORTED, UsageStatus.RECORDED),
+        (UsageStatus.RECORDED, UsageStatus.VOIDED),
+        (UsageStatus.REPORTED, UsageStatus.VOIDED),
+        (UsageStatus.FAILED, UsageStatus.VOIDED),
     }
 
 
