@@ -1,8 +1,9 @@
 """``stripe reconcile``: what the database says was reported, against what Stripe counted,
 and which rows make the difference.
 
-The database side is the sum of ``stripe_value`` over the organization's rows with status
-``reported`` whose ``occurred_at`` is in the window; the Stripe side is the meter event
+The database side is the sum of ``stripe_value`` over the organization's rows Stripe should
+count (``usage_voids.billed_at_stripe``: reported, or voided by a manual credit, which
+leaves Stripe as it was) whose ``occurred_at`` is in the window; the Stripe side is the meter event
 summaries of the meter for ``STRIPE_METER_EVENT_NAME`` and the organization's Stripe
 customer (a meter event's timestamp is its row's ``occurred_at``). Both are in the meter's
 unit: USD × 10^``STRIPE_VALUE_DECIMALS``.
@@ -14,7 +15,9 @@ own. The total is the sum of the days. Each differing day is cut into hours the 
 (``value_grouping_window=hour``), and each differing hour into minutes: one request per
 minute holding reported rows, whose rows are then listed. What Stripe counts in the
 hour's other minutes is found by halving those minutes' ranges, one request per cut
-(meter values are never negative, so a range that sums to 0 holds nothing).
+(meter values are never negative, so a range that sums to 0 holds nothing). A void's
+negative event is the one negative value: it has its row's ``occurred_at``, so it nets
+its row out within the minute, and ranges of whole minutes stay as if neither were sent.
 
 Stripe has no API to list meter events: a row Stripe lacks can be named, because the
 database lists the minute's rows; an event at Stripe the database does not have as
@@ -37,7 +40,7 @@ from flask.cli import AppGroup
 from sqlalchemy import orm
 
 from operator_cli import output, parameters, store, stripe_setup
-from shared import models, stripe_meter, usage_rows
+from shared import models, stripe_meter, usage_rows, usage_voids
 from shared.stripe_client import stripe_client
 
 stripe_cli = AppGroup(
@@ -112,7 +115,9 @@ def reconcile(organization_id: uuid.UUID, since: dt.datetime, until: dt.datetime
     Sums the meter values of the organization's rows reported to Stripe whose usage
     occurred in [--since, --until), asks Stripe for the same window and customer, and
     prints both totals, their difference and every UTC day on which they differ. Rows
-    not reported yet (recorded, failed) are counted but not compared.
+    not reported yet (recorded, failed) and voided rows are counted but not compared; a
+    row voided by a manual credit is compared (Stripe still counts it; finance credits
+    it), and one voided by a cancel or a negative event is not (Stripe nets it out).
 
     Each differing day is followed down to its hours and minutes: rows of a minute are
     named "missing at Stripe" when Stripe counts nothing there or lacks exactly one
@@ -216,7 +221,8 @@ def _print_totals(comparison: Comparison) -> None:
     pending = comparison.pending
     click.echo(
         f"Not compared: {pending['recorded']} row(s) still recorded (not yet reported), {pending['failed']} failed "
-        f"({pending['unreconciled']} of them flagged for reconciliation)."
+        f"({pending['unreconciled']} of them flagged for reconciliation), {pending['voided']} voided (nothing of them "
+        "billed at Stripe)."
     )
 
 
@@ -283,18 +289,20 @@ def _database_totals(
 def _reported_in(organization_id: uuid.UUID, start: dt.datetime, end: dt.datetime) -> list:
     return [
         _logs.organization_id == organization_id,
-        _logs.status == models.UsageStatus.REPORTED,
+        usage_voids.billed_at_stripe(),
         _logs.occurred_at >= start,
         _logs.occurred_at < end,
     ]
 
 
 def _rows_in(organization_id: uuid.UUID, start: dt.datetime, end: dt.datetime, *, reported: bool):
-    """The organization's rows (reported, or not) of [start, end), oldest first."""
-    status = _logs.status == models.UsageStatus.REPORTED
+    """The organization's rows (billed at Stripe, or not) of [start, end), oldest first,
+    each with its void's method (None without one)."""
+    status = usage_voids.billed_at_stripe()
     with store.operator_transaction() as session:
         return session.execute(
-            sa.select(_logs.id, _logs.occurred_at, _logs.stripe_value, _logs.status)
+            sa.select(_logs.id, _logs.occurred_at, _logs.stripe_value, _logs.status, models.UsageVoid.method.label("void"))
+            .outerjoin(models.UsageVoid, models.UsageVoid.row_id == _logs.id)
             .where(
                 _logs.organization_id == organization_id,
                 status if reported else ~status,
@@ -313,6 +321,7 @@ def _pending_counts(session, organization_id: uuid.UUID, since: dt.datetime, unt
             sa.func.count()
             .filter(_logs.status == models.UsageStatus.FAILED, usage_rows.unreconciled())
             .label("unreconciled"),
+            sa.func.count().filter(_logs.status == models.UsageStatus.VOIDED, ~usage_voids.billed_at_stripe()).label("voided"),
         ).where(_logs.organization_id == organization_id, _logs.occurred_at >= since, _logs.occurred_at < until)
     ).one()
     return row._asdict()
@@ -531,10 +540,17 @@ def _print_findings(findings: Findings) -> None:
 
 def _print_next_steps(findings: Findings, missing: list, candidates: list, more: list) -> None:
     steps = []
-    if missing:
+    voiding = [row for row in missing if row.void]
+    if resend := [row for row in missing if not row.void]:
         steps.append(
             "Re-send the rows missing at Stripe (same identifiers; Stripe does not have them):\n    "
-            f"flask --app ingest_api usage retry {' '.join(f'--id {row.id}' for row in missing)} --force"
+            f"flask --app ingest_api usage retry {' '.join(f'--id {row.id}' for row in resend)} --force"
+        )
+    if voiding:
+        steps.append(
+            f"Do not re-send the {len(voiding)} missing row(s) with a void ({', '.join(str(row.id) for row in voiding)}): "
+            "a manual credit's row is billed as it was, and a pending cancel or negative event takes the rest back; "
+            "`usage voids` shows each."
         )
     if candidates:
         steps.append(

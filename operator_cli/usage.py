@@ -32,7 +32,7 @@ from shared.usage_event import AcceptedUsageEvent
 from worker.reporting import shard_of
 
 usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them; void them.")
-for _command in (voids.void, voids.list_voids, voids.credit_issued):
+for _command in (voids.void, voids.list_voids, voids.credit_issued, voids.void_settled):
     usage_cli.add_command(_command)
 
 _logs = models.UserBillableRequestLog

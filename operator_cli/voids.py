@@ -1,4 +1,4 @@
-"""``usage void`` / ``usage voids`` / ``usage credit-issued``: taking back events that
+"""``usage void`` / ``usage voids`` / ``usage credit-issued`` / ``usage void-settled``: taking back events that
 should never have been billed, from the command line, as the API does
 (``shared.usage_voids`` is a void's life; the shard's reporter does Stripe's side)."""
 
@@ -77,7 +77,7 @@ def _as_json(v: UsageVoid, organization_id: uuid.UUID, cost) -> dict:
         "method": v.method, "state": v.state, "reason": v.reason, "requested_at": output.time_text(v.requested_at),
         "requested_by": v.requested_by, "completed_at": output.time_text(v.completed_at) or None,
         "stripe_identifier": v.stripe_identifier, "stripe_request_key": v.stripe_request_key, "error": v.error,
-        "credit_note": v.credit_note,
+        "credit_note": v.credit_note, "settled_by": v.settled_by, "settled_note": v.settled_note,
     }
 
 
@@ -93,4 +93,36 @@ def credit_issued(event_id: uuid.UUID, note: str) -> None:
         except usage_voids.VoidRefused as refused:
             raise click.ClickException(str(refused)) from None
     click.echo(f"Manual credit of {event_id} recorded: the event is voided.")
+    click.echo(str(event_id))
+
+
+@click.command("void-settled")
+@with_appcontext
+@click.option("--id", "event_id", required=True, type=click.UUID, help="The event whose void is refused or failed.")
+@click.option("--stripe-bills", required=True, type=click.Choice(["nothing", "the-event"]),
+              help="What `stripe reconcile` showed Stripe bills of the event.")
+@click.option("--note", required=True, help="What you saw (the reconcile's window and figures).")
+@click.option("--reason", help="Why it should never have been billed, when it has no void yet.")
+def void_settled(event_id: uuid.UUID, stripe_bills: str, note: str, reason: str | None) -> None:
+    """Settle a void that needs `stripe reconcile`, with what it showed.
+
+    A void is refused, or fails, when Stripe may hold the event without deduplicating it
+    any more (its first send is over a day old and not confirmed). Run `stripe reconcile`
+    for its organization over the event's minute, then: `--stripe-bills nothing` (Stripe
+    counts none of it) completes the void; `--stripe-bills the-event` sends a negative
+    event of its value (a manual credit, past Stripe's 35 days).
+    """
+    with store.operator_transaction() as session:
+        try:
+            settled = usage_voids.settled(
+                session, event_id, stripe_bills == "the-event", note, f"operator:{getpass.getuser()}", reason,
+            )
+        except usage_voids.VoidRefused as refused:
+            raise click.ClickException(str(refused)) from None
+        method, state = settled.method, settled.state
+        organization_id = session.get(_logs, event_id).organization_id
+    if state == VoidState.PENDING and method in usage_voids.STRIPE_METHODS:
+        store.wake_reporters([queue.shard_of(organization_id)])
+    done = "complete" if state == VoidState.COMPLETED else "under way"
+    click.echo(f"Void of {event_id} settled: {method}, {done}.")
     click.echo(str(event_id))

@@ -280,6 +280,10 @@ class UsageVoid(Base):
     error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     # A manual credit is complete once finance says it issued the credit note (this text).
     credit_note: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    # An operator who settled, after ``stripe reconcile``, what Stripe bills of the row
+    # (``usage void-settled``), and what they saw; their method then stands.
+    settled_by: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    settled_note: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
 
     __table_args__ = (
         sa.CheckConstraint(

@@ -195,7 +195,8 @@ def redrive(
     reconciled: Iterable[uuid.UUID] = (),
 ) -> list:
     """Failed rows (and reported rows Stripe lacks) back to recorded, for the reporter to
-    send again under the same identifier; rows changed meanwhile are left alone.
+    send again under the same identifier; rows changed meanwhile, and rows with a void
+    (never sent again), are left alone.
 
     A row keeps the time of its first send: within Stripe's window the identifier still
     deduplicates the resend. Only the rows a reconciliation showed Stripe lacks
@@ -212,7 +213,8 @@ def redrive(
     for transition, row_ids in ((REDRIVE, list(failed)), (REDRIVE_REPORTED, reported)):
         if row_ids:
             moved += session.execute(
-                _move(transition, _logs.id.in_(row_ids)).values(**values).returning(_logs.id, _logs.organization_id)
+                _move(transition, _logs.id.in_(row_ids), without_void())
+                .values(**values).returning(_logs.id, _logs.organization_id)
             ).all()
     return moved
 

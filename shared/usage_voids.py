@@ -23,7 +23,8 @@ again re-arms a failed void; a completed one is answered as it is: never twice.
 
 A row that may be at Stripe without Stripe still deduplicating it (flagged for
 reconciliation, or first sent more than 23 h ago and not reported) is refused a void
-until ``stripe reconcile`` settled what Stripe has (``VoidRefused``).
+(``VoidRefused``): an operator runs ``stripe reconcile`` and says what Stripe bills of it
+(``settled``). So does a void that failed for want of that.
 """
 
 from __future__ import annotations
@@ -49,25 +50,52 @@ NEGATIVE_KEY = "agent700-void-{row_id}-{attempt}"
 STRIPE_METHODS = frozenset({VoidMethod.STRIPE_CANCEL, VoidMethod.STRIPE_NEGATIVE_EVENT})
 
 
+# What an operator runs once ``stripe reconcile`` showed what Stripe bills of a row.
+SETTLE_COMMAND = "usage void-settled --id ID --stripe-bills nothing|the-event --note TEXT"
+
+
 class VoidRefused(Exception):
     """The row cannot be voided now, for the reason given."""
 
 
 def method_for(row: UserBillableRequestLog, now: dt.datetime) -> VoidMethod:
     """How the row is taken back at Stripe now; ``VoidRefused`` if it cannot be yet."""
-    if row.stripe_first_sent_at is None or (row.status == UsageStatus.FAILED and not row.needs_reconciliation):
+    if row.status == UsageStatus.FAILED and not row.needs_reconciliation:
         return VoidMethod.NEVER_SENT
-    first_sent_long_ago = row.stripe_first_sent_at < now - usage_rows.IDENTIFIER_WINDOW
+    first_sent = row.stripe_first_sent_at or row.stripe_reported_at
+    if first_sent is None:
+        if row.status != UsageStatus.REPORTED:
+            return VoidMethod.NEVER_SENT
+        # Reported before first sends were kept: when Stripe received it is not known, so
+        # it is taken back as one received long ago (a cancel might come too late).
+        first_sent = dt.datetime.min.replace(tzinfo=dt.UTC)
+    first_sent_long_ago = first_sent < now - usage_rows.IDENTIFIER_WINDOW
     if row.needs_reconciliation or (row.status == UsageStatus.RECORDED and first_sent_long_ago):
         raise VoidRefused(
             "Stripe may hold this event and no longer deduplicates it: run `stripe reconcile` for its "
-            "organization, then void it."
+            f"organization, then settle the void with `{SETTLE_COMMAND}`."
         )
     if not first_sent_long_ago:
         return VoidMethod.STRIPE_CANCEL
     if stripe_meter.unsendable(negative_event(row, ""), now) is None:
         return VoidMethod.STRIPE_NEGATIVE_EVENT
     return VoidMethod.MANUAL_CREDIT
+
+
+def billed_at_stripe():
+    """The log rows Stripe should count (a condition): the reported ones, and the voided
+    ones it could no longer be changed for (``manual_credit``: finance credits them).
+    A cancelled row is gone from Stripe's summaries, and a negative event nets its row
+    out in the same minute, so the other voided rows count nothing there."""
+    manual_credit = (
+        sa.exists()
+        .where(UsageVoid.row_id == UserBillableRequestLog.id, UsageVoid.method == VoidMethod.MANUAL_CREDIT)
+        .correlate_except(UsageVoid)
+    )
+    return sa.or_(
+        UserBillableRequestLog.status == UsageStatus.REPORTED,
+        sa.and_(UserBillableRequestLog.status == UsageStatus.VOIDED, manual_credit),
+    )
 
 
 def negative_event(row: UserBillableRequestLog, stripe_customer_id: str, attempts: int = 0) -> MeterEvent:
@@ -125,6 +153,44 @@ def credit_issued(session: orm.Session, row_id: uuid.UUID, credit_note: str) -> 
         raise VoidRefused("This event has no void waiting for a manual credit.")
     if void.state != VoidState.COMPLETED:
         complete(session, void, credit_note)
+    return void
+
+
+def settled(
+    session: orm.Session, row_id: uuid.UUID, stripe_bills: bool, note: str, settled_by: str, reason: str | None = None,
+) -> UsageVoid:
+    """An operator settled with ``stripe reconcile`` what Stripe bills of the row, whose void
+    Stripe's answers could not decide (refused, or failed asking for reconciliation).
+
+    ``stripe_bills`` false: nothing of it is billed, and the void is complete. True: it is
+    still billed, so a negative event takes it back (sent afresh: Stripe counted none of
+    an earlier one), or a manual credit past Stripe's window. The operator's method
+    stands: it is not chosen again from the row. A void not asked for yet is asked for
+    here (``reason``).
+    """
+    row = session.get(UserBillableRequestLog, row_id, with_for_update=True)
+    if row is None:
+        raise VoidRefused("No recorded event with this id.")
+    void = session.get(UsageVoid, row_id, with_for_update=True)
+    if void is None:
+        if not reason:
+            raise VoidRefused("This event has no void yet: give the reason for voiding it.")
+        void = UsageVoid(row_id=row_id, reason=reason, requested_by=settled_by, method=VoidMethod.NEVER_SENT)
+        session.add(void)
+    elif void.state != VoidState.FAILED:
+        raise VoidRefused(f"This event's void is {void.state}: only a failed void, or one not asked for yet, is settled.")
+    now = session.scalar(sa.select(sa.func.now()))
+    void.state, void.error, void.retry_at, void.settled_by, void.settled_note = (
+        VoidState.PENDING, None, None, settled_by, note,
+    )
+    if stripe_bills:
+        sendable = stripe_meter.unsendable(negative_event(row, ""), now) is None
+        void.method = VoidMethod.STRIPE_NEGATIVE_EVENT if sendable else VoidMethod.MANUAL_CREDIT
+        void.stripe_first_sent_at = None
+    session.flush()
+    if not stripe_bills:
+        complete(session, void)
+    log.info("usage void settled", extra={"event_id": str(row_id), "method": str(void.method), "settled_by": settled_by})
     return void
 
 

@@ -85,7 +85,7 @@ def _plan(session: orm.Session, meter: StripeMeter, void_id: uuid.UUID, result: 
         return None
     row = session.get(_logs, void.row_id)
     now = session.scalar(sa.select(sa.func.now()))
-    if void.stripe_first_sent_at is None:
+    if void.stripe_first_sent_at is None and void.settled_by is None:
         try:
             void.method = usage_voids.method_for(row, now)
         except VoidRefused as refused:
@@ -98,21 +98,26 @@ def _plan(session: orm.Session, meter: StripeMeter, void_id: uuid.UUID, result: 
         if void.method == VoidMethod.MANUAL_CREDIT:
             log.warning("usage void needs a manual credit", extra={"event_id": str(void_id)})
             return None
-        void.stripe_first_sent_at = now
-    elif void.method == VoidMethod.STRIPE_NEGATIVE_EVENT and void.stripe_first_sent_at < now - usage_rows.IDENTIFIER_WINDOW:
+    elif (void.method == VoidMethod.STRIPE_NEGATIVE_EVENT and void.stripe_first_sent_at is not None
+          and void.stripe_first_sent_at < now - usage_rows.IDENTIFIER_WINDOW):
         _fail(void, "Its negative event was first sent longer ago than Stripe deduplicates identifiers and is not "
-                    "confirmed: run `stripe reconcile` for its organization before taking it further.", result)
+                    f"confirmed: run `stripe reconcile` for its organization, then `{usage_voids.SETTLE_COMMAND}`.", result)
         return None
+    customer = None
+    if void.method == VoidMethod.STRIPE_NEGATIVE_EVENT:
+        customer = session.scalar(
+            sa.select(models.Organization.stripe_customer_id).where(models.Organization.id == row.organization_id)
+        )
+        if not customer:
+            _fail(void, "Its organization has no Stripe customer now, so no negative event can be sent.", result)
+            return None
+    void.stripe_first_sent_at = void.stripe_first_sent_at or now
     void.stripe_attempts, void.retry_at, row_id = void.stripe_attempts + 1, None, row.id
     if void.method == VoidMethod.STRIPE_CANCEL:
         void.stripe_identifier = row.stripe_identifier
         void.stripe_request_key = usage_voids.CANCEL_KEY.format(row_id=row_id)
         event_name, identifier, key = row.stripe_event_name or meter.event_name, row.stripe_identifier, void.stripe_request_key
         return lambda: meter.cancel(row_id, event_name, identifier, key)
-    customer = session.scalar(sa.select(models.Organization.stripe_customer_id).where(models.Organization.id == row.organization_id))
-    if not customer:
-        _fail(void, "Its organization has no Stripe customer now, so no negative event can be sent.", result)
-        return None
     event = usage_voids.negative_event(row, customer, void.stripe_attempts - 1)
     void.stripe_identifier = usage_voids.NEGATIVE_IDENTIFIER.format(row_id=row_id)
     void.stripe_request_key = usage_voids.NEGATIVE_KEY.format(row_id=row_id, attempt=void.stripe_attempts)
@@ -143,7 +148,7 @@ def _missing(session: orm.Session, meter: StripeMeter, void: UsageVoid, why: str
     now = session.scalar(sa.select(sa.func.now()))
     if row.stripe_first_sent_at is not None and row.stripe_first_sent_at < now - CANCEL_WINDOW:
         _fail(void, f"{why}; Stripe no longer cancels an event received 24 h ago, and may hold this one: run "
-                    "`stripe reconcile` for its organization.", result)
+                    f"`stripe reconcile` for its organization, then `{usage_voids.SETTLE_COMMAND}`.", result)
         return
     settled_at = max(filter(None, (void.requested_at, row.stripe_reported_at))) + meter.summary_settle
     if now >= settled_at:

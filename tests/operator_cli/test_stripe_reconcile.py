@@ -428,3 +428,59 @@ def test_the_drill_down_stops_at_its_request_budget_and_says_so(runner, factory,
     assert "Hours that differ" in result.stdout  # one request: the hours of the day
     assert "Minutes that differ" not in result.stdout
     assert "Stopped looking after 1 more Stripe requests; give a narrower --since/--until" in result.stdout
+
+
+# --- voids ---------------------------------------------------------------------------------
+
+
+def voided(settings, row, method: str, state: str = "completed") -> None:
+    """The row's void as the reporter leaves it (its Stripe side done when completed)."""
+    with db.transaction(settings.database_url) as session:
+        session.add(models.UsageVoid(
+            row_id=row.id, reason="sent twice", requested_by="user-1", method=method, state=state,
+            completed_at=dt.datetime.now(dt.UTC) if state == "completed" else None,
+        ))
+        if state == "completed":
+            session.get(models.UserBillableRequestLog, row.id).status = models.UsageStatus.VOIDED
+
+
+def test_voids_are_counted_as_stripe_has_them(runner, factory, usage_records, meter, settings, stripe):
+    """What Stripe should have: the reported rows, less the cancelled, with negative events
+    netting their rows out; a manual credit's row stays billed at Stripe."""
+    organization = factory.organization(stripe_customer_id="cus_voids")
+    kept, cancelled, negated, credited = (
+        reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=h, seconds=5), cost)
+        for h, cost in ((1, "0.000100"), (2, "0.000200"), (3, "0.000400"), (4, "0.000800"))
+    )
+    send(meter, organization, kept, cancelled, negated, credited)
+    assert meter.cancel(cancelled.id, settings.stripe_meter_event_name, str(cancelled.id), "k-cancel").outcome is Outcome.REPORTED
+    negative = MeterEvent(negated.id, organization.stripe_customer_id, -negated.stripe_value, negated.occurred_at)
+    assert meter.send_one(negative, f"void-{negated.id}", "k-negative").outcome is Outcome.REPORTED
+    settle(stripe)
+    voided(settings, cancelled, "stripe_cancel")
+    voided(settings, negated, "stripe_negative_event")
+    voided(settings, credited, "manual_credit")
+
+    result = reconcile(runner, organization.id, "--since", rfc3339(YESTERDAY), "--until", rfc3339(TODAY))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "MATCH"
+    assert "Database total (reported): 900 " in result.stdout  # kept and credited
+    assert "2 voided (nothing of them billed at Stripe)" in result.stdout
+
+
+def test_a_row_missing_at_stripe_with_a_void_is_not_offered_for_resending(runner, factory, usage_records, meter, settings):
+    organization = factory.organization(stripe_customer_id="cus_void_missing")
+    lost, voiding = (
+        reported(usage_records, organization, YESTERDAY + dt.timedelta(hours=h, minutes=30), "0.000100") for h in (5, 6)
+    )
+    voided(settings, voiding, "stripe_cancel", state="pending")  # its cancel not made yet
+
+    result = reconcile(runner, organization.id, "--since", rfc3339(YESTERDAY), "--until", rfc3339(TODAY))
+
+    assert result.exit_code == 1, result.output
+    assert f"    flask --app ingest_api usage retry --id {lost.id} --force" in result.stdout.splitlines()
+    assert f"Do not re-send the 1 missing row(s) with a void ({voiding.id})" in result.stdout
+    assert runner.invoke(args=["usage", "retry", "--id", str(voiding.id), "--force"]).exit_code == 0
+    with db.transaction(settings.database_url) as session:  # a row with a void is never sent again
+        assert session.get(models.UserBillableRequestLog, voiding.id).status == models.UsageStatus.REPORTED

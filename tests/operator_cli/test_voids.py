@@ -1,4 +1,4 @@
-"""``usage void`` / ``usage voids`` / ``usage credit-issued``: voids from the command line."""
+"""``usage void`` / ``usage voids`` / ``usage credit-issued`` / ``usage void-settled``: voids from the command line."""
 
 from __future__ import annotations
 
@@ -61,3 +61,24 @@ def test_a_manual_credit_is_listed_with_its_amount_until_finance_issues_it(runne
     assert done.exit_code == 0, done.output
     assert json.loads(runner.invoke(args=["usage", "voids", "--needs-credit", "--json"]).output)["voids"] == []
     assert [r.status for r in log_rows(settings)] == ["voided"]
+
+
+def test_a_void_refused_for_reconciliation_is_settled_with_what_reconcile_showed(runner, settings, world):
+    event = world.event()
+    record(settings, [event])
+    with db.transaction(settings.database_url) as session:
+        session.execute(sa.update(_logs).values(
+            status="failed", needs_reconciliation=True, stripe_first_sent_at=sa.func.now() - dt.timedelta(hours=30),
+        ))
+    assert_refused(runner.invoke(args=["usage", "void", "--id", str(event.id), "--reason", "wrong org"]), "usage void-settled")
+    settle = ["usage", "void-settled", "--id", str(event.id), "--stripe-bills", "nothing", "--note", "reconcile: missing at Stripe"]
+    assert_refused(runner.invoke(args=settle), "give the reason")
+
+    result = runner.invoke(args=[*settle, "--reason", "wrong org"])
+
+    assert result.exit_code == 0, result.output
+    assert "never_sent, complete" in result.output and result.output.splitlines()[-1] == str(event.id)
+    assert [row.status for row in log_rows(settings)] == ["voided"]
+    (listed,) = json.loads(runner.invoke(args=["usage", "voids", "--json"]).output)["voids"]
+    assert (listed["reason"], listed["settled_note"]) == ("wrong org", "reconcile: missing at Stripe")
+    assert listed["settled_by"].startswith("operator:") and listed["state"] == "completed"

@@ -226,3 +226,98 @@ def test_a_cancel_stripe_has_no_event_for_completes_only_once_stripe_had_time(se
     report(settings, broker, patient, shard)
     assert void_of(settings, event.id).state == "completed"
     assert [row.status for row in log_rows(settings)] == ["voided"] and stripe.meter_events() == []
+
+
+def flag_for_reconciliation(settings, row_id) -> None:
+    """The row as the reporter leaves one whose sends went unanswered for a day."""
+    with db.transaction(settings.database_url) as session:
+        session.execute(sa.update(_logs).where(_logs.id == row_id).values(
+            status="failed", needs_reconciliation=True, stripe_first_sent_at=sa.func.now() - dt.timedelta(hours=30),
+        ))
+
+
+def settle_void(settings, row_id, *, stripe_bills: bool, reason=None) -> models.UsageVoid:
+    with db.transaction(settings.database_url) as session:
+        void = usage_voids.settled(session, row_id, stripe_bills, "reconcile 10:00-10:01: 1 row missing", "operator:ann", reason)
+        session.expunge(void)
+    return void
+
+
+def test_a_row_stripe_may_hold_is_refused_until_an_operator_settles_it_as_billed(settings, world, broker, meter, stripe):
+    event = reported_event(settings, world, broker, meter)
+    flag_for_reconciliation(settings, event.id)  # as if its answer was lost, a day ago
+    with pytest.raises(usage_voids.VoidRefused, match="usage void-settled"):
+        ask_void(settings, event.id)
+
+    settled = settle_void(settings, event.id, stripe_bills=True, reason="wrong organization")
+    assert (settled.method, settled.state, settled.settled_by) == ("stripe_negative_event", "pending", "operator:ann")
+    report(settings, broker, meter, reporting.shard_of(world.organization.id))
+
+    void = void_of(settings, event.id)
+    assert (void.state, void.reason, void.settled_note) == ("completed", "wrong organization", "reconcile 10:00-10:01: 1 row missing")
+    assert [row.status for row in log_rows(settings)] == ["voided"]
+    settle(stripe)
+    assert sorted(e["identifier"] for e in stripe.meter_events()) == sorted([str(event.id), f"void-{event.id}"])
+
+
+def test_a_void_settled_as_billing_nothing_completes_without_a_stripe_call(settings, world, broker, meter, stripe):
+    event = world.event()
+    record(settings, [event])
+    flag_for_reconciliation(settings, event.id)
+
+    void = settle_void(settings, event.id, stripe_bills=False, reason="test call")
+    report(settings, broker, meter, reporting.shard_of(world.organization.id))
+
+    assert (void.method, void.state) == ("never_sent", "completed")
+    assert [row.status for row in log_rows(settings)] == ["voided"]
+    assert stripe.meter_events() == [] and adjustments(stripe) == []
+    with pytest.raises(usage_voids.VoidRefused, match="completed"):
+        settle_void(settings, event.id, stripe_bills=True)  # a complete void is never settled again
+
+
+def test_a_failed_cancel_stripe_no_longer_finds_is_settled_and_then_negated(settings, world, broker, stripe):
+    """A cancel that found nothing a day after the row's send fails for reconciliation; the
+    operator saw Stripe still counts the row, so a negative event takes it back."""
+    meter = StripeMeter(settings, api="v1")
+    event = reported_event(settings, world, broker, meter)
+    ask_void(settings, event.id)
+    stripe.advance_clock(dt.timedelta(hours=25).total_seconds())  # past Stripe's 24 h to cancel
+    first_sent_ago(settings, event.id, dt.timedelta(hours=25))
+    shard = reporting.shard_of(world.organization.id)
+    with db.transaction(settings.database_url) as session:  # asked before the day ran out, sent after
+        session.execute(sa.update(models.UsageVoid).values(stripe_first_sent_at=sa.func.now()))
+
+    report(settings, broker, meter, shard)
+    failed = void_of(settings, event.id)
+    assert failed.state == "failed" and "usage void-settled" in failed.error
+
+    settle_void(settings, event.id, stripe_bills=True)
+    report(settings, broker, meter, shard)
+    assert void_of(settings, event.id).state == "completed"
+    settle(stripe)
+    values = sorted(e["value"] for e in stripe.meter_events() if e["canceled_at"] is None)
+    assert values == sorted([str(log_rows(settings)[0].stripe_value), str(-log_rows(settings)[0].stripe_value)])
+
+
+def test_a_negative_event_without_a_stripe_customer_fails_unsent(settings, world, broker, meter, stripe):
+    event = reported_event(settings, world, broker, meter)
+    first_sent_ago(settings, event.id, dt.timedelta(hours=30))
+    assert ask_void(settings, event.id).method == "stripe_negative_event"
+    with db.transaction(settings.database_url) as session:
+        session.execute(sa.update(models.Organization).values(stripe_customer_id=None))
+
+    report(settings, broker, meter, reporting.shard_of(world.organization.id))
+
+    void = void_of(settings, event.id)
+    assert void.state == "failed" and "no Stripe customer" in void.error
+    assert (void.stripe_first_sent_at, void.stripe_attempts) == (None, 0)  # nothing went out
+    assert [e["identifier"] for e in stripe.meter_events()] == [str(event.id)]
+
+
+def test_a_reported_row_of_unknown_send_time_is_negated_not_cancelled(settings, world, broker, meter, stripe):
+    """Rows reported before first sends were kept: a cancel might come after Stripe's 24 h."""
+    event = reported_event(settings, world, broker, meter)
+    with db.transaction(settings.database_url) as session:
+        session.execute(sa.update(_logs).values(stripe_first_sent_at=None, stripe_reported_at=None))
+
+    assert ask_void(settings, event.id).method == "stripe_negative_event"
