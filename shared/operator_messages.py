@@ -16,6 +16,10 @@ _NO_CUSTOMER = (
     "orgs set-stripe-customer --org {organization_id} --stripe-customer-id cus_...`, then "
     "`flask --app ingest_api usage retry --all-failed`."
 )
+_VOID_DROPPED = (
+    "Stripe dropped this void's negative event after accepting it ({code}: {message}; "
+    "error report {report_event_id}), so it bills the event again. Fix the cause, then void it again."
+)
 _DROPPED = (
     "Stripe dropped this meter event after accepting it ({code}: {message}; "
     "error report {report_event_id}). Fix the cause, then `usage retry`."
@@ -31,6 +35,10 @@ def no_stripe_customer(organization_id: uuid.UUID) -> str:
 
 def dropped_by_stripe(code: str, message: str, report_event_id: str) -> str:
     return _DROPPED.format(code=code, message=message.rstrip("."), report_event_id=report_event_id)
+
+
+def void_dropped_by_stripe(code: str, message: str, report_event_id: str) -> str:
+    return _VOID_DROPPED.format(code=code, message=message.rstrip("."), report_event_id=report_event_id)
 
 
 def stripe_event_unhandled(why: str) -> str:

@@ -11,6 +11,7 @@ then moves only as ``TRANSITIONS`` allows::
     failed   --redrive------------> recorded   (``usage retry``, its cause fixed)
     reported --redrive------------> recorded   (``usage retry --id --force``: Stripe lacks it)
     recorded, reported, failed --void--> voided   (its void is complete: nothing of it billed)
+    voided   --void dropped-------> reported   (Stripe's error report: it dropped the negative event)
 
 Every move is one ``UPDATE`` that names the states it leaves from, so a row changed
 meanwhile (a concurrent retry, an error report racing the reporter) is left alone, and
@@ -70,7 +71,9 @@ REDRIVE_REPORTED = Transition("redrive a reported row", frozenset({UsageStatus.R
 VOID = Transition(
     "void", frozenset({UsageStatus.RECORDED, UsageStatus.REPORTED, UsageStatus.FAILED}), UsageStatus.VOIDED
 )
-TRANSITIONS = (REPORT, FAIL, FLAG, DROP, REDRIVE, REDRIVE_REPORTED, VOID)
+# Stripe dropped the negative event that voided the row: it bills the row again.
+VOID_DROPPED = Transition("void dropped by Stripe", frozenset({UsageStatus.VOIDED}), UsageStatus.REPORTED)
+TRANSITIONS = (REPORT, FAIL, FLAG, DROP, REDRIVE, REDRIVE_REPORTED, VOID, VOID_DROPPED)
 
 
 def _move(transition: Transition, *where, **values):
@@ -225,3 +228,8 @@ def void(session: orm.Session, row_id: uuid.UUID) -> bool:
     if moved:
         log.info("usage event voided", extra={"event_id": str(row_id)})
     return bool(moved)
+
+
+def void_dropped(session: orm.Session, row_id: uuid.UUID) -> bool:
+    """Stripe dropped the negative event of the row's void: the row is billed again."""
+    return bool(session.execute(_move(VOID_DROPPED, _logs.id == row_id)).rowcount)

@@ -117,6 +117,7 @@ def request(session: orm.Session, row_id: uuid.UUID, reason: str, requested_by: 
     if void is not None:
         if void.state == VoidState.FAILED:
             void.state, void.error = VoidState.PENDING, None
+            session.flush()
             log.info("usage void armed again", extra={"event_id": str(row_id)})
         return void
     now = session.scalar(sa.select(sa.func.now()))
@@ -144,6 +145,25 @@ def complete(session: orm.Session, void: UsageVoid, credit_note: str | None = No
 def fail(void: UsageVoid, reason: str) -> None:
     void.state, void.error = VoidState.FAILED, reason
     log.warning("usage void failed", extra={"event_id": str(void.row_id), "method": void.method, "reason": reason})
+
+
+def dropped(session: orm.Session, reasons: dict[uuid.UUID, str]) -> list[uuid.UUID]:
+    """Stripe dropped these voids' negative events after taking them (its error report):
+    each void fails with Stripe's reason, its send forgotten (Stripe keeps nothing of a
+    dropped event, so asking again sends it afresh), and its row is billed again. The
+    voids that failed."""
+    failed = []
+    for row_id, reason in reasons.items():
+        void = session.get(UsageVoid, row_id, with_for_update=True)
+        if void is None or void.method != VoidMethod.STRIPE_NEGATIVE_EVENT or void.state == VoidState.FAILED:
+            continue
+        void.state, void.completed_at, void.stripe_first_sent_at = VoidState.FAILED, None, None
+        void.error = reason
+        session.flush()
+        usage_rows.void_dropped(session, row_id)
+        log.warning("usage void dropped by Stripe", extra={"event_id": str(row_id), "reason": reason})
+        failed.append(row_id)
+    return failed
 
 
 def credit_issued(session: orm.Session, row_id: uuid.UUID, credit_note: str) -> UsageVoid:

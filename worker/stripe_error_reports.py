@@ -19,13 +19,17 @@ every request a sample names. The rows concerned are found, each with Stripe's r
 3. an unknown customer drops every event for it: the window's rows of the customers
    Stripe does not know;
 4. a timestamp or a value Stripe refuses: the window's rows that break its rule;
-5. while fewer rows are found than Stripe counted, the window's other rows are compared
+5. while fewer are found than Stripe counted, the window's other rows are compared
    with Stripe's meter event summaries, per customer and minute of ``occurred_at``: where
    Stripe counts less, the rows it lacks are failed (all of the minute's, if the
    difference does not say which). Summaries are eventually consistent, so this waits
    until the window is settled: ``STRIPE_SUMMARY_SETTLE_SECONDS`` after its end
    (``SummariesNotSettled``; the task comes back then). Until then nothing of the report
    is applied.
+
+A sample naming a void's negative event (its call's key, or ``void-<row id>``) fails
+that void, and its row is billed again (``usage_voids.dropped``); asking for the void
+again sends the negative event afresh.
 
 A failed row goes back to Stripe with ``usage retry`` once its cause is fixed: Stripe
 keeps no identifier of an event it dropped, so the retry is counted once; one it did
@@ -52,7 +56,7 @@ import sqlalchemy as sa
 import stripe
 from sqlalchemy import orm
 
-from shared import models, operator_messages, stripe_meter
+from shared import models, operator_messages, stripe_meter, usage_voids
 from shared.stripe_meter import TIMESTAMP_CODES, VALUE_CODES
 
 log = logging.getLogger(__name__)
@@ -129,8 +133,10 @@ class ErrorReport:
 
 def dropped_rows(
     session: orm.Session, client: stripe.StripeClient, report: ErrorReport, settled_after: dt.timedelta,
+    voids_dropped: int = 0,
 ) -> dict[uuid.UUID, str]:
-    """The reported rows Stripe dropped, each with the reason written on it. Raises
+    """The reported rows Stripe dropped, each with the reason written on it (of the errors
+    reported, ``voids_dropped`` were voids' negative events). Raises
     ``SummariesNotSettled`` while only summaries that may still lag could tell the rest."""
     rows = _window_rows(session, report)
     codes = {error_type.code for error_type in report.error_types}
@@ -165,7 +171,7 @@ def dropped_rows(
             event = stripe_meter.MeterEvent(row.id, row.stripe_customer_id, row.stripe_value, row.occurred_at)
             if (problem := stripe_meter.unsendable(event, row.stripe_reported_at)) is not None:
                 drop(row, next(iter(codes & (TIMESTAMP_CODES | VALUE_CODES))), problem)
-    if len(dropped) < report.error_count and report.meter_id:
+    if len(dropped) + voids_dropped < report.error_count and report.meter_id:
         if dt.datetime.now(dt.UTC) < report.end + settled_after:
             raise SummariesNotSettled(report.end + settled_after)
         code = report.error_types[0].code if len(report.error_types) == 1 else "summaries"
@@ -173,6 +179,27 @@ def dropped_rows(
         for row_id, message in lacking.items():
             dropped.setdefault(row_id, _reason(report, code, message))
     return dropped
+
+
+def dropped_voids(session: orm.Session, report: ErrorReport) -> dict[uuid.UUID, str]:
+    """The voids whose negative events the samples name (by the call's key or the event's
+    ``void-<row id>`` identifier), each with Stripe's reason: Stripe dropped them."""
+    messages = {
+        identifier: (error_type.code, message)
+        for error_type in report.error_types for identifier, message in error_type.samples.items()
+    }
+    voids = session.execute(
+        sa.select(models.UsageVoid.row_id, models.UsageVoid.stripe_request_key, models.UsageVoid.stripe_identifier).where(
+            models.UsageVoid.method == models.VoidMethod.STRIPE_NEGATIVE_EVENT,
+            sa.or_(models.UsageVoid.stripe_request_key.in_(messages), models.UsageVoid.stripe_identifier.in_(messages)),
+        )
+    ).all()
+    return {
+        void.row_id: operator_messages.void_dropped_by_stripe(
+            *messages.get(void.stripe_request_key) or messages[void.stripe_identifier], report.event_id,
+        )
+        for void in voids
+    }
 
 
 def _window_rows(session: orm.Session, report: ErrorReport):
@@ -262,7 +289,7 @@ def _lacking_in_summaries(
             .join(models.Organization, models.Organization.id == _logs.organization_id)
             .where(
                 models.Organization.stripe_customer_id == customer,
-                _logs.status == models.UsageStatus.REPORTED,
+                usage_voids.billed_at_stripe(),
                 _logs.occurred_at >= minute,
                 _logs.occurred_at < minute + MINUTE,
                 _logs.id.notin_(known_dropped) if known_dropped else sa.true(),

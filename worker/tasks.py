@@ -15,7 +15,7 @@ import sqlalchemy.exc
 import stripe
 from celery import shared_task
 
-from shared import intake, metrics, operator_messages, pipeline_status, queue, usage_rows
+from shared import intake, metrics, operator_messages, pipeline_status, queue, usage_rows, usage_voids
 from worker import beat, recording, reporting, stripe_error_reports, sweep_queries
 from worker.task_base import BillingTask
 
@@ -119,11 +119,17 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
         with self.transaction() as session:
             if not stripe_error_reports.claim(session, event_id):
                 return {"stripe_event": event_id, "already_handled": True}
+            void_reasons = stripe_error_reports.dropped_voids(session, report)
             dropped = stripe_error_reports.dropped_rows(
-                session, client, report, dt.timedelta(seconds=self.settings.stripe_summary_settle_seconds)
+                session, client, report, dt.timedelta(seconds=self.settings.stripe_summary_settle_seconds),
+                len(void_reasons),
             )
             failed = usage_rows.fail_dropped(session, dropped)
-            stripe_error_reports.handled(session, event_id, f"{len(failed)} row(s) failed of {report.error_count} error(s) reported")
+            voids_failed = usage_voids.dropped(session, void_reasons)
+            voids_text = f" and {len(voids_failed)} void(s)" if voids_failed else ""
+            stripe_error_reports.handled(
+                session, event_id, f"{len(failed)} row(s){voids_text} failed of {report.error_count} error(s) reported"
+            )
     except stripe_error_reports.SummariesNotSettled as waiting:
         # Capped like a fetch retry, far from the broker's visibility timeout; early is harmless.
         countdown = min(stripe_error_reports.RETRY_MAX_SECONDS,
@@ -134,7 +140,7 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
     metrics.stripe_error_reports.labels(report.type).inc()
     log.warning(
         "stripe error report", extra={"stripe_event_id": event_id, "type": report.type, "errors": report.error_count,
-                                      "event_ids": [str(i) for i in failed]},
+                                      "event_ids": [str(i) for i in failed], "void_event_ids": [str(i) for i in voids_failed]},
     )
     return {
         "stripe_event": event_id,
@@ -142,6 +148,7 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
         "errors_reported": report.error_count,
         "failed": len(failed),
         "failed_ids": {str(i): dropped[i] for i in failed},
+        "void_failed_ids": {str(i): void_reasons[i] for i in voids_failed},
     }
 
 

@@ -14,7 +14,7 @@ from shared.stripe_client import DEFAULT_NETWORK_RETRIES as SDK_NETWORK_RETRIES
 from tests.support.billing import log_rows
 from tests.support.stripe_sdk import settle
 from tests.worker.test_reporting import record, report
-from worker import reporting
+from worker import reporting, stripe_error_reports
 from worker.stripe_reporting import StripeMeter
 
 _logs = models.UserBillableRequestLog
@@ -321,3 +321,40 @@ def test_a_reported_row_of_unknown_send_time_is_negated_not_cancelled(settings, 
         session.execute(sa.update(_logs).values(stripe_first_sent_at=None, stripe_reported_at=None))
 
     assert ask_void(settings, event.id).method == "stripe_negative_event"
+
+
+def test_a_negative_event_stripe_drops_fails_its_void_and_asking_again_sends_it_afresh(settings, world, broker, meter, stripe):
+    event = reported_event(settings, world, broker, meter)
+    first_sent_ago(settings, event.id, dt.timedelta(hours=30))
+    ask_void(settings, event.id)
+    shard = reporting.shard_of(world.organization.id)
+    report(settings, broker, meter, shard)
+    sent = void_of(settings, event.id)
+    assert (sent.state, sent.stripe_request_key) == ("completed", f"agent700-void-{event.id}-1")
+
+    dropped_report = stripe_error_reports.ErrorReport(
+        event_id="evt_void_dropped", type="v1.billing.meter.error_report_triggered", meter_id="mtr_test",
+        start=sent.stripe_first_sent_at, end=sent.stripe_first_sent_at + dt.timedelta(minutes=1), summary="dropped",
+        error_types=[stripe_error_reports.ErrorType("meter_event_customer_not_found", 1, {sent.stripe_request_key: "No such customer"})],
+    )
+    with db.transaction(settings.database_url) as session:
+        reasons = stripe_error_reports.dropped_voids(session, dropped_report)
+        assert stripe_error_reports.dropped_rows(session, None, dropped_report, dt.timedelta(0), len(reasons)) == {}
+        assert usage_voids.dropped(session, reasons) == [event.id]
+
+    failed = void_of(settings, event.id)
+    assert (failed.state, failed.completed_at, failed.stripe_first_sent_at) == ("failed", None, None)
+    assert "No such customer" in failed.error and "evt_void_dropped" in failed.error
+    assert [row.status for row in log_rows(settings)] == ["reported"]  # Stripe bills it again
+
+    assert ask_void(settings, event.id).state == "pending"  # asked again: armed
+    # The local server did not really drop it (it validates v1 events at once): past its
+    # identifier window, it takes the resend as Stripe takes one of an event it dropped.
+    stripe.advance_clock(dt.timedelta(hours=25).total_seconds())
+    report(settings, broker, meter, shard)
+    again = void_of(settings, event.id)
+    assert again.error is None, again.error
+    assert (again.state, again.stripe_request_key, again.stripe_identifier) == (
+        "completed", f"agent700-void-{event.id}-2", f"void-{event.id}",
+    )
+    assert [row.status for row in log_rows(settings)] == ["voided"]
