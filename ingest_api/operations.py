@@ -151,10 +151,32 @@ class _DatabaseGauges(NamedTuple):
     failed: int  # events waiting for an operator
     unreported: int  # rows recorded and not yet reported
     aging_out: int  # of those, the ones ageing out
+    voids: dict[tuple[str, str], int]  # by (method, state): every pair, 0 when none
+    oldest_pending_void_age: dict[str, float]  # by method: every method, 0 when none is pending
+
+
+def _void_gauges(connection: sa.Connection) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+    """The voids by method and state, and the age of each method's oldest pending void by
+    the database's clock, in one query (a scan of usage_voids: voids are rare, and kept)."""
+    voids = models.UsageVoid
+    counts = {(str(method), str(state)): 0 for method in models.VoidMethod for state in models.VoidState}
+    oldest = {str(method): 0.0 for method in models.VoidMethod}
+    for method, state, count, age in connection.execute(
+        sa.select(
+            voids.method, voids.state, sa.func.count(),
+            sa.extract("epoch", sa.func.now() - sa.func.min(voids.requested_at)),
+        ).group_by(voids.method, voids.state)
+    ):
+        counts[method, state] = count
+        if state == models.VoidState.PENDING:
+            # A void committed after this transaction began is younger than its now().
+            oldest[method] = max(0.0, float(age))
+    return counts, oldest
 
 
 def _database_gauges(settings) -> _DatabaseGauges:
-    """What PostgreSQL says of the pipeline: the rows not yet reported, the failed events."""
+    """What PostgreSQL says of the pipeline: the rows not yet reported, the failed events,
+    the voids."""
     logs = models.UserBillableRequestLog
     with db.engine_for(settings.database_url).connect() as connection:
         connection.execute(sa.text(f"SET LOCAL statement_timeout = {READINESS_TIMEOUT_SECONDS * 1000}"))
@@ -166,8 +188,9 @@ def _database_gauges(settings) -> _DatabaseGauges:
         ) + connection.scalar(sa.select(sa.func.count()).where(models.RejectedUsageEvent.resolved_at.is_(None)))
         unreported = backlog.recorded_not_reported(connection)
         aging_out = backlog.recorded_aging_out(connection, dt.datetime.now(dt.UTC))
+        voids, oldest_pending_void_age = _void_gauges(connection)
     age = (dt.datetime.now(dt.UTC) - oldest_received).total_seconds() if oldest_received is not None else None
-    return _DatabaseGauges(age, failed, unreported, aging_out)
+    return _DatabaseGauges(age, failed, unreported, aging_out, voids, oldest_pending_void_age)
 
 
 def _gauge_families() -> dict[str, GaugeMetricFamily]:
@@ -198,6 +221,18 @@ def _gauge_families() -> dict[str, GaugeMetricFamily]:
         ),
         "failed": GaugeMetricFamily(
             "a700_failed_events", "Events waiting for an operator: failed rows and unresolved rejected events."
+        ),
+        "voids": GaugeMetricFamily(
+            "a700_voids",
+            "Voids of usage events, by method (never_sent, stripe_cancel, stripe_negative_event, manual_credit) and "
+            "state (pending, completed, failed); every method and state is given, 0 when none.",
+            labels=["method", "state"],
+        ),
+        "void_oldest_pending": GaugeMetricFamily(
+            "a700_void_oldest_pending_seconds",
+            "Seconds since the oldest pending void of each method was asked for, by the database's clock; 0 when "
+            "none is pending.",
+            labels=["method"],
         ),
         "workers": GaugeMetricFamily(
             "a700_workers_alive", "Celery workers that said they are alive in the last 15 seconds."
@@ -239,6 +274,10 @@ def _add_database_samples(gauges: dict[str, GaugeMetricFamily], answer: _Databas
     gauges["failed"].add_metric([], answer.failed)
     gauges["unreported"].add_metric([], answer.unreported)
     gauges["aging_out"].add_metric(["recorded"], answer.aging_out)
+    for (method, state), count in answer.voids.items():
+        gauges["voids"].add_metric([method, state], count)
+    for method, age in answer.oldest_pending_void_age.items():
+        gauges["void_oldest_pending"].add_metric([method], age)
 
 
 class PipelineCollector:

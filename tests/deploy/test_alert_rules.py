@@ -36,6 +36,9 @@ REQUIRED_ALERTS = {
     "A700IntakeBacklogGrowing",
     "A700PoisonEventInIntake",
     "A700EventsAgingOut",
+    "A700VoidPending",
+    "A700ManualCreditUnacknowledged",
+    "A700VoidFailed",
     "A700MetricsAbsent",
 }
 

@@ -12,11 +12,12 @@ import time
 
 import pytest
 import redis
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.children import http_get, wait_until
 from ingest_api import create_app
-from shared import intake, models
+from shared import db, intake, models, usage_voids
 from tests.support.billing import BATCH_URL, URL, log_row, status_counts, store
 from tests.support.http_probes import get_within, http
 from tests.support.log_lines import json_lines
@@ -165,6 +166,102 @@ def test_healthy_nothing_is_aging_out(world, client):
     assert value(scraped, "a700_events_aging_out", stage="recorded") == 0
 
 
+def _database_now(settings) -> dt.datetime:
+    with db.transaction(settings.database_url) as session:
+        return session.scalar(sa.select(sa.func.now()))
+
+
+def _voids(settings, world, *voids: tuple[models.VoidMethod, models.VoidState, dt.timedelta]) -> None:
+    """A log row and its void for each (method, state, how long ago it was asked for), by
+    the database's clock; a completed void's row is voided, any other's reported."""
+    now = _database_now(settings)
+    rows = [
+        log_row(
+            user_id=world.user.id, organization_id=world.organization.id, service_id=world.service.id, price=world.price,
+            status=models.UsageStatus.VOIDED if state == models.VoidState.COMPLETED else models.UsageStatus.REPORTED,
+            stripe_first_sent_at=now - ago - dt.timedelta(minutes=1),
+        )
+        for _, state, ago in voids
+    ]
+    store(settings, *rows)
+    store(settings, *[
+        models.UsageVoid(
+            row_id=row.id, reason="sent twice", requested_by="operator:test", method=method, state=state,
+            requested_at=now - ago, completed_at=now if state == models.VoidState.COMPLETED else None,
+            error="Stripe refused it" if state == models.VoidState.FAILED else None,
+        )
+        for row, (method, state, ago) in zip(rows, voids, strict=True)
+    ])
+
+
+def _void_samples(scraped: dict) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+    counts = {
+        (dict(labels)["method"], dict(labels)["state"]): v for (name, labels), v in scraped.items() if name == "a700_voids"
+    }
+    oldest = {dict(labels)["method"]: v for (name, labels), v in scraped.items() if name == "a700_void_oldest_pending_seconds"}
+    return counts, oldest
+
+
+def test_voids_are_counted_by_method_and_state_and_the_oldest_pending_is_aged(settings, world, client):
+    method, state, minutes = models.VoidMethod, models.VoidState, lambda m: dt.timedelta(minutes=m)
+    _voids(
+        settings, world,
+        (method.NEVER_SENT, state.COMPLETED, minutes(90)),
+        (method.STRIPE_CANCEL, state.PENDING, minutes(40)),
+        (method.STRIPE_CANCEL, state.PENDING, minutes(5)),
+        (method.STRIPE_CANCEL, state.FAILED, minutes(180)),  # failed: not the oldest pending
+        (method.STRIPE_CANCEL, state.COMPLETED, minutes(300)),
+        (method.STRIPE_NEGATIVE_EVENT, state.COMPLETED, minutes(20)),
+        (method.MANUAL_CREDIT, state.PENDING, minutes(120)),
+        (method.MANUAL_CREDIT, state.PENDING, minutes(61)),
+        (method.MANUAL_CREDIT, state.COMPLETED, minutes(600)),
+    )
+
+    counts, oldest = _void_samples(samples(client.get("/metrics").get_data(as_text=True)))
+
+    expected = {(str(m), str(s)): 0 for m in models.VoidMethod for s in models.VoidState} | {
+        ("never_sent", "completed"): 1,
+        ("stripe_cancel", "pending"): 2,
+        ("stripe_cancel", "failed"): 1,
+        ("stripe_cancel", "completed"): 1,
+        ("stripe_negative_event", "completed"): 1,
+        ("manual_credit", "pending"): 2,
+        ("manual_credit", "completed"): 1,
+    }
+    assert counts == expected
+    assert oldest.keys() == {"never_sent", "stripe_cancel", "stripe_negative_event", "manual_credit"}
+    assert oldest["stripe_cancel"] == pytest.approx(40 * 60, abs=5)
+    assert oldest["manual_credit"] == pytest.approx(120 * 60, abs=5)
+    assert oldest["never_sent"] == 0
+    assert oldest["stripe_negative_event"] == 0
+
+
+def test_without_voids_every_void_series_is_there_at_0(world, client):
+    counts, oldest = _void_samples(samples(client.get("/metrics").get_data(as_text=True)))
+
+    assert len(counts) == 4 * 3
+    assert set(counts.values()) == {0}
+    assert oldest == {"never_sent": 0, "stripe_cancel": 0, "stripe_negative_event": 0, "manual_credit": 0}
+
+
+def test_a_void_asked_for_through_the_api_is_counted_pending(settings, world, client):
+    """A row reported a minute ago, voided as callers do: a cancel, pending until the
+    reporter (none runs here) has Stripe take it back."""
+    row = log_row(
+        user_id=world.user.id, organization_id=world.organization.id, service_id=world.service.id, price=world.price,
+        status=models.UsageStatus.REPORTED, stripe_first_sent_at=_database_now(settings) - dt.timedelta(minutes=1),
+    )
+    store(settings, row)
+    with db.transaction(settings.database_url) as session:
+        usage_voids.request(session, row.id, "sent twice", "operator:test")
+
+    counts, oldest = _void_samples(samples(client.get("/metrics").get_data(as_text=True)))
+
+    assert counts[("stripe_cancel", "pending")] == 1
+    assert sum(counts.values()) == 1
+    assert 0 <= oldest["stripe_cancel"] < 60
+
+
 
 
 def _scrape_within(client, seconds: float) -> dict:
@@ -189,6 +286,8 @@ def test_a_scrape_is_bounded_and_says_so_when_postgresql_hangs(private_settings,
     # No reassuring 0 while the database cannot be read.
     assert value(scraped, "a700_oldest_unreported_event_age_seconds") is None
     assert value(scraped, "a700_failed_events") is None
+    assert value(scraped, "a700_voids", method="manual_credit", state="pending") is None
+    assert value(scraped, "a700_void_oldest_pending_seconds", method="manual_credit") is None
     assert value(scraped, "a700_queue_depth", queue="billing:intake") == 0
 
     scraped = _scrape_within(client, 5)
