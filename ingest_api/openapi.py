@@ -24,6 +24,8 @@ _MODELS = [
     (schemas.BatchOutcomeUnknownOut, "serialization"),
     (schemas.HealthOut, "serialization"),
     (schemas.ReadinessOut, "serialization"),
+    (schemas.VoidIn, "validation"),
+    (schemas.VoidOut, "serialization"),
 ]
 
 _HEADERS = {
@@ -78,6 +80,8 @@ def _operations_endpoint(operation_id: str, summary: str, responses: dict) -> di
     """An unauthenticated GET of the operations group."""
     return {"get": {"operationId": operation_id, "tags": ["operations"], "summary": summary, "security": [], "responses": responses}}
 
+
+_EVENT_ID_PARAMETER = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
 _IDEMPOTENCY_KEY_PARAMETER = {
     "name": "Idempotency-Key",
@@ -145,10 +149,40 @@ def _usage_paths() -> dict:
                 "operationId": "getUsage",
                 "tags": ["usage"],
                 "summary": "The status of one event.",
-                "parameters": [
-                    {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-                ],
+                "parameters": [_EVENT_ID_PARAMETER],
                 "responses": {"200": _json("UsageEventOut", "The event."), **_errors(401, 403, 404, 429, 503)},
+            }
+        },
+        "/api/billing/external-usage/{event_id}/void": {
+            "post": {
+                "operationId": "voidUsage",
+                "tags": ["usage"],
+                "summary": "Void one recorded event: take it back, so nothing of it is billed.",
+                "description": "Idempotent: a void asked again is answered with the event as it is, never done twice. "
+                "To correct an event, void it, then send the right one.",
+                "parameters": [_EVENT_ID_PARAMETER],
+                "requestBody": _request_body("VoidIn"),
+                "responses": {
+                    "200": _json(
+                        "UsageEventOut", "Voided: nothing of the event is billed (also the answer to a void asked again)."
+                    ),
+                    "202": _json(
+                        "UsageEventOut",
+                        "Void asked for; Stripe's side is under way (`void.method` says how, `void.completed_at` is null).",
+                    ),
+                    **_errors(400, 401, 403, 413, 415, 429),
+                    "404": _json("ErrorOut", "No such event: never accepted."),
+                    "409": _json(
+                        "ErrorOut",
+                        "Not voided, for the reason `error` gives: the event is still queued (retry after Retry-After), "
+                        "the recorder refused it (nothing to void), or Stripe may hold it undeduplicated (run "
+                        "`stripe reconcile`, then void it).",
+                        ["Retry-After"],
+                    ),
+                    "422": _json("ErrorOut", "The reason is missing, empty, only spaces, over 500 characters or holds "
+                                 "unstorable characters, or the body has another field; see details."),
+                    **_errors(503),
+                },
             }
         },
     }

@@ -18,9 +18,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import sqlalchemy as sa
 from playwright.sync_api import Page, sync_playwright
 
 from ingest_api import openapi
+from shared import db, models
+from tests.support.api_caller import record_as_worker
 from tests.support.service_processes import GunicornProcess
 
 pytestmark = pytest.mark.slow
@@ -81,7 +84,10 @@ def browser(tmp_path):
             context.close()
 
 
-def test_the_docs_page_shows_every_operation_and_tries_a_usage_post(web, browser, billing):
+def test_the_docs_page_shows_every_operation_and_tries_a_usage_post_and_a_void(web, browser, billing, settings):
+    # An event recorded before the page is opened (never sent to Stripe): voided below.
+    to_void = billing.event()
+    record_as_worker(settings, billing, to_void)
     page = browser.page
     page.goto(f"{web.url}/docs")
 
@@ -131,6 +137,33 @@ def test_the_docs_page_shows_every_operation_and_tries_a_usage_post(web, browser
         mask=[operation.locator(".curl-command")],
         mask_color="#333333",
     )
+
+    # Try it out on the void, with the recorded event's id and a reason.
+    void = page.locator("#operations-usage-voidUsage")
+    void.locator(".opblock-summary").click()
+    void.get_by_role("button", name="Try it out").click()
+    void.locator('tr[data-param-name="event_id"] input').fill(str(to_void.id))
+    void.locator("textarea.body-param__text").fill(json.dumps({"reason": "Tried from the docs page"}, indent=2))
+    void_url = f"{web.url}/api/billing/external-usage/{to_void.id}/void"
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url == void_url) as sent:
+        void.get_by_role("button", name="Execute").click()
+    response = sent.value
+    assert response.request.headers["authorization"] == f"Bearer {billing.app_password}"
+    assert response.status == 200, response.text()
+    record = response.json()
+    assert (record["id"], record["status"], record["void"]["method"]) == (str(to_void.id), "voided", "never_sent")
+
+    # The page shows the answer: 200 and the voided record.
+    live = void.locator(".live-responses-table .response")
+    live.locator(".response-col_status").filter(has_text="200").wait_for()
+    shown = live.inner_text()
+    assert "voided" in shown and "Tried from the docs page" in shown, shown
+
+    # Voided for real: the void is the caller's, with the reason typed into the page.
+    with db.transaction(settings.database_url) as session:
+        (written,) = session.scalars(sa.select(models.UsageVoid)).all()
+        assert (written.row_id, written.reason, written.requested_by) == (to_void.id, "Tried from the docs page", str(billing.caller.id))
+        assert session.get(models.UserBillableRequestLog, to_void.id).status == "voided"
 
     # Nothing was loaded from anywhere but the service.
     origins = {f"{urlsplit(url).scheme}://{urlsplit(url).netloc}" for url in browser.requested}

@@ -23,7 +23,7 @@ from bench.slow_clients import Dribblers, normal_caller, p99
 from ingest_api import lookup_limits
 from ingest_api.credentials import new_app_password
 from local_stripe.webhooks import signature_header
-from shared import models
+from shared import db, models
 from tests.support.api_caller import record_as_worker
 from tests.support.billing import BATCH_URL, OMIT, URL
 from tests.support.error_answers import assert_error
@@ -352,6 +352,190 @@ def test_the_bearer_scheme_is_case_insensitive(billing):
     assert response.status_code == 202
 
 
+# --- the void: hostile reasons, bodies and ids; a refusal writes nothing -----------------------
+
+VOID_URL = URL + "/{event_id}/void"
+
+
+@pytest.fixture
+def recorded(billing, settings):
+    """An event recorded and never sent to Stripe: a valid reason voids it at once (200),
+    so whatever is refused below is refused for what was sent, not for the event."""
+    event = billing.event()
+    record_as_worker(settings, billing, event)
+    return event
+
+
+def post_void(billing, event_id, data: bytes, content_type: str | None = "application/json"):
+    headers = billing.headers() | ({"Content-Type": content_type} if content_type else {})
+    return billing.client.post(VOID_URL.format(event_id=event_id), data=data, headers=headers)
+
+
+def assert_nothing_voided(settings, event) -> None:
+    with db.transaction(settings.database_url) as session:
+        assert session.scalars(sa.select(models.UsageVoid)).all() == []
+        assert session.get(models.UserBillableRequestLog, event.id).status == models.UsageStatus.RECORDED
+
+
+def reason_json(escaped: str) -> bytes:
+    """A body whose reason is ``escaped`` as written in JSON (escapes kept as they are)."""
+    return b'{"reason": "' + escaped.encode() + b'"}'
+
+
+UNSTORABLE_REASONS = {
+    "nul-escaped": reason_json("sent\\u0000twice"),
+    "nul-alone": reason_json("\\u0000"),
+    "escape-sequence": reason_json("\\u001b[31mred"),
+    "tab": reason_json("sent\\ttwice"),
+    "c1-control": reason_json("a\\u0085b"),
+    "noncharacter": reason_json("a\\uffffb"),
+}
+
+
+@pytest.mark.parametrize("data", list(UNSTORABLE_REASONS.values()), ids=list(UNSTORABLE_REASONS))
+def test_a_reason_that_cannot_be_stored_is_422_naming_it(billing, settings, recorded, data):
+    body = assert_error(post_void(billing, recorded.id, data), 422, fields=["reason"])
+    assert "U+" in body["details"][0]["message"], body
+    assert_nothing_voided(settings, recorded)
+
+
+LONE_SURROGATES = {
+    "high": reason_json("sent \\ud800 twice"),
+    "low": reason_json("\\udfff"),
+    "reversed-pair": reason_json("\\udd1e\\ud834"),
+}
+
+
+@pytest.mark.parametrize("data", list(LONE_SURROGATES.values()), ids=list(LONE_SURROGATES))
+def test_a_reason_with_a_lone_surrogate_is_422_naming_it(billing, settings, recorded, data):
+    """UTF-8 (and so PostgreSQL) cannot encode one; JSON's escapes can write it."""
+    assert_error(post_void(billing, recorded.id, data), 422, fields=["reason"])
+    assert_nothing_voided(settings, recorded)
+
+
+BLANK_REASONS = {"spaces": " " * 20, "no-break-spaces": "\u00a0\u00a0", "ideographic-space": "\u3000", "line-separator": "\u2028"}
+
+
+@pytest.mark.parametrize("reason", list(BLANK_REASONS.values()), ids=list(BLANK_REASONS))
+def test_a_reason_of_only_whitespace_is_422(billing, settings, recorded, reason):
+    body = assert_error(post_void(billing, recorded.id, json.dumps({"reason": reason}).encode()), 422, fields=["reason"])
+    assert body["details"][0]["message"] == "Must not be only spaces.", body
+    assert_nothing_voided(settings, recorded)
+
+
+LONG_REASONS = {"ascii": "x", "astral": "\U0001d11e", "combining-mark": "\u0301"}
+
+
+@pytest.mark.parametrize("character", list(LONG_REASONS.values()), ids=list(LONG_REASONS))
+def test_a_reason_of_501_characters_is_422_and_of_500_is_voided(billing, settings, recorded, character):
+    """Characters are code points: an astral one (a surrogate pair in the JSON, two UTF-16
+    units, four UTF-8 bytes) is one, as PostgreSQL counts it."""
+    too_long = json.dumps({"reason": "a" + character * 500}).encode()  # \u escapes: pairs for astral
+    assert_error(post_void(billing, recorded.id, too_long), 422, fields=["reason"])
+    assert_nothing_voided(settings, recorded)
+
+    answer = post_void(billing, recorded.id, json.dumps({"reason": character * 500}).encode())
+
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["void"]["reason"] == character * 500
+
+
+NOT_A_REASON = {
+    "missing": b"{}",
+    "null": b'{"reason": null}',
+    "number": b'{"reason": 5}',
+    "5000-digits": b'{"reason": ' + b"9" * 5000 + b"}",
+    "true": b'{"reason": true}',
+    "array": b'{"reason": ["sent twice"]}',
+    "object": b'{"reason": {"text": "sent twice"}}',
+    "nested-300-deep": b'{"reason": ' + nested(300) + b"}",
+    "empty": b'{"reason": ""}',
+    "unknown-field": b'{"reason": "sent twice", "reasons": "x"}',
+    "nul-in-a-field-name": b'{"reason": "sent twice", "rea\\u0000son": "x"}',
+}
+
+
+@pytest.mark.parametrize("data", list(NOT_A_REASON.values()), ids=list(NOT_A_REASON))
+def test_a_body_without_one_valid_reason_is_422(billing, settings, recorded, data):
+    assert_error(post_void(billing, recorded.id, data), 422)
+    assert_nothing_voided(settings, recorded)
+
+
+NOT_A_JSON_OBJECT = {
+    "nested-30000-deep": nested(30_000),
+    "reason-nested-30000-deep": b'{"reason": ' + nested(30_000) + b"}",
+    "array": b'["sent twice"]',
+    "string": b'"sent twice"',
+    "number": b"5",
+    "null": b"null",
+    "empty": b"",
+    "truncated": b'{"reason": "sent twi',
+    "nan": b'{"reason": NaN}',
+    "latin-1": '{"reason": "d\u00e9j\u00e0 vu"}'.encode("latin-1"),
+    "utf-16": '{"reason": "sent twice"}'.encode("utf-16"),
+    "overlong-nul": b'{"reason": "a\xc0\x80b"}',
+}
+
+
+@pytest.mark.parametrize("data", list(NOT_A_JSON_OBJECT.values()), ids=list(NOT_A_JSON_OBJECT))
+def test_a_body_that_is_not_a_json_object_is_400(billing, settings, recorded, data):
+    assert len(data) < 64 * 1024
+    assert_error(post_void(billing, recorded.id, data), 400)
+    assert_nothing_voided(settings, recorded)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [json.dumps({"reason": "x" * 70_000}).encode(), b'{"reason": "sent twice"}' + b" " * (64 * 1024)],
+    ids=["huge-reason", "padded-valid-body"],
+)
+def test_a_void_body_over_64_kib_is_413(billing, settings, recorded, data):
+    assert_error(post_void(billing, recorded.id, data), 413)
+    assert_nothing_voided(settings, recorded)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx",
+     "application/merge-patch+json"],
+    ids=["none", "text", "form", "multipart", "jsonx", "merge-patch"],
+)
+def test_a_void_that_is_not_application_json_is_415(billing, settings, recorded, content_type):
+    assert_error(post_void(billing, recorded.id, b'{"reason": "sent twice"}', content_type), 415)
+    assert_nothing_voided(settings, recorded)
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    ["not-a-uuid", "batch", "0", "{0b6d5c1e-3f0a-4c47-9a53-4f1f0c2b8d10}", "0b6d5c1e3f0a4c479a534f1f0c2b8d10x",
+     "0b6d5c1e-3f0a-4c47-9a53-4f1f0c2b8d1", "%00", "..%2F..%2Fhealthz", "%F0%9F%8E%99"],
+    ids=["word", "batch", "zero", "braces", "too-long", "too-short", "nul", "dot-dot", "emoji"],
+)
+def test_a_void_of_a_path_that_is_no_uuid_is_a_json_404(billing, settings, recorded, event_id):
+    assert_error(post_void(billing, event_id, b'{"reason": "sent twice"}'), 404)
+    assert_nothing_voided(settings, recorded)
+
+
+def test_a_void_of_an_unknown_uuid_is_404_and_writes_nothing(billing, settings, recorded):
+    assert_error(post_void(billing, uuid.uuid4(), b'{"reason": "sent twice"}'), 404)
+    assert_nothing_voided(settings, recorded)
+
+
+def test_a_void_with_a_wrong_credential_is_401_and_writes_nothing(billing, settings, recorded):
+    response = billing.client.post(
+        VOID_URL.format(event_id=recorded.id), json={"reason": "sent twice"}, headers={"Authorization": "Bearer app_a7_x"}
+    )
+
+    assert_error(response, 401)
+    assert_nothing_voided(settings, recorded)
+
+
+def test_the_void_of_a_recorded_event_in_uppercase_is_the_same_void(billing, settings, recorded):
+    answer = post_void(billing, str(recorded.id).upper(), b'{"reason": "sent twice"}')
+
+    assert answer.status_code == 200 and answer.get_json()["id"] == str(recorded.id), answer.get_json()
+
+
 # --- Stripe's webhook: a body its signature covers that is not a thin event ---------------------
 
 WEBHOOK_SECRET = "whsec_test_hostile"
@@ -550,6 +734,36 @@ def test_a_header_key_and_a_batch_key_of_the_same_text_are_the_same_key(web_proc
     )
 
     assert batch.json()["results"] == [{"index": 0, "id": single.json()["id"], "status": "duplicate"}], batch.text
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("committed_database")  # the web process reads its data
+def test_a_void_over_http_refuses_a_huge_declared_or_chunked_body_deep_nesting_and_a_bad_path(web_process, billing, settings):
+    event = billing.event()
+    record_as_worker(settings, billing, event)
+    path = VOID_URL.format(event_id=event.id)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {billing.app_password}\r\nContent-Type: application/json\r\n"
+
+    status, _, body = raw_exchange(web_process.port, (head + "Content-Length: 10000000\r\n\r\n{").encode())
+    assert status == 413 and json.loads(body)["error"]
+
+    def chunks():  # no Content-Length: read until it is over 64 KiB
+        yield b'{"reason": "'
+        for _ in range(20):
+            yield b"x" * 4096
+        yield b'"}'
+
+    headers = billing.headers() | {"Content-Type": "application/json"}
+    chunked = requests.post(f"{web_process.url}{path}", data=chunks(), headers=headers, timeout=10)
+    assert chunked.status_code == 413 and chunked.json()["error"], chunked.text
+    deep = requests.post(f"{web_process.url}{path}", data=nested(30_000), headers=headers, timeout=10)
+    assert deep.status_code == 400 and deep.json()["error"], deep.text
+    assert_json_4xx(*raw_exchange(web_process.port, head.replace(str(event.id), "%ZZ\xff").encode("latin-1") + b"Content-Length: 2\r\n\r\n{}"))
+    with db.transaction(settings.database_url) as session:
+        assert session.scalars(sa.select(models.UsageVoid)).all() == []
+
+    voided = requests.post(f"{web_process.url}{path}", json={"reason": "sent twice"}, headers=billing.headers(), timeout=10)
+    assert voided.status_code == 200 and voided.json()["status"] == "voided", voided.text
 
 
 # --- slow clients cannot starve normal callers ----------------------------------------------------

@@ -4,6 +4,8 @@ no 5xx, every response as documented)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import jsonschema_rs  # schemathesis's own validator
 import pytest
 import schemathesis
@@ -12,6 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from pydantic.json_schema import models_json_schema
 
 from ingest_api import openapi, schemas
+from tests.support.api_caller import record_as_worker
 from tests.support.billing import BATCH_URL, OMIT, URL
 
 MODELS = {
@@ -26,8 +29,11 @@ MODELS = {
     "BatchOutcomeUnknownOut": (schemas.BatchOutcomeUnknownOut, "serialization"),
     "HealthOut": (schemas.HealthOut, "serialization"),
     "ReadinessOut": (schemas.ReadinessOut, "serialization"),
+    "VoidIn": (schemas.VoidIn, "validation"),
+    "VoidOut": (schemas.VoidOut, "serialization"),
 }
 REF_TEMPLATE = "#/components/schemas/{model}"
+VOID_URL = URL + "/{event_id}/void"
 
 
 
@@ -39,6 +45,7 @@ def test_the_document_is_openapi_3_1_with_every_operation(document):
         URL: {"post"},
         BATCH_URL: {"post"},
         URL + "/{event_id}": {"get"},
+        VOID_URL: {"post"},
         "/healthz": {"get"},
         "/readyz": {"get"},
         "/metrics": {"get"},
@@ -58,6 +65,41 @@ def test_the_document_is_openapi_3_1_with_every_operation(document):
     assert [p["name"] for p in record["parameters"]] == ["Idempotency-Key"]
     batch = document["paths"][BATCH_URL]["post"]
     assert batch["requestBody"]["content"]["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="BatchIn")}
+
+
+def test_the_void_operation_is_described_like_the_others(document):
+    void = document["paths"][VOID_URL]["post"]
+    assert (void["operationId"], void["tags"]) == ("voidUsage", ["usage"])
+    assert "security" not in void  # the document's own: the superadmin Bearer token
+    assert void["parameters"] == document["paths"][URL + "/{event_id}"]["get"]["parameters"]
+    assert void["requestBody"] == {
+        "required": True, "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="VoidIn")}}}
+    }
+    responses = void["responses"]
+    assert set(responses) == {"200", "202", "400", "401", "403", "404", "409", "413", "415", "422", "429", "503"}
+    for status in ("200", "202"):
+        assert responses[status]["content"]["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="UsageEventOut")}
+    for status in set(responses) - {"200", "202"}:
+        assert responses[status]["content"]["application/json"]["schema"] == {"$ref": REF_TEMPLATE.format(model="ErrorOut")}
+    assert "Retry-After" in responses["409"]["headers"]
+    assert "WWW-Authenticate" in responses["401"]["headers"]
+    assert "Retry-After" in responses["429"]["headers"] and "Retry-After" in responses["503"]["headers"]
+    # The shared answers are the other endpoints' own.
+    for status in ("401", "403", "413", "415", "429"):
+        assert responses[status] == document["paths"][URL]["post"]["responses"][status], status
+
+
+def test_the_void_models_state_the_reasons_rule(document):
+    components = document["components"]["schemas"]
+    void_in = components["VoidIn"]
+    assert void_in["additionalProperties"] is False and void_in["required"] == ["reason"]
+    reason = void_in["properties"]["reason"]
+    assert (reason["type"], reason["minLength"], reason["maxLength"]) == ("string", 1, 500)
+    void = components["UsageEventOut"]["properties"]["void"]
+    assert {"$ref": REF_TEMPLATE.format(model="VoidOut")} in void["anyOf"]
+    assert set(components["VoidOut"]["properties"]["method"]["enum"]) == {
+        "never_sent", "stripe_cancel", "stripe_negative_event", "manual_credit"
+    }
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -183,11 +225,11 @@ def test_the_served_document_is_the_generated_one(document):
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_every_response_matches_the_document(case, app, billing):
+def test_every_response_matches_the_document(case, app, billing, settings):
     # The schema is loaded at collection; checks that re-send a request use its app.
     case.operation.schema.app = app
     if not case.meta.generation.mode.is_negative:
-        _refer_to_the_billing_world(case, billing)
+        _refer_to_the_billing_world(case, billing, settings)
     # Schema-valid is not acceptable: the document cannot say which ids, services and
     # priced models exist, nor where "35 days ago" is, so a valid shape may be a 422.
     excluded = [schemathesis.checks.positive_data_acceptance]
@@ -203,9 +245,12 @@ def test_every_response_matches_the_document(case, app, billing):
                 assert result["status"] == "rejected", (event, result)
 
 
-def _refer_to_the_billing_world(case, billing) -> None:
+def _refer_to_the_billing_world(case, billing, settings) -> None:
     """Point generated references at things that exist, so that the run reaches the
     queue (202, 200, 409) and reads real status records, not only the 422s and 404s."""
+    if case.operation.path == VOID_URL:
+        _void_an_event_of_the_billing_world(case, billing, settings)
+        return
     if case.method.upper() == "GET":
         event_id = case.path_parameters.get("event_id")
         if isinstance(event_id, str) and event_id[-1:] in "02468ace":  # about half of them
@@ -218,3 +263,27 @@ def _refer_to_the_billing_world(case, billing) -> None:
     for event in events if isinstance(events, list) else [body]:
         if isinstance(event, dict):
             event.update(billing.body(input_tokens=OMIT, output_tokens=OMIT))
+
+
+def _void_an_event_of_the_billing_world(case, billing, settings) -> None:
+    """Most voids name an event that exists, chosen by the generated id's last digit:
+    recorded and never sent (a 200), reported an hour ago (a 202: Stripe cancels it), or
+    still queued (a 409); the rest keep an unknown id (a 404). The generated reason is
+    kept: it is what the run is about."""
+    event_id = case.path_parameters.get("event_id")
+    kind = {"0": "never sent", "2": "never sent", "4": "never sent", "6": "queued", "8": "reported",
+            "a": "reported", "c": "never sent", "e": "reported"}.get(event_id[-1:].lower() if isinstance(event_id, str) else "")
+    if kind is None:
+        return
+    accepted = billing.post()
+    assert accepted.status_code == 202, accepted.get_json()
+    case.path_parameters["event_id"] = accepted.get_json()["id"]
+    if kind == "queued":
+        return
+    (event,) = (event for event in billing.queued() if str(event.id) == accepted.get_json()["id"])
+    if kind == "never sent":
+        record_as_worker(settings, billing, event)
+    else:
+        an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        record_as_worker(settings, billing, event, status="reported", stripe_value=768,
+                         stripe_reported_at=an_hour_ago, stripe_first_sent_at=an_hour_ago)
