@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from devtools.children import wait_until
 from shared import db, intake, models, operator_messages
-from tests.support.billing import Factory, build_world_with_every_price, log_rows, status_counts
+from tests.support.billing import URL, Factory, build_world_with_every_price, log_rows, status_counts
 from tests.support.expected_bills import Load, assert_billed_exactly_once
 from tests.support.intake_stream import redis_client
+from tests.support.stripe_sdk import settle
 from worker import recording
 
 pytestmark = pytest.mark.slow
@@ -305,3 +306,45 @@ def test_an_organization_without_a_stripe_customer_id_is_failed_then_retried_onc
     result = runner.invoke(args=["usage", "retry", "--all-failed"])
     assert result.exit_code == 0 and "Nothing to re-drive." in result.stderr
     assert len(stripe.meter_events()) == len(ids)
+
+
+def test_kill_9_of_the_worker_mid_void_then_restart_takes_each_event_back_once(settings, factory, client, stripe, start_worker):
+    """Voids asked through the API while Stripe is slow; the worker is killed with cancels
+    in flight, a void is asked again meanwhile, and a new start finishes them: each voided
+    event is cancelled once at Stripe, and no other."""
+    load = Load(build_world_with_every_price(factory, organizations=3), seed=31)
+    worker = start_worker(settings)
+    ids = load.post(client, 100)
+    assert_billed_exactly_once(settings, stripe, load, timeout=SETTLE_SECONDS, diagnostics=worker.log_tail)
+    stripe.set_faults(latency_ms=400)
+    taken_back = ids[:30]
+
+    def void(event_id):
+        return client.post(f"{URL}/{event_id}/void", json={"reason": "sent twice"}, headers=load.world.headers())
+
+    assert {void(event_id).status_code for event_id in taken_back} == {202}
+    wait_until(lambda: any(c["path"].endswith("meter_event_adjustments") for c in stripe.calls()), SETTLE_SECONDS,
+               interval=0.05, message=worker.log_tail)
+    worker.kill_9()
+    at_kill = void_states(settings)
+    stripe.set_faults(latency_ms=0)
+    assert void(taken_back[-1]).get_json()["void"]["reason"] == "sent twice"  # asked again: the same void
+    worker.start()
+
+    wait_until(lambda: void_states(settings) == {"completed": 30}, SETTLE_SECONDS, interval=0.25,
+               message=lambda: f"voids {void_states(settings)}, at the kill {at_kill}\n{worker.log_tail()}")
+    assert status_counts(settings) == {"reported": 70, "voided": 30}
+    settle(stripe)
+    events = stripe.meter_events()
+    assert len(events) == 100
+    assert {e["identifier"] for e in events if e["canceled_at"] is not None} == {str(i) for i in taken_back}
+    cancels = [c for c in stripe.calls() if c["path"].endswith("meter_event_adjustments") and c["status"] == 200]
+    assert len(cancels) >= 30  # one per void, and the replays of those the kill cut off
+    assert at_kill.get("pending", 0) > 0, at_kill  # the kill did land mid-void
+
+
+def void_states(settings) -> dict[str, int]:
+    with db.transaction(settings.database_url) as session:
+        return dict(session.execute(
+            sa.select(models.UsageVoid.state, sa.func.count()).group_by(models.UsageVoid.state)
+        ).all())
