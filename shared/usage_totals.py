@@ -1,0 +1,142 @@
+"""What an organization used over ``[since, until)``: its events' totals, grouped as asked
+(``GROUPS``), each split by how far billing got (``STATES``).
+
+The totals are counted from the log rows, by ``occurred_at``, exactly (``numeric`` sums,
+``Decimal`` here). They cover recorded events, as of the database's time of the answer
+(``as_of``): an event accepted and still queued (a second or two, when the pipeline is
+healthy) is not in them, because the intake holds events by arrival, not by organization,
+and cannot be counted per organization exactly. Its status record says ``queued``.
+
+``stripe_value`` is the sum of the rows' meter values (USD x 10^``STRIPE_VALUE_DECIMALS``,
+each row's ``agent700_cost`` rounded once, as Stripe is sent it): the ``billed`` state's
+equals what ``stripe reconcile`` finds at Stripe for the same window, when no event of it
+was voided by a manual credit (Stripe still counts those; finance credits them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from shared import models
+from shared.models import UsageStatus
+
+_logs = models.UserBillableRequestLog
+
+# The longest window one answer covers: a calendar month, whichever.
+MAX_SPAN = dt.timedelta(days=31)
+# What a group may be keyed by, and the SQL of each (days and hours are UTC).
+GROUPS = {
+    "model_name": _logs.model_name,
+    "service_name": models.Service.name,
+    "source": _logs.source,
+    "user_id": _logs.user_id,
+    "day": sa.func.date_trunc("day", sa.func.timezone("UTC", _logs.occurred_at)),
+    "hour": sa.func.date_trunc("hour", sa.func.timezone("UTC", _logs.occurred_at)),
+}
+# The states a group is split into, and the row statuses each holds.
+STATES = {
+    "billed": UsageStatus.REPORTED,  # Stripe took its meter event
+    "pending": UsageStatus.RECORDED,  # recorded, not yet reported
+    "failed": UsageStatus.FAILED,
+    "voided": UsageStatus.VOIDED,
+}
+_STATE_OF = {status: state for state, status in STATES.items()}
+
+
+@dataclass
+class Figures:
+    events: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    service_cost: Decimal = Decimal(0)
+    agent700_cost: Decimal = Decimal(0)
+    stripe_value: int = 0
+
+    def add(self, other: Figures) -> None:
+        self.events += other.events
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.service_cost += other.service_cost
+        self.agent700_cost += other.agent700_cost
+        self.stripe_value += other.stripe_value
+
+
+@dataclass
+class Group:
+    key: dict[str, object]
+    total: Figures = field(default_factory=Figures)
+    by_state: dict[str, Figures] = field(default_factory=lambda: {state: Figures() for state in STATES})
+
+    def add(self, state: str, figures: Figures) -> None:
+        self.total.add(figures)
+        self.by_state[state].add(figures)
+
+
+@dataclass
+class UsageTotals:
+    organization_id: uuid.UUID
+    since: dt.datetime
+    until: dt.datetime
+    group_by: list[str]
+    as_of: dt.datetime
+    total: Group
+    groups: list[Group]
+
+
+class BadWindow(ValueError):
+    """The window asked for cannot be answered (the message says why)."""
+
+
+def check_window(since: dt.datetime, until: dt.datetime) -> None:
+    if until <= since:
+        raise BadWindow("`to` must be after `from`.")
+    if until - since > MAX_SPAN:
+        raise BadWindow(f"The window is at most {MAX_SPAN.days} days; ask for a longer one in parts.")
+
+
+def totals(
+    session: orm.Session, organization_id: uuid.UUID, since: dt.datetime, until: dt.datetime, group_by: Sequence[str] = (),
+) -> UsageTotals:
+    """The organization's usage in ``[since, until)``, grouped by ``group_by`` (names of
+    ``GROUPS``, in that order), groups in the order of their keys."""
+    check_window(since, until)
+    group_by = list(dict.fromkeys(group_by))
+    keys = [GROUPS[name].label(name) for name in group_by]
+    query = (
+        sa.select(
+            *keys, _logs.status, sa.func.count().label("events"),
+            sa.func.sum(_logs.input_tokens).label("input_tokens"), sa.func.sum(_logs.output_tokens).label("output_tokens"),
+            sa.func.sum(_logs.service_cost).label("service_cost"), sa.func.sum(_logs.agent700_cost).label("agent700_cost"),
+            sa.func.sum(_logs.stripe_value).label("stripe_value"),
+        )
+        .where(_logs.organization_id == organization_id, _logs.occurred_at >= since, _logs.occurred_at < until)
+        .group_by(*keys, _logs.status)
+        .order_by(*keys)
+    )
+    if "service_name" in group_by:
+        query = query.outerjoin(models.Service, models.Service.id == _logs.service_id)
+    as_of = session.scalar(sa.select(sa.func.now()))
+    total, groups = Group({}), {}
+    for row in session.execute(query):
+        key = tuple(_key_value(name, getattr(row, name)) for name in group_by)
+        figures = Figures(
+            row.events, int(row.input_tokens), int(row.output_tokens), Decimal(row.service_cost),
+            Decimal(row.agent700_cost), int(row.stripe_value),
+        )
+        state = _STATE_OF[row.status]
+        groups.setdefault(key, Group(dict(zip(group_by, key, strict=True)))).add(state, figures)
+        total.add(state, figures)
+    return UsageTotals(organization_id, since, until, group_by, as_of, total, list(groups.values()))
+
+
+def _key_value(name: str, value):
+    if name in ("day", "hour"):
+        return value.replace(tzinfo=dt.UTC)  # date_trunc of a UTC wall time
+    return value
