@@ -119,17 +119,7 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
         with self.transaction() as session:
             if not stripe_error_reports.claim(session, event_id):
                 return {"stripe_event": event_id, "already_handled": True}
-            void_reasons = stripe_error_reports.dropped_voids(session, report)
-            dropped = stripe_error_reports.dropped_rows(
-                session, client, report, dt.timedelta(seconds=self.settings.stripe_summary_settle_seconds),
-                len(void_reasons),
-            )
-            failed = usage_rows.fail_dropped(session, dropped)
-            voids_failed = usage_voids.dropped(session, void_reasons)
-            voids_text = f" and {len(voids_failed)} void(s)" if voids_failed else ""
-            stripe_error_reports.handled(
-                session, event_id, f"{len(failed)} row(s){voids_text} failed of {report.error_count} error(s) reported"
-            )
+            failed, voids_failed = _apply_report(self, session, client, report)
     except stripe_error_reports.SummariesNotSettled as waiting:
         # Capped like a fetch retry, far from the broker's visibility timeout; early is harmless.
         countdown = min(stripe_error_reports.RETRY_MAX_SECONDS,
@@ -140,16 +130,32 @@ def stripe_event(self: BillingTask, event_id: str, lease: str | None = None) -> 
     metrics.stripe_error_reports.labels(report.type).inc()
     log.warning(
         "stripe error report", extra={"stripe_event_id": event_id, "type": report.type, "errors": report.error_count,
-                                      "event_ids": [str(i) for i in failed], "void_event_ids": [str(i) for i in voids_failed]},
+                                      "event_ids": list(failed), "void_event_ids": list(voids_failed)},
     )
     return {
         "stripe_event": event_id,
         "type": report.type,
         "errors_reported": report.error_count,
         "failed": len(failed),
-        "failed_ids": {str(i): dropped[i] for i in failed},
-        "void_failed_ids": {str(i): void_reasons[i] for i in voids_failed},
+        "failed_ids": failed,
+        "void_failed_ids": voids_failed,
     }
+
+
+def _apply_report(self: BillingTask, session, client, report) -> tuple[dict[str, str], dict[str, str]]:
+    """Fail what the report says Stripe dropped, rows and voids' negative events, and
+    record the event handled: (failed rows, failed voids), each id with its reason."""
+    void_reasons = stripe_error_reports.dropped_voids(session, report)
+    dropped = stripe_error_reports.dropped_rows(
+        session, client, report, dt.timedelta(seconds=self.settings.stripe_summary_settle_seconds), len(void_reasons),
+    )
+    failed = usage_rows.fail_dropped(session, dropped)
+    voids_failed = usage_voids.dropped(session, void_reasons)
+    voids_text = f" and {len(voids_failed)} void(s)" if voids_failed else ""
+    stripe_error_reports.handled(
+        session, report.event_id, f"{len(failed)} row(s){voids_text} failed of {report.error_count} error(s) reported"
+    )
+    return {str(i): dropped[i] for i in failed}, {str(i): void_reasons[i] for i in voids_failed}
 
 
 def _later(self: BillingTask, event_id: str, lease: str, countdown: float, why: Exception) -> dict:
