@@ -604,10 +604,7 @@ HOSTILE_USAGE_QUERIES = {
 
 @pytest.mark.parametrize(("query", "fields"), list(HOSTILE_USAGE_QUERIES.values()), ids=list(HOSTILE_USAGE_QUERIES))
 def test_a_hostile_usage_query_is_a_json_422_naming_the_parameter(billing, query, fields):
-    query = query.replace("{org}", str(billing.organization.id))
-    window = "" if any(name in query for name in ("from=", "to=", "fr%00om")) else f"{WINDOW}&"
-
-    body = assert_error(ask_usage(billing, window + query), 422, fields=[f.replace("\\x00", "\x00") for f in fields])
+    body = assert_error(ask_usage(billing, query.replace("{org}", str(billing.organization.id))), 422, fields=fields)
     assert all(detail["message"].endswith(".") for detail in body["details"]), body
 
 
