@@ -1,6 +1,6 @@
 """The HTTP edge: authenticates callers, validates usage events and appends them to the
-intake, then answers; it also serves the status, health, metrics, OpenAPI, ``/docs`` and
-Stripe webhook endpoints. ``create_app`` is the factory.
+intake, then answers; it also serves the status, usage totals, health, metrics, OpenAPI,
+``/docs`` and Stripe webhook endpoints. ``create_app`` is the factory.
 
 It never computes a price or calls Stripe's meter API: that is the pipeline's
 (``worker``). It imports ``shared`` only, never ``worker`` or ``operator_cli``
@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
 
-    from ingest_api import docs, errors, observability, openapi, operations, stripe_events, usage
+    from ingest_api import docs, errors, observability, openapi, operations, stripe_events, usage, usage_totals
     from ingest_api.auth import CallerCache
     from ingest_api.catalog import Catalog
     from ingest_api.credentials import JwtVerifier
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     observability.register(app)
     app.register_blueprint(operations.blueprint)
     app.register_blueprint(usage.blueprint)
+    app.register_blueprint(usage_totals.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(stripe_events.blueprint)
     app.register_blueprint(docs.blueprint)

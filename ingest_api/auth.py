@@ -26,16 +26,19 @@ import uuid
 from dataclasses import dataclass
 
 import cachetools
+import redis
 import sqlalchemy as sa
 from flask import current_app, g, request
 
 from ingest_api import credentials, jwks, lookup_limits
 from ingest_api.errors import ApiError
-from shared import db, models
+from shared import db, models, revocation_marks
 
 # Writing last_used_at on every request would cost a write per event; once a minute is
 # what an operator needs to tell a live App Password from an abandoned one.
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+# Redis, which holds the revocation marks, is back within seconds when it restarts.
+REVOCATION_RETRY_AFTER_SECONDS = "2"
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,21 @@ def _touch_last_used(connection: sa.Connection, row) -> None:
             sa.update(models.AppPassword).where(models.AppPassword.id == row.id).values(last_used_at=now)
         )
         connection.commit()
+
+
+def refuse_if_revoked() -> None:
+    """401 if the caller's App Password was revoked since it was cached: revocation is
+    immediate (its mark in Redis), caching or not. A caller with a JWT passes."""
+    if g.caller.app_password_id is None:
+        return
+    try:
+        revoked = revocation_marks.is_revoked(current_app.extensions["intake"].redis, g.caller.app_password_id)
+    except redis.RedisError:
+        raise ApiError(
+            503, "The billing queue is unavailable. Retry later.", headers={"Retry-After": REVOCATION_RETRY_AFTER_SECONDS}
+        ) from None
+    if revoked:
+        raise revoked_unauthorized()
 
 
 def superadmin_required(view):

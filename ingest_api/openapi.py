@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify
 from pydantic.json_schema import models_json_schema
 
 from ingest_api import schemas
+from shared import usage_totals
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -26,6 +27,8 @@ _MODELS = [
     (schemas.ReadinessOut, "serialization"),
     (schemas.VoidIn, "validation"),
     (schemas.VoidOut, "serialization"),
+    (schemas.UsageTotalsQuery, "validation"),
+    (schemas.UsageTotalsOut, "serialization"),
 ]
 
 _HEADERS = {
@@ -188,6 +191,53 @@ def _usage_paths() -> dict:
     }
 
 
+def _query_parameter(name: str, required: bool) -> dict:
+    """A query parameter of ``GET /api/billing/usage``, its schema ``UsageTotalsQuery``'s
+    (the model the endpoint validates with); an optional one is left out, never null."""
+    schema = dict(schemas.UsageTotalsQuery.model_json_schema(mode="validation")["properties"][name])
+    description = schema.pop("description")
+    for key in ("title", "default", "examples"):
+        schema.pop(key, None)
+    if "anyOf" in schema:  # optional: its one branch that is not null
+        (schema,) = [branch for branch in schema["anyOf"] if branch.get("type") != "null"]
+    parameter = {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
+    if name == "group_by":
+        parameter |= {"style": "form", "explode": True}  # group_by=model_name&group_by=day
+    return parameter
+
+
+def _usage_totals_paths() -> dict:
+    """An organization's usage totals over a window."""
+    return {
+        "/api/billing/usage": {
+            "get": {
+                "operationId": "usageTotals",
+                "tags": ["usage"],
+                "summary": "An organization's usage over [from, to): totals, grouped as asked, split by billing state.",
+                "description": "Counts recorded events only (an event still queued is not in them yet). Any superadmin "
+                "may read any organization's usage. `from` defaults to the start of the current UTC month, `to` to now; "
+                f"the window is at most {usage_totals.MAX_SPAN.days} days. Money is exact decimal strings.",
+                "parameters": [
+                    _query_parameter("organization_id", True),
+                    *(_query_parameter(name, False) for name in ("from", "to", "group_by")),
+                ],
+                "responses": {
+                    "200": _json("UsageTotalsOut", "The totals."),
+                    **_errors(401, 403),
+                    "422": _json(
+                        "ErrorOut",
+                        "A parameter is missing, unknown, given twice or invalid, the organization does not exist, or "
+                        f"the window is backwards, empty or over {usage_totals.MAX_SPAN.days} days; see details.",
+                    ),
+                    **_errors(429),
+                    "503": _json("ErrorOut", "The database, or Redis checking the App Password, is unavailable. "
+                                 "Retry after Retry-After.", ["Retry-After"]),
+                },
+            }
+        },
+    }
+
+
 def _operations_paths() -> dict:
     """The operations endpoints, which take no credential."""
     return {
@@ -232,7 +282,11 @@ def document() -> dict:
             "and retry with it on any other answer.",
         },
         "tags": [
-            {"name": "usage", "description": "Record usage events and read their status (superadmin Bearer token)."},
+            {
+                "name": "usage",
+                "description": "Record usage events, read their status and an organization's totals (superadmin Bearer "
+                "token).",
+            },
             {"name": "operations", "description": "Health, readiness, metrics and this reference (no credential)."},
         ],
         "components": {
@@ -249,7 +303,7 @@ def document() -> dict:
             },
         },
         "security": [{"bearer": []}],
-        "paths": {**_usage_paths(), **_operations_paths()},
+        "paths": {**_usage_paths(), **_usage_totals_paths(), **_operations_paths()},
     }
 
 @blueprint.get("/openapi.json")

@@ -16,7 +16,7 @@ import pydantic
 from pydantic import Field
 from pydantic_core import PydanticCustomError
 
-from shared import billing_window
+from shared import billing_window, usage_totals
 from shared.usage_event import UsageEventFields
 from shared.usage_voids import MAX_REASON_CHARS
 
@@ -234,6 +234,135 @@ class UsageEventOut(UsageEventFields):
     stripe: StripeReportOut
     error: str | None
     void: VoidOut | None = Field(default=None, description="Null unless a void was asked for.")
+
+
+# --- usage totals: GET /api/billing/usage -------------------------------------------------
+
+GroupName = Literal[tuple(usage_totals.GROUPS)]
+_MAX_SPAN_DAYS = usage_totals.MAX_SPAN.days
+
+
+def _in_utc(moment: dt.datetime) -> dt.datetime:
+    """The time in UTC, as the answer names it; a time at the edge of the calendar with an
+    offset (0001-01-01T00:00:00+01:00) has no UTC time Python can hold."""
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime_range", "Must be a time between the years 1 and 9999 in UTC") from None
+
+
+def _each_group_once(group_by: list[str]) -> list[str]:
+    if len(set(group_by)) != len(group_by):
+        raise PydanticCustomError("unique_groups", "Must name each group once")
+    return group_by
+
+
+WindowTime = Annotated[Rfc3339Time, pydantic.AfterValidator(_in_utc)]
+
+
+class UsageTotalsQuery(pydantic.BaseModel):
+    """The query of ``GET /api/billing/usage``: whose usage, over which window, grouped how.
+    Every parameter is given at most once, except ``group_by``, repeated for each group."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    organization_id: UuidString = Field(description="An existing organization: whose usage.")
+    from_: WindowTime | None = Field(
+        default=None,
+        alias="from",
+        description="Start of the window, inclusive (RFC 3339 with a UTC offset between -15:59 and +15:59). "
+        "Defaults to the start of the current UTC month.",
+        examples=["2026-11-01T00:00:00Z"],
+    )
+    to: WindowTime | None = Field(
+        default=None,
+        description=f"End of the window, exclusive (RFC 3339 with an offset); after `from`, at most "
+        f"{_MAX_SPAN_DAYS} days after it. Defaults to now.",
+        examples=["2026-12-01T00:00:00Z"],
+    )
+    group_by: Annotated[
+        list[GroupName],
+        Field(max_length=len(usage_totals.GROUPS), json_schema_extra={"uniqueItems": True}),
+        pydantic.AfterValidator(_each_group_once),
+    ] = Field(
+        default=[],
+        description="What to group by, in this order: repeat the parameter for each (group_by=model_name&group_by=day), "
+        "each at most once. Days and hours are UTC. None: one group of everything.",
+    )
+
+
+_MONEY_DESCRIPTION = "Decimal string, exact (never rounded): the sum of the events' {}."
+
+
+class UsageFiguresOut(pydantic.BaseModel):
+    """What a set of events adds up to."""
+
+    events: int = Field(description="How many events.")
+    input_tokens: int
+    output_tokens: int
+    service_cost: str = Field(
+        description=_MONEY_DESCRIPTION.format("service_cost: what the provider charges"), examples=["0.000384000000000000"]
+    )
+    agent700_cost: str = Field(
+        description=_MONEY_DESCRIPTION.format("agent700_cost: what the customer pays"), examples=["0.000768000000000000"]
+    )
+    stripe_value: int = Field(
+        description="The sum of the events' meter values (agent700_cost × 10^STRIPE_VALUE_DECIMALS, each rounded "
+        "half-even once, as Stripe is sent it)."
+    )
+
+
+class UsageStatesOut(pydantic.BaseModel):
+    """The figures split by how far billing got."""
+
+    billed: UsageFiguresOut = Field(description="Reported: Stripe took their meter events.")
+    pending: UsageFiguresOut = Field(description="Recorded, not reported to Stripe yet.")
+    failed: UsageFiguresOut = Field(description="Recorded, but Stripe could not take them (see `usage failed`).")
+    voided: UsageFiguresOut = Field(description="Taken back: nothing of them is billed.")
+
+
+class UsageTotalOut(UsageFiguresOut):
+    """The figures of every event of the window, and their split by state."""
+
+    by_state: UsageStatesOut
+
+
+class UsageGroupKeyOut(pydantic.BaseModel):
+    """What a group's events share: one field per name of ``group_by``, the others absent."""
+
+    model_name: str | None = None
+    service_name: str | None = Field(default=None, description="Null for events of no service.")
+    source: str | None = None
+    user_id: uuid.UUID | None = None
+    day: dt.datetime | None = Field(default=None, description="The UTC day's start, such as 2026-11-03T00:00:00Z.")
+    hour: dt.datetime | None = Field(default=None, description="The UTC hour's start, such as 2026-11-03T05:00:00Z.")
+
+
+class _Keyed(pydantic.BaseModel):
+    key: UsageGroupKeyOut
+
+
+# _Keyed last among the bases puts ``key`` first in a group's fields (pydantic orders
+# them from the last base on): a group reads key, then its figures.
+class UsageGroupOut(UsageTotalOut, _Keyed):
+    """One group: its key, its figures, and their split by state."""
+
+
+class UsageTotalsOut(pydantic.BaseModel):
+    """An organization's usage over [from, to): the total, and the groups asked for."""
+
+    model_config = pydantic.ConfigDict(populate_by_name=True)
+
+    organization_id: uuid.UUID
+    from_: dt.datetime = Field(alias="from", description="Start of the window (inclusive), in UTC.")
+    to: dt.datetime = Field(description="End of the window (exclusive), in UTC.")
+    group_by: list[GroupName] = Field(description="The groups' key fields, in order.")
+    as_of: dt.datetime = Field(description="The database's time of the answer.")
+    covers: str = Field(description="What the figures count: recorded events; queued ones are not in them yet.")
+    total: UsageTotalOut
+    groups: list[UsageGroupOut] = Field(
+        description="In the order of their keys; without group_by, one group of everything (none without events)."
+    )
 
 
 class ErrorDetailOut(pydantic.BaseModel):

@@ -8,13 +8,12 @@ import json
 import uuid
 
 import pydantic
-import redis
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from ingest_api import MAX_BODY_BYTES
-from ingest_api.auth import revoked_unauthorized, superadmin_required
+from ingest_api.auth import refuse_if_revoked, revoked_unauthorized, superadmin_required
 from ingest_api.catalog import Catalog
 from ingest_api.errors import ApiError
 from ingest_api.event_status import event_status
@@ -29,7 +28,7 @@ from ingest_api.schemas import (
     error_details,
     valid_idempotency_key,
 )
-from shared import metrics, queue, revocation_marks
+from shared import metrics, queue
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable, Revoked, fingerprint
 from shared.usage_event import AcceptedUsageEvent
 
@@ -280,18 +279,9 @@ def _kept_keys(keys: list[str]) -> dict[str, KeptKey]:
     24 hours in Redis). Answered only to a caller not revoked since: the accept script
     checks that for everything else, atomically with the append."""
     kept = kept_keys(current_app.config["SETTINGS"].database_url, g.caller.user_id, keys)
-    if kept and g.caller.app_password_id is not None:
-        _refuse_if_revoked()
+    if kept:
+        refuse_if_revoked()
     return kept
-
-
-def _refuse_if_revoked() -> None:
-    try:
-        revoked = revocation_marks.is_revoked(current_intake().redis, g.caller.app_password_id)
-    except redis.RedisError:
-        raise _unavailable("The billing queue is unavailable. Retry later.") from None
-    if revoked:
-        raise revoked_unauthorized()
 
 
 @blueprint.post("/batch", endpoint="record_usage_batch")
@@ -354,16 +344,14 @@ def _rejected(index: int, message: str, details: list | None) -> dict:
 @blueprint.get("/<uuid:event_id>")
 @superadmin_required
 def usage_status(event_id: uuid.UUID):
-    if g.caller.app_password_id is not None:
-        _refuse_if_revoked()
+    refuse_if_revoked()
     return jsonify(_event_status(event_id))
 
 
 @blueprint.post("/<uuid:event_id>/void", endpoint="void_usage")
 @superadmin_required
 def void_usage(event_id: uuid.UUID):
-    if g.caller.app_password_id is not None:
-        _refuse_if_revoked()
+    refuse_if_revoked()
     try:
         body = VoidIn.model_validate(_json_object(_json_bytes()))
     except pydantic.ValidationError as error:

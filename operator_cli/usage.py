@@ -25,14 +25,16 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 from sqlalchemy import orm
 
-from operator_cli import output, store, voids
+from operator_cli import output, store, usage_totals, voids
 from shared import models, queue, usage_rows
 from shared.intake import Intake, OutcomeUnknown, QueueUnavailable
 from shared.usage_event import AcceptedUsageEvent
 from worker.reporting import shard_of
 
-usage_cli = AppGroup("usage", help="Usage events billing could not finish: list them, re-drive them; void them.")
-for _command in (voids.void, voids.list_voids, voids.credit_issued, voids.void_settled):
+usage_cli = AppGroup(
+    "usage", help="Usage events billing could not finish: list them, re-drive them; void them; sum an organization's."
+)
+for _command in (voids.void, voids.list_voids, voids.credit_issued, voids.void_settled, usage_totals.summary):
     usage_cli.add_command(_command)
 
 _logs = models.UserBillableRequestLog

@@ -2,7 +2,8 @@
 web process (gunicorn, ``tests.processes.GunicornProcess``). The page renders every
 operation of /openapi.json, loads nothing from anywhere but the service, and its
 "Try it out" on POST /api/billing/external-usage, with a pasted App Password, sends a
-real request that is accepted (202 shown, the event on the intake stream).
+real request that is accepted (202 shown, the event on the intake stream); so do the void
+and the usage totals (GET /api/billing/usage).
 
 Playwright uses the system browser (``executable_path``), never one of its own; without
 Chromium the test fails rather than skips (``make test`` installs it).
@@ -11,6 +12,7 @@ Chromium the test fails rather than skips (``make test`` installs it).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from ingest_api import openapi
 from shared import db, models
 from tests.support.api_caller import record_as_worker
 from tests.support.service_processes import GunicornProcess
+from tests.support.timestamps import rfc3339
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +87,7 @@ def browser(tmp_path):
             context.close()
 
 
-def test_the_docs_page_shows_every_operation_and_tries_a_usage_post_and_a_void(web, browser, billing, settings):
+def test_the_docs_page_shows_every_operation_and_tries_a_usage_post_a_void_and_the_totals(web, browser, billing, settings):
     # An event recorded before the page is opened (never sent to Stripe): voided below.
     to_void = billing.event()
     record_as_worker(settings, billing, to_void)
@@ -164,6 +167,31 @@ def test_the_docs_page_shows_every_operation_and_tries_a_usage_post_and_a_void(w
         (written,) = session.scalars(sa.select(models.UsageVoid)).all()
         assert (written.row_id, written.reason, written.requested_by) == (to_void.id, "Tried from the docs page", str(billing.caller.id))
         assert session.get(models.UserBillableRequestLog, to_void.id).status == "voided"
+
+    # Try it out on the usage totals: the organization, a window around the voided
+    # event, grouped by model (a multiple choice on the page).
+    totals = page.locator("#operations-usage-usageTotals")
+    totals.locator(".opblock-summary").click()
+    totals.get_by_role("button", name="Try it out").click()
+    now = dt.datetime.now(dt.UTC)
+    totals.locator('tr[data-param-name="organization_id"] input').fill(str(billing.organization.id))
+    totals.locator('tr[data-param-name="from"] input').fill(rfc3339(now - dt.timedelta(days=1)))
+    totals.locator('tr[data-param-name="to"] input').fill(rfc3339(now + dt.timedelta(minutes=1)))
+    totals.locator('tr[data-param-name="group_by"] select').select_option(["model_name"])
+    totals_url = f"{web.url}/api/billing/usage?"
+    with page.expect_response(lambda r: r.request.method == "GET" and r.url.startswith(totals_url)) as sent:
+        totals.get_by_role("button", name="Execute").click()
+    response = sent.value
+    assert response.request.headers["authorization"] == f"Bearer {billing.app_password}"
+    assert response.status == 200, response.text()
+    answer = response.json()
+    # The voided event is counted; the one posted above is still queued, so it is not.
+    assert (answer["organization_id"], answer["group_by"]) == (str(billing.organization.id), ["model_name"])
+    assert (answer["total"]["events"], answer["total"]["by_state"]["voided"]["events"]) == (1, 1), answer
+    assert [group["key"] for group in answer["groups"]] == [{"model_name": "gpt-4o-mini"}]
+    live = totals.locator(".live-responses-table .response")
+    live.locator(".response-col_status").filter(has_text="200").wait_for()
+    assert "gpt-4o-mini" in live.inner_text()
 
     # Nothing was loaded from anywhere but the service.
     origins = {f"{urlsplit(url).scheme}://{urlsplit(url).netloc}" for url in browser.requested}

@@ -536,6 +536,114 @@ def test_the_void_of_a_recorded_event_in_uppercase_is_the_same_void(billing, set
     assert answer.status_code == 200 and answer.get_json()["id"] == str(recorded.id), answer.get_json()
 
 
+# --- the usage query: hostile parameters, each a JSON 422 naming it -------------------------------
+
+USAGE_URL = "/api/billing/usage"
+
+
+def ask_usage(billing, query: str):
+    """GET the usage with ``query`` as the raw query string (percent-escapes kept as they
+    are); the organization is the billing world's unless the query names one."""
+    if "organization_id=" not in query:
+        query = f"organization_id={billing.organization.id}&{query}"
+    return billing.client.get(f"{USAGE_URL}?{query}", headers=billing.headers())
+
+
+WINDOW = "from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z"
+HOSTILE_USAGE_QUERIES = {
+    # text that is no value of any parameter
+    "nul-organization": ("organization_id=%00", ["organization_id"]),
+    "nul-in-a-time": ("from=2026-11-01T00:00:00Z%00", ["from"]),
+    "nul-group": ("group_by=day%00", ["group_by.0"]),
+    "nul-parameter-name": ("fr%00om=2026-11-01T00:00:00Z", ["fr\x00om"]),
+    "lone-surrogate-utf8": ("organization_id=%ED%A0%80", ["organization_id"]),
+    "lone-surrogate-group": ("group_by=%ED%B3%BF", ["group_by.0"]),
+    "invalid-utf8": ("to=%C0%80", ["to"]),
+    "empty-name": ("=x", [""]),
+    "empty-group": ("group_by=", ["group_by.0"]),
+    # the organization
+    "not-a-uuid": ("organization_id=not-a-uuid", ["organization_id"]),
+    "a-number": ("organization_id=0", ["organization_id"]),
+    "uuid-in-braces": ("organization_id=%7B0b6d5c1e-3f0a-4c47-9a53-4f1f0c2b8d10%7D", ["organization_id"]),
+    "unknown-uuid": ("organization_id=0b6d5c1e-3f0a-4c47-9a53-4f1f0c2b8d10", ["organization_id"]),
+    "huge-organization": ("organization_id=" + "a" * 100_000, ["organization_id"]),
+    "no-organization": ("organization_id", ["organization_id"]),  # a name without a value
+    # times
+    "year-0": ("from=0000-01-01T00:00:00Z", ["from"]),
+    "leap-second": ("from=9999-12-01T00:00:00Z&to=9999-12-31T23:59:60Z", ["to"]),
+    "past-year-9999-in-utc": ("from=9999-12-01T00:00:00Z&to=9999-12-31T23:59:59-15:59", ["to"]),
+    "before-year-1-in-utc": ("from=0001-01-01T00:00:00%2B15:59&to=0001-01-02T00:00:00Z", ["from"]),
+    "no-offset": ("from=2026-11-01T00:00:00", ["from"]),
+    "a-date-alone": ("from=2026-11-01", ["from"]),
+    "no-seconds": ("from=2026-11-01T00:00Z", ["from"]),
+    "epoch-seconds": ("from=1730419200", ["from"]),
+    "epoch-milliseconds": ("from=1730419200000", ["from"]),
+    "negative-epoch": ("to=-1", ["to"]),
+    "exponent": ("to=1e10", ["to"]),
+    "february-30": ("from=2026-02-30T00:00:00Z", ["from"]),
+    "hour-24": ("to=2026-11-01T24:00:00Z", ["to"]),
+    "offset-16-hours": ("from=2026-11-01T00:00:00%2B16:00", ["from"]),
+    "a-space-for-plus": ("from=2026-11-01T00:00:00 01:00", ["from"]),  # "+" unescaped is a space
+    "huge-time": ("from=" + "9" * 100_000, ["from"]),
+    "backwards": ("from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z", ["to"]),
+    "empty-window": ("from=2026-11-01T00:00:00Z&to=2026-11-01T00:00:00Z", ["to"]),
+    "a-year": ("from=2026-01-01T00:00:00Z&to=2027-01-01T00:00:00Z", ["to"]),
+    # repeats and unknowns
+    "organization-twice": ("organization_id={org}&organization_id={org}", ["organization_id"]),
+    "from-twice-the-same": ("from=2026-11-01T00:00:00Z&from=2026-11-01T00:00:00Z", ["from"]),
+    "to-twice": ("to=2026-11-02T00:00:00Z&to=2026-11-03T00:00:00Z", ["to"]),
+    "a-group-twice": ("group_by=day&group_by=day", ["group_by"]),
+    "commas": ("group_by=model_name,day", ["group_by.0"]),
+    "10000-groups": ("&".join(["group_by=day"] * 10_000), ["group_by"]),
+    "10000-unknown-groups": ("&".join(f"group_by=g{n}" for n in range(10_000)), ["group_by"]),
+    "unknown-parameter": ("since=2026-11-01T00:00:00Z", ["since"]),
+    "camel-case": ("groupBy=day", ["groupBy"]),
+    "array-brackets": ("group_by[]=day", ["group_by[]"]),
+}
+
+
+@pytest.mark.parametrize(("query", "fields"), list(HOSTILE_USAGE_QUERIES.values()), ids=list(HOSTILE_USAGE_QUERIES))
+def test_a_hostile_usage_query_is_a_json_422_naming_the_parameter(billing, query, fields):
+    body = assert_error(ask_usage(billing, query.replace("{org}", str(billing.organization.id))), 422, fields=fields)
+    assert all(detail["message"].endswith(".") for detail in body["details"]), body
+
+
+def test_5000_unknown_parameters_are_one_422_naming_each(billing):
+    body = assert_error(ask_usage(billing, WINDOW + "&" + "&".join(f"k{n}=1" for n in range(5_000))), 422)
+    assert len(body["details"]) == 5_000
+
+
+ODD_BUT_VALID_USAGE_QUERIES = {
+    "lowercase-t-and-z": "from=2026-11-01t00:00:00z&to=2026-12-01T00:00:00Z",
+    "offset-15-59": "from=2026-11-01T15:59:00%2B15:59&to=2026-12-01T00:00:00Z",
+    "a-long-fraction": "from=2026-11-01T00:00:00." + "1" * 10_000 + "Z&to=2026-12-01T00:00:00Z",
+    "year-1": "from=0001-01-01T00:00:00Z&to=0001-02-01T00:00:00Z",
+    "year-9999": "from=9999-12-01T00:00:00Z&to=9999-12-31T23:59:59.999999Z",
+    "uppercase-uuid": "organization_id={ORG}&" + WINDOW,
+    "every-group": WINDOW + "&" + "&".join(f"group_by={g}" for g in ("hour", "day", "user_id", "source", "service_name", "model_name")),
+}
+
+
+@pytest.mark.parametrize("query", list(ODD_BUT_VALID_USAGE_QUERIES.values()), ids=list(ODD_BUT_VALID_USAGE_QUERIES))
+def test_an_odd_but_valid_usage_query_is_answered(billing, query):
+    response = ask_usage(billing, query.replace("{ORG}", str(billing.organization.id).upper()))
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["organization_id"] == str(billing.organization.id)
+
+
+def test_the_usage_path_with_another_method_or_a_slash_is_a_json_405_or_404(billing):
+    assert_error(billing.client.post(USAGE_URL, json={}, headers=billing.headers()), 405)
+    assert_error(billing.client.get(USAGE_URL + "/", headers=billing.headers()), 404)
+    assert_error(billing.client.get(USAGE_URL + "/x", headers=billing.headers()), 404)
+
+
+def test_a_hostile_usage_query_without_a_credential_is_401_first(billing):
+    response = billing.client.get(f"{USAGE_URL}?organization_id=%00&group_by=x")
+
+    assert_error(response, 401)
+
+
 # --- Stripe's webhook: a body its signature covers that is not a thin event ---------------------
 
 WEBHOOK_SECRET = "whsec_test_hostile"
@@ -689,8 +797,10 @@ def assert_json_4xx(status: int, headers: dict, body: bytes) -> dict:
         b"POST /api/billing/external-usage HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
         b"POST /api/billing/external-usage HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/billing/usage?" + b"&".join([b"group_by=day"] * 10_000) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
-    ids=["bad-version", "garbage", "header-too-large", "unknown-transfer-coding", "two-content-lengths", "uri-too-long"],
+    ids=["bad-version", "garbage", "header-too-large", "unknown-transfer-coding", "two-content-lengths", "uri-too-long",
+         "usage-query-too-long"],
 )
 def test_a_request_the_server_itself_refuses_gets_a_json_4xx(web_process, request_bytes):
     assert_json_4xx(*raw_exchange(web_process.port, request_bytes))
