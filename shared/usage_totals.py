@@ -50,13 +50,17 @@ STATES = {
 _STATE_OF = {status: state for state, status in STATES.items()}
 
 
+# Nothing, at the money columns' scale: an empty state reads as a summed one does.
+_NO_MONEY = Decimal(0).scaleb(-models.MONEY.scale)
+
+
 @dataclass
 class Figures:
     events: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    service_cost: Decimal = Decimal(0)
-    agent700_cost: Decimal = Decimal(0)
+    service_cost: Decimal = _NO_MONEY
+    agent700_cost: Decimal = _NO_MONEY
     stripe_value: int = 0
 
     def add(self, other: Figures) -> None:

@@ -98,7 +98,7 @@ def test_groups_are_keyed_by_what_was_asked_in_that_order(november):
                                        "agent700_cost", "stripe_value", "by_state"]
     assert body["groups"][-1]["by_state"]["voided"]["agent700_cost"] == "0.400000000000000000"
     assert body["groups"][-1]["by_state"]["billed"] == {
-        "events": 0, "input_tokens": 0, "output_tokens": 0, "service_cost": "0", "agent700_cost": "0", "stripe_value": 0,
+        "events": 0, "input_tokens": 0, "output_tokens": 0, "service_cost": "0.000000000000000000", "agent700_cost": "0.000000000000000000", "stripe_value": 0,
     }
 
 
@@ -124,7 +124,7 @@ def test_times_with_an_offset_are_the_same_instants_answered_in_utc(november):
 def test_a_window_without_events_is_zeros_and_no_groups(billing):
     body = ask(billing, WINDOW).get_json()
 
-    assert body["total"]["events"] == 0 and body["total"]["agent700_cost"] == "0"
+    assert body["total"]["events"] == 0 and body["total"]["agent700_cost"] == "0.000000000000000000"
     assert body["groups"] == []
 
 
