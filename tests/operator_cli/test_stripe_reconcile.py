@@ -6,14 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from decimal import Decimal
 
 import pytest
 
-from shared import db, models
+from shared import db, models, usage_voids
 from shared.operator_messages import RECONCILE_FIRST
 from shared.stripe_meter import MeterEvent
 from tests.support.operator_commands import assert_refused
 from tests.support.stripe_sdk import settle
+from tests.worker.test_reporting import record, report
+from worker import reporting
 from worker.stripe_reporting import Outcome, StripeMeter
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -484,3 +487,39 @@ def test_a_row_missing_at_stripe_with_a_void_is_not_offered_for_resending(runner
     assert runner.invoke(args=["usage", "retry", "--id", str(voiding.id), "--force"]).exit_code == 0
     with db.transaction(settings.database_url) as session:  # a row with a void is never sent again
         assert session.get(models.UserBillableRequestLog, voiding.id).status == models.UsageStatus.REPORTED
+
+
+def test_the_usage_apis_billed_total_is_what_reconcile_finds_at_stripe(runner, client, world, broker, settings, stripe):
+    """Events recorded and reported by the worker's own code (one of them then voided by a
+    cancel): the API's billed figures for the window, at the Stripe value's rounding,
+    are the Stripe total reconcile finds at the local server."""
+    meter = SettledMeter(settings, stripe, api="v2")
+    start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(hours=2)
+    events = [
+        world.event(model_name=model, input_tokens=tokens, output_tokens=tokens // 3 + 1,
+                    occurred_at=start + dt.timedelta(minutes=7 * index, seconds=index, microseconds=index))
+        for index, (model, tokens) in enumerate((m, t) for m in world.prices for t in (1, 777, 123_457))
+    ]
+    record(settings, events)
+    shard = reporting.shard_of(world.organization.id)
+    assert len(report(settings, broker, meter, shard).reported) == len(events)
+    with db.transaction(settings.database_url) as session:
+        usage_voids.request(session, events[1].id, "sent twice", "user-1")
+    report(settings, broker, meter, shard)
+    settle(stripe)
+    window = {"from": rfc3339(start), "to": rfc3339(start + dt.timedelta(days=1))}
+
+    answer = client.get("/api/billing/usage", headers=world.headers(),
+                        query_string={"organization_id": str(world.organization.id), **window})
+    result = reconcile(runner, world.organization.id, "--since", window["from"], "--until", window["to"])
+
+    assert answer.status_code == 200, answer.get_json()
+    billed = answer.get_json()["total"]["by_state"]["billed"]
+    assert billed["events"] == len(events) - 1 and answer.get_json()["total"]["by_state"]["voided"]["events"] == 1
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "MATCH", result.output
+    stripe_total = re.search(r"^Stripe total: +(\d+) ", result.stdout, re.M).group(1)
+    assert billed["stripe_value"] == int(stripe_total)
+    # The cost itself, rounded once per event as Stripe is sent it: never off by more than
+    # half a unit per event.
+    unit = Decimal(1).scaleb(-settings.stripe_value_decimals)
+    assert abs(Decimal(billed["agent700_cost"]) - billed["stripe_value"] * unit) <= billed["events"] * unit / 2
