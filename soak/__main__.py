@@ -32,7 +32,7 @@ from pathlib import Path
 from soak import faults, report, seeding
 from soak.cluster import SOAK_ROOT, STRIPE_VALUE_DECIMALS, Cluster, run_directory
 from soak.load import REQUEST_TIMEOUT_SECONDS, RETRY_BUDGET_SECONDS, LoadGenerator
-from soak.voids import LATER_DELAY_SECONDS, Voider
+from soak.voids import STOP_TIMEOUT_SECONDS, Voider
 
 # Stripe's summaries window read at the end: every event's time (up to an hour before it
 # was sent) and every void's (a negative event has its row's time) falls inside it.
@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"[soak] load stopped after {load_seconds:.0f} s; {len(voider.ledger.planned)} voids asked; "
                 "waiting for the last voids' answers and for the pipeline to drain", flush=True,
             )
-            # The voids planned for later are asked after the load, while the pipeline drains.
-            voider.stop(timeout=LATER_DELAY_SECONDS[1] + RETRY_BUDGET_SECONDS + REQUEST_TIMEOUT_SECONDS + 30)
+            # The voids planned for later are asked after the load, while the pipeline drains
+            # (and the watch goes on: a worker that dies now must be started again).
+            voiders_left = voider.stop(STOP_TIMEOUT_SECONDS, watch)
 
             broker = cluster.redis.client()
             drain = report.wait_for_drain(cluster.postgres.database_url, broker, args.drain_timeout, watch)
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     problems += [f"fault {f.name} could not be injected: {f.error}" for f in injected if f.error]
     if not drain["drained"]:
         problems.append(f"the pipeline did not drain within {args.drain_timeout:.0f} s: {drain['state']}")
+    if voiders_left:
+        problems.append(f"voids still being asked {STOP_TIMEOUT_SECONDS:.0f} s after the load stopped: {voiders_left}")
     if not void_drain["drained"]:
         problems.append(f"the voids did not settle within {args.drain_timeout:.0f} s: {void_drain['voids_by_state']}")
     paths = [args.report_json, directory / "report.json"]

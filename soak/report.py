@@ -226,7 +226,7 @@ def reconcile(
 ) -> dict:
     """``stripe_summaries``: each customer's total in Stripe's meter event summaries (None:
     not read; the meter events' count stands alone)."""
-    void_ledger = void_ledger or VoidLedger()
+    void_ledger = (void_ledger or VoidLedger()).frozen()
     found = _compare(_rows(database_url), _voids(database_url), stripe_events, ledger, void_ledger)
     organizations = [
         _organization_totals(organization, found, stripe_events, decimals, (stripe_summaries or {}).get(organization.stripe_customer_id))

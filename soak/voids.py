@@ -30,8 +30,9 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
-from soak.load import RETRY_BUDGET_SECONDS, USAGE_PATH, Answer, PlannedEvent, post
+from soak.load import REQUEST_TIMEOUT_SECONDS, RETRY_BUDGET_SECONDS, USAGE_PATH, Answer, PlannedEvent, post
 from soak.seeding import World
 
 # The share of accepted events voided: about 1,500 voids in a 150 s run at 200 events/s,
@@ -51,6 +52,9 @@ VOID_THREADS = 6
 NOT_FOUND_RETRIES = 5
 MAX_BACKOFF_SECONDS = 2.0
 EXAMPLES_KEPT = 20
+# The longest the last planned void can take once the load stopped: its delay, then two
+# requests (a repeated void) each through the whole retry budget and a last timeout.
+STOP_TIMEOUT_SECONDS = LATER_DELAY_SECONDS[1] + 2 * (RETRY_BUDGET_SECONDS + REQUEST_TIMEOUT_SECONDS + MAX_BACKOFF_SECONDS) + 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,15 @@ class VoidLedger:
         self.inconsistent: list[str] = []  # an answer that contradicts itself or an earlier one
         self.unexpected_answers: list[str] = []
         self.crashes: list[str] = []
+
+    def frozen(self) -> VoidLedger:
+        """A copy, taken under the lock: what the report reads, even if a thread still asks."""
+        with self._lock:
+            copy = VoidLedger()
+            for name, value in vars(self).items():
+                if name != "_lock":
+                    setattr(copy, name, value.copy() if hasattr(value, "copy") else value)
+            return copy
 
     def plan(self, void: PlannedVoid) -> None:
         with self._lock:
@@ -155,17 +168,23 @@ class Voider:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, timeout: float) -> None:
-        """Plan nothing more; wait until every planned void was sent and answered."""
+    def stop(self, timeout: float, watch: Callable[[], None]) -> list[str]:
+        """Plan nothing more; wait until every planned void was sent and answered, calling
+        ``watch`` about once a second meanwhile (a process that died is started again: the
+        voids wait for the pipeline). The names of the threads still running after
+        ``timeout`` (abandoned), or none."""
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and time.monotonic() < deadline:
+                watch()
+                thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
         still_running = [thread.name for thread in self._threads if thread.is_alive()]
         if still_running:
-            raise RuntimeError(f"voider threads did not finish within {timeout:.0f}s: {still_running}")
+            self.abandon()
+        return still_running
 
     def abandon(self) -> None:
         with self._condition:

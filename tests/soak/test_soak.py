@@ -19,6 +19,7 @@ import pytest
 
 from shared.queue import SWEEP_SECONDS
 from soak.faults import FAULT_NAMES
+from soak.voids import LATER_DELAY_SECONDS
 from worker.tasks import STALE_AFTER
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,8 @@ STRIPE_BACKOFF_CAP_SECONDS = 60
 # then the sweep (every SWEEP_SECONDS, for rows still recorded STALE_AFTER after their
 # recording), three times over.
 DRAIN_TIMEOUT_SECONDS = int(3 * (STRIPE_BACKOFF_CAP_SECONDS + SWEEP_SECONDS + STALE_AFTER.total_seconds()))
-RUN_TIMEOUT_SECONDS = 60 + LOAD_SECONDS + DRAIN_TIMEOUT_SECONDS + 60
+# The voids planned last are asked up to LATER_DELAY_SECONDS after the load.
+RUN_TIMEOUT_SECONDS = 60 + LOAD_SECONDS + LATER_DELAY_SECONDS[1] + DRAIN_TIMEOUT_SECONDS + 60
 # Whichever test runs first waits for the whole soak (a module fixture).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
