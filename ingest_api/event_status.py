@@ -1,7 +1,7 @@
 """One usage event's status record (``UsageEventOut``), as GET .../{id} answers it.
 
-An accepted event is read from its queued copy in the intake while no recorder has
-written it, then from its log row, or from its rejected event if the recorder refused it.
+An accepted event is read from its log row, or from its rejected event if the recorder
+refused it, and from its queued copy in the intake while no recorder has written either.
 The answer is the status record as JSON; the route (``ingest_api.usage``) turns "no such
 event" and "the intake did not answer" into HTTP answers.
 """
@@ -24,8 +24,13 @@ def event_status(intake: Intake, database_url: str, event_id: uuid.UUID) -> dict
     Raises ``QueueUnavailable`` if the intake did not answer and the database has no row
     of the event: an accepted event no worker has recorded is only in the intake.
     """
-    # The intake first: once a worker records an event it commits the row before it
-    # deletes the queued copy, so "not queued" here means the row is visible below.
+    # The database first: once the row (or the rejection) is written it is the event's
+    # state, even while its queued copy is still there (the recorder deletes the copy after
+    # its commit, and a broker outage in between leaves it until the entry is recorded
+    # again: read first, the copy made a recorded, even voided, event look queued).
+    recorded = _from_database(database_url, event_id)
+    if recorded is not None:
+        return recorded
     try:
         queued, intake_error = intake.queued_event(event_id), None
     except QueueUnavailable as error:
@@ -33,6 +38,8 @@ def event_status(intake: Intake, database_url: str, event_id: uuid.UUID) -> dict
         queued, intake_error = None, error
     if queued is not None:
         return _usage_event_out(queued, "queued", None, None, None, None, None)
+    # Not queued (any more): a worker that recorded the event since the first look
+    # committed its row before it deleted the queued copy, so the row is visible now.
     recorded = _from_database(database_url, event_id)
     if recorded is None and intake_error is not None:
         raise intake_error

@@ -20,18 +20,16 @@ QUEUED_RETRY_AFTER_SECONDS = "2"
 
 def void_event(intake: Intake, database_url: str, event_id: uuid.UUID, reason: str, requested_by: str) -> tuple[int, dict]:
     """(HTTP status, status record) of voiding the event; ``ApiError`` for a refusal."""
-    with db.transaction(database_url) as session:
-        try:
-            void = usage_voids.request(session, event_id, reason, requested_by)
-        except usage_voids.VoidRefused as refused:
-            raise ApiError(409, str(refused)) from None
-        if void is None:
-            rejected = session.get(models.RejectedUsageEvent, event_id) is not None
-        else:
-            done, needs_reporter = void.state == VoidState.COMPLETED, void.method in usage_voids.STRIPE_METHODS
-            organization_id = session.get(models.UserBillableRequestLog, event_id).organization_id
-    if void is None:
-        _refuse_unrecorded(intake, event_id, rejected)
+    voided = _void_row(database_url, event_id, reason, requested_by)
+    if voided is None:
+        _refuse_queued(intake, event_id)
+        # Not queued (any more): the recorder commits an event's row, or its rejection,
+        # before it deletes the queued copy, so an event recorded while the database was
+        # looked at is there now.
+        voided = _void_row(database_url, event_id, reason, requested_by)
+    if voided is None:
+        raise ApiError(404, "No usage event with this id.")
+    done, needs_reporter, organization_id = voided
     if not done and needs_reporter:
         try:
             queue.wake_reporters(intake.redis, [queue.shard_of(organization_id)])
@@ -40,9 +38,23 @@ def void_event(intake: Intake, database_url: str, event_id: uuid.UUID, reason: s
     return (200 if done else 202), event_status(intake, database_url, event_id)
 
 
-def _refuse_unrecorded(intake: Intake, event_id: uuid.UUID, rejected: bool) -> None:
-    if rejected:
-        raise ApiError(409, "The recorder refused this event, so nothing of it was billed: there is nothing to void.")
+def _void_row(database_url: str, event_id: uuid.UUID, reason: str, requested_by: str) -> tuple[bool, bool, uuid.UUID] | None:
+    """(complete, needs the reporter, organization) of voiding the event's row; None if it
+    has no row (yet); ``ApiError`` if it cannot be voided."""
+    with db.transaction(database_url) as session:
+        try:
+            void = usage_voids.request(session, event_id, reason, requested_by)
+        except usage_voids.VoidRefused as refused:
+            raise ApiError(409, str(refused)) from None
+        if void is None:
+            if session.get(models.RejectedUsageEvent, event_id) is not None:
+                raise ApiError(409, "The recorder refused this event, so nothing of it was billed: there is nothing to void.")
+            return None
+        organization_id = session.get(models.UserBillableRequestLog, event_id).organization_id
+        return void.state == VoidState.COMPLETED, void.method in usage_voids.STRIPE_METHODS, organization_id
+
+
+def _refuse_queued(intake: Intake, event_id: uuid.UUID) -> None:
     try:
         queued = intake.queued_event(event_id) is not None
     except QueueUnavailable:
@@ -51,4 +63,3 @@ def _refuse_unrecorded(intake: Intake, event_id: uuid.UUID, rejected: bool) -> N
     if queued:
         raise ApiError(409, "This event is still queued: void it once it is recorded.",
                        headers={"Retry-After": QUEUED_RETRY_AFTER_SECONDS})
-    raise ApiError(404, "No usage event with this id.")

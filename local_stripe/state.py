@@ -326,22 +326,32 @@ class Store:
             return min((event.received_at for event in self._pending), default=None)
 
     def take_pending(self, received_by: float) -> tuple[int, list[MeterEvent]]:
-        """Remove and return the pending events received at or before ``received_by``, with
-        the store's generation to hand back to ``settle``."""
+        """The pending events received at or before ``received_by``, with the store's
+        generation to hand back to ``settle``. They stay pending (listed, cancelable)
+        until ``settle`` stores their verdicts: an event being judged is never nowhere."""
         with self._lock:
-            due = [event for event in self._pending if event.received_at <= received_by]
-            self._pending = [event for event in self._pending if event.received_at > received_by]
-            return self._generation, due
+            return self._generation, [event for event in self._pending if event.received_at <= received_by]
 
     def settle(self, generation: int, valid: list[MeterEvent], invalid: list[Any], report_window: float) -> bool:
-        """Store judged events: ``valid`` ones count, ``invalid`` ones (event, problem, meter)
-        are dropped, free their identifiers, and wait for their error report in the window
-        of ``report_window`` seconds their receipt falls in. False (nothing stored) after a
-        reset."""
+        """Store judged events (as ``take_pending`` gave them): ``valid`` ones count,
+        ``invalid`` ones (event, problem, meter) are dropped, free their identifiers, and
+        wait for their error report in the window of ``report_window`` seconds their
+        receipt falls in. A cancel that came while they were judged holds. False (nothing
+        stored) after a reset."""
         with self._lock:
             if generation != self._generation:
                 return False
-            self._events.extend(valid)
+            judged = {(event.identifier, event.received_at) for event in valid}
+            judged |= {(event.identifier, event.received_at) for event, _, _ in invalid}
+            canceled = {
+                (event.identifier, event.received_at): event.canceled_at
+                for event in self._pending if event.canceled_at is not None
+            }
+            self._pending = [event for event in self._pending if (event.identifier, event.received_at) not in judged]
+            self._events.extend(
+                dataclasses.replace(event, canceled_at=canceled.get((event.identifier, event.received_at), event.canceled_at))
+                for event in valid
+            )
             for event, problem, meter in invalid:
                 self._invalid.append((event, problem.code, problem.message))
                 if self._identifiers.get(event.identifier) == event.received_at:

@@ -12,7 +12,11 @@ One module per idea:
   operator command line, as an operator would.
 * ``load``: the load generator and its own ledger of every event id it was given, with
   the cost it must have, computed with its own ``Decimal`` arithmetic.
+* ``voids``: voids a share of the accepted events through the void endpoint while the
+  load runs (at once and later, asked again, twice at once), with its own ledger of the
+  answers.
 * ``faults``: the fault schedule and how each fault is injected.
-* ``report``: waits for the pipeline to drain, then reconciles the ledger, the database
-  and the Stripe server and writes the report.
+* ``report``: waits for the pipeline and the voids to drain, then reconciles the ledgers,
+  the database and the Stripe server (its summaries and meter events, cancels and
+  negative events applied) and writes the report.
 """

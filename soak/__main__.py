@@ -32,6 +32,12 @@ from pathlib import Path
 from soak import faults, report, seeding
 from soak.cluster import SOAK_ROOT, STRIPE_VALUE_DECIMALS, Cluster, run_directory
 from soak.load import REQUEST_TIMEOUT_SECONDS, RETRY_BUDGET_SECONDS, LoadGenerator
+from soak.voids import STOP_TIMEOUT_SECONDS, Voider
+
+# Stripe's summaries window read at the end: every event's time (up to an hour before it
+# was sent) and every void's (a negative event has its row's time) falls inside it.
+SUMMARY_WINDOW_BEFORE_SECONDS = 3 * 3600
+SUMMARY_WINDOW_AFTER_SECONDS = 3600
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -112,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.web_port, world, rate=args.rate, concurrency=args.concurrency, seed=args.seed,
                 stripe_value_decimals=STRIPE_VALUE_DECIMALS,
             )
+            voider = Voider(cluster.web_port, world, seed=args.seed + 1)
+            generator.ledger.on_first_acceptance = voider.consider
             started_at = dt.datetime.now(dt.UTC)
+            voider.start()
             generator.start()
             watch = ProcessWatch(cluster, generator.started_at)
             try:
@@ -121,16 +130,35 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except BaseException:
                 generator.abandon()  # interrupted or failed: no waiting for requests in flight
+                voider.abandon()
                 raise
             generator.stop(timeout=RETRY_BUDGET_SECONDS + REQUEST_TIMEOUT_SECONDS + 30)
             load_seconds = generator.stopped_at - generator.started_at
-            print(f"[soak] load stopped after {load_seconds:.0f} s; waiting for the pipeline to drain", flush=True)
+            print(
+                f"[soak] load stopped after {load_seconds:.0f} s; {len(voider.ledger.planned)} voids asked; "
+                "waiting for the last voids' answers and for the pipeline to drain", flush=True,
+            )
+            # The voids planned for later are asked after the load, while the pipeline drains
+            # (and the watch goes on: a worker that dies now must be started again).
+            voiders_left = voider.stop(STOP_TIMEOUT_SECONDS, watch)
 
             broker = cluster.redis.client()
             drain = report.wait_for_drain(cluster.postgres.database_url, broker, args.drain_timeout, watch)
             broker.close()
+            void_drain = report.wait_for_voids(cluster.postgres.database_url, args.drain_timeout, watch)
+            print(f"[soak] drained in {drain['seconds']} s; voids settled in {void_drain['seconds']} s: "
+                  f"{void_drain['voids_by_state']}", flush=True)
+            # What Stripe counts lags its receipts and cancels: read once all of it shows.
+            time.sleep(cluster.stripe.faults()["summary_lag_seconds"] + 1)
+            stripe_events = cluster.stripe.meter_events()
+            window_start = int(started_at.timestamp() - SUMMARY_WINDOW_BEFORE_SECONDS) // 60 * 60
+            window_end = -(-int(time.time() + SUMMARY_WINDOW_AFTER_SECONDS) // 60) * 60
+            summaries = cluster.stripe.summary_totals(
+                [organization.stripe_customer_id for organization in world.organizations], window_start, window_end
+            )
             result = report.reconcile(
-                cluster.postgres.database_url, cluster.stripe.meter_events(), generator.ledger, world, STRIPE_VALUE_DECIMALS
+                cluster.postgres.database_url, stripe_events, generator.ledger, world, STRIPE_VALUE_DECIMALS,
+                void_ledger=voider.ledger, stripe_summaries=summaries,
             )
             # The local Stripe server's answer when the one-call-per-customer rule is broken;
             # the sharded reporters should never provoke it.
@@ -147,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     problems += [f"fault {f.name} could not be injected: {f.error}" for f in injected if f.error]
     if not drain["drained"]:
         problems.append(f"the pipeline did not drain within {args.drain_timeout:.0f} s: {drain['state']}")
+    if voiders_left:
+        problems.append(f"voids still being asked {STOP_TIMEOUT_SECONDS:.0f} s after the load stopped: {voiders_left}")
+    if not void_drain["drained"]:
+        problems.append(f"the voids did not settle within {args.drain_timeout:.0f} s: {void_drain['voids_by_state']}")
     paths = [args.report_json, directory / "report.json"]
     full_report = {
         "command": command,
@@ -160,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "faults": [dataclasses.asdict(fault) for fault in injected],
         "unexpected_exits": watch.exits,  # warnings
         "drain": drain,
+        "void_drain": void_drain,
         **result,
         "problems": problems,
         "passed": not problems,

@@ -27,7 +27,9 @@ import os
 import shutil
 import sys
 import time
+import urllib.parse
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 import redis
@@ -42,6 +44,11 @@ SOAK_ROOT = embedded.VAR_DIR / "soak"
 DATABASE_NAME = "agent700_soak"
 STRIPE_API_KEY = "sk_test_agent700_soak"
 STRIPE_VALUE_DECIMALS = 6
+# How long the worker waits for the local Stripe server's summaries to settle (its summary
+# lag is 2 s, its v2 validation 1 s) before trusting that Stripe holds no event: a void's
+# cancel answered resource_missing is asked again, and completed, only after it. The
+# service's default (900 s) is a guess at Stripe's; a soak void must finish within the drain.
+STRIPE_SUMMARY_SETTLE_SECONDS = 10
 # Older runs whose directories (logs, data) are kept for inspection; the rest are removed.
 KEEP_OLD_RUNS = 2
 # Variables of the caller's environment that would point a child at other servers or
@@ -210,6 +217,30 @@ class StripeServer:
             return json.load(response)["data"]
 
 
+    def _api(self, path: str) -> dict:
+        request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {STRIPE_API_KEY}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)
+
+    def summary_totals(self, customers: list[str], start: int, end: int) -> dict[str, int]:
+        """Each customer's total over [start, end) (minute-aligned Unix times) in Stripe's
+        meter event summaries, summed over every meter: what Stripe bills, cancels and
+        negative events applied, as its API answers it (``GET …/event_summaries``)."""
+        meters = [meter["id"] for meter in self._api("/v1/billing/meters?limit=100")["data"]]
+        totals = {}
+        for customer in customers:
+            total = Decimal(0)
+            for meter_id in meters:
+                query = urllib.parse.urlencode({"customer": customer, "start_time": start, "end_time": end})
+                for summary in self._api(f"/v1/billing/meters/{meter_id}/event_summaries?{query}")["data"]:
+                    # A float in Stripe's JSON; whole numbers far below 2^53 here, so exact.
+                    total += Decimal(repr(summary["aggregated_value"]))
+            if total != total.to_integral_value():
+                raise RuntimeError(f"Stripe's summaries of {customer} sum to {total}, not a whole number")
+            totals[customer] = int(total)
+        return totals
+
+
 class Cluster:
     """Every process of the service, of this run's own. ``start()``, then ``stop()`` (always)."""
 
@@ -256,6 +287,7 @@ class Cluster:
             "STRIPE_METER_EVENTS_BASE": self.stripe.url,
             "STRIPE_METER_API": self.meter_api,
             "STRIPE_VALUE_DECIMALS": str(STRIPE_VALUE_DECIMALS),
+            "STRIPE_SUMMARY_SETTLE_SECONDS": str(STRIPE_SUMMARY_SETTLE_SECONDS),
             "PORT": str(self.web_port),
             "PROMETHEUS_MULTIPROC_DIR": str(self.directory / "prometheus"),
         }

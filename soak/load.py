@@ -29,6 +29,7 @@ event's organization, tokens and ``occurred_at`` are unique in the run).
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import datetime as dt
 import decimal
@@ -124,6 +125,33 @@ class ConnectionFailure:
     request_sent: bool  # False: the server never saw it; True: it may have acted on it
 
 
+def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[Answer | ConnectionFailure, float]:
+    """One POST on a connection of its own: the answer (and its time in ms), or how the
+    connection failed."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_SECONDS)
+    started = time.perf_counter()
+    try:
+        try:
+            connection.connect()
+        except OSError as error:
+            # Never reached the server: nothing can have been accepted.
+            outcome = "connection refused" if isinstance(error, ConnectionRefusedError) else "connect failed"
+            return ConnectionFailure(outcome, request_sent=False), 0.0
+        try:
+            connection.request("POST", path, body=body, headers=headers | {"Connection": "close"})
+            response = connection.getresponse()
+            data = response.read()
+        except TimeoutError:
+            return ConnectionFailure("timeout", request_sent=True), 0.0
+        except (OSError, http.client.HTTPException) as error:
+            outcome = "connection reset" if isinstance(error, (ConnectionError, http.client.RemoteDisconnected)) else type(error).__name__
+            return ConnectionFailure(outcome, request_sent=True), 0.0
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, data), elapsed_ms
+    finally:
+        connection.close()
+
+
 class Ledger:
     """What the service answered, from the client's side. Thread-safe."""
 
@@ -147,6 +175,9 @@ class Ledger:
         # event, and what the status endpoint then said of each: accepted, not accepted.
         self.unknown_outcomes = 0
         self.unknown_resolved: collections.Counter[str] = collections.Counter()
+        # Called (outside the lock, on the sender's thread) with (event id, event) the first
+        # time an id is answered accepted: the voider (``soak.voids``) picks its share here.
+        self.on_first_acceptance: collections.abc.Callable[[str, PlannedEvent], None] | None = None
 
     def attempt(self, kind: str, outcome: str, latency_ms: float | None) -> None:
         with self._lock:
@@ -171,8 +202,11 @@ class Ledger:
                         f"Idempotency-Key {event.idempotency_key} answered {event_id}, earlier {first_id}"
                     )
                     return
+            first = event_id not in self.accepted
             self.accepted[event_id] = event
             self.ambiguous.pop(event.content, None)
+        if first and self.on_first_acceptance is not None:
+            self.on_first_acceptance(event_id, event)
 
     def unknown(self, count: int = 1) -> None:
         with self._lock:
@@ -416,28 +450,7 @@ class LoadGenerator:
     # -- sending (sender threads) --------------------------------------------------------
 
     def _http(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[Answer | ConnectionFailure, float]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_SECONDS)
-        started = time.perf_counter()
-        try:
-            try:
-                connection.connect()
-            except OSError as error:
-                # Never reached the server: nothing can have been accepted.
-                outcome = "connection refused" if isinstance(error, ConnectionRefusedError) else "connect failed"
-                return ConnectionFailure(outcome, request_sent=False), 0.0
-            try:
-                connection.request("POST", path, body=body, headers=headers | {"Connection": "close"})
-                response = connection.getresponse()
-                data = response.read()
-            except TimeoutError:
-                return ConnectionFailure("timeout", request_sent=True), 0.0
-            except (OSError, http.client.HTTPException) as error:
-                outcome = "connection reset" if isinstance(error, (ConnectionError, http.client.RemoteDisconnected)) else type(error).__name__
-                return ConnectionFailure(outcome, request_sent=True), 0.0
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, data), elapsed_ms
-        finally:
-            connection.close()
+        return post(self.port, path, body, headers)
 
     def _send(self, kind: str, path: str, body: bytes, headers: dict[str, str], *, retry_when_ambiguous: bool):
         """Send until a 2xx or 4xx answer, retrying what is safe to retry.

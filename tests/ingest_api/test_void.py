@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared import db, models
+from shared.intake import Intake
 from tests.support.api_caller import URL, record_as_worker
 
 
@@ -95,3 +96,39 @@ def test_a_void_without_a_valid_reason_is_422_and_writes_nothing(billing, settin
 
     assert answer.status_code == 422 and answer.get_json()["details"]
     assert voids(settings) == []
+
+
+def test_an_event_recorded_while_the_void_looks_is_voided_not_404(billing, settings, monkeypatch):
+    # The race the soak found: the void finds no row, then the recorder commits the row and
+    # deletes the queued copy, then the void finds nothing queued either.
+    assert billing.post().status_code == 202
+    (event,) = billing.queued()
+    queued_event = Intake.queued_event
+
+    def recorded_meanwhile(self, event_id):
+        if event_id == event.id and not voids(settings):
+            record_as_worker(settings, billing, event)
+        return queued_event(self, event_id)
+
+    monkeypatch.setattr(Intake, "queued_event", recorded_meanwhile)
+
+    answer = void(billing, event.id)
+
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["void"]["method"] == "never_sent"
+
+
+def test_a_recorded_event_whose_queued_copy_is_still_there_is_answered_from_its_row(billing, settings, monkeypatch):
+    # The soak's redis_kill_9: the recorder committed the row, its deletion of the queued
+    # copy failed; the void completed, and its 200 answered "queued" without the void.
+    assert billing.post().status_code == 202
+    (event,) = billing.queued()
+    record_as_worker(settings, billing, event)
+    original = Intake.queued_event
+    monkeypatch.setattr(Intake, "queued_event", lambda self, event_id: event if event_id == event.id else original(self, event_id))
+
+    answer = void(billing, event.id)
+
+    assert answer.status_code == 200
+    assert answer.get_json()["status"] == "voided" and answer.get_json()["void"]["method"] == "never_sent"
+    assert billing.get(event.id).get_json() == answer.get_json()

@@ -4,12 +4,15 @@ event received within 24 h, which then leaves the summaries (after the same lag)
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import time
 
 import pytest
 import requests
 import stripe as stripe_sdk
 
+from local_stripe.clock import Clock
+from local_stripe.state import MeterEvent, Store
 from tests.support.stripe_sdk import API_KEY, EVENT_NAME, open_session, settle, v1_event, v2_event
 
 pytestmark = pytest.mark.usefixtures("account")
@@ -162,3 +165,21 @@ def test_concurrent_stream_calls_for_one_customer_are_all_taken(stripe, client):
 
     settle(stripe)
     assert len(stripe.meter_events()) == 3
+
+
+def test_a_cancel_while_the_event_is_being_judged_finds_it_and_holds():
+    # The validator takes the pending events, judges them, then settles them: a cancel in
+    # between (the soak's voids raced their own report there) found no event at all.
+    store = Store(Clock())
+    now = store.clock.now()
+    event = MeterEvent("row-1", EVENT_NAME, {"stripe_customer_id": "cus_a", "value": "5"}, int(now), "v2", int(now), now)
+    store.record([event], duplicates="skip", pending=True)
+
+    generation, due = store.take_pending(now)
+    assert store.cancel(EVENT_NAME, "row-1") is not None  # still there while judged
+    assert store.settle(generation, [dataclasses.replace(e, customer="cus_a", value="5") for e in due], [], 60)
+
+    [listed] = store.meter_events()
+    assert listed["identifier"] == "row-1" and listed["canceled_at"] is not None
+    assert store.meter_events("pending") == []
+    assert store.take_pending(now) == (generation, [])
