@@ -5,7 +5,10 @@ like every setting: nothing here reads the environment itself.
 """
 
 from shared.config import get_settings, var_dir
+from shared.redis_connection import celery_transport_options
 
+# One Redis URL, or kombu's ``sentinel://`` list of the Sentinels (REDIS_SENTINELS): then
+# the transport asks them for the primary on every (re)connection and follows a failover.
 broker_url = get_settings().broker_url
 
 # A task is acknowledged only after it finished, and a task whose worker process died is
@@ -26,6 +29,8 @@ broker_transport_options = {
     "socket_timeout": 10,
     "socket_connect_timeout": 5,
     "health_check_interval": 10,
+    # With Sentinels: the primary's name, and their password.
+    **celery_transport_options(get_settings()),
 }
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep reconnecting while Redis restarts

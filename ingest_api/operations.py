@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from shared import backlog, db, intake, metrics, models, pipeline_status, queue
+from shared import backlog, db, intake, metrics, models, pipeline_status, queue, redis_connection
 
 blueprint = Blueprint("operations", __name__)
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def _database_answers(settings) -> bool:
 
 
 def _broker(settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url,
+    return redis_connection.for_settings(
+        settings,
         socket_timeout=READINESS_TIMEOUT_SECONDS,
         socket_connect_timeout=READINESS_TIMEOUT_SECONDS,
         retry=None,

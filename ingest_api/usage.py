@@ -222,6 +222,8 @@ def _queue(pairs) -> list:
         raise _unavailable("The billing queue is unavailable; nothing was recorded. Retry later.") from None
     except OutcomeUnknown as unknown:
         metrics.enqueue_failures.inc()
+        if unknown.not_replicated:
+            metrics.replica_ack_failures.inc()
         g.event_ids = [str(event_id) for event_id in unknown.event_ids]
         raise
     if accepted.wake_recorder:

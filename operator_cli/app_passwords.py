@@ -122,7 +122,7 @@ def mark_revoked_in_broker(app_password_id: uuid.UUID) -> None:
     revocation is refused from the very next request, cached or not."""
     settings = current_app.config["SETTINGS"]
     try:
-        revocation_marks.mark_revoked(Intake(settings.broker_url, settings.enqueue_timeout_seconds).redis, app_password_id)
+        revocation_marks.mark_revoked(Intake.for_settings(settings).redis, app_password_id)
     except redis.RedisError:
         click.echo(
             f"Warning: Redis did not answer; web processes that cached this App Password accept it for up to "

@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import orm
 
 from operator_cli import output
-from shared import db, models, queue
+from shared import db, models, queue, redis_connection
 from shared.config import Settings
 
 
@@ -32,8 +32,8 @@ BROKER_TIMEOUT_SECONDS = 5
 def broker() -> redis.Redis:
     """A Redis client for one command. Text it cannot decode as UTF-8 (only a hand-made
     entry could hold such) is shown escaped rather than failing the command."""
-    return redis.Redis.from_url(
-        current_settings().broker_url,
+    return redis_connection.for_settings(
+        current_settings(),
         socket_timeout=BROKER_TIMEOUT_SECONDS,
         socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
         decode_responses=True,

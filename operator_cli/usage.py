@@ -329,7 +329,7 @@ def _accepted_event(rejection: models.RejectedUsageEvent) -> AcceptedUsageEvent:
 
 def _append_to_intake(settings, events: list[AcceptedUsageEvent]) -> None:
     """Queue the events again, as the API does (their "queued" status records too)."""
-    writer = Intake(settings.broker_url, store.BROKER_TIMEOUT_SECONDS)
+    writer = Intake.for_settings(settings, store.BROKER_TIMEOUT_SECONDS)
     try:
         if writer.redrive(events).wake_recorder:
             queue.wake_recorder()

@@ -30,6 +30,10 @@ DEFAULT_JWT_MAX_LIFETIME_SECONDS = 86400
 # Stripe documents no bound on its summaries' lag; a quarter of an hour is this service's guess,
 # to be raised if `stripe reconcile` ever shows a window still catching up after it.
 DEFAULT_SUMMARY_SETTLE_SECONDS = 900.0
+# A replica on the same network acknowledges in well under a millisecond; half a second
+# covers a busy one, and leaves the publish bound (ENQUEUE_TIMEOUT_SECONDS) room to retry.
+DEFAULT_REDIS_ACK_TIMEOUT_MS = 500
+DEFAULT_SENTINEL_MASTER = "agent700"
 # Plain-http JWKS only on the loopback interface (tests, a local identity provider): keys
 # fetched over the network without TLS could be swapped, and with them any token accepted.
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -57,6 +61,18 @@ def prometheus_multiproc_dir(environ: Mapping[str, str] = os.environ) -> str:
 
 class ConfigurationError(RuntimeError):
     """The environment does not allow the service to start safely."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisSentinel:
+    """Where the Sentinels are, which primary they watch, and the passwords of both: the
+    production layout with no single Redis host (``shared.redis_connection`` connects)."""
+
+    addresses: tuple[tuple[str, int], ...]
+    master_name: str
+    # The primary's and replicas' password (``requirepass``), and the Sentinels' own.
+    password: str | None = None
+    sentinel_password: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +126,13 @@ class Settings:
     # tokens signed with JWT_SECRET are accepted besides (``tokens mint`` signs them).
     jwt_public_key: str | None = None
     jwt_jwks_url: str | None = None
+    # Set: every Redis client finds the primary through these Sentinels, and
+    # ``broker_url`` is kombu's ``sentinel://`` form of them.
+    redis_sentinel: RedisSentinel | None = None
+    # Replicas that must confirm an accept (Redis ``WAIT``) before it gets a 2xx, and how
+    # long the primary waits for them; 0: the primary's answer is enough.
+    redis_ack_replicas: int = 0
+    redis_ack_timeout_ms: int = DEFAULT_REDIS_ACK_TIMEOUT_MS
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -138,11 +161,11 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
 
     One reader per area. They run in this order so that, of several problems, the one
     reported is always the same."""
-    local_default_run = not environ.get("DATABASE_URL") and not environ.get("CELERY_BROKER_URL")
+    local_default_run = not any(environ.get(name) for name in ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_SENTINELS"))
     jwt_secret = _read_jwt_secret(environ, local_default_run)
-    return Settings(
+    settings = Settings(
         database_url=_read_database_url(environ),
-        broker_url=_read_broker_url(environ),
+        **_read_redis(environ),
         jwt_secret=jwt_secret,
         **_read_stripe(environ, local_default_run),
         **_read_flower(environ, local_default_run),
@@ -150,6 +173,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         **_read_web(environ),
         **_read_worker(environ),
     )
+    if settings.redis_ack_timeout_ms >= settings.enqueue_timeout_seconds * 1000:
+        # The replicas' answer could never come within the publish bound.
+        raise ConfigurationError("REDIS_ACK_TIMEOUT_MS must be below ENQUEUE_TIMEOUT_SECONDS")
+    return settings
 
 
 def _required_outside_the_local_run(environ: Mapping[str, str], name: str, local_default_run: bool) -> str | None:
@@ -185,13 +212,47 @@ def _read_database_url(environ: Mapping[str, str]) -> str:
     return normalize_database_url(database_url)
 
 
-def _read_broker_url(environ: Mapping[str, str]) -> str:
+def _read_redis(environ: Mapping[str, str]) -> dict:
+    """One Redis URL (``CELERY_BROKER_URL``, else the embedded one), or Sentinels."""
     from shared import embedded
 
-    broker_url = environ.get("CELERY_BROKER_URL") or embedded.running_redis_url()
-    if broker_url is None:
-        raise ConfigurationError("CELERY_BROKER_URL is not set and no embedded Redis runs under var/ (make run starts one)")
-    return broker_url
+    ack_replicas = _number(environ, "REDIS_ACK_REPLICAS", 0)
+    ack_timeout_ms = _number(environ, "REDIS_ACK_TIMEOUT_MS", DEFAULT_REDIS_ACK_TIMEOUT_MS)
+    if ack_replicas < 0:
+        raise ConfigurationError("REDIS_ACK_REPLICAS must be a number of replicas >= 0")
+    if ack_timeout_ms <= 0:  # WAIT 0 blocks forever
+        raise ConfigurationError("REDIS_ACK_TIMEOUT_MS must be a number of milliseconds above 0")
+    acknowledgement = dict(redis_ack_replicas=ack_replicas, redis_ack_timeout_ms=ack_timeout_ms)
+
+    sentinels = environ.get("REDIS_SENTINELS") or None
+    if sentinels is None:
+        broker_url = environ.get("CELERY_BROKER_URL") or embedded.running_redis_url()
+        if broker_url is None:
+            raise ConfigurationError("CELERY_BROKER_URL is not set and no embedded Redis runs under var/ (make run starts one)")
+        return dict(broker_url=broker_url, **acknowledgement)
+    if environ.get("CELERY_BROKER_URL"):
+        raise ConfigurationError("Set CELERY_BROKER_URL or REDIS_SENTINELS, not both")
+    sentinel = RedisSentinel(
+        addresses=tuple(_host_port(address.strip()) for address in sentinels.split(",") if address.strip()),
+        master_name=environ.get("REDIS_SENTINEL_MASTER") or DEFAULT_SENTINEL_MASTER,
+        password=environ.get("REDIS_PASSWORD") or None,
+        sentinel_password=environ.get("REDIS_SENTINEL_PASSWORD") or None,
+    )
+    return dict(broker_url=sentinel_broker_url(sentinel), redis_sentinel=sentinel, **acknowledgement)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError(f"REDIS_SENTINELS must list host:port addresses, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def sentinel_broker_url(sentinel: RedisSentinel) -> str:
+    """Kombu's form (``sentinel://:password@host:port;...``): the password in it is the
+    primary's; the Sentinels' goes in the transport options (``celeryconfig``)."""
+    credentials = f":{urllib.parse.quote(sentinel.password, safe='')}@" if sentinel.password else ""
+    return ";".join(f"sentinel://{credentials}{host}:{port}" for host, port in sentinel.addresses)
 
 
 def _read_stripe(environ: Mapping[str, str], local_default_run: bool) -> dict:

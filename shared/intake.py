@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import redis
 
+from shared import redis_connection
+from shared.config import RedisSentinel, Settings
 from shared.revocation_marks import revocation_key
 from shared.usage_event import AcceptedUsageEvent
 
@@ -123,9 +125,11 @@ class QueueUnavailable(Exception):
 class OutcomeUnknown(Exception):
     """The accept script was sent and may have run, but no reply came within the bound."""
 
-    def __init__(self, event_ids: Sequence[uuid.UUID]):
-        super().__init__(f"no reply from the queue for {len(event_ids)} event(s)")
+    def __init__(self, event_ids: Sequence[uuid.UUID], *, not_replicated: bool = False):
+        super().__init__(f"no {'replica acknowledgement' if not_replicated else 'reply'} from the queue for {len(event_ids)} event(s)")
         self.event_ids = list(event_ids)
+        # The primary took them, but too few replicas confirmed it in time.
+        self.not_replicated = not_replicated
 
 
 class Revoked(Exception):
@@ -138,6 +142,44 @@ class _NotSent(Exception):
 
 class _NoReply(Exception):
     """The command was sent; Redis may have run it."""
+
+
+class _NotReplicated(Exception):
+    """The primary ran the script, but fewer replicas than required confirmed it in time:
+    a failover now could lose it. Asked again, the script recognises its own events."""
+
+
+@dataclass(frozen=True)
+class _Acknowledged:
+    """The accept script's round trip: alone, or pipelined with ``WAIT replicas timeout``
+    when replicas must confirm it, so that one round trip both runs it and learns how
+    many replicas hold it."""
+
+    replicas: int
+    timeout_ms: int
+
+    def send(self, connection, command: tuple) -> None:
+        if not self.replicas:
+            connection.send_command(*command)
+            return
+        connection.send_packed_command(connection.pack_commands([command, ("WAIT", self.replicas, self.timeout_ms)]))
+
+    def read(self, connection, deadline: float):
+        """The script's reply; raises ``_NotReplicated`` on a short count."""
+        if not self.replicas:
+            return connection.read_response()
+        try:
+            reply = connection.read_response()
+        except redis.ResponseError as error:  # NOSCRIPT or a refusal: WAIT's reply still follows
+            reply = error
+        if not connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
+            raise redis.TimeoutError("no acknowledgement within the bound")
+        confirmed = connection.read_response()
+        if isinstance(reply, Exception):
+            raise reply
+        if confirmed < self.replicas:
+            raise _NotReplicated(f"{confirmed} of {self.replicas} replicas confirmed")
+        return reply
 
 
 @dataclass(frozen=True)
@@ -166,12 +208,27 @@ def idempotency_key_name(caller_user_id: uuid.UUID, key: str) -> str:
 class Intake:
     """The writer's side: accept events within ``timeout_seconds``, honestly."""
 
-    def __init__(self, broker_url: str, timeout_seconds: float, *, client: redis.Redis | None = None):
-        """``client``: one to use instead of connecting to ``broker_url`` (a test's)."""
+    def __init__(
+        self, broker_url: str, timeout_seconds: float, *, client: redis.Redis | None = None,
+        sentinel: RedisSentinel | None = None, ack_replicas: int = 0, ack_timeout_ms: int = 0,
+    ):
+        """``client``: one to use instead of connecting to ``broker_url`` (a test's).
+        ``sentinel``: find the primary through it. ``ack_replicas``: an accept counts
+        only once that many replicas confirm it (``_Acknowledged``)."""
         self._broker_url = broker_url
+        self._sentinel = sentinel
         self._timeout_seconds = timeout_seconds
         self._client = client
         self._client_pid = os.getpid() if client is not None else 0
+        self._acknowledged = _Acknowledged(ack_replicas, ack_timeout_ms)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, timeout_seconds: float | None = None) -> Intake:
+        return cls(
+            settings.broker_url, settings.enqueue_timeout_seconds if timeout_seconds is None else timeout_seconds,
+            sentinel=settings.redis_sentinel, ack_replicas=settings.redis_ack_replicas,
+            ack_timeout_ms=settings.redis_ack_timeout_ms,
+        )
 
     @property
     def redis(self) -> redis.Redis:
@@ -184,15 +241,16 @@ class Intake:
         """
         if self._client is None or self._client_pid != os.getpid():
             self._client_pid = os.getpid()
-            self._client = redis.Redis.from_url(
+            self._client = redis_connection.connect(
                 self._broker_url,
+                self._sentinel,
                 socket_timeout=self._timeout_seconds,
                 socket_connect_timeout=min(self._timeout_seconds, 0.5),
                 # No retries here, the handshake included: accept retries within its own
                 # bounds (see _run_accept); the status reads answer 503 at once instead.
                 retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
                 decode_responses=True,
-                single_connection_client=True,
+                single_connection=True,
             )
         return self._client
 
@@ -259,20 +317,20 @@ class Intake:
         """
         started = time.monotonic()
         deadline = started + self._timeout_seconds
-        maybe_ran = False
+        maybe_ran = not_replicated = False
         for pause in itertools.chain(_RETRY_PAUSES_SECONDS, itertools.repeat(_RETRY_PAUSES_SECONDS[-1])):
             try:
                 return self._evalsha_once(keys, args, deadline)
             except _NotSent:
                 pass
-            except _NoReply:
-                maybe_ran = True
+            except (_NoReply, _NotReplicated) as error:
+                maybe_ran, not_replicated = True, isinstance(error, _NotReplicated)
             give_up_at = deadline if maybe_ran else min(deadline, started + REFUSED_RETRY_SECONDS)
             if time.monotonic() + pause >= give_up_at:
                 break
             time.sleep(pause)
         if maybe_ran:
-            raise OutcomeUnknown(event_ids)
+            raise OutcomeUnknown(event_ids, not_replicated=not_replicated)
         raise QueueUnavailable("the queue did not take the events")
 
     def _evalsha_once(self, keys: list[str], args: list, deadline: float) -> list:
@@ -290,14 +348,14 @@ class Intake:
             try:
                 # Sent whole or not at all as far as Redis is concerned: a command cut short
                 # by a broken connection is never run.
-                connection.send_command(*command)
+                self._acknowledged.send(connection, command)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 connection.disconnect()
                 raise _NotSent() from error
             try:
                 if not connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
                     raise redis.TimeoutError("no reply within the bound")
-                return connection.read_response()
+                return self._acknowledged.read(connection, deadline)
             except redis.exceptions.NoScriptError:
                 no_script = True
             except redis.ResponseError as error:

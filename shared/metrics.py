@@ -40,6 +40,10 @@ accept_latency = Histogram(
 )
 events_accepted = Counter("a700_events_accepted_total", "Usage events accepted and queued.")
 enqueue_failures = Counter("a700_enqueue_failures_total", "Publishes to the broker that failed (answered 503).")
+replica_ack_failures = Counter(
+    "a700_replica_ack_failures_total",
+    "Publishes the primary took but too few replicas confirmed within REDIS_ACK_TIMEOUT_MS (answered 503 unknown).",
+)
 
 # Worker
 events_recorded = Counter("a700_events_recorded_total", "Usage events written to user_billable_request_logs.")

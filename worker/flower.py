@@ -68,11 +68,11 @@ def backlog_queues(settings: Settings) -> list[dict]:
     """The backlog rows of the Broker page; a count its source did not give is None."""
     import redis
 
-    from shared import backlog, db
+    from shared import backlog, db, redis_connection
 
     counts: dict[str, int | None] = {backlog.ACCEPTED_NOT_RECORDED: None, backlog.RECORDED_NOT_REPORTED: None}
     try:
-        with redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2) as broker:
+        with redis_connection.for_settings(settings, socket_timeout=2, socket_connect_timeout=2) as broker:
             counts[backlog.ACCEPTED_NOT_RECORDED] = backlog.accepted_not_recorded(broker)
     except redis.RedisError as error:
         log.warning("backlog: the broker did not answer: %s", error)

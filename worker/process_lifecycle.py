@@ -25,7 +25,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from shared import db, metrics, pipeline_status, queue, start_checks, structured_logging
+from shared import db, metrics, pipeline_status, queue, redis_connection, start_checks, structured_logging
 from shared.config import get_settings
 
 
@@ -103,7 +103,7 @@ def _announce(sender=None, **_):
     global _heartbeat
     queue.send(queue.SWEEP)
     hostname = getattr(sender, "hostname", None) or f"worker@{os.getpid()}"
-    broker = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5)
+    broker = redis_connection.for_settings(get_settings(), socket_timeout=5, socket_connect_timeout=5)
     _heartbeat = Heartbeat(hostname=hostname, broker=broker)
     _heartbeat.start()
 

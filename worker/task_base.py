@@ -12,16 +12,16 @@ import celery
 import redis
 from sqlalchemy import orm
 
-from shared import db
-from shared.config import Settings, get_settings
+from shared import db, redis_connection
+from shared.config import RedisSentinel, Settings, get_settings
 
 
-def broker_client(broker_url: str) -> redis.Redis:
+def broker_client(broker_url: str, sentinel: RedisSentinel | None = None) -> redis.Redis:
     """The pipeline's Redis client. Text that is not UTF-8 (only a hand-made stream entry
     could hold such) is read escaped, so that the recorder keeps it aside as unreadable
     instead of failing on it batch after batch."""
-    return redis.Redis.from_url(
-        broker_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10,
+    return redis_connection.connect(
+        broker_url, sentinel, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10,
         decode_responses=True, encoding_errors="backslashreplace",
     )
 
@@ -41,7 +41,7 @@ class ProcessResources:
 
         return cls(
             pid=os.getpid(),
-            broker=broker_client(settings.broker_url),
+            broker=broker_client(settings.broker_url, settings.redis_sentinel),
             meter=StripeMeter(settings, api=settings.stripe_meter_api),
         )
 
