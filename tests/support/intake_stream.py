@@ -30,15 +30,16 @@ def stream_length(broker_url: str) -> int:
 
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, sentinel=None) -> redis.Redis:
     from worker.task_base import broker_client
 
-    return broker_client(url)
+    return broker_client(url, sentinel)
 
 
-def stream_state(broker_url: str) -> dict[str, int]:
-    """What the intake still holds: stream entries, unacknowledged entries, queued records."""
-    client = redis_client(broker_url)
+def stream_state(broker_url: str, sentinel=None) -> dict[str, int]:
+    """What the intake still holds: stream entries, unacknowledged entries, queued records
+    (``sentinel``: through the Sentinels, ``shared.config.RedisSentinel``)."""
+    client = redis_client(broker_url, sentinel)
     try:
         pending = 0
         with contextlib.suppress(redis.ResponseError):  # no group yet
