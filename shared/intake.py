@@ -348,6 +348,10 @@ class Intake:
             try:
                 # Sent whole or not at all as far as Redis is concerned: a command cut short
                 # by a broken connection is never run.
+                # Connected first, through connect(): send_command opens a closed connection
+                # itself, but at its last address, where a Sentinel-managed one must ask the
+                # Sentinels for the primary's address anew (after a failover, the old is dead).
+                connection.connect()
                 self._acknowledged.send(connection, command)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 connection.disconnect()
