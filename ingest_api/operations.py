@@ -100,13 +100,22 @@ def _broker(settings) -> redis.Redis:
     )
 
 
-def _broker_answers(settings) -> bool:
+def _broker_answers(settings) -> redis_connection.Replication | None:
+    """The primary's replication, if it answers (a ping would say no more)."""
     try:
         with _broker(settings) as broker:
-            broker.ping()
-        return True
+            return redis_connection.replication_state(broker)
     except Exception:
-        return False
+        return None
+
+
+def _replication_fields(settings, replication: redis_connection.Replication) -> dict:
+    # Shown, not judged: a replica short makes accepts answer 503 "unknown" on every web
+    # process alike, and taking this one out of the balancer would not help a caller.
+    return {
+        "primary": replication.primary, "replicas": replication.replicas, "replicas_required": settings.redis_ack_replicas,
+        "replica_lag_bytes": replication.lag_bytes,
+    }
 
 
 @blueprint.get("/readyz")
@@ -119,14 +128,15 @@ def readyz():
         },
         CHECK_DEADLINE_SECONDS,
     )
-    failing = [name for name in ("database", "broker") if answers.get(name) is not True]
+    failing = [name for name, ok in (("database", answers.get("database") is True),
+                                     ("broker", isinstance(answers.get("broker"), redis_connection.Replication))) if not ok]
     if failing:
         response = jsonify(
             status="unavailable", error=f"Not ready: the {' and the '.join(failing)} did not answer.", failing=failing
         )
         response.status_code = 503
         return response
-    return jsonify(status="ready")
+    return jsonify(status="ready", redis=_replication_fields(settings, answers["broker"]))
 
 
 def _broker_gauges(settings) -> dict:
@@ -143,6 +153,7 @@ def _broker_gauges(settings) -> dict:
             "meter": pipeline_status.meter_problem(broker),
             "last_sweep_age": pipeline_status.last_sweep_age(broker, now),
             "aging_out": backlog.accepted_aging_out(broker, dt.datetime.fromtimestamp(now, dt.UTC)),
+            "replication": redis_connection.replication_state(broker),
         }
 
 
@@ -248,6 +259,17 @@ def _gauge_families() -> dict[str, GaugeMetricFamily]:
             "1 if the reporters last found Stripe's billing meter able to count events, 0 if not (the reason is in "
             "the worker's log); absent if no reporter looked in the last 5 minutes.",
         ),
+        "primary": GaugeMetricFamily(
+            "a700_redis_primary_info", "1, labelled with the address of the Redis primary this process reaches now.",
+            labels=["address"],
+        ),
+        "replicas": GaugeMetricFamily("a700_redis_replicas_connected", "Replicas connected to the Redis primary."),
+        "replicas_required": GaugeMetricFamily(
+            "a700_redis_replicas_required", "Replicas that must confirm an accept before its 2xx (REDIS_ACK_REPLICAS)."
+        ),
+        "replica_lag": GaugeMetricFamily(
+            "a700_redis_replica_lag_bytes", "How far the farthest replica is behind the primary; absent without replicas."
+        ),
         "up": GaugeMetricFamily(
             "a700_dependency_up", "1 if the dependency answered the scrape's queries in time, else 0.", labels=["dependency"]
         ),
@@ -268,6 +290,11 @@ def _add_broker_samples(gauges: dict[str, GaugeMetricFamily], answer: dict) -> N
     if looked:
         gauges["meter_ready"].add_metric([], 0 if problem else 1)
     gauges["aging_out"].add_metric(["accepted"], answer["aging_out"])
+    replication = answer["replication"]
+    gauges["primary"].add_metric([replication.primary], 1)
+    gauges["replicas"].add_metric([], replication.replicas)
+    if replication.lag_bytes is not None:
+        gauges["replica_lag"].add_metric([], replication.lag_bytes)
 
 
 def _add_database_samples(gauges: dict[str, GaugeMetricFamily], answer: _DatabaseGauges) -> None:
@@ -298,6 +325,7 @@ class PipelineCollector:
         broker_answer, database_answer = self._read_sources()
         gauges["up"].add_metric(["broker"], 1 if broker_answer is not None else 0)
         gauges["up"].add_metric(["database"], 1 if database_answer is not None else 0)
+        gauges["replicas_required"].add_metric([], self.settings.redis_ack_replicas)
         if broker_answer is not None:
             _add_broker_samples(gauges, broker_answer)
         if database_answer is not None:
