@@ -32,6 +32,8 @@ REQUIRED_ALERTS = {
     "A700StripeErrorReports",
     "A700StripeErrorReportsBlind",
     "A700DependencyDown",
+    "A700RedisReplicationLost",
+    "A700RedisFailover",
     "A700CallersTurnedAway",
     "A700IntakeBacklogGrowing",
     "A700PoisonEventInIntake",

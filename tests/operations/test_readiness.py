@@ -24,7 +24,9 @@ def readyz(client) -> tuple[int, dict, float]:
 
 def assert_ready(client) -> None:
     status, body, _ = readyz(client)
-    assert (status, body) == (200, {"status": "ready"})
+    assert (status, body["status"]) == (200, "ready")
+    # The single-URL layout: the primary is the URL's, no replicas required.
+    assert (body["redis"]["replicas"], body["redis"]["replicas_required"]) == (0, 0), body
 
 
 def assert_not_ready(client, failing: str) -> None:
