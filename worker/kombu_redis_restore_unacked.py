@@ -1,4 +1,5 @@
-"""A patch of kombu's Redis transport: ``kombu.transport.redis.QoS.restore_unacked``.
+"""A patch of kombu's Redis transport: ``kombu.transport.redis.QoS.restore_unacked``, and
+its ``ack`` and ``reject``.
 
 Why: kombu (5.7) puts a closing Redis channel's unacknowledged messages back through the
 channel's transport. After the broker drops the connection (a Redis restart), the
@@ -47,8 +48,28 @@ def _restore_unacked_unless_gone(restore_unacked):
     return restore
 
 
+def _unless_gone(settle):
+    """``QoS.ack``/``QoS.reject`` of a message whose channel's transport is let go: the
+    same AttributeError, from a task that ended after its connection was lost (a Redis
+    failover). The message stays in the unacked set, handed out again after the
+    visibility timeout; the task's own work is idempotent (rows by event id)."""
+
+    @functools.wraps(settle)
+    def settled(qos, delivery_tag, *args, **kwargs):
+        if getattr(getattr(qos.channel, "connection", None), "client", None) is None:
+            log.warning("broker connection gone: the message stays unacknowledged in Redis for later")
+            return None
+        return settle(qos, delivery_tag, *args, **kwargs)
+
+    settled.unless_gone = True
+    return settled
+
+
 def apply() -> None:
-    """Wrap kombu's method; applying twice wraps it once."""
+    """Wrap kombu's methods; applying twice wraps each once."""
     qos = kombu.transport.redis.QoS
     if not getattr(qos.restore_unacked, "unless_gone", False):
         qos.restore_unacked = _restore_unacked_unless_gone(qos.restore_unacked)
+    for name in ("ack", "reject"):
+        if not getattr(getattr(qos, name), "unless_gone", False):
+            setattr(qos, name, _unless_gone(getattr(qos, name)))
