@@ -5,7 +5,7 @@ and at each size what recording, lookups, usage totals and the operator commands
 
 A fresh migrated database (``harness.database``), dropped at the end. The rows are made
 by PostgreSQL itself (``INSERT ... SELECT generate_series`` in chunks, with every
-production index, constraint and trigger in place, as recording pays them): 500
+production index, constraint and trigger in place but the foreign-key checks): 500
 organizations of Zipf-skewed size, one of them (``heavy``) about 13 % of all rows; 20
 models; 40 days of history ending now, oldest first within each fill; mostly
 ``reported``, the last 10 minutes ``recorded``, 0.1 % ``voided`` (each with its completed
@@ -20,8 +20,12 @@ Measured at each size, in the same run (the machine is shared: compare figures o
   (the events are built before the clock starts; the intake's Redis side is not in it);
 - ``status_lookup``: ``ingest_api.event_status._from_database`` for sampled ids (the
   database side of GET .../{id}; the intake look comes first and does not grow);
+- ``recording_without_roll_up``: the same with the roll-up triggers disabled (what
+  recording paid before migration 0008), between two ``recording`` runs, so that the
+  machine's noise shows as their difference;
 - ``org_month``: ``shared.usage_totals.totals`` for the heavy organization's last 31
   whole days, ungrouped and by model and day; ``org_month_rows`` its rows;
+  ``org_month_from_rows``: the same summed from the log rows alone (before 0008);
 - ``sweep``: each query of the beat sweep and of a reporter's stand-down and read;
 - ``reconcile_db``: ``stripe reconcile``'s database side for the heavy organization's
   busiest day (day totals, the not-compared counts, the rows after the window, the
@@ -182,13 +186,18 @@ def fill(engine: sa.Engine, rows: int) -> float:
         with engine.begin() as conn:
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")  # a bulk load's choice, not the service's
             # Without the foreign keys' per-row checks (the rows refer to seeded rows by
-            # construction): they halved the fill's rate. Indexes and constraints stay.
-            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            # construction): they halved the fill's rate. Indexes, constraints and the
+            # roll-up triggers stay, as recording pays them.
+            checks = _foreign_key_checks(conn)
+            for trigger in checks:
+                conn.exec_driver_sql(f'ALTER TABLE user_billable_request_logs DISABLE TRIGGER "{trigger}"')
             conn.execute(sa.text(_FILL), dict(
                 decimals=VALUE_DECIMALS, recent=RECENT_RECORDED, failed_every=max(1, rows // max(1, failed_wanted)),
                 failed=failed_wanted, voided=VOIDED_SHARE, slots=SLOTS, start=now - HISTORY, step=step,
                 first=first, last=last,
             ))
+            for trigger in checks:
+                conn.exec_driver_sql(f'ALTER TABLE user_billable_request_logs ENABLE TRIGGER "{trigger}"')
         print(f"filled {last:,} of {rows:,} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     with engine.begin() as conn:
         conn.execute(sa.text(
@@ -200,6 +209,17 @@ def fill(engine: sa.Engine, rows: int) -> float:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")  # as autovacuum would have by then
     return time.monotonic() - started
+
+
+def _foreign_key_checks(conn) -> list[str]:
+    """The internal triggers that check the log table's own foreign keys on insert."""
+    return list(conn.scalars(sa.text(
+        "SELECT tgname FROM pg_trigger t JOIN pg_constraint c ON c.oid = t.tgconstraint"
+        " WHERE t.tgrelid = 'user_billable_request_logs'::regclass AND c.conrelid = t.tgrelid AND c.contype = 'f'"
+    )))
+
+
+_ROLL_UP_TRIGGERS = ("usage_hourly_insert", "usage_hourly_update")
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -220,9 +240,25 @@ def timed(function: Callable[[], object], runs: int, budget_s: float = 60.0) -> 
     return percentiles(samples)
 
 
-def measure_recording(url: str, catalog: Catalog, seconds: float, rng: random.Random) -> dict:
+def measure_recording(url: str, catalog: Catalog, seconds: float, rng: random.Random, *, roll_up: bool = True) -> dict:
     """events/s of ``write_rows`` in the worker's batches; the rows are then marked
-    reported (as the reporter would), so the next size starts as the fill left it."""
+    reported (as the reporter would), so the next size starts as the fill left it.
+    Without ``roll_up``: with migration 0008's triggers disabled meanwhile (what recording
+    paid before them); those rows, never rolled up, are deleted afterwards."""
+    if not roll_up:
+        with db.transaction(url) as session:
+            for trigger in _ROLL_UP_TRIGGERS:
+                session.execute(sa.text(f"ALTER TABLE user_billable_request_logs DISABLE TRIGGER {trigger}"))
+    try:
+        return _record(url, catalog, seconds, rng, keep=roll_up)
+    finally:
+        if not roll_up:
+            with db.transaction(url) as session:
+                for trigger in _ROLL_UP_TRIGGERS:
+                    session.execute(sa.text(f"ALTER TABLE user_billable_request_logs ENABLE TRIGGER {trigger}"))
+
+
+def _record(url: str, catalog: Catalog, seconds: float, rng: random.Random, *, keep: bool) -> dict:
     started_at = _now(url)
     events_written, busy = 0, 0.0
     while busy < seconds:
@@ -241,11 +277,15 @@ def measure_recording(url: str, catalog: Catalog, seconds: float, rng: random.Ra
         busy += time.perf_counter() - begin
         assert len(result.recorded) == len(events), result.rejected
         events_written += len(events)
+    written = sa.and_(_logs.status == "recorded", _logs.recorded_at >= started_at)
     with db.transaction(url) as session:
-        session.execute(
-            sa.update(_logs).where(_logs.status == "recorded", _logs.recorded_at >= started_at)
-            .values(status="reported", stripe_reported_at=sa.func.now(), stripe_first_sent_at=sa.func.now())
-        )
+        if keep:
+            session.execute(
+                sa.update(_logs).where(written)
+                .values(status="reported", stripe_reported_at=sa.func.now(), stripe_first_sent_at=sa.func.now())
+            )
+        else:
+            session.execute(sa.delete(_logs).where(written))
     return {"events_per_second": round(events_written / busy), "events": events_written}
 
 
@@ -404,8 +444,11 @@ def run(sizes: list[int], *, runs: int, record_seconds: float, seed_value: int =
                 current = size
                 result = {"size": size, "fill_s": round(fill_s, 1), **table_size(engine)}
                 result["recording"] = measure_recording(url, catalog, record_seconds, rng)
+                result["recording_without_roll_up"] = measure_recording(url, catalog, record_seconds, rng, roll_up=False)
+                result["recording_again"] = measure_recording(url, catalog, record_seconds, rng)
                 result["status_lookup"] = measure_status(url, runs)
                 result["org_month"] = measure_totals(url, catalog, runs)
+                result["org_month_from_rows"] = measure_totals(url, catalog, runs, usage_totals.totals_from_rows)
                 result["sweep"] = measure_sweep(url, runs)
                 result["reconcile_db"] = measure_reconcile(url, catalog, runs)
                 result["usage_failed"] = measure_usage_failed(url, min(runs, 10))
