@@ -21,8 +21,7 @@ Measured at each size, in the same run (the machine is shared: compare figures o
 - ``status_lookup``: ``ingest_api.event_status._from_database`` for sampled ids (the
   database side of GET .../{id}; the intake look comes first and does not grow);
 - ``recording_without_roll_up``: the same with the roll-up triggers disabled (what
-  recording paid before migration 0008), between two ``recording`` runs, so that the
-  machine's noise shows as their difference;
+  recording paid before migration 0008), in rounds alternating with ``recording``'s;
 - ``org_month``: ``shared.usage_totals.totals`` for the heavy organization's last 31
   whole days, ungrouped and by model and day; ``org_month_rows`` its rows;
   ``org_month_from_rows``: the same summed from the log rows alone (before 0008);
@@ -240,6 +239,22 @@ def timed(function: Callable[[], object], runs: int, budget_s: float = 60.0) -> 
     return percentiles(samples)
 
 
+def compare_recording(url: str, catalog: Catalog, seconds: float, rng: random.Random, rounds: int = 3) -> dict:
+    """Recording with the roll-up triggers and without, in alternating rounds after a
+    warm-up, so that the machine's drift falls on both alike; events/s over all rounds."""
+    measure_recording(url, catalog, 0.5, rng)  # warm-up: caches, plans, the pool
+    totals = {True: [0, 0.0], False: [0, 0.0]}
+    for _ in range(rounds):
+        for roll_up in (True, False):
+            round_ = measure_recording(url, catalog, seconds / rounds, rng, roll_up=roll_up)
+            totals[roll_up][0] += round_["events"]
+            totals[roll_up][1] += round_["events"] / round_["events_per_second"]
+    return {
+        ("recording" if roll_up else "recording_without_roll_up"): {"events_per_second": round(events / busy), "events": events}
+        for roll_up, (events, busy) in totals.items()
+    }
+
+
 def measure_recording(url: str, catalog: Catalog, seconds: float, rng: random.Random, *, roll_up: bool = True) -> dict:
     """events/s of ``write_rows`` in the worker's batches; the rows are then marked
     reported (as the reporter would), so the next size starts as the fill left it.
@@ -286,7 +301,7 @@ def _record(url: str, catalog: Catalog, seconds: float, rng: random.Random, *, k
             )
         else:
             session.execute(sa.delete(_logs).where(written))
-    return {"events_per_second": round(events_written / busy), "events": events_written}
+    return {"events_per_second": events_written / busy, "events": events_written}
 
 
 def measure_status(url: str, runs: int) -> dict:
@@ -443,9 +458,7 @@ def run(sizes: list[int], *, runs: int, record_seconds: float, seed_value: int =
                 fill_s = fill(engine, size - current)
                 current = size
                 result = {"size": size, "fill_s": round(fill_s, 1), **table_size(engine)}
-                result["recording"] = measure_recording(url, catalog, record_seconds, rng)
-                result["recording_without_roll_up"] = measure_recording(url, catalog, record_seconds, rng, roll_up=False)
-                result["recording_again"] = measure_recording(url, catalog, record_seconds, rng)
+                result |= compare_recording(url, catalog, record_seconds, rng)
                 result["status_lookup"] = measure_status(url, runs)
                 result["org_month"] = measure_totals(url, catalog, runs)
                 result["org_month_from_rows"] = measure_totals(url, catalog, runs, usage_totals.totals_from_rows)
@@ -466,7 +479,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="0,10000000,50000000", help="table sizes to measure at, in rows, ascending")
     parser.add_argument("--runs", type=int, default=100, help="runs of each latency measure")
-    parser.add_argument("--record-seconds", type=float, default=15.0)
+    parser.add_argument("--record-seconds", type=float, default=30.0, help="of recording, with and without the roll-ups each")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     results = run(sizes, runs=args.runs, record_seconds=args.record_seconds)

@@ -14,7 +14,7 @@ def test_a_small_run_measures_everything_at_each_size(postgres_server_url, monke
     empty, filled = results
     assert filled["rows"] >= 20_000
     for result in results:
-        for recording in ("recording", "recording_without_roll_up", "recording_again"):
+        for recording in ("recording", "recording_without_roll_up"):
             assert result[recording]["events_per_second"] > 0
         assert result["status_lookup"]["runs"] == 3
         for measure in ("org_month", "org_month_from_rows"):
