@@ -475,6 +475,43 @@ def run(sizes: list[int], *, runs: int, record_seconds: float, seed_value: int =
     return results
 
 
+def table(results: list[dict]) -> str:
+    """The results as BENCHMARKS.md's table: one row per measure, one column per size."""
+    def p99(*path):
+        return lambda r: _dig(r, *path, "p99_ms")
+
+    measures = [
+        ("rows (table + indexes, GB)", lambda r: f"{r['rows']:,} ({r['table_and_indexes_gb']})"),
+        ("fill, s", lambda r: r["fill_s"]),
+        ("recording, events/s (with roll-ups)", lambda r: f"{r['recording']['events_per_second']:,}"),
+        ("recording, events/s (without roll-ups)", lambda r: f"{r['recording_without_roll_up']['events_per_second']:,}"),
+        ("status lookup p99, ms", p99("status_lookup")),
+        ("org-month rows", lambda r: f"{r['org_month']['org_month_rows']:,}"),
+        ("org-month ungrouped p99, ms (roll-ups)", p99("org_month", "ungrouped")),
+        ("org-month by model, day p99, ms (roll-ups)", p99("org_month", "by_model_day")),
+        ("org-month ungrouped p99, ms (rows only)", p99("org_month_from_rows", "ungrouped")),
+        ("org-month by model, day p99, ms (rows only)", p99("org_month_from_rows", "by_model_day")),
+        *[(f"sweep: {name} p99, ms", p99("sweep", name)) for name in (
+            "flag_for_reconciliation", "shards_waiting", "shards_with_voids_due", "stripe_events_unhandled",
+            "stand_down_work_waiting", "reporter_read",
+        )],
+        ("stripe reconcile, database side, busiest day p99, ms", p99("reconcile_db")),
+        ("usage failed --json p99, ms (own process)", p99("usage_failed", "process")),
+        ("usage failed --json p99, ms (in process)", p99("usage_failed", "in_process")),
+        ("ADD COLUMN (nullable), ms", lambda r: r["migration"]["add_nullable_column_ms"]),
+    ]
+    lines = ["| measure | " + " | ".join(f"{r['size']:,} rows" for r in results) + " |",
+             "|---|" + "---:|" * len(results)]
+    lines += [f"| {name} | " + " | ".join(str(cell(r)) for r in results) + " |" for name, cell in measures]
+    return "\n".join(lines)
+
+
+def _dig(result: dict, *path):
+    for key in path:
+        result = result[key]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="0,10000000,50000000", help="table sizes to measure at, in rows, ascending")
@@ -484,6 +521,8 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     results = run(sizes, runs=args.runs, record_seconds=args.record_seconds)
     print(json.dumps(results, indent=2))
+    print()
+    print(table(results))
 
 
 if __name__ == "__main__":
