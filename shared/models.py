@@ -238,7 +238,8 @@ class UserBillableRequestLog(Base):
     )
 
 
-# The log rows summed by organization, UTC hour, key and status, for ``shared.usage_totals``.
+# The log rows summed by organization, UTC hour, model, service, source and status (not by
+# user: migration 0008 says why), for ``shared.usage_totals``.
 # Written only by the triggers of migration 0008, in the transaction of each insert and
 # move of log rows; a DELETE of log rows (retention) leaves them. No foreign keys: every
 # row is derived from log rows that had them.
@@ -250,7 +251,6 @@ usage_hourly = sa.Table(
     sa.Column("model_name", sa.Text, nullable=False),
     sa.Column("service_id", UUID(as_uuid=True)),
     sa.Column("source", sa.String(64), nullable=False),
-    sa.Column("user_id", UUID(as_uuid=True), nullable=False),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("events", sa.BigInteger, nullable=False),
     sa.Column("input_tokens", sa.BigInteger, nullable=False),
@@ -259,7 +259,7 @@ usage_hourly = sa.Table(
     sa.Column("agent700_cost", MONEY, nullable=False),
     sa.Column("stripe_value", sa.BigInteger, nullable=False),
     sa.Index(
-        "uq_usage_hourly_key", "organization_id", "hour", "model_name", "service_id", "source", "user_id", "status",
+        "uq_usage_hourly_key", "organization_id", "hour", "model_name", "service_id", "source", "status",
         unique=True, postgresql_nulls_not_distinct=True,
     ),
 )

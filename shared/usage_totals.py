@@ -4,7 +4,8 @@
 The totals are counted from the log rows, by ``occurred_at``, exactly (``numeric`` sums,
 ``Decimal`` here): the window's whole UTC hours from their roll-ups (``usage_hourly``,
 kept by triggers in the transaction of every insert and move of a row, migration 0008),
-its partial first and last hours from the rows themselves. An organization-month of 5 M
+its partial first and last hours from the rows themselves. Totals grouped by user are
+summed from the rows alone: the roll-ups are not by user (0008 says why). An organization-month of 5 M
 rows sums in seconds from the rows, in milliseconds from its roll-ups (BENCHMARKS.md). They cover recorded events, as of the database's time of the answer
 (``as_of``): an event accepted and still queued (a second or two, when the pipeline is
 healthy) is not in them, because the intake holds events by arrival, not by organization,
@@ -114,8 +115,8 @@ def totals(
     ``GROUPS``, in that order), groups in the order of their keys."""
     check_window(since, until)
     first_whole, last_whole = _ceil_hour(since), _floor_hour(until)
-    if first_whole >= last_whole:
-        return _totals(session, organization_id, since, until, group_by, [_from_rows(organization_id, since, until)])
+    if first_whole >= last_whole or "user_id" in group_by:  # the roll-ups are not by user
+        return totals_from_rows(session, organization_id, since, until, group_by)
     parts = [_from_roll_ups(organization_id, first_whole, last_whole)]
     for start, end in ((since, first_whole), (last_whole, until)):
         if start < end:
@@ -129,13 +130,17 @@ def totals_from_rows(
     """``totals`` summed from the log rows alone: what the roll-ups must always equal
     (the tests check it after every move; the benchmark times both)."""
     check_window(since, until)
-    return _totals(session, organization_id, since, until, group_by, [_from_rows(organization_id, since, until)])
+    by_user = "user_id" in group_by
+    return _totals(session, organization_id, since, until, group_by, [_from_rows(organization_id, since, until, by_user)])
 
 
-def _from_rows(organization_id: uuid.UUID, start: dt.datetime, end: dt.datetime) -> sa.Select:
-    """The rows of [start, end) summed as the roll-ups are: by hour, key and status."""
+def _from_rows(organization_id: uuid.UUID, start: dt.datetime, end: dt.datetime, by_user: bool = False) -> sa.Select:
+    """The rows of [start, end) summed as the roll-ups are: by hour, model, service,
+    source and status (and ``by_user``, which the roll-ups are not)."""
     hour = sa.func.date_trunc("hour", _logs.occurred_at, "UTC")
-    keys = [hour.label("hour"), _logs.model_name, _logs.service_id, _logs.source, _logs.user_id, _logs.status]
+    keys = [hour.label("hour"), _logs.model_name, _logs.service_id, _logs.source, _logs.status]
+    if by_user:
+        keys.append(_logs.user_id)
     return (
         sa.select(
             *keys, sa.func.count().label("events"), sa.func.sum(_logs.input_tokens).label("input_tokens"),
@@ -152,7 +157,7 @@ def _from_roll_ups(organization_id: uuid.UUID, start: dt.datetime, end: dt.datet
     another state keeps a roll-up of zero events, which is no group."""
     c = _hourly.c
     return sa.select(
-        c.hour, c.model_name, c.service_id, c.source, c.user_id, c.status, c.events, c.input_tokens, c.output_tokens,
+        c.hour, c.model_name, c.service_id, c.source, c.status, c.events, c.input_tokens, c.output_tokens,
         c.service_cost, c.agent700_cost, c.stripe_value,
     ).where(c.organization_id == organization_id, c.hour >= start, c.hour < end, c.events != 0)
 

@@ -1,4 +1,4 @@
-"""usage_hourly: the log rows rolled up by organization, UTC hour, key and state
+"""usage_hourly: the log rows rolled up by organization, UTC hour, model, service, source and state
 
 An organization-month of 5 M rows takes seconds to sum from the log rows on this
 machine's 2 cores (BENCHMARKS.md, "The log table at scale"); ``usage totals`` answers
@@ -8,6 +8,11 @@ moves the rows, so every move of ``shared.usage_rows`` (report, fail, drop, redr
 void, ...) and any future one is followed without its code naming the roll-up: an
 UPDATE subtracts the rows as they were and adds them as they are. A DELETE is not
 followed: the roll-ups outlive the log rows an operator deletes for retention (README).
+
+Not by user: with the user in the key, an hour of a busy organization held a roll-up row
+for every few log rows (50 users, each with their models, services and sources), and an
+organization-month of 1 M rows still took 0.7 s from the roll-ups (BENCHMARKS.md). Totals
+grouped by user are summed from the log rows.
 
 Each statement's upsert takes its keys in one order, so two recorders adding to the same
 keys wait for one another rather than deadlock.
@@ -28,7 +33,7 @@ branch_labels = None
 depends_on = None
 
 LOGS = 'user_billable_request_logs'
-KEYS = "organization_id, hour, model_name, service_id, source, user_id, status"
+KEYS = "organization_id, hour, model_name, service_id, source, status"
 FIGURES = "events, input_tokens, output_tokens, service_cost, agent700_cost, stripe_value"
 _ADD = ", ".join(f"{name} = h.{name} + excluded.{name}" for name in FIGURES.split(", "))
 
@@ -37,7 +42,7 @@ def _rolled_up(rows: str, sign: str = "1") -> str:
     """The roll-up rows of the log rows of ``rows``, each counted ``sign`` times."""
     return (
         f"SELECT organization_id, date_trunc('hour', occurred_at, 'UTC') AS hour, model_name, service_id, source,"
-        f" user_id, status, {sign} AS events, {sign} * input_tokens AS input_tokens,"
+        f" status, {sign} AS events, {sign} * input_tokens AS input_tokens,"
         f" {sign} * output_tokens AS output_tokens, {sign} * service_cost AS service_cost,"
         f" {sign} * agent700_cost AS agent700_cost, {sign} * stripe_value AS stripe_value FROM {rows}"
     )
@@ -55,7 +60,7 @@ def _upsert(rows: str) -> str:
 
 # What an UPDATE changed of a row that the roll-up holds.
 _ROLLED_UP_COLUMNS = (
-    "organization_id, occurred_at, model_name, service_id, source, user_id, status, input_tokens, output_tokens,"
+    "organization_id, occurred_at, model_name, service_id, source, status, input_tokens, output_tokens,"
     " service_cost, agent700_cost, stripe_value"
 )
 _CHANGED = (
@@ -72,7 +77,6 @@ def upgrade() -> None:
         sa.Column('model_name', sa.Text(), nullable=False),
         sa.Column('service_id', UUID(as_uuid=True), nullable=True),
         sa.Column('source', sa.String(64), nullable=False),
-        sa.Column('user_id', UUID(as_uuid=True), nullable=False),
         sa.Column('status', sa.Text(), nullable=False),
         sa.Column('events', sa.BigInteger(), nullable=False),
         sa.Column('input_tokens', sa.BigInteger(), nullable=False),
