@@ -453,13 +453,15 @@ def measure_usage_failed(url: str, runs: int) -> dict:
         ).stdout
         listed.append(len(json.loads(output)["failed"]))
 
-    os.environ.update(env)  # the app of this process reads its settings as the command does
     from flask.cli import FlaskGroup
     from flask.testing import FlaskCliRunner
 
     from ingest_api import create_app
+    from shared import config
 
-    app = create_app()
+    # Read from the command's environment, neither from nor into this process's (whose
+    # settings are read once, and are a test run's under pytest).
+    app = create_app(config.load_settings(os.environ | env))
     runner = FlaskCliRunner(app)
 
     def in_process():
