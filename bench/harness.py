@@ -47,9 +47,16 @@ class Environment:
 
 
 @contextlib.contextmanager
+def database():
+    """A fresh database on the machine's PostgreSQL, migrated to head (its URL); dropped at the end."""
+    with migrated_database(postgres_server_url(), "a700_bench_") as database_url:
+        yield database_url
+
+
+@contextlib.contextmanager
 def environment(redis_db: int = 13):
     """A fresh database on the machine's PostgreSQL, migrated, and the local Stripe server."""
-    with migrated_database(postgres_server_url(), "a700_bench_") as database_url, _services(database_url, redis_db) as env:
+    with database() as database_url, _services(database_url, redis_db) as env:
         yield env
 
 

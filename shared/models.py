@@ -238,6 +238,33 @@ class UserBillableRequestLog(Base):
     )
 
 
+# The log rows summed by organization, UTC hour, model, service, source and status (not by
+# user: migration 0008 says why), for ``shared.usage_totals``.
+# Written only by the triggers of migration 0008, in the transaction of each insert and
+# move of log rows; a DELETE of log rows (retention) leaves them. No foreign keys: every
+# row is derived from log rows that had them.
+usage_hourly = sa.Table(
+    "usage_hourly",
+    Base.metadata,
+    sa.Column("organization_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_name", sa.Text, nullable=False),
+    sa.Column("service_id", UUID(as_uuid=True)),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("events", sa.BigInteger, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("service_cost", MONEY, nullable=False),
+    sa.Column("agent700_cost", MONEY, nullable=False),
+    sa.Column("stripe_value", sa.BigInteger, nullable=False),
+    sa.Index(
+        "uq_usage_hourly_key", "organization_id", "hour", "model_name", "service_id", "source", "status",
+        unique=True, postgresql_nulls_not_distinct=True,
+    ),
+)
+
+
 class VoidMethod(enum.StrEnum):
     """How a void takes an event back at Stripe (``shared.usage_voids``)."""
 

@@ -18,6 +18,11 @@ meanwhile (a concurrent retry, an error report racing the reporter) is left alon
 each sets its own timestamp and reason here, nowhere else. The recorder, the reporter,
 the error-report handler and the operator commands all call these functions.
 
+The hourly roll-ups of the rows (``usage_hourly``, read by ``shared.usage_totals``) follow
+every insert and every move by themselves: migration 0008's statement-level triggers
+subtract each moved row as it was and add it as it is, in the move's own transaction. A
+new move needs nothing more here; a ``DELETE`` of rows (retention) leaves the roll-ups.
+
 "Needs reconciliation" is a column, not a sentence: the reason text may be reworded
 without changing what old rows mean. A row also needs it once its first send is older
 than ``IDENTIFIER_WINDOW`` (``unreconciled()``): Stripe may have counted it, and no longer

@@ -2,7 +2,11 @@
 (``GROUPS``), each split by how far billing got (``STATES``).
 
 The totals are counted from the log rows, by ``occurred_at``, exactly (``numeric`` sums,
-``Decimal`` here). They cover recorded events, as of the database's time of the answer
+``Decimal`` here): the window's whole UTC hours from their roll-ups (``usage_hourly``,
+kept by triggers in the transaction of every insert and move of a row, migration 0008),
+its partial first and last hours from the rows themselves. Totals grouped by user are
+summed from the rows alone: the roll-ups are not by user (0008 says why). An organization-month of 5 M
+rows sums in seconds from the rows, in milliseconds from its roll-ups (BENCHMARKS.md). They cover recorded events, as of the database's time of the answer
 (``as_of``): an event accepted and still queued (a second or two, when the pipeline is
 healthy) is not in them, because the intake holds events by arrival, not by organization,
 and cannot be counted per organization exactly. Its status record says ``queued``.
@@ -31,15 +35,18 @@ _logs = models.UserBillableRequestLog
 
 # The longest window one answer covers: a calendar month, whichever.
 MAX_SPAN = dt.timedelta(days=31)
-# What a group may be keyed by, and the SQL of each (days and hours are UTC).
+# What a group may be keyed by, and the SQL of each over the rows (or roll-ups) summed;
+# days and hours are UTC.
 GROUPS = {
-    "model_name": _logs.model_name,
-    "service_name": models.Service.name,
-    "source": _logs.source,
-    "user_id": _logs.user_id,
-    "day": sa.func.date_trunc("day", sa.func.timezone("UTC", _logs.occurred_at)),
-    "hour": sa.func.date_trunc("hour", sa.func.timezone("UTC", _logs.occurred_at)),
+    "model_name": lambda rows: rows.c.model_name,
+    "service_name": lambda rows: models.Service.name,
+    "source": lambda rows: rows.c.source,
+    "user_id": lambda rows: rows.c.user_id,
+    "day": lambda rows: sa.func.date_trunc("day", sa.func.timezone("UTC", rows.c.hour)),
+    "hour": lambda rows: sa.func.date_trunc("hour", sa.func.timezone("UTC", rows.c.hour)),
 }
+HOUR = dt.timedelta(hours=1)
+_hourly = models.usage_hourly
 # The states a group is split into, and the row statuses each holds.
 STATES = {
     "billed": UsageStatus.REPORTED,  # Stripe took its meter event
@@ -111,33 +118,97 @@ def totals(
     """The organization's usage in ``[since, until)``, grouped by ``group_by`` (names of
     ``GROUPS``, in that order), groups in the order of their keys."""
     check_window(since, until)
+    first_whole, last_whole = _ceil_hour(since), _floor_hour(until)
+    if first_whole >= last_whole or "user_id" in group_by:  # the roll-ups are not by user
+        return totals_from_rows(session, organization_id, since, until, group_by)
+    parts = [_from_roll_ups(organization_id, first_whole, last_whole)]
+    for start, end in ((since, first_whole), (last_whole, until)):
+        if start < end:
+            parts.append(_from_rows(organization_id, start, end))
+    return _totals(session, organization_id, since, until, group_by, parts)
+
+
+def totals_from_rows(
+    session: orm.Session, organization_id: uuid.UUID, since: dt.datetime, until: dt.datetime, group_by: Sequence[str] = (),
+) -> UsageTotals:
+    """``totals`` summed from the log rows alone: what the roll-ups must always equal
+    (the tests check it after every move; the benchmark times both)."""
+    check_window(since, until)
+    by_user = "user_id" in group_by
+    return _totals(session, organization_id, since, until, group_by, [_from_rows(organization_id, since, until, by_user)])
+
+
+def _from_rows(organization_id: uuid.UUID, start: dt.datetime, end: dt.datetime, by_user: bool = False) -> sa.Select:
+    """The rows of [start, end) summed as the roll-ups are: by hour, model, service,
+    source and status (and ``by_user``, which the roll-ups are not)."""
+    hour = sa.func.date_trunc("hour", _logs.occurred_at, "UTC")
+    keys = [hour.label("hour"), _logs.model_name, _logs.service_id, _logs.source, _logs.status]
+    if by_user:
+        keys.append(_logs.user_id)
+    return (
+        sa.select(
+            *keys, sa.func.count().label("events"), sa.func.sum(_logs.input_tokens).label("input_tokens"),
+            sa.func.sum(_logs.output_tokens).label("output_tokens"), sa.func.sum(_logs.service_cost).label("service_cost"),
+            sa.func.sum(_logs.agent700_cost).label("agent700_cost"), sa.func.sum(_logs.stripe_value).label("stripe_value"),
+        )
+        .where(_logs.organization_id == organization_id, _logs.occurred_at >= start, _logs.occurred_at < end)
+        .group_by(*keys)
+    )
+
+
+def _from_roll_ups(organization_id: uuid.UUID, start: dt.datetime, end: dt.datetime) -> sa.Select:
+    """The roll-ups of the whole hours in [start, end); a key whose rows all moved to
+    another state keeps a roll-up of zero events, which is no group."""
+    c = _hourly.c
+    return sa.select(
+        c.hour, c.model_name, c.service_id, c.source, c.status, c.events, c.input_tokens, c.output_tokens,
+        c.service_cost, c.agent700_cost, c.stripe_value,
+    ).where(c.organization_id == organization_id, c.hour >= start, c.hour < end, c.events != 0)
+
+
+def _totals(
+    session: orm.Session, organization_id: uuid.UUID, since: dt.datetime, until: dt.datetime, group_by: Sequence[str],
+    parts: list[sa.Select],
+) -> UsageTotals:
+    """The totals of the hour sums of ``parts`` (``_from_rows``, ``_from_roll_ups``), grouped."""
     group_by = list(dict.fromkeys(group_by))
-    keys = [GROUPS[name].label(name) for name in group_by]
+    rows = sa.union_all(*parts).subquery("summed") if len(parts) > 1 else parts[0].subquery("summed")
+    keys = [GROUPS[name](rows).label(name) for name in group_by]
     query = (
         sa.select(
-            *keys, _logs.status, sa.func.count().label("events"),
-            sa.func.sum(_logs.input_tokens).label("input_tokens"), sa.func.sum(_logs.output_tokens).label("output_tokens"),
-            sa.func.sum(_logs.service_cost).label("service_cost"), sa.func.sum(_logs.agent700_cost).label("agent700_cost"),
-            sa.func.sum(_logs.stripe_value).label("stripe_value"),
+            *keys, rows.c.status, sa.func.sum(rows.c.events).label("events"),
+            sa.func.sum(rows.c.input_tokens).label("input_tokens"), sa.func.sum(rows.c.output_tokens).label("output_tokens"),
+            sa.func.sum(rows.c.service_cost).label("service_cost"), sa.func.sum(rows.c.agent700_cost).label("agent700_cost"),
+            sa.func.sum(rows.c.stripe_value).label("stripe_value"),
         )
-        .where(_logs.organization_id == organization_id, _logs.occurred_at >= since, _logs.occurred_at < until)
-        .group_by(*keys, _logs.status)
+        .select_from(rows)
+        .group_by(*keys, rows.c.status)
         .order_by(*keys)
     )
     if "service_name" in group_by:
-        query = query.outerjoin(models.Service, models.Service.id == _logs.service_id)
+        query = query.outerjoin(models.Service, models.Service.id == rows.c.service_id)
     as_of = session.scalar(sa.select(sa.func.now()))
     total, groups = Group({}), {}
     for row in session.execute(query):
         key = tuple(_key_value(name, getattr(row, name)) for name in group_by)
         figures = Figures(
-            row.events, int(row.input_tokens), int(row.output_tokens), Decimal(row.service_cost),
+            int(row.events), int(row.input_tokens), int(row.output_tokens), Decimal(row.service_cost),
             Decimal(row.agent700_cost), int(row.stripe_value),
         )
         state = _STATE_OF[row.status]
         groups.setdefault(key, Group(dict(zip(group_by, key, strict=True)))).add(state, figures)
         total.add(state, figures)
     return UsageTotals(organization_id, since, until, group_by, as_of, total, list(groups.values()))
+
+
+def _floor_hour(moment: dt.datetime) -> dt.datetime:
+    moment = moment.astimezone(dt.UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: dt.datetime) -> dt.datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment else floor + HOUR
 
 
 def _key_value(name: str, value):

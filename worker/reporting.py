@@ -206,10 +206,15 @@ def _stand_down(transaction: Transaction, broker: redis.Redis, shard: int) -> bo
     pending = queue.REPORT_PENDING_KEY.format(shard=shard)
     broker.delete(pending)
     with transaction() as session:
-        waiting = session.scalar(
-            sa.select(sa.exists().where(_reportable(), _in_shard(shard)) | sa.exists(usage_voids.due_of(_in_shard(shard))))
-        )
+        waiting = work_waiting(session, shard)
     return bool(waiting) and bool(broker.set(pending, 1, nx=True, px=queue.REPORT_PENDING_MS))
+
+
+def work_waiting(session: orm.Session, shard: int) -> bool:
+    """Whether the shard has rows to report or voids due (the stand-down's look)."""
+    return bool(session.scalar(
+        sa.select(sa.exists().where(_reportable(), _in_shard(shard)) | sa.exists(usage_voids.due_of(_in_shard(shard))))
+    ))
 
 
 def _reportable():
