@@ -1,6 +1,6 @@
 """Ingest benchmark (issue 3): this endpoint against a hello-world Flask POST, same gunicorn.
 
-    .venv/bin/python -m bench.ingest [--seconds 8] [--rounds 3]
+    .venv/bin/python -m bench.ingest [--seconds 8] [--rounds 3] [--machine-redis]
 
 All servers run with shared/gunicorn_config.py. The maximum rate (wrk, closed loop)
 of the hello-world app, of the hello-world app that also waits for one Redis PING (the
@@ -8,7 +8,10 @@ ceiling of anything that must hear back from Redis before answering), of the rea
 endpoint with an App Password and with a JWT (validation, catalog check, enqueue to the
 real Redis), and of the batch endpoint (100 events a request) is measured in alternating rounds,
 so a slow minute of this shared machine hits both sides; the medians are reported. Then
-p50/p99 of the real endpoint at half its maximum rate (paced wrk).
+p50/p99 of the real endpoint at half its maximum rate and at 10 requests/s (paced wrk).
+
+Redis is one of the run's own with the README's persistence (AOF, ``appendfsync
+always``); ``--machine-redis`` uses this machine's instead (here: AOF off).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--machine-redis", action="store_true", help="this machine's Redis, not a durable one")
     args = parser.parse_args()
     harness.ensure_load_tools()
-    with harness.environment() as env:
+    with harness.environment(durable=not args.machine_redis) as env:
+        persistence = harness.redis_persistence(env)
         caller = harness.seed(env)
         body = harness.event_body(caller)
         with harness.gunicorn(env, "bench.hello_app:create_app()", 8181) as hello, harness.gunicorn(
@@ -56,9 +61,15 @@ def main() -> None:
                 f"{name}_at_half": harness.fixed_rate(url, body, authorization, half, seconds=args.seconds)
                 for name, (_, _, authorization) in list(loads.items())[2:4]
             }
+            # A light load: what waiting for company in a group costs a lone request.
+            # At least 20 s: 200 requests, for a p99 that is not just the slowest one.
+            paced["app_password_at_10"] = harness.fixed_rate(
+                url, body, f"Bearer {caller.app_password}", 10, seconds=max(args.seconds, 20), connections=1
+            )
     print(json.dumps({name: [vars(r) for r in results] for name, results in rounds.items()}, indent=1))
     hello_rate = maxima["hello_world"].requests_per_second
     print()
+    print(persistence)
     print("| load | requests/s | events/s | p50 ms | p99 ms | non-2xx | ratio to hello-world |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, result in maxima.items():

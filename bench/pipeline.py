@@ -1,6 +1,6 @@
 """End-to-end benchmark (issue 4): from accepted to reported at the local Stripe server.
 
-    .venv/bin/python -m bench.pipeline
+    .venv/bin/python -m bench.pipeline [--seconds 20] [--rates 1000,2000,3000,4000] [--machine-redis]
 
 Everything runs on this machine's 2 cores at once, as the Procfile runs it: gunicorn web,
 a Celery worker (concurrency 2), beat, Redis, PostgreSQL, the local Stripe server, and
@@ -12,6 +12,10 @@ the load (wrk). Measured in the same run:
    is sustained when, 5 s after the load stops, every accepted event is reported;
 3. the time from acceptance (row ``received_at``) to report (``stripe_reported_at``) at
    500 events/s through the single-event endpoint: p50, p99, max.
+
+Redis is one of the run's own with the README's persistence (AOF, ``appendfsync
+always``): the intake and every Celery message pay its fsync, as in production.
+``--machine-redis`` uses this machine's instead (here: AOF off).
 """
 
 from __future__ import annotations
@@ -88,10 +92,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--rates", default="1000,2000,3000,4000", help="offered events/s to try")
+    parser.add_argument("--machine-redis", action="store_true", help="this machine's Redis, not a durable one")
     args = parser.parse_args()
     harness.ensure_load_tools()
     results: dict[str, object] = {}
-    with harness.environment(redis_db=14) as env:
+    with harness.environment(redis_db=14, durable=not args.machine_redis) as env:
+        results["redis"] = harness.redis_persistence(env)
         caller = harness.seed(env, organizations=8)
         engine = sa.create_engine(env.database_url, poolclass=sa.pool.NullPool)
         results["ceiling_tasks_per_second"] = task_ceiling(env, 5000)
@@ -157,6 +163,7 @@ def _now(engine: sa.Engine):
 def _print_table(results: dict) -> None:
     ceiling = results["ceiling_tasks_per_second"]
     print()
+    print(results["redis"])
     print(f"Per-task ceiling (no-op Celery tasks, same worker settings): {ceiling:,.0f} tasks/s")
     print()
     print("| offered events/s | accepted events/s | all reported within (s after load) | ratio to per-task ceiling |")

