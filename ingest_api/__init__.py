@@ -31,7 +31,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = app.config["SETTINGS"]
     app.extensions["catalog"] = Catalog(settings.database_url, settings.catalog_cache_seconds)
-    app.extensions["intake"] = Intake(settings.broker_url, settings.enqueue_timeout_seconds)
+    app.extensions["intake"] = Intake(
+        settings.broker_url, settings.enqueue_timeout_seconds, group_window_seconds=settings.accept_group_window_seconds
+    )
     app.extensions["caller_cache"] = CallerCache(settings.auth_cache_seconds)
     app.extensions["lookup_limits"] = LookupLimits()
     app.extensions["jwt_verifier"] = JwtVerifier.from_settings(settings)
