@@ -98,6 +98,19 @@ def redis_persistence(env: Environment) -> str:
     return f"Redis AOF on, appendfsync {settings['appendfsync']}"
 
 
+def accept_calls(env: Environment) -> tuple[int, int]:
+    """(accept-script calls Redis has run, entries in the intake) so far: no recorder runs
+    in the ingest benchmark, so every accepted event stays in the intake."""
+    from shared import intake
+
+    broker = redis.Redis.from_url(env.broker_url, decode_responses=True)
+    try:
+        calls = broker.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        return int(calls), broker.xlen(intake.STREAM)
+    finally:
+        broker.close()
+
+
 @contextlib.contextmanager
 def _services(database_url: str, broker_url: str):
     stripe_port = embedded.free_port()

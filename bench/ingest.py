@@ -50,11 +50,17 @@ def main() -> None:
             for name, (target, payload, authorization) in loads.items():  # warm-up: imports, pools, caches
                 harness.max_rate(target, payload, authorization, seconds=2, keyed=name.endswith("_keyed"))
             rounds: dict[str, list[harness.MaxRate]] = {name: [] for name in loads}
+            # Per load, over its rounds: script calls and events appended (each call is one fsync).
+            grouping = {name: [0, 0] for name in loads}
             for _ in range(args.rounds):
                 for name, (target, payload, authorization) in loads.items():
+                    calls_before, events_before = harness.accept_calls(env)
                     rounds[name].append(
                         harness.max_rate(target, payload, authorization, seconds=args.seconds, keyed=name.endswith("_keyed"))
                     )
+                    calls, events = harness.accept_calls(env)
+                    grouping[name][0] += calls - calls_before
+                    grouping[name][1] += events - events_before
             maxima = {name: _median(results) for name, results in rounds.items()}
             half = min(maxima["app_password"].requests_per_second, maxima["jwt"].requests_per_second) / 2
             paced = {
@@ -84,6 +90,10 @@ def main() -> None:
         print(f"| {name} (max, wrk, median of {args.rounds}) | {result.requests_per_second:,.0f} | {result.requests_per_second:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.non2xx} | {ratio} |")
     for name, result in paced.items():
         print(f"| {name} (paced {result.rate:,.0f}/s, wrk) | {result.achieved:,.0f} | {result.achieved:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | {result.non2xx} | |")
+    print()
+    print("Events per accept-script call (one fsync each), over the rounds: " + ", ".join(
+        f"{name} {events / calls:.1f}" for name, (calls, events) in grouping.items() if calls
+    ))
 
 
 def _median(results: list[harness.MaxRate]) -> harness.MaxRate:
