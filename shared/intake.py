@@ -209,9 +209,9 @@ class Intake:
         self._group_window_seconds = group_window_seconds
         self._client = client
         self._client_pid = os.getpid() if client is not None else 0
-        self._waiting: list[_Call] = []
-        self._waiting_lock = threading.Lock()
-        self._turn = threading.Lock()  # held by the accept sending a group's call
+        self._waiting: list[_Call] = []  # not sent yet, oldest first
+        self._sending = False  # an accept is sending a group's call
+        self._changed = threading.Condition()  # guards both; notified when a call ends
 
     @property
     def redis(self) -> redis.Redis:
@@ -289,23 +289,37 @@ class Intake:
         return Accepted(acceptances, wake_recorder=call.wake)
 
     def _commit(self, call: _Call) -> list | str:
-        """The call's reply, from the group it was sent in (by this accept or another)."""
-        with self._waiting_lock:
-            self._waiting.append(call)
-        while call.reply is None:
-            if not self._turn.acquire(timeout=max(0.0, call.deadline - time.monotonic())):
-                with self._waiting_lock:
-                    if call in self._waiting:  # never sent: certainly not accepted
-                        self._waiting.remove(call)
-                        raise QueueUnavailable("the queue did not take the events in time")
-                # It is in the group being sent, which is answered within its own bound
-                # (the earliest deadline of its calls): wait for that.
-                self._turn.acquire()
+        """The call's reply, from the group it was sent in (by this accept or another).
+
+        Waiting calls sleep on one condition, woken together when a group's call ends:
+        each finds its reply, or the first of the rest to wake sends the next group.
+        (Waiting for the turn itself would not do: a call already answered would queue
+        behind the next group's round trip just to learn it.)
+        """
+        while True:
+            with self._changed:
+                if call not in self._waiting and call.reply is None:
+                    self._waiting.append(call)
+                while self._sending and call.reply is None:
+                    if call in self._waiting:
+                        remaining = call.deadline - time.monotonic()
+                        if remaining <= 0:  # never sent: certainly not accepted
+                            self._waiting.remove(call)
+                            raise QueueUnavailable("the queue did not take the events in time")
+                        self._changed.wait(remaining)
+                    else:
+                        # In the group being sent, which is answered within its own bound
+                        # (the earliest deadline of its calls).
+                        self._changed.wait()
+                if call.reply is not None:
+                    break
+                self._sending = True
             try:
-                if call.reply is None:
-                    self._send_group()
+                self._send_group()
             finally:
-                self._turn.release()
+                with self._changed:
+                    self._sending = False
+                    self._changed.notify_all()
         if isinstance(call.reply, Exception):
             raise call.reply
         return call.reply
@@ -315,7 +329,7 @@ class Intake:
         if self._group_window_seconds > 0:
             time.sleep(self._group_window_seconds)
         group: list[_Call] = []
-        with self._waiting_lock:
+        with self._changed:
             events = 0
             while self._waiting and (not group or events + len(self._waiting[0].event_ids) <= MAX_GROUP_EVENTS):
                 group.append(self._waiting.pop(0))
