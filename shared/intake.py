@@ -6,7 +6,9 @@ Every reader and writer of the stream goes through this module:
   does everything that makes an event accepted, atomically: refuse a revoked App
   Password (its mark, ``shared.revocation_marks``), claim the Idempotency-Key, append the
   event, write its queued copy, and say whether a recorder must be woken (the first
-  event into an idle intake). All of it happens or none of it.
+  event into an idle intake). All of it happens or none of it. Concurrent accepts of a
+  process share one script call (a group commit): one round trip, and one fsync of the
+  append-only file, for all of them, each event answered on its own.
 - ``IntakeReader`` (the recorder) reads batches through a consumer group; ``done``
   acknowledges and deletes them, only after the rows they produced were committed, so a
   worker killed mid-batch loses nothing: another claims its entries after
@@ -25,6 +27,7 @@ import hashlib
 import itertools
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -59,56 +62,64 @@ RECORDER_WANTED_KEY = "billing:recorder-wanted"
 RECORDER_WANTED_MS = 10_000
 
 _ACCEPT = """
--- KEYS: stream, the caller's App Password revocation mark ('' for a JWT), the
---       recorder-wanted flag, then per event: its queued-copy key, its idempotency
---       key ('' if none)
--- ARGV: queued ttl, idempotency ttl, recorder-wanted ttl (ms), then per event: id,
---       message, body fingerprint
--- Returns one result per event ('queued', or the claim 'id fingerprint' of an earlier
--- event with the same key), then 'wake' or '' ('revoked' alone if refused).
-local results, fresh, claims = {}, {}, {}
-local revoked = KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1
--- Redis does not undo a script's earlier writes when a later command fails. So first
--- decide (reads only), then append every new event (XADD is the command that can fail,
--- e.g. when the stream key holds another type), and only then write the queued copies
--- and idempotency claims (SET cannot fail): a refused append leaves nothing behind.
-for i = 0, (#KEYS - 3) / 2 - 1 do
-  local queued_key, idem_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  local earlier = false
-  if idem_key ~= '' then earlier = claims[idem_key] or redis.call('GET', idem_key) end
-  local own_id = ARGV[4 + 3 * i]
-  if (earlier and string.sub(earlier, 1, #own_id + 1) == own_id .. ' ')
-      or redis.call('EXISTS', queued_key) == 1 then
-    -- This very event (its id is new per request) is queued already, or its key's claim
-    -- is its own: an earlier attempt of this call ran, but its reply was lost. Checked
-    -- before the revocation, so the answer to a retried call is the one the first
-    -- attempt earned.
-    results[#results + 1] = earlier or 'queued'
-  elseif revoked then
-    -- Refused atomically with the append, so revocation takes effect at once even for
-    -- a caller the web process has cached; a replay of an earlier event's key too (its
-    -- id and status are the caller's no more).
-    return {'revoked'}
-  elseif earlier then
-    results[#results + 1] = earlier
-  else
-    if idem_key ~= '' then claims[idem_key] = ARGV[4 + 3 * i] .. ' ' .. ARGV[6 + 3 * i] end
-    fresh[#fresh + 1] = i
-    results[#results + 1] = 'queued'
+-- KEYS: stream, recorder-wanted flag, then per call (one accept: a request's events):
+--       the caller's App Password revocation mark ('' for a JWT), then per event: its
+--       queued-copy key, its idempotency key ('' if none)
+-- ARGV: queued ttl, idempotency ttl, recorder-wanted ttl (ms), then per call: its number
+--       of events, then per event: id, message, body fingerprint
+-- Returns 'wake' or '', then per call: 'revoked' if it was refused, else one result per
+-- event ('queued', or the claim 'id fingerprint' of an earlier event with the same key).
+-- The calls of a group are judged one after the other, as if each had run alone.
+local replies, fresh, claims = {''}, {}, {}
+local k, a = 3, 4
+while a <= #ARGV do
+  local count = tonumber(ARGV[a])
+  local revoked = KEYS[k] ~= '' and redis.call('EXISTS', KEYS[k]) == 1
+  local results = {}
+  -- Redis does not undo a script's earlier writes when a later command fails. So first
+  -- decide (reads only), then append every new event (XADD is the command that can fail,
+  -- e.g. when the stream key holds another type), and only then write the queued copies
+  -- and idempotency claims (SET cannot fail): a refused append leaves nothing behind.
+  for i = 0, count - 1 do
+    local queued_key, idem_key = KEYS[k + 1 + 2 * i], KEYS[k + 2 + 2 * i]
+    local own_id = ARGV[a + 1 + 3 * i]
+    local earlier = false
+    if idem_key ~= '' then earlier = claims[idem_key] or redis.call('GET', idem_key) end
+    if (earlier and string.sub(earlier, 1, #own_id + 1) == own_id .. ' ')
+        or redis.call('EXISTS', queued_key) == 1 then
+      -- This very event (its id is new per request) is queued already, or its key's claim
+      -- is its own: an earlier attempt of this call ran, but its reply was lost. Checked
+      -- before the revocation, so the answer to a retried call is the one the first
+      -- attempt earned.
+      results[#results + 1] = earlier or 'queued'
+    elseif revoked then
+      -- Refused atomically with the append, so revocation takes effect at once even for
+      -- a caller the web process has cached; a replay of an earlier event's key too (its
+      -- id and status are the caller's no more). Nothing of this call was taken: a
+      -- revoked call reaches neither branch below.
+      results = 'revoked'
+      break
+    elseif earlier then
+      results[#results + 1] = earlier
+    else
+      local claim = own_id .. ' ' .. ARGV[a + 3 + 3 * i]
+      if idem_key ~= '' then claims[idem_key] = claim end
+      fresh[#fresh + 1] = {queued_key, idem_key, ARGV[a + 2 + 3 * i], claim}
+      results[#results + 1] = 'queued'
+    end
   end
+  replies[#replies + 1] = results
+  k, a = k + 1 + 2 * count, a + 1 + 3 * count
 end
-for _, i in ipairs(fresh) do
-  redis.call('XADD', KEYS[1], '*', 'event', ARGV[5 + 3 * i])
+for _, event in ipairs(fresh) do
+  redis.call('XADD', KEYS[1], '*', 'event', event[3])
 end
-for _, i in ipairs(fresh) do
-  local queued_key, idem_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  redis.call('SET', queued_key, ARGV[5 + 3 * i], 'EX', ARGV[1])
-  if idem_key ~= '' then redis.call('SET', idem_key, claims[idem_key], 'EX', ARGV[2]) end
+for _, event in ipairs(fresh) do
+  redis.call('SET', event[1], event[3], 'EX', ARGV[1])
+  if event[2] ~= '' then redis.call('SET', event[2], event[4], 'EX', ARGV[2]) end
 end
-local wake = ''
-if #fresh > 0 and redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then wake = 'wake' end
-results[#results + 1] = wake
-return results
+if #fresh > 0 and redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then replies[1] = 'wake' end
+return replies
 """
 _ACCEPT_SHA = hashlib.sha1(_ACCEPT.encode()).hexdigest()
 
@@ -116,6 +127,9 @@ _ACCEPT_SHA = hashlib.sha1(_ACCEPT.encode()).hexdigest()
 _RETRY_PAUSES_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.3)
 # How long a refused connection is retried before "nothing was accepted" (503).
 REFUSED_RETRY_SECONDS = 0.5
+# The most events one group's script call carries (a call is never split): Redis runs
+# nothing else while a script runs, and 1,000 events take it a few milliseconds.
+MAX_GROUP_EVENTS = 1_000
 
 
 class QueueUnavailable(Exception):
@@ -141,7 +155,12 @@ class _NotSent(Exception):
 
 
 class _NoReply(Exception):
-    """The command was sent; Redis may have run it."""
+    """The command was sent; Redis may have run it (``not_replicated``: it did, but too
+    few replicas confirmed it)."""
+
+    def __init__(self, not_replicated: bool = False):
+        super().__init__()
+        self.not_replicated = not_replicated
 
 
 class _NotReplicated(Exception):
@@ -196,6 +215,18 @@ class Accepted:
     wake_recorder: bool  # the intake was idle: the caller sends one record task
 
 
+@dataclass(eq=False)
+class _Call:
+    """One accept's share of a group's script call, and the answer it gets."""
+
+    keys: list[str]  # the revocation mark, then per event: queued copy, idempotency key
+    args: list  # the number of events, then per event: id, message, fingerprint
+    event_ids: list[uuid.UUID]
+    deadline: float
+    reply: list | str | Exception | None = None  # its results, 'revoked', or what to raise
+    wake: bool = False  # this call's request sends the group's one record task
+
+
 def fingerprint(canonical_body: bytes) -> str:
     return hashlib.sha256(canonical_body).hexdigest()
 
@@ -206,28 +237,41 @@ def idempotency_key_name(caller_user_id: uuid.UUID, key: str) -> str:
 
 
 class Intake:
-    """The writer's side: accept events within ``timeout_seconds``, honestly."""
+    """The writer's side: accept events within ``timeout_seconds``, honestly.
+
+    A group commit: an accept that finds no script call in flight sends its own at once;
+    the ones that arrive meanwhile wait, and the first of them to get the turn sends one
+    call for all that wait (up to ``MAX_GROUP_EVENTS``), after ``group_window_seconds``
+    more for company. With ``appendfsync always`` each call costs Redis an fsync, which a
+    call of one event pays alone.
+    """
 
     def __init__(
-        self, broker_url: str, timeout_seconds: float, *, client: redis.Redis | None = None,
-        sentinel: RedisSentinel | None = None, ack_replicas: int = 0, ack_timeout_ms: int = 0,
+        self, broker_url: str, timeout_seconds: float, *, group_window_seconds: float = 0.0,
+        client: redis.Redis | None = None, sentinel: RedisSentinel | None = None, ack_replicas: int = 0,
+        ack_timeout_ms: int = 0,
     ):
         """``client``: one to use instead of connecting to ``broker_url`` (a test's).
         ``sentinel``: find the primary through it. ``ack_replicas``: an accept counts
-        only once that many replicas confirm it (``_Acknowledged``)."""
+        only once that many replicas confirm it (``_Acknowledged``): one ``WAIT`` per
+        group's call."""
         self._broker_url = broker_url
         self._sentinel = sentinel
         self._timeout_seconds = timeout_seconds
+        self._group_window_seconds = group_window_seconds
         self._client = client
         self._client_pid = os.getpid() if client is not None else 0
         self._acknowledged = _Acknowledged(ack_replicas, ack_timeout_ms)
+        self._waiting: list[_Call] = []  # not sent yet, oldest first
+        self._sending = False  # an accept is sending a group's call
+        self._changed = threading.Condition()  # guards both; notified when a call ends
 
     @classmethod
     def for_settings(cls, settings: Settings, timeout_seconds: float | None = None) -> Intake:
         return cls(
             settings.broker_url, settings.enqueue_timeout_seconds if timeout_seconds is None else timeout_seconds,
-            sentinel=settings.redis_sentinel, ack_replicas=settings.redis_ack_replicas,
-            ack_timeout_ms=settings.redis_ack_timeout_ms,
+            group_window_seconds=settings.accept_group_window_seconds, sentinel=settings.redis_sentinel,
+            ack_replicas=settings.redis_ack_replicas, ack_timeout_ms=settings.redis_ack_timeout_ms,
         )
 
     @property
@@ -280,15 +324,16 @@ class Intake:
     def _accept(
         self, events: Sequence[tuple[AcceptedUsageEvent, str]], app_password_id: uuid.UUID | None, *, claim_keys: bool
     ) -> Accepted:
-        keys = [STREAM, revocation_key(app_password_id) if app_password_id else "", RECORDER_WANTED_KEY]
-        args: list[str | int] = [QUEUED_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, RECORDER_WANTED_MS]
+        keys = [revocation_key(app_password_id) if app_password_id else ""]
+        args: list[str | int] = [len(events)]
         for event, body_fingerprint in events:
             keys.append(QUEUED_KEY.format(event_id=event.id))
             claimed = claim_keys and event.idempotency_key
             keys.append(idempotency_key_name(event.caller_user_id, event.idempotency_key) if claimed else "")
             args += [str(event.id), event.to_message(), body_fingerprint]
-        *results, wake = self._run_accept(keys, args, [event.id for event, _ in events])
-        if wake == "revoked":
+        call = _Call(keys, args, [event.id for event, _ in events], time.monotonic() + self._timeout_seconds)
+        results = self._commit(call)
+        if results == "revoked":
             raise Revoked()
         acceptances = []
         for (event, body_fingerprint), result in zip(events, results, strict=True):
@@ -303,20 +348,92 @@ class Intake:
             else:
                 same = earlier_fingerprint == body_fingerprint
                 acceptances.append(Acceptance("duplicate" if same else "conflict", uuid.UUID(earlier_id)))
-        return Accepted(acceptances, wake_recorder=wake == "wake")
+        return Accepted(acceptances, wake_recorder=call.wake)
 
-    def _run_accept(self, keys: list[str], args: list, event_ids: list[uuid.UUID]) -> list:
-        """The script's reply, retrying on a fresh connection.
+    def _commit(self, call: _Call) -> list | str:
+        """The call's reply, from the group it was sent in (by this accept or another).
+
+        Waiting calls sleep on one condition, woken together when a group's call ends:
+        each finds its reply, or the first of the rest to wake sends the next group.
+        (Waiting for the turn itself would not do: a call already answered would queue
+        behind the next group's round trip just to learn it.)
+        """
+        while True:
+            with self._changed:
+                if call not in self._waiting and call.reply is None:
+                    self._waiting.append(call)
+                while self._sending and call.reply is None:
+                    if call in self._waiting:
+                        remaining = call.deadline - time.monotonic()
+                        if remaining <= 0:  # never sent: certainly not accepted
+                            self._waiting.remove(call)
+                            raise QueueUnavailable("the queue did not take the events in time")
+                        self._changed.wait(remaining)
+                    else:
+                        # In the group being sent, which is answered within its own bound
+                        # (the earliest deadline of its calls).
+                        self._changed.wait()
+                if call.reply is not None:
+                    break
+                self._sending = True
+            try:
+                self._send_group()
+            finally:
+                with self._changed:
+                    self._sending = False
+                    self._changed.notify_all()
+        if isinstance(call.reply, Exception):
+            raise call.reply
+        return call.reply
+
+    def _send_group(self) -> None:
+        """One script call for the calls waiting, oldest first; each gets its own reply."""
+        if self._group_window_seconds > 0:
+            time.sleep(self._group_window_seconds)
+        group: list[_Call] = []
+        with self._changed:
+            events = 0
+            while self._waiting and (not group or events + len(self._waiting[0].event_ids) <= MAX_GROUP_EVENTS):
+                group.append(self._waiting.pop(0))
+                events += len(group[-1].event_ids)
+        keys = [STREAM, RECORDER_WANTED_KEY, *itertools.chain.from_iterable(call.keys for call in group)]
+        args = [QUEUED_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, RECORDER_WANTED_MS]
+        args += itertools.chain.from_iterable(call.args for call in group)
+        try:
+            wake, *replies = self._run_accept(keys, args, min(call.deadline for call in group))
+        except _NoReply as lost:
+            # Each event of the group is answered "unknown", each request with its own ids.
+            for call in group:
+                call.reply = OutcomeUnknown(call.event_ids, not_replicated=lost.not_replicated)
+            return
+        except QueueUnavailable as error:
+            for call in group:
+                call.reply = QueueUnavailable(str(error))
+            return
+        except BaseException:
+            # Whatever stopped this call (a bug, the greenlet killed), it may have been
+            # sent: the others of the group cannot be told more than "unknown".
+            for call in group:
+                call.reply = OutcomeUnknown(call.event_ids)
+            raise
+        for call, reply in zip(group, replies, strict=True):
+            call.reply = reply
+        if wake == "wake":
+            # The intake was idle: one request of the group (not a refused one) wakes a recorder.
+            next(call for call in group if call.reply != "revoked").wake = True
+
+    def _run_accept(self, keys: list[str], args: list, deadline: float) -> list:
+        """The script's reply by ``deadline``, retrying on a fresh connection.
 
         A refused or broken connection that never carried the command is retried for
         ``REFUSED_RETRY_SECONDS`` (a restart costs a slower answer, not a 503), then
         answered "unavailable": nothing was accepted. Once a command was sent and its
-        reply lost, the outcome is open, and Redis is asked again until the full bound:
-        repeating the script is always safe (it recognises its own events, by their
-        queued copies and claims), so the first answer Redis gives settles it.
+        reply lost, the outcome is open, and Redis is asked again until the full bound
+        (``_NoReply`` then): repeating the script is always safe (it recognises its own
+        events, by their queued copies and claims), so the first answer Redis gives
+        settles it.
         """
         started = time.monotonic()
-        deadline = started + self._timeout_seconds
         maybe_ran = not_replicated = False
         for pause in itertools.chain(_RETRY_PAUSES_SECONDS, itertools.repeat(_RETRY_PAUSES_SECONDS[-1])):
             try:
@@ -330,7 +447,7 @@ class Intake:
                 break
             time.sleep(pause)
         if maybe_ran:
-            raise OutcomeUnknown(event_ids, not_replicated=not_replicated)
+            raise _NoReply(not_replicated)
         raise QueueUnavailable("the queue did not take the events")
 
     def _evalsha_once(self, keys: list[str], args: list, deadline: float) -> list:

@@ -257,6 +257,18 @@ def private_postgres():
 
 
 @pytest.fixture
+def private_redis(tmp_path):
+    """A running Redis of the test's own (AOF off), killed at teardown."""
+    from tests.support.service_processes import PrivateRedis
+
+    server = PrivateRedis(tmp_path / "redis")
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+
+
+@pytest.fixture
 def broker(settings) -> redis.Redis:
     """A client of this run's Redis database, as the worker uses it (decoded strings)."""
     client = redis_client(settings.broker_url)

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -400,3 +401,33 @@ def test_a_batch_whose_reply_was_lost_says_unknown_for_each_event(billing, losin
     wait_reachable(proxy)
     for result in body["results"][:3]:
         assert billing.get(result["id"]).get_json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("redis_back_within_the_bound", [True, False], ids=["back-in-time", "away-too-long"])
+def test_a_reply_lost_in_the_middle_of_a_group_answers_each_request_with_its_own_id(
+    billing, app_with_broker, losing_proxy, redis_back_within_the_bound
+):
+    """Three requests share one script call (the group's window holds it open for them),
+    and its reply is lost. Back in time, each is the 202 of its own event; away too long,
+    each says "unknown" with its own id, and each was in fact accepted, once."""
+    proxy = losing_proxy()
+    proxy.then_refuse_for = 0.3 if redis_back_within_the_bound else 2.5
+    app = app_with_broker(proxy.url, enqueue_timeout_seconds=1.5, accept_group_window_seconds=0.3)
+    assert billing.post(client=app.test_client()).status_code == 202  # a connection is open
+    proxy.lose_next_reply = True
+    bodies = [billing.body(input_tokens=7000 + n) for n in range(3)]
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: billing.post(client=app.test_client(), body=body), bodies))
+
+    assert proxy.lost_replies == 1  # the three were in the call whose reply was lost
+    if redis_back_within_the_bound:
+        assert [r.status_code for r in responses] == [202] * 3, [r.get_json() for r in responses]
+        ids = [r.get_json()["id"] for r in responses]
+    else:
+        ids = [assert_outcome_unknown(r)["id"] for r in responses]
+        wait_reachable(proxy)
+    queued = {e.input_tokens: str(e.id) for e in billing.queued() if e.input_tokens >= 7000}
+    assert queued == {body["input_tokens"]: event_id for body, event_id in zip(bodies, ids, strict=True)}
+    for event_id in ids:
+        assert billing.get(event_id).get_json()["status"] == "queued"

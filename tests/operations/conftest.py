@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from tests.support.service_processes import FlowerProcess, GunicornProcess, PrivateRedis, stopped_at_the_end
+from tests.support.service_processes import FlowerProcess, GunicornProcess, stopped_at_the_end
 
 
 @pytest.fixture
@@ -41,16 +41,6 @@ def flower_process(committed_database, stripe, tmp_path):
             return process
 
         yield make
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A running Redis of the test's own (AOF off), killed at teardown."""
-    server = PrivateRedis(tmp_path / "redis")
-    try:
-        yield server.start()
-    finally:
-        server.kill()
 
 
 
