@@ -8,6 +8,7 @@ Servers: the configured ones (``TEST_DATABASE_URL``/``DATABASE_URL``,
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import uuid
@@ -305,3 +306,26 @@ def private_settings(private_postgres, settings) -> Settings:
     migrations.upgrade(url)
     yield settings.replace(database_url=url)
     db.engine_for(url).dispose()
+
+
+class RetryLog(logging.Handler):
+    """The client library's retries, by reason ("HTTP 503", "ConnectError", ...)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reasons.append(getattr(record, "retry_reason", "?"))
+
+
+@pytest.fixture
+def retry_log():
+    """The client library's retries during the test (``RetryLog``)."""
+    logger = logging.getLogger("agent700_billing")
+    handler, level = RetryLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

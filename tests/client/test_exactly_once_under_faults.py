@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 import signal
 import threading
@@ -78,28 +77,6 @@ class SamePortWeb(GunicornProcess):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
-
-
-class RetryLog(logging.Handler):
-    """The library's retries, by reason ("HTTP 503", "ConnectError", ...)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.reasons: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.reasons.append(getattr(record, "retry_reason", "?"))
-
-
-@pytest.fixture
-def retry_log():
-    logger = logging.getLogger("agent700_billing")
-    handler, level = RetryLog(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture

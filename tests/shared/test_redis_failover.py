@@ -17,7 +17,6 @@ until the lost host is replaced (which is what REDIS_ACK_REPLICAS promises).
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 import uuid
@@ -41,26 +40,6 @@ EVENTS = 6000
 KILL_AT = 2000  # events answered before the primary is killed
 RESUME_SECONDS = 30
 SETTLE_SECONDS = 180
-
-
-class RetryLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.reasons: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.reasons.append(getattr(record, "retry_reason", "?"))
-
-
-@pytest.fixture
-def retry_log():
-    logger = logging.getLogger("agent700_billing")
-    handler, level = RetryLog(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture
